@@ -1,0 +1,243 @@
+//! `rhaiflow dags ...`: list, show, check, next-runs, list-import-errors.
+
+use super::{Context, Outcome, Output, fmt_time, table};
+use crate::graph::TaskGraph;
+use crate::loader::{DagBag, LoadedDag};
+use crate::schedule::{Restriction, Timetable};
+use anyhow::bail;
+use clap::Subcommand;
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum DagsCommand {
+    /// List the DAGs that load: id, file, schedule, owners, task count, next run.
+    List,
+    /// Show one DAG's tasks, operators and upstreams.
+    Show {
+        dag_id: String,
+        /// Print Graphviz DOT instead of a table.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Validate every DAG file; print every error and exit 1 if there is any.
+    Check,
+    /// The next runs of a DAG's timetable.
+    NextRuns {
+        dag_id: String,
+        /// How many runs to show.
+        #[arg(short = 'n', long = "num", default_value_t = 5)]
+        n: usize,
+    },
+    /// The files that failed to load, with their errors.
+    ListImportErrors,
+}
+
+pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
+    let bag = ctx.app.load_dags(ctx.now)?;
+    match cmd {
+        DagsCommand::List => list(ctx, &bag),
+        DagsCommand::Show { dag_id, dot } => show(ctx, &bag, &dag_id, dot),
+        DagsCommand::Check => check(ctx, &bag),
+        DagsCommand::NextRuns { dag_id, n } => next_runs(ctx, &bag, &dag_id, n),
+        DagsCommand::ListImportErrors => import_errors(ctx, &bag),
+    }
+}
+
+fn find<'a>(bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
+    if let Some(d) = bag.dags.get(dag_id) {
+        return Ok(d);
+    }
+    let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(dag_id, k), *k))
+        .filter(|(s, _)| *s >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, k)) => bail!("no DAG `{dag_id}` — did you mean `{k}`?"),
+        None if bag.import_errors.is_empty() => bail!("no DAG `{dag_id}` in the dags folder"),
+        None => bail!(
+            "no DAG `{dag_id}` in the dags folder ({} file(s) failed to load; see `rhaiflow dags list-import-errors`)",
+            bag.import_errors.len()
+        ),
+    }
+}
+
+fn next_run(ctx: &Context, dag: &LoadedDag) -> Option<chrono::DateTime<chrono::Utc>> {
+    let tt = Timetable::new(&dag.spec).ok()?;
+    tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, 1).first().map(|i| i.run_after)
+}
+
+fn warn_import_errors(bag: &DagBag) {
+    if !bag.import_errors.is_empty() {
+        eprintln!(
+            "warning: {} file(s) failed to load; see `rhaiflow dags list-import-errors`",
+            bag.import_errors.len()
+        );
+    }
+}
+
+fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    match ctx.output {
+        Output::Json => {
+            let rows: Vec<_> = bag
+                .dags
+                .values()
+                .map(|d| {
+                    json!({
+                        "dag_id": d.spec.dag_id,
+                        "fileloc": d.spec.fileloc,
+                        "schedule": d.spec.schedule.to_string(),
+                        "owners": d.spec.owners(),
+                        "tasks": d.spec.tasks.len(),
+                        "tags": d.spec.tags,
+                        "next_run": next_run(ctx, d).map(|t| t.to_rfc3339()),
+                        "version_hash": d.version_hash,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = bag
+                .dags
+                .values()
+                .map(|d| {
+                    vec![
+                        d.spec.dag_id.clone(),
+                        d.spec.fileloc.clone(),
+                        d.spec.schedule.to_string(),
+                        d.spec.owners().join(", "),
+                        d.spec.tasks.len().to_string(),
+                        next_run(ctx, d).map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            println!("{}", table::render(&["dag_id", "file", "schedule", "owner", "tasks", "next run"], &rows));
+        }
+    }
+    warn_import_errors(bag);
+    Ok(Outcome::Ok)
+}
+
+fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<Outcome> {
+    let dag = find(bag, dag_id)?;
+    let spec = &dag.spec;
+    let graph = TaskGraph::build(spec)?;
+    let order = graph.topological_order();
+    if dot {
+        println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];", spec.dag_id);
+        for id in &order {
+            let t = spec.task(id).map(|t| t.operator.name()).unwrap_or_default();
+            println!("  \"{id}\" [label=\"{id}\\n{t}\"];");
+        }
+        for t in &spec.tasks {
+            for up in &t.upstream {
+                println!("  \"{up}\" -> \"{}\";", t.task_id);
+            }
+        }
+        println!("}}");
+        return Ok(Outcome::Ok);
+    }
+    if ctx.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&**spec)?);
+        return Ok(Outcome::Ok);
+    }
+    println!("DAG {}  ({}, version {})", spec.dag_id, spec.fileloc, dag.short_hash());
+    if let Some(d) = &spec.description {
+        println!("  {d}");
+    }
+    println!(
+        "schedule: {}   timezone: {}   catchup: {}   start: {}",
+        spec.schedule,
+        spec.timezone,
+        spec.catchup,
+        spec.start_date.map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into())
+    );
+    println!();
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .filter_map(|id| spec.task(id))
+        .map(|t| {
+            let upstream = if t.upstream.is_empty() { "-".to_string() } else { t.upstream.join(", ") };
+            vec![t.task_id.clone(), t.operator.name().to_string(), t.trigger_rule.as_str().to_string(), t.retries.to_string(), upstream]
+        })
+        .collect();
+    println!("{}", table::render(&["task_id", "operator", "trigger_rule", "retries", "upstream"], &rows));
+    Ok(Outcome::Ok)
+}
+
+fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    let files = bag.files.len();
+    if ctx.output == Output::Json {
+        let errors: Vec<_> = bag.diagnostics().collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "files": files, "dags": bag.dags.len(), "errors": errors }))?);
+    } else {
+        for d in bag.diagnostics() {
+            println!("{d}\n");
+        }
+        let count = bag.diagnostics().count();
+        if count == 0 {
+            println!("ok: {} DAG(s) in {files} file(s)", bag.dags.len());
+        } else {
+            println!(
+                "{count} error(s) in {} of {files} file(s); {} DAG(s) loaded",
+                bag.import_errors.len(),
+                bag.dags.len()
+            );
+        }
+    }
+    Ok(if bag.import_errors.is_empty() { Outcome::Ok } else { Outcome::Failed })
+}
+
+fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Result<Outcome> {
+    let dag = find(bag, dag_id)?;
+    let tt = Timetable::new(&dag.spec)?;
+    let runs = tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, n);
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "logical_date": r.logical_date.to_rfc3339(),
+                    "data_interval_start": r.data_interval.start.to_rfc3339(),
+                    "data_interval_end": r.data_interval.end.to_rfc3339(),
+                    "run_after": r.run_after.to_rfc3339(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    if runs.is_empty() {
+        println!("DAG `{dag_id}` has no upcoming scheduled runs (schedule: {})", dag.spec.schedule);
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| vec![fmt_time(&r.logical_date), fmt_time(&r.data_interval.start), fmt_time(&r.data_interval.end), fmt_time(&r.run_after)])
+        .collect();
+    println!("{}", table::render(&["logical_date", "data_interval_start", "data_interval_end", "run_after"], &rows));
+    Ok(Outcome::Ok)
+}
+
+fn import_errors(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = bag
+            .import_errors
+            .iter()
+            .map(|e| json!({ "file": e.file, "errors": e.diagnostics }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    if bag.import_errors.is_empty() {
+        println!("no import errors");
+    }
+    for e in &bag.import_errors {
+        for d in &e.diagnostics {
+            println!("{d}\n");
+        }
+    }
+    Ok(Outcome::Ok)
+}

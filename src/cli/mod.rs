@@ -1,0 +1,108 @@
+//! The command line: argument parsing, printing, and the one funnel from error to exit code.
+
+mod dags;
+mod table;
+
+use crate::app::App;
+use crate::config::{Config, Flags};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Exit codes (DESIGN.md §4): 0 ok, 1 what you asked about failed, 2 usage, config or internal error.
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "rhaiflow", version, about = "A workflow orchestrator in the model of Apache Airflow, with DAG files in Rhai")]
+pub struct Cli {
+    /// Home directory holding rhaiflow.toml (default: $RHAIFLOW_HOME, else the current directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// The folder of DAG files (overrides [core] dags_folder).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dags_folder: Option<PathBuf>,
+    /// Output format for listings.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Pretend the current time is this (RFC 3339); for reproducible output.
+    #[arg(long, global = true, hide = true, value_name = "TIME")]
+    pub now: Option<DateTime<Utc>>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Work with DAGs and DAG files.
+    #[command(subcommand)]
+    Dags(dags::DagsCommand),
+    /// Print the version.
+    Version,
+}
+
+/// What a command reports back to the funnel.
+pub enum Outcome {
+    Ok,
+    /// What was asked about failed (a check found errors); the command has printed why.
+    Failed,
+}
+
+/// Parses arguments, runs the command, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::Failed) => EXIT_FAILED,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    if let Command::Version = cli.command {
+        println!("rhaiflow {}", env!("CARGO_PKG_VERSION"));
+        return Ok(Outcome::Ok);
+    }
+    let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
+    let config = Config::load(&flags)?;
+    init_tracing(&config.logging.level);
+    let app = App::new(config)?;
+    let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
+    match cli.command {
+        Command::Dags(cmd) => dags::run(&ctx, cmd),
+        Command::Version => Ok(Outcome::Ok),
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::new(format!("rhaiflow={level}"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// What every command gets.
+pub struct Context {
+    pub app: App,
+    pub output: Output,
+    pub now: DateTime<Utc>,
+}
+
+/// `2024-01-01 00:00:00+00:00`, Airflow's way of showing times.
+pub fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S+00:00").to_string()
+}

@@ -1,0 +1,504 @@
+//! One typed configuration: `rhaiflow.toml` in the home directory, overridden by
+//! `RHAIFLOW__SECTION__KEY` environment variables, overridden by command-line flags.
+//!
+//! This is the only module that reads environment variables. Errors name the key and where its
+//! value came from; secret values never appear in messages or `Debug` output.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "rhaiflow.toml";
+pub const HOME_VAR: &str = "RHAIFLOW_HOME";
+const ENV_PREFIX: &str = "RHAIFLOW__";
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    Syntax { path: PathBuf, reason: String },
+    #[error("config key `{key}` (from {origin}): {reason}")]
+    Key { key: String, origin: String, reason: String },
+    #[error("config key `{key}` (from {origin}) names environment variable `{var}`, which is not set")]
+    MissingSecretEnv { key: String, origin: String, var: String },
+}
+
+/// A secret value: never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    pub dags_folder: PathBuf,
+    /// Task instances running at once across the installation.
+    pub parallelism: u32,
+    pub default_timezone: String,
+    pub default_owner: String,
+    /// Wall-clock limit on evaluating one DAG file, in seconds.
+    pub dag_file_timeout: f64,
+    /// Threads that evaluate DAG files; 0 means one per core.
+    pub parse_threads: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            dags_folder: PathBuf::from("dags"),
+            parallelism: 32,
+            default_timezone: "UTC".into(),
+            default_owner: "rhaiflow".into(),
+            dag_file_timeout: 1.0,
+            parse_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: "sqlite://rhaiflow.db".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Airflow 2's default: a DAG without `catchup:` runs every missed interval.
+    pub catchup_by_default: bool,
+    /// Seconds running tasks get to finish after SIGINT/SIGTERM before they are killed.
+    pub shutdown_grace: f64,
+    /// Seconds between SIGTERM and SIGKILL when a task times out.
+    pub kill_grace: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { catchup_by_default: true, shutdown_grace: 30.0, kill_grace: 5.0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub base_log_folder: PathBuf,
+    /// Bytes kept per task try log; output beyond is dropped with a marker line.
+    pub max_log_bytes: u64,
+    /// `error`, `warn`, `info`, `debug` or `trace`, for rhaiflow's own log on stderr.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { base_log_folder: PathBuf::from("logs"), max_log_bytes: 10 << 20, level: "warn".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebserverConfig {
+    pub bind: String,
+    /// The public address of the UI, for log links in alerts.
+    pub base_url: Option<String>,
+    pub auth: Option<String>,
+}
+
+impl Default for WebserverConfig {
+    fn default() -> Self {
+        WebserverConfig { bind: "127.0.0.1:8080".into(), base_url: None, auth: None }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    pub host: String,
+    pub port: Option<u16>,
+    pub starttls: bool,
+    pub ssl: bool,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub password_env: Option<String>,
+    pub mail_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DingTalkConfig {
+    pub webhook: Option<Secret>,
+    pub webhook_env: Option<String>,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    pub at_mobiles: Vec<String>,
+    pub at_all: bool,
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    pub webhook: Option<Secret>,
+    pub webhook_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Channels (`email`, `dingtalk.NAME`, `slack.NAME`, `webhook.NAME`) told of every failure.
+    pub on_failure: Vec<String>,
+    pub on_retry: Vec<String>,
+    pub on_success: Vec<String>,
+    pub email: Option<EmailConfig>,
+    pub dingtalk: BTreeMap<String, DingTalkConfig>,
+    pub slack: BTreeMap<String, SlackConfig>,
+    pub webhook: BTreeMap<String, WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    pub uri: Option<Secret>,
+    pub uri_env: Option<String>,
+}
+
+/// The whole configuration, with relative paths already resolved against the home directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub core: CoreConfig,
+    pub database: DatabaseConfig,
+    pub scheduler: SchedulerConfig,
+    pub logging: LoggingConfig,
+    pub webserver: WebserverConfig,
+    pub alerts: AlertsConfig,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    pub variables: BTreeMap<String, toml::Value>,
+    #[serde(skip)]
+    pub home: PathBuf,
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub home: Option<PathBuf>,
+    pub dags_folder: Option<PathBuf>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads from the real environment: `RHAIFLOW_HOME` (or `--home`, or the current directory).
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        Config::load_from(flags, std::env::vars().collect())
+    }
+
+    /// Loads with an explicit environment (tests pass their own).
+    pub fn load_from(flags: &Flags, env: BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let home = flags
+            .home
+            .clone()
+            .or_else(|| env.get(HOME_VAR).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("."));
+        let file = home.join(CONFIG_FILE);
+        let mut tree = toml::Table::new();
+        let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
+        if file.exists() {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ConfigError::Read { path: file.clone(), reason: e.to_string() })?;
+            tree = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                path: file.clone(),
+                reason: e.to_string().trim_end().to_string(),
+            })?;
+            record_origins(&tree, "", &Origin::File(file.clone()), &mut origins);
+        }
+        for (var, raw) in &env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut tree, &path, env_value(raw));
+            origins.insert(path.join("."), Origin::Env(var.clone()));
+        }
+        let flag_values = [
+            ("core.dags_folder", "--dags-folder", flags.dags_folder.as_ref().map(|p| p.to_string_lossy().to_string())),
+            ("database.url", "--database-url", flags.database_url.clone()),
+        ];
+        for (key, flag, value) in flag_values {
+            if let Some(v) = value {
+                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                set_path(&mut tree, &path, toml::Value::String(v));
+                origins.insert(key.into(), Origin::Flag(flag.into()));
+            }
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let key = e.path().to_string();
+            let origin = origin_of(&origins, &key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into());
+            ConfigError::Key { key, origin, reason: explain(e.inner().to_string()) }
+        })?;
+        config.home = home.clone();
+        config.resolve(&origins, &env)?;
+        Ok(config)
+    }
+
+    /// Validates values and resolves relative paths and `*_env` secrets.
+    fn resolve(&mut self, origins: &BTreeMap<String, Origin>, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let key_error = |key: &str, reason: String| ConfigError::Key {
+            key: key.into(),
+            origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into()),
+            reason,
+        };
+        if self.core.default_timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(key_error(
+                "core.default_timezone",
+                format!("unknown time zone `{}`; use an IANA name such as `UTC` or `Asia/Shanghai`", self.core.default_timezone),
+            ));
+        }
+        if self.core.parallelism == 0 {
+            return Err(key_error("core.parallelism", "must be at least 1".into()));
+        }
+        if !(self.core.dag_file_timeout > 0.0) {
+            return Err(key_error("core.dag_file_timeout", "must be a number of seconds above 0".into()));
+        }
+        if !matches!(self.logging.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+            return Err(key_error("logging.level", format!("must be error, warn, info, debug or trace, not `{}`", self.logging.level)));
+        }
+        if self.database_path().is_none() && !self.database.url.starts_with("postgres") {
+            return Err(key_error(
+                "database.url",
+                format!("`{}` is not a database URL; use `sqlite://PATH` or `postgres://...`", self.database.url),
+            ));
+        }
+        self.core.dags_folder = self.home.join(&self.core.dags_folder);
+        self.logging.base_log_folder = self.home.join(&self.logging.base_log_folder);
+        let secret = |key: &str, var: &Option<String>, value: &mut Option<Secret>| -> Result<(), ConfigError> {
+            if let Some(var) = var {
+                let found = env.get(var).ok_or_else(|| ConfigError::MissingSecretEnv {
+                    key: key.into(),
+                    origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_default(),
+                    var: var.clone(),
+                })?;
+                *value = Some(Secret(found.clone()));
+            }
+            Ok(())
+        };
+        if let Some(email) = &mut self.alerts.email {
+            secret("alerts.email.password_env", &email.password_env, &mut email.password)?;
+        }
+        for (name, d) in &mut self.alerts.dingtalk {
+            secret(&format!("alerts.dingtalk.{name}.webhook_env"), &d.webhook_env, &mut d.webhook)?;
+            secret(&format!("alerts.dingtalk.{name}.secret_env"), &d.secret_env, &mut d.secret)?;
+        }
+        for (name, s) in &mut self.alerts.slack {
+            secret(&format!("alerts.slack.{name}.webhook_env"), &s.webhook_env, &mut s.webhook)?;
+        }
+        for (name, w) in &mut self.alerts.webhook {
+            secret(&format!("alerts.webhook.{name}.secret_env"), &w.secret_env, &mut w.secret)?;
+        }
+        for (name, c) in &mut self.connections {
+            secret(&format!("connections.{name}.uri_env"), &c.uri_env, &mut c.uri)?;
+        }
+        Ok(())
+    }
+
+    /// The SQLite file of `database.url`, resolved against the home directory.
+    pub fn database_path(&self) -> Option<PathBuf> {
+        let rest = self.database.url.strip_prefix("sqlite://")?;
+        let path = Path::new(rest);
+        Some(if path.is_absolute() { path.to_path_buf() } else { self.home.join(path) })
+    }
+
+    /// `[variables]` as strings, for `{{ var.value.NAME }}`.
+    pub fn variables(&self) -> BTreeMap<String, String> {
+        self.variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .collect()
+    }
+}
+
+fn record_origins(table: &toml::Table, prefix: &str, origin: &Origin, out: &mut BTreeMap<String, Origin>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        if let toml::Value::Table(t) = v {
+            record_origins(t, &key, origin, out);
+        }
+        out.insert(key, origin.clone());
+    }
+}
+
+/// The origin of `key` or of its nearest parent.
+fn origin_of<'a>(origins: &'a BTreeMap<String, Origin>, key: &str) -> Option<&'a Origin> {
+    let mut k = key.to_string();
+    loop {
+        if let Some(o) = origins.get(&k) {
+            return Some(o);
+        }
+        match k.rfind('.') {
+            Some(i) => k.truncate(i),
+            None => return None,
+        }
+    }
+}
+
+/// An environment value as TOML when it reads as a number, bool or array; otherwise a string.
+fn env_value(raw: &str) -> toml::Value {
+    let parsed = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) | toml::Value::Array(_))) => v,
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut table = tree;
+    for p in parents {
+        let entry = table.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = entry else { return };
+        table = t;
+    }
+    table.insert(last.clone(), value);
+}
+
+/// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
+fn explain(reason: String) -> String {
+    let Some(rest) = reason.strip_prefix("unknown field `") else { return reason };
+    let Some((field, expected)) = rest.split_once('`') else { return reason };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(field, k), *k))
+        .filter(|(s, _)| *s >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, k)) => format!("unknown key `{field}` — did you mean `{k}`?"),
+        None => format!("unknown key `{field}`; known keys: {}", known.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn home_with(toml: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), toml).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(&[])).unwrap();
+        assert_eq!(c.core.dags_folder, dir.path().join("dags"));
+        assert_eq!(c.database_path().unwrap(), dir.path().join("rhaiflow.db"));
+        assert_eq!(c.webserver.bind, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let dir = home_with("[core]\nparallelism = 4\ndags_folder = \"from_file\"\n");
+        let e = env(&[("RHAIFLOW__CORE__PARALLELISM", "8"), ("RHAIFLOW__CORE__DAGS_FOLDER", "from_env")]);
+        let flags = Flags { home: Some(dir.path().into()), dags_folder: Some("from_flag".into()), ..Flags::default() };
+        let c = Config::load_from(&flags, e).unwrap();
+        assert_eq!(c.core.parallelism, 8);
+        assert_eq!(c.core.dags_folder, dir.path().join("from_flag"));
+    }
+
+    #[test]
+    fn home_comes_from_the_environment() {
+        let dir = home_with("[core]\nparallelism = 3\n");
+        let c = Config::load_from(&Flags::default(), env(&[("RHAIFLOW_HOME", dir.path().to_str().unwrap())])).unwrap();
+        assert_eq!(c.core.parallelism, 3);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_source_and_a_suggestion() {
+        let dir = home_with("[core]\ndags_foldr = \"x\"\n");
+        let err = Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`core.dags_foldr`"), "{err}");
+        assert!(err.contains("rhaiflow.toml"), "{err}");
+        assert!(err.contains("did you mean `dags_folder`?"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_from_env_name_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__PARALLELISM", "many")])).unwrap_err().to_string();
+        assert!(err.contains("core.parallelism"), "{err}");
+        assert!(err.contains("environment variable RHAIFLOW__CORE__PARALLELISM"), "{err}");
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__DEFAULT_TIMEZONE", "Mars/Base")])).unwrap_err().to_string();
+        assert!(err.contains("unknown time zone `Mars/Base`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_named_variables_and_never_print() {
+        let dir = home_with("[alerts.dingtalk.ops]\nwebhook_env = \"DING_URL\"\nsecret_env = \"DING_SECRET\"\n");
+        let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
+        let c = Config::load_from(&flags, env(&[("DING_URL", "http://127.0.0.1/x"), ("DING_SECRET", "s3cr3t-value")])).unwrap();
+        let robot = &c.alerts.dingtalk["ops"];
+        assert_eq!(robot.secret.as_ref().unwrap().expose(), "s3cr3t-value");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        let err = Config::load_from(&flags, env(&[("DING_URL", "x")])).unwrap_err().to_string();
+        assert!(err.contains("DING_SECRET") && err.contains("not set"), "{err}");
+    }
+}

@@ -1,0 +1,319 @@
+//! The task graph of one DAG (petgraph): validation with whole cycle paths, topological order,
+//! and the ready set under trigger rules.
+
+use crate::model::{DagSpec, TaskState, TriggerRule};
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::HashMap;
+
+/// Why a DAG's graph is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("DAG `{dag_id}` has a cycle: {}", path.join(" -> "))]
+    Cycle { dag_id: String, path: Vec<String> },
+    #[error("task `{task_id}` depends on unknown task `{upstream}`")]
+    UnknownUpstream { task_id: String, upstream: String },
+}
+
+/// A DAG's tasks as a graph; edges point downstream.
+pub struct TaskGraph {
+    graph: DiGraph<String, ()>,
+    index: HashMap<String, NodeIndex>,
+}
+
+impl TaskGraph {
+    pub fn build(spec: &DagSpec) -> Result<TaskGraph, GraphError> {
+        let mut graph = DiGraph::with_capacity(spec.tasks.len(), spec.tasks.len());
+        let mut index = HashMap::with_capacity(spec.tasks.len());
+        for t in &spec.tasks {
+            index.insert(t.task_id.clone(), graph.add_node(t.task_id.clone()));
+        }
+        for t in &spec.tasks {
+            for up in &t.upstream {
+                let from = *index.get(up).ok_or_else(|| GraphError::UnknownUpstream {
+                    task_id: t.task_id.clone(),
+                    upstream: up.clone(),
+                })?;
+                graph.add_edge(from, index[&t.task_id], ());
+            }
+        }
+        let g = TaskGraph { graph, index };
+        g.check_acyclic(&spec.dag_id)?;
+        Ok(g)
+    }
+
+    /// Task ids upstream first; among tasks that are ready together, declaration order (Kahn's algorithm).
+    pub fn topological_order(&self) -> Vec<&str> {
+        use std::cmp::Reverse;
+        let mut indegree: Vec<usize> = self
+            .graph
+            .node_indices()
+            .map(|n| self.graph.neighbors_directed(n, petgraph::Direction::Incoming).count())
+            .collect();
+        let mut ready: std::collections::BinaryHeap<Reverse<usize>> =
+            indegree.iter().enumerate().filter(|(_, d)| **d == 0).map(|(i, _)| Reverse(i)).collect();
+        let mut order = Vec::with_capacity(indegree.len());
+        while let Some(Reverse(i)) = ready.pop() {
+            let n = NodeIndex::new(i);
+            order.push(self.graph[n].as_str());
+            for m in self.graph.neighbors(n) {
+                indegree[m.index()] -= 1;
+                if indegree[m.index()] == 0 {
+                    ready.push(Reverse(m.index()));
+                }
+            }
+        }
+        order
+    }
+
+    /// Every task reachable downstream of `task_id` (not including it).
+    pub fn downstream_of(&self, task_id: &str) -> Vec<&str> {
+        let Some(&start) = self.index.get(task_id) else { return Vec::new() };
+        let mut dfs = petgraph::visit::Dfs::new(&self.graph, start);
+        let mut out = Vec::new();
+        while let Some(n) = dfs.next(&self.graph) {
+            if n != start {
+                out.push(self.graph[n].as_str());
+            }
+        }
+        out
+    }
+
+    fn check_acyclic(&self, dag_id: &str) -> Result<(), GraphError> {
+        if toposort(&self.graph, None).is_ok() {
+            return Ok(());
+        }
+        // petgraph reports only one node of a cycle: find its strongly connected component,
+        // then walk inside it back to the start for the whole path.
+        for scc in tarjan_scc(&self.graph) {
+            if scc.len() < 2 {
+                continue;
+            }
+            let mut members: Vec<NodeIndex> = scc.clone();
+            members.sort_by(|a, b| self.graph[*a].cmp(&self.graph[*b]));
+            let start = members[0];
+            let path = self.cycle_from(start, &scc);
+            return Err(GraphError::Cycle { dag_id: dag_id.to_string(), path });
+        }
+        Ok(())
+    }
+
+    /// A shortest path `start -> ... -> start` within one component (breadth-first).
+    fn cycle_from(&self, start: NodeIndex, component: &[NodeIndex]) -> Vec<String> {
+        let inside: std::collections::HashSet<NodeIndex> = component.iter().copied().collect();
+        let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(n) = queue.pop_front() {
+            let mut next: Vec<NodeIndex> = self.graph.neighbors(n).filter(|m| inside.contains(m)).collect();
+            next.sort_by(|a, b| self.graph[*a].cmp(&self.graph[*b]));
+            for m in next {
+                if m == start {
+                    let mut path = vec![self.graph[start].clone()];
+                    let mut cur = n;
+                    let mut back = vec![];
+                    while cur != start {
+                        back.push(self.graph[cur].clone());
+                        cur = parent[&cur];
+                    }
+                    back.reverse();
+                    path.extend(back);
+                    path.push(self.graph[start].clone());
+                    return path;
+                }
+                if let std::collections::hash_map::Entry::Vacant(e) = parent.entry(m) {
+                    e.insert(n);
+                    queue.push_back(m);
+                }
+            }
+        }
+        vec![self.graph[start].clone()]
+    }
+}
+
+/// Counts of a task's direct upstreams by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamCounts {
+    pub total: usize,
+    pub success: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub upstream_failed: usize,
+    /// Finished in any way (success, skipped, failed, upstream_failed, removed).
+    pub done: usize,
+}
+
+impl UpstreamCounts {
+    pub fn add(&mut self, state: TaskState) {
+        self.total += 1;
+        match state {
+            TaskState::Success => self.success += 1,
+            TaskState::Skipped => self.skipped += 1,
+            TaskState::Failed => self.failed += 1,
+            TaskState::UpstreamFailed => self.upstream_failed += 1,
+            _ => {}
+        }
+        if state.is_finished() {
+            self.done += 1;
+        }
+    }
+}
+
+/// What a trigger rule decides for a task whose upstreams are in `c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Not yet decidable: wait for more upstreams.
+    Wait,
+    Run,
+    Skip,
+    UpstreamFailed,
+}
+
+/// Airflow's trigger rule semantics (`TriggerRuleDep`), including when a rule can no longer be met.
+pub fn readiness(rule: TriggerRule, c: UpstreamCounts) -> Readiness {
+    use Readiness::*;
+    if c.total == 0 {
+        return Run;
+    }
+    let all_done = c.done == c.total;
+    let failed = c.failed + c.upstream_failed;
+    match rule {
+        TriggerRule::Always => Run,
+        TriggerRule::AllSuccess => {
+            if failed > 0 {
+                UpstreamFailed
+            } else if c.skipped > 0 {
+                Skip
+            } else if c.success == c.total {
+                Run
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::AllFailed => {
+            if c.success > 0 || c.skipped > 0 {
+                Skip
+            } else if failed == c.total {
+                Run
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::AllDone => if all_done { Run } else { Wait },
+        TriggerRule::AllSkipped => {
+            if c.success > 0 || failed > 0 {
+                Skip
+            } else if c.skipped == c.total {
+                Run
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::OneSuccess => {
+            if c.success > 0 {
+                Run
+            } else if all_done {
+                if failed > 0 { UpstreamFailed } else { Skip }
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::OneFailed => {
+            if failed > 0 {
+                Run
+            } else if all_done {
+                Skip
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::OneDone => {
+            if c.success > 0 || failed > 0 {
+                Run
+            } else if all_done {
+                Skip
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::NoneFailed => {
+            if failed > 0 {
+                UpstreamFailed
+            } else if all_done {
+                Run
+            } else {
+                Wait
+            }
+        }
+        TriggerRule::NoneFailedMinOneSuccess => {
+            if failed > 0 {
+                UpstreamFailed
+            } else if !all_done {
+                Wait
+            } else if c.success > 0 {
+                Run
+            } else {
+                Skip
+            }
+        }
+        TriggerRule::NoneSkipped => {
+            if c.skipped > 0 {
+                Skip
+            } else if all_done {
+                Run
+            } else {
+                Wait
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskState as S;
+
+    fn counts(states: &[TaskState]) -> UpstreamCounts {
+        let mut c = UpstreamCounts::default();
+        for s in states {
+            c.add(*s);
+        }
+        c
+    }
+
+    #[test]
+    fn trigger_rules_follow_airflow() {
+        use Readiness::*;
+        use TriggerRule as R;
+        let cases: &[(R, &[TaskState], Readiness)] = &[
+            (R::AllSuccess, &[S::Success, S::Success], Run),
+            (R::AllSuccess, &[S::Success, S::Running], Wait),
+            (R::AllSuccess, &[S::Failed, S::Running], UpstreamFailed),
+            (R::AllSuccess, &[S::Skipped, S::Success], Skip),
+            (R::AllFailed, &[S::Failed, S::UpstreamFailed], Run),
+            (R::AllFailed, &[S::Failed, S::Success], Skip),
+            (R::AllDone, &[S::Failed, S::Skipped, S::Success], Run),
+            (R::AllDone, &[S::Failed, S::Queued], Wait),
+            (R::AllSkipped, &[S::Skipped, S::Skipped], Run),
+            (R::AllSkipped, &[S::Skipped, S::Success], Skip),
+            (R::OneSuccess, &[S::Success, S::Running], Run),
+            (R::OneSuccess, &[S::Failed, S::Skipped], UpstreamFailed),
+            (R::OneSuccess, &[S::Skipped, S::Skipped], Skip),
+            (R::OneFailed, &[S::Failed, S::Running], Run),
+            (R::OneFailed, &[S::Success, S::Success], Skip),
+            (R::OneDone, &[S::Failed, S::Running], Run),
+            (R::OneDone, &[S::Skipped], Skip),
+            (R::NoneFailed, &[S::Success, S::Skipped], Run),
+            (R::NoneFailed, &[S::UpstreamFailed, S::Running], UpstreamFailed),
+            (R::NoneFailedMinOneSuccess, &[S::Skipped, S::Success], Run),
+            (R::NoneFailedMinOneSuccess, &[S::Skipped, S::Skipped], Skip),
+            (R::NoneFailedMinOneSuccess, &[S::Skipped, S::Running], Wait),
+            (R::NoneSkipped, &[S::Success, S::Failed], Run),
+            (R::NoneSkipped, &[S::Skipped, S::Running], Skip),
+            (R::Always, &[S::Running], Run),
+            (R::AllSuccess, &[], Run),
+        ];
+        for (rule, states, expected) in cases {
+            assert_eq!(readiness(*rule, counts(states)), *expected, "{rule:?} with {states:?}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! rhaiflow: a workflow orchestrator in the model of Apache Airflow whose DAG files are Rhai scripts.
+//!
+//! See `ARCHITECTURE.md` for the map of modules and the rules between them.
+
+pub mod model;
+pub mod script;
+pub mod graph;
+pub mod schedule;
+pub mod loader;
+pub mod config;
+pub mod app;
+pub mod cli;

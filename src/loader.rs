@@ -1,0 +1,272 @@
+//! The dags folder: scan for `*.rhai` (honouring `.rhaiflowignore`), evaluate files in parallel off
+//! the async runtime, validate each DAG's graph and timetable, and return a `DagBag`: the DAGs that
+//! loaded, each with its serialised form and version hash, plus one import error per broken file.
+
+use crate::graph::{GraphError, TaskGraph};
+use crate::model::{DagSpec, Diagnostic};
+use crate::schedule::{ScheduleError, Timetable};
+use crate::script::{DeclaredDag, EvalContext, FileEngine, ScriptHost, ScriptLimits, ScriptProgram};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The file Airflow calls `.airflowignore`: gitignore-style globs of paths to skip.
+pub const IGNORE_FILE: &str = ".rhaiflowignore";
+
+/// A file larger than this is refused rather than parsed.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("dags folder `{}` does not exist", path.display())]
+    MissingFolder { path: PathBuf },
+    #[error("cannot read dags folder `{}`: {reason}", path.display())]
+    Walk { path: PathBuf, reason: String },
+    #[error("the built-in stdlib does not compile (a bug):\n{}", render(.0))]
+    Stdlib(Vec<Diagnostic>),
+    #[error("cannot start DAG file evaluation threads: {0}")]
+    Threads(String),
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// How to load a dags folder.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    pub dags_folder: PathBuf,
+    pub limits: ScriptLimits,
+    /// Evaluation threads; 0 means one per core.
+    pub threads: usize,
+}
+
+/// One DAG that loaded.
+#[derive(Clone)]
+pub struct LoadedDag {
+    pub spec: Arc<DagSpec>,
+    /// The serialised form (`DagSpec` as JSON); runs pin it.
+    pub json: Arc<str>,
+    /// SHA-256 of `json`, hex.
+    pub version_hash: String,
+    /// The compiled file, when it defines closures.
+    pub program: Option<Arc<ScriptProgram>>,
+}
+
+impl LoadedDag {
+    fn new(spec: DagSpec, program: Option<Arc<ScriptProgram>>) -> Self {
+        let json = spec.to_json();
+        let version_hash = hex::encode(Sha256::digest(json.as_bytes()));
+        LoadedDag { spec: Arc::new(spec), json: json.into(), version_hash, program }
+    }
+
+    pub fn short_hash(&self) -> &str {
+        &self.version_hash[..12]
+    }
+}
+
+/// The errors of one file that did not load.
+#[derive(Debug, Clone)]
+pub struct ImportError {
+    /// Path relative to the dags folder.
+    pub file: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// What loading a folder produced.
+#[derive(Default, Clone)]
+pub struct DagBag {
+    pub dags: BTreeMap<String, LoadedDag>,
+    /// Sorted by file.
+    pub import_errors: Vec<ImportError>,
+    /// Every file scanned, relative path → SHA-256 of its content.
+    pub files: BTreeMap<String, String>,
+}
+
+impl DagBag {
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.import_errors.iter().flat_map(|e| e.diagnostics.iter())
+    }
+}
+
+/// Loads dags folders. Holds the compiled stdlib, a thread pool with large stacks, and reusable engines.
+pub struct Loader {
+    settings: LoaderSettings,
+    host: Arc<ScriptHost>,
+    pool: rayon::ThreadPool,
+    engines: Mutex<Vec<FileEngine>>,
+}
+
+/// What one file produced before cross-file checks.
+struct FileResult {
+    rel: String,
+    content_hash: String,
+    dags: Vec<(DeclaredDag, Option<Arc<ScriptProgram>>)>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Loader {
+    pub fn new(settings: LoaderSettings) -> Result<Loader, LoaderError> {
+        let host = Arc::new(ScriptHost::new(settings.limits.clone()).map_err(LoaderError::Stdlib)?);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.threads)
+            // Rhai recurses on nested expressions; a generous stack keeps the expression-depth
+            // limit, not a stack overflow, the thing that stops a pathological file.
+            .stack_size(64 << 20)
+            .thread_name(|i| format!("rhaiflow-parse-{i}"))
+            .build()
+            .map_err(|e| LoaderError::Threads(e.to_string()))?;
+        Ok(Loader { settings, host, pool, engines: Mutex::new(Vec::new()) })
+    }
+
+    pub fn dags_folder(&self) -> &Path {
+        &self.settings.dags_folder
+    }
+
+    /// Every `*.rhai` file under the dags folder not excluded by `.rhaiflowignore`, sorted.
+    pub fn scan(&self) -> Result<Vec<PathBuf>, LoaderError> {
+        let root = &self.settings.dags_folder;
+        if !root.is_dir() {
+            return Err(LoaderError::MissingFolder { path: root.clone() });
+        }
+        let mut files = Vec::new();
+        let walker = ignore::WalkBuilder::new(root)
+            .standard_filters(false)
+            .hidden(true)
+            .add_custom_ignore_filename(IGNORE_FILE)
+            .follow_links(true)
+            .build();
+        for entry in walker {
+            let entry = entry.map_err(|e| LoaderError::Walk { path: root.clone(), reason: e.to_string() })?;
+            let path = entry.path();
+            if entry.file_type().is_some_and(|t| t.is_file()) && path.extension().is_some_and(|e| e == "rhai") {
+                files.push(path.to_path_buf());
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Loads the whole folder. Never fails as a whole once the folder can be listed: a broken file
+    /// is an import error, every other DAG still loads.
+    pub fn load_all(&self, ctx: &EvalContext) -> Result<DagBag, LoaderError> {
+        let files = self.scan()?;
+        let results: Vec<FileResult> =
+            self.pool.install(|| files.par_iter().map(|path| self.load_file(path, ctx)).collect());
+        Ok(self.assemble(results))
+    }
+
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.settings.dags_folder).unwrap_or(path).to_string_lossy().replace('\\', "/")
+    }
+
+    fn load_file(&self, path: &Path, ctx: &EvalContext) -> FileResult {
+        let rel = self.rel(path);
+        let shown = path.to_string_lossy().to_string();
+        let mut result = FileResult { rel, content_hash: String::new(), dags: Vec::new(), diagnostics: Vec::new() };
+        let source = match read_source(path) {
+            Ok(s) => s,
+            Err(message) => {
+                result.diagnostics.push(Diagnostic::new(&shown, None, message));
+                return result;
+            }
+        };
+        result.content_hash = hex::encode(Sha256::digest(source.as_bytes()));
+        let mut engine = self.take_engine();
+        let outcome = engine.evaluate(&shown, &source, ctx);
+        self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
+        result.diagnostics = outcome.diagnostics;
+        for mut declared in outcome.dags {
+            declared.spec.fileloc = result.rel.clone();
+            match validate(&declared, &shown, &source) {
+                Ok(()) => result.dags.push((declared, outcome.program.clone())),
+                Err(d) => result.diagnostics.push(d),
+            }
+        }
+        if !result.diagnostics.is_empty() {
+            result.dags.clear();
+        }
+        result
+    }
+
+    fn take_engine(&self) -> FileEngine {
+        let reused = self.engines.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| self.host.engine())
+    }
+
+    /// Cross-file checks (duplicate `dag_id`s), then the bag.
+    fn assemble(&self, results: Vec<FileResult>) -> DagBag {
+        let mut bag = DagBag::default();
+        for mut r in results {
+            bag.files.insert(r.rel.clone(), r.content_hash.clone());
+            let shown = self.settings.dags_folder.join(&r.rel).to_string_lossy().to_string();
+            for (declared, _) in &r.dags {
+                if let Some(first) = bag.dags.get(&declared.spec.dag_id) {
+                    let first_file = self.settings.dags_folder.join(&first.spec.fileloc);
+                    let d = Diagnostic::new(
+                        &shown,
+                        declared.source_map.dag,
+                        format!(
+                            "DAG `{}` is already declared in `{}`",
+                            declared.spec.dag_id,
+                            first_file.to_string_lossy()
+                        ),
+                    )
+                    .with_source(&std::fs::read_to_string(self.settings.dags_folder.join(&r.rel)).unwrap_or_default())
+                    .with_help("every DAG needs its own dag_id across the dags folder; rename one of them");
+                    r.diagnostics.push(d);
+                }
+            }
+            if r.diagnostics.is_empty() {
+                for (declared, program) in r.dags {
+                    bag.dags.insert(declared.spec.dag_id.clone(), LoadedDag::new(declared.spec, program));
+                }
+            } else {
+                bag.import_errors.push(ImportError { file: r.rel, diagnostics: r.diagnostics });
+            }
+        }
+        bag
+    }
+}
+
+fn read_source(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes; DAG files are limited to {} MiB",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
+}
+
+/// Graph and timetable checks of one declared DAG, positioned with its source map.
+fn validate(declared: &DeclaredDag, shown: &str, source: &str) -> Result<(), Diagnostic> {
+    let spec = &declared.spec;
+    if let Err(e) = TaskGraph::build(spec) {
+        let pos = match &e {
+            GraphError::Cycle { path, .. } if path.len() >= 2 => {
+                let closing = (path[path.len() - 2].clone(), path[path.len() - 1].clone());
+                declared.source_map.edges.get(&closing).copied().flatten()
+            }
+            _ => None,
+        };
+        return Err(Diagnostic::new(shown, pos.or(declared.source_map.dag), e.to_string())
+            .with_source(source)
+            .with_help("a DAG's dependencies must not loop back; remove one of these edges"));
+    }
+    if let Err(e) = Timetable::new(spec) {
+        let message = match &e {
+            ScheduleError::InvalidCron { .. } => format!("DAG `{}`: {e}", spec.dag_id),
+            ScheduleError::NoStartDate { .. } => e.to_string(),
+        };
+        return Err(Diagnostic::new(shown, declared.source_map.dag, message)
+            .with_source(source)
+            .with_help(e.help()));
+    }
+    Ok(())
+}

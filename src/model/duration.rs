@@ -1,0 +1,103 @@
+//! A duration as DAG authors write it (`minutes(5)`), stored as seconds.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// A non-negative span of time with millisecond precision, serialised as a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seconds {
+    millis: u64,
+}
+
+impl Seconds {
+    pub const ZERO: Seconds = Seconds { millis: 0 };
+
+    pub fn from_millis(millis: u64) -> Self {
+        Seconds { millis }
+    }
+
+    pub fn from_secs(secs: u64) -> Self {
+        Seconds { millis: secs.saturating_mul(1000) }
+    }
+
+    /// Converts fractional seconds, clamping negatives to zero.
+    pub fn from_secs_f64(secs: f64) -> Self {
+        if secs.is_finite() && secs > 0.0 {
+            Seconds { millis: (secs * 1000.0).round() as u64 }
+        } else {
+            Seconds::ZERO
+        }
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.millis
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.millis as f64 / 1000.0
+    }
+
+    pub fn as_std(self) -> Duration {
+        Duration::from_millis(self.millis)
+    }
+
+    pub fn as_chrono(self) -> chrono::TimeDelta {
+        chrono::TimeDelta::milliseconds(self.millis.min(i64::MAX as u64) as i64)
+    }
+}
+
+impl fmt::Display for Seconds {
+    /// Airflow-style `H:MM:SS` (with days when long), e.g. `0:05:00`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total = self.millis / 1000;
+        let (days, rem) = (total / 86_400, total % 86_400);
+        let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+        if days > 0 {
+            write!(f, "{days} day{}, ", if days == 1 { "" } else { "s" })?;
+        }
+        write!(f, "{h}:{m:02}:{s:02}")?;
+        let ms = self.millis % 1000;
+        if ms > 0 {
+            write!(f, ".{ms:03}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.millis % 1000 == 0 {
+            s.serialize_u64(self.millis / 1000)
+        } else {
+            s.serialize_f64(self.as_secs_f64())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Ok(Seconds::from_secs_f64(secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_like_python_timedelta() {
+        assert_eq!(Seconds::from_secs(300).to_string(), "0:05:00");
+        assert_eq!(Seconds::from_secs(90_061).to_string(), "1 day, 1:01:01");
+        assert_eq!(Seconds::from_millis(1500).to_string(), "0:00:01.500");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let d = Seconds::from_millis(2500);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, "2.5");
+        assert_eq!(serde_json::from_str::<Seconds>(&json).unwrap(), d);
+    }
+}

@@ -1,0 +1,16 @@
+//! Plain data shared by every layer: DAG and task specs, operators, schedules, states, diagnostics.
+//!
+//! Nothing here does I/O, runs async code, or knows about Rhai or SQL.
+
+mod diagnostic;
+mod duration;
+mod spec;
+mod state;
+
+pub use diagnostic::{Diagnostic, SourcePos};
+pub use duration::Seconds;
+pub use spec::{
+    CallbackRef, DagSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec,
+    TimeZoneSpec, TriggerRule,
+};
+pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};

@@ -1,0 +1,274 @@
+//! The serialised form of a DAG: what a DAG file declares, with defaults filled in.
+//!
+//! `DagSpec` is stable JSON (maps are ordered) so its hash identifies a DAG version; runs pin it.
+
+use super::Seconds;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A closure defined in a DAG file, called later (callbacks, `RhaiOperator`, branch choosers).
+/// The name is Rhai's content-derived function name, so it is stable across re-parses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CallbackRef(pub String);
+
+/// When a DAG runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScheduleSpec {
+    /// `schedule: ()`: only manual triggers.
+    None,
+    /// `@once`: a single run at `start_date`.
+    Once,
+    /// A 5-field cron expression; `preset` keeps the `@daily` spelling when one was used.
+    Cron { expr: String, preset: Option<String> },
+    /// A fixed interval from `start_date` (`schedule: hours(6)`).
+    Interval { every: Seconds },
+}
+
+impl fmt::Display for ScheduleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleSpec::None => f.write_str("None"),
+            ScheduleSpec::Once => f.write_str("@once"),
+            ScheduleSpec::Cron { preset: Some(p), .. } => f.write_str(p),
+            ScheduleSpec::Cron { expr, .. } => f.write_str(expr),
+            ScheduleSpec::Interval { every } => write!(f, "{every}"),
+        }
+    }
+}
+
+/// The zone a DAG's schedule is evaluated in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TimeZoneSpec {
+    /// An IANA name such as `Asia/Shanghai` (DST-aware).
+    Named(String),
+}
+
+impl TimeZoneSpec {
+    pub fn utc() -> Self {
+        TimeZoneSpec::Named("UTC".into())
+    }
+
+    pub fn tz(&self) -> chrono_tz::Tz {
+        match self {
+            TimeZoneSpec::Named(n) => n.parse().unwrap_or(chrono_tz::UTC),
+        }
+    }
+}
+
+impl fmt::Display for TimeZoneSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeZoneSpec::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Airflow's trigger rules: when a task may run given its upstreams' states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerRule {
+    #[default]
+    AllSuccess,
+    AllFailed,
+    AllDone,
+    AllSkipped,
+    OneSuccess,
+    OneFailed,
+    OneDone,
+    NoneFailed,
+    NoneFailedMinOneSuccess,
+    NoneSkipped,
+    Always,
+}
+
+impl TriggerRule {
+    pub const ALL: [(&'static str, TriggerRule); 11] = [
+        ("all_success", TriggerRule::AllSuccess),
+        ("all_failed", TriggerRule::AllFailed),
+        ("all_done", TriggerRule::AllDone),
+        ("all_skipped", TriggerRule::AllSkipped),
+        ("one_success", TriggerRule::OneSuccess),
+        ("one_failed", TriggerRule::OneFailed),
+        ("one_done", TriggerRule::OneDone),
+        ("none_failed", TriggerRule::NoneFailed),
+        ("none_failed_min_one_success", TriggerRule::NoneFailedMinOneSuccess),
+        ("none_skipped", TriggerRule::NoneSkipped),
+        ("always", TriggerRule::Always),
+    ];
+
+    pub fn parse(s: &str) -> Option<TriggerRule> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).unwrap_or("all_success")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorMode {
+    #[default]
+    Poke,
+    Reschedule,
+}
+
+/// What a sensor waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "sensor", rename_all = "snake_case")]
+pub enum SensorKind {
+    File { filepath: String },
+    Bash { bash_command: String },
+    Http { http_conn_id: Option<String>, endpoint: String, method: String, response_check: Option<CallbackRef> },
+    ExternalTask { external_dag_id: String, external_task_id: Option<String>, allowed_states: Vec<String>, execution_delta: Option<Seconds> },
+    TimeDelta { delta: Seconds },
+    DateTime { target_time: String },
+}
+
+/// The arguments every sensor shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorSpec {
+    #[serde(flatten)]
+    pub kind: SensorKind,
+    pub poke_interval: Seconds,
+    pub timeout: Seconds,
+    pub mode: SensorMode,
+    pub soft_fail: bool,
+}
+
+/// What a task does when it runs. Templated fields hold the unrendered Jinja text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Operator {
+    EmptyOperator,
+    BashOperator {
+        bash_command: String,
+        env: BTreeMap<String, String>,
+        append_env: bool,
+        cwd: Option<String>,
+        skip_on_exit_code: Vec<i32>,
+    },
+    RhaiOperator { callable: CallbackRef },
+    EmailOperator { to: Vec<String>, subject: String, html_content: String, cc: Vec<String>, bcc: Vec<String> },
+    HttpOperator {
+        http_conn_id: Option<String>,
+        endpoint: String,
+        method: String,
+        data: Option<String>,
+        headers: BTreeMap<String, String>,
+        response_check: Option<CallbackRef>,
+    },
+    DingdingOperator { robot: Option<String>, message_type: String, message: String, at_mobiles: Vec<String>, at_all: bool },
+    SlackWebhookOperator { slack_webhook_conn_id: Option<String>, message: String, channel: Option<String> },
+    BranchOperator { callable: CallbackRef },
+    ShortCircuitOperator { callable: CallbackRef },
+    TriggerDagRunOperator { trigger_dag_id: String, conf: serde_json::Value, wait_for_completion: bool, poke_interval: Seconds },
+    Sensor(SensorSpec),
+}
+
+impl Operator {
+    /// The constructor name a DAG author wrote (`BashOperator`, `FileSensor`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operator::EmptyOperator => "EmptyOperator",
+            Operator::BashOperator { .. } => "BashOperator",
+            Operator::RhaiOperator { .. } => "RhaiOperator",
+            Operator::EmailOperator { .. } => "EmailOperator",
+            Operator::HttpOperator { .. } => "HttpOperator",
+            Operator::DingdingOperator { .. } => "DingdingOperator",
+            Operator::SlackWebhookOperator { .. } => "SlackWebhookOperator",
+            Operator::BranchOperator { .. } => "BranchOperator",
+            Operator::ShortCircuitOperator { .. } => "ShortCircuitOperator",
+            Operator::TriggerDagRunOperator { .. } => "TriggerDagRunOperator",
+            Operator::Sensor(s) => match s.kind {
+                SensorKind::File { .. } => "FileSensor",
+                SensorKind::Bash { .. } => "BashSensor",
+                SensorKind::Http { .. } => "HttpSensor",
+                SensorKind::ExternalTask { .. } => "ExternalTaskSensor",
+                SensorKind::TimeDelta { .. } => "TimeDeltaSensor",
+                SensorKind::DateTime { .. } => "DateTimeSensor",
+            },
+        }
+    }
+}
+
+/// One task of a DAG, with `default_args` already applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub task_id: String,
+    pub operator: Operator,
+    pub owner: String,
+    pub retries: u32,
+    pub retry_delay: Seconds,
+    pub retry_exponential_backoff: bool,
+    pub max_retry_delay: Option<Seconds>,
+    pub execution_timeout: Option<Seconds>,
+    pub trigger_rule: TriggerRule,
+    pub depends_on_past: bool,
+    pub pool: String,
+    pub pool_slots: u32,
+    pub priority_weight: i64,
+    pub queue: String,
+    pub email: Vec<String>,
+    pub email_on_failure: bool,
+    pub email_on_retry: bool,
+    pub ding_on_failure: bool,
+    pub ding_on_retry: bool,
+    pub on_failure_callback: Option<CallbackRef>,
+    pub on_retry_callback: Option<CallbackRef>,
+    pub on_success_callback: Option<CallbackRef>,
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub doc_md: Option<String>,
+    /// Direct upstream task ids, sorted.
+    pub upstream: Vec<String>,
+}
+
+/// A validated DAG as declared by its file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DagSpec {
+    pub dag_id: String,
+    /// Path of the file relative to the dags folder.
+    pub fileloc: String,
+    pub description: Option<String>,
+    pub schedule: ScheduleSpec,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub timezone: TimeZoneSpec,
+    pub catchup: bool,
+    pub tags: Vec<String>,
+    pub max_active_runs: u32,
+    pub max_active_tasks: u32,
+    pub params: BTreeMap<String, serde_json::Value>,
+    pub dagrun_timeout: Option<Seconds>,
+    pub on_failure_callback: Option<CallbackRef>,
+    pub on_success_callback: Option<CallbackRef>,
+    pub doc_md: Option<String>,
+    /// Tasks in declaration order.
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl DagSpec {
+    pub fn task(&self, task_id: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|t| t.task_id == task_id)
+    }
+
+    /// Distinct task owners, in first-seen order, as Airflow's DAG list shows them.
+    pub fn owners(&self) -> Vec<&str> {
+        let mut owners: Vec<&str> = Vec::new();
+        for t in &self.tasks {
+            if !owners.contains(&t.owner.as_str()) {
+                owners.push(&t.owner);
+            }
+        }
+        owners
+    }
+
+    /// The stable serialised form the version hash is taken over.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,258 @@
+//! The DAG API registered into the engine: `DAG(...)`, the operators, `>>`/`<<`, `chain`, ...
+//!
+//! Every function here finds its file's state through the engine's tag and raises `ScriptError`s
+//! positioned at the call.
+
+use super::args::{self, Args, DagHandle, OPERATORS, OperatorDef, TaskHandle, Value};
+use super::error::{ScriptError, ScriptResult, to_pos};
+use super::state::{FileCell, FileState, allowed_keys, dag_keys};
+use crate::model::SourcePos;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+use std::any::TypeId;
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// The call's position in the user's file, or `None` when the call is inside a stdlib function.
+fn call_pos(ctx: &NativeCallContext) -> Option<SourcePos> {
+    match ctx.call_source() {
+        Some(src) if !src.is_empty() => None,
+        _ => to_pos(ctx.call_position()),
+    }
+}
+
+/// Runs `f` on the file's state; errors are positioned at the call (or at the offending key).
+fn with_state<T>(
+    ctx: &NativeCallContext,
+    f: impl FnOnce(&mut FileState, Option<SourcePos>) -> ScriptResult<T>,
+) -> RhaiResult<T> {
+    let cell = ctx
+        .tag()
+        .and_then(|t| t.clone().try_cast::<FileCell>())
+        .ok_or_else(|| ScriptError::new("the DAG API is only available while a DAG file is evaluated"))?;
+    let mut state = cell.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let pos = call_pos(ctx);
+    f(&mut state, pos).map_err(|mut e| {
+        if e.pos.is_none()
+            && let (Some(key), Some(from)) = (e.key.take(), pos)
+        {
+            e.pos = locate_key(&state.source, from, &key);
+        }
+        let mut err: Box<EvalAltResult> = e.into();
+        err.set_position(ctx.call_position());
+        err
+    })
+}
+
+/// Finds `key:` in the source at or after `from`, to put the caret on a bad key.
+fn locate_key(source: &str, from: SourcePos, key: &str) -> Option<SourcePos> {
+    for (i, line) in source.lines().enumerate().skip(from.line.saturating_sub(1)).take(200) {
+        let line_no = i + 1;
+        let start = if line_no == from.line { line.char_indices().nth(from.col.saturating_sub(1)).map_or(line.len(), |(b, _)| b) } else { 0 };
+        let mut search = start;
+        while let Some(found) = line[search..].find(key) {
+            let at = search + found;
+            let before_ok = line[..at].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            let rest = line[at + key.len()..].trim_start();
+            if before_ok && rest.starts_with(':') {
+                return Some(SourcePos::new(line_no, line[..at].chars().count() + 1));
+            }
+            search = at + key.len();
+        }
+    }
+    None
+}
+
+fn task_list(value: &Dynamic, what: &str) -> ScriptResult<Vec<TaskHandle>> {
+    if let Some(t) = value.clone().try_cast::<TaskHandle>() {
+        return Ok(vec![t]);
+    }
+    let Some(array) = value.clone().try_cast::<Array>() else {
+        return Err(ScriptError::new(format!("{what} must be a task or an array of tasks, not `{}`", value.type_name())));
+    };
+    array
+        .iter()
+        .map(|v| {
+            v.clone().try_cast::<TaskHandle>().ok_or_else(|| {
+                ScriptError::new(format!("{what} must hold only tasks, but holds a `{}`", v.type_name()))
+            })
+        })
+        .collect()
+}
+
+fn link(state: &mut FileState, ups: &[TaskHandle], downs: &[TaskHandle], pos: Option<SourcePos>) -> ScriptResult<()> {
+    for up in ups {
+        for down in downs {
+            state.add_edge(*up, *down, pos)?;
+        }
+    }
+    Ok(())
+}
+
+fn declare_dag(ctx: &NativeCallContext, dag_id: Option<String>, map: Map) -> RhaiResult<DagHandle> {
+    with_state(ctx, |state, pos| {
+        let mut args = Args::check(&map, dag_keys(), "DAG")?;
+        let dag_id = match (dag_id, args.str("dag_id")) {
+            (Some(id), _) | (None, Some(id)) => id,
+            (None, None) => return Err(ScriptError::new("`DAG` needs a dag_id: `DAG(\"my_dag\", #{ ... })`")),
+        };
+        let default_args = match args.take("default_args") {
+            Some(Value::Map(raw)) => Args::check(&raw, &args::default_args_keys(), "default_args")?,
+            _ => Args::default(),
+        };
+        if args.contains("schedule") && args.contains("schedule_interval") {
+            return Err(ScriptError::new("give `schedule` or `schedule_interval`, not both"));
+        }
+        if let Some(tz) = args.str("timezone") {
+            super::state::parse_timezone(&tz)?;
+        }
+        state.declare_dag(dag_id, args, default_args, pos).map(DagHandle)
+    })
+}
+
+fn declare_task(ctx: &NativeCallContext, op: &'static OperatorDef, map: Map) -> RhaiResult<TaskHandle> {
+    with_state(ctx, |state, pos| {
+        let args = Args::check(&map, &allowed_keys(op), op.name)?;
+        state.declare_task(op, args, pos)
+    })
+}
+
+/// `chain(a, [b, c], d)`: each element upstream of the next; two arrays in a row pair up by index.
+fn chain(ctx: &NativeCallContext, elements: Vec<Dynamic>) -> RhaiResult<()> {
+    with_state(ctx, |state, pos| {
+        let elements = match elements.as_slice() {
+            [only] if only.is_array() => only.clone().cast::<Array>(),
+            _ => elements,
+        };
+        for pair in elements.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            let ups = task_list(a, "each `chain` element")?;
+            let downs = task_list(b, "each `chain` element")?;
+            if a.is_array() && b.is_array() {
+                if ups.len() != downs.len() {
+                    return Err(ScriptError::new(format!(
+                        "`chain` pairs two arrays in a row by position, but they hold {} and {} tasks",
+                        ups.len(),
+                        downs.len()
+                    ))
+                    .with_help("use `cross_downstream(from, to)` to join every task of one array to every task of another"));
+                }
+                for (up, down) in ups.iter().zip(&downs) {
+                    state.add_edge(*up, *down, pos)?;
+                }
+            } else {
+                link(state, &ups, &downs, pos)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Registers the whole DAG API.
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<DagHandle>("DAG");
+    engine.register_type_with_name::<TaskHandle>("Task");
+    engine.register_type_with_name::<FileCell>("FileState");
+
+    engine.register_fn("DAG", |ctx: NativeCallContext, id: &str| declare_dag(&ctx, Some(id.to_string()), Map::new()));
+    engine.register_fn("DAG", |ctx: NativeCallContext, id: &str, map: Map| declare_dag(&ctx, Some(id.to_string()), map));
+    engine.register_fn("DAG", |ctx: NativeCallContext, map: Map| declare_dag(&ctx, None, map));
+    engine.register_get("dag_id", |ctx: NativeCallContext, d: &mut DagHandle| {
+        let d = *d;
+        with_state(&ctx, move |s, _| Ok(s.dags[d.0].dag_id.clone()))
+    });
+
+    for op in OPERATORS {
+        engine.register_fn(op.name, move |ctx: NativeCallContext, map: Map| declare_task(&ctx, op, map));
+    }
+
+    engine.register_get("task_id", |ctx: NativeCallContext, t: &mut TaskHandle| {
+        let t = *t;
+        with_state(&ctx, move |s, _| Ok(s.task_id(t)))
+    });
+    engine.register_get("dag_id", |ctx: NativeCallContext, t: &mut TaskHandle| {
+        let t = *t;
+        with_state(&ctx, move |s, _| Ok(s.dags[t.dag].dag_id.clone()))
+    });
+    engine.register_fn("to_string", |ctx: NativeCallContext, t: &mut TaskHandle| {
+        let t = *t;
+        with_state(&ctx, move |s, _| Ok(s.task_label(t)))
+    });
+    engine.register_fn("to_debug", |ctx: NativeCallContext, t: &mut TaskHandle| {
+        let t = *t;
+        with_state(&ctx, move |s, _| Ok(s.task_label(t)))
+    });
+    engine.register_fn("==", |a: TaskHandle, b: TaskHandle| a == b);
+
+    // Airflow's methods: `b.set_upstream(a)`, `a.set_downstream([b, c])`.
+    engine.register_fn("set_upstream", |ctx: NativeCallContext, t: &mut TaskHandle, other: Dynamic| {
+        let t = *t;
+        with_state(&ctx, move |s, pos| link(s, &task_list(&other, "`set_upstream`'s argument")?, &[t], pos))
+    });
+    engine.register_fn("set_downstream", |ctx: NativeCallContext, t: &mut TaskHandle, other: Dynamic| {
+        let t = *t;
+        with_state(&ctx, move |s, pos| link(s, &[t], &task_list(&other, "`set_downstream`'s argument")?, pos))
+    });
+
+    // `a >> b` returns `b`, so `a >> b >> [c, d]` chains; `a << b` makes `b` upstream of `a` and returns `b`.
+    engine.register_fn(">>", |ctx: NativeCallContext, a: TaskHandle, b: TaskHandle| {
+        with_state(&ctx, |s, pos| s.add_edge(a, b, pos).map(|_| b))
+    });
+    engine.register_fn(">>", |ctx: NativeCallContext, a: TaskHandle, b: Array| {
+        let downs = task_list(&Dynamic::from_array(b.clone()), "the right side of `>>`");
+        with_state(&ctx, |s, pos| link(s, &[a], &downs?, pos).map(|_| b))
+    });
+    engine.register_fn(">>", |ctx: NativeCallContext, a: Array, b: TaskHandle| {
+        let ups = task_list(&Dynamic::from_array(a), "the left side of `>>`");
+        with_state(&ctx, |s, pos| link(s, &ups?, &[b], pos).map(|_| b))
+    });
+    engine.register_fn("<<", |ctx: NativeCallContext, a: TaskHandle, b: TaskHandle| {
+        with_state(&ctx, |s, pos| s.add_edge(b, a, pos).map(|_| b))
+    });
+    engine.register_fn("<<", |ctx: NativeCallContext, a: TaskHandle, b: Array| {
+        let ups = task_list(&Dynamic::from_array(b.clone()), "the right side of `<<`");
+        with_state(&ctx, |s, pos| link(s, &ups?, &[a], pos).map(|_| b))
+    });
+    engine.register_fn("<<", |ctx: NativeCallContext, a: Array, b: TaskHandle| {
+        let downs = task_list(&Dynamic::from_array(a), "the left side of `<<`");
+        with_state(&ctx, |s, pos| link(s, &[b], &downs?, pos).map(|_| b))
+    });
+    for op in [">>", "<<"] {
+        engine.register_fn(op, move |ctx: NativeCallContext, _a: Array, _b: Array| -> RhaiResult<()> {
+            with_state(&ctx, |_, _| {
+                Err(ScriptError::new(format!("`{op}` cannot join two arrays"))
+                    .with_help("use `cross_downstream(from, to)` for every pair, or `chain(from, to)` to pair them by position"))
+            })
+        });
+    }
+
+    engine.register_fn("days_ago", |ctx: NativeCallContext, n: rhai::INT| {
+        with_state(&ctx, |s, _| Ok(super::values::days_ago(s.ctx.now, n)))
+    });
+
+    engine.register_fn("cross_downstream", |ctx: NativeCallContext, from: Array, to: Array| {
+        let ups = task_list(&Dynamic::from_array(from), "`cross_downstream`'s first array");
+        let downs = task_list(&Dynamic::from_array(to), "`cross_downstream`'s second array");
+        with_state(&ctx, |s, pos| link(s, &ups?, &downs?, pos))
+    });
+
+    // `chain` takes any number of tasks or arrays, as Airflow's does.
+    for arity in 1..=32 {
+        let types = vec![TypeId::of::<Dynamic>(); arity];
+        engine.register_raw_fn("chain", types, |ctx: NativeCallContext, args: &mut [&mut Dynamic]| {
+            let elements: Vec<Dynamic> = args.iter_mut().map(|a| std::mem::take(*a)).collect();
+            chain(&ctx, elements)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_a_key_after_the_call() {
+        let src = "let t = BashOperator(#{\n  task_id: \"a\",\n  retires: 2 });";
+        assert_eq!(locate_key(src, SourcePos::new(1, 9), "retires"), Some(SourcePos::new(3, 3)));
+        assert_eq!(locate_key(src, SourcePos::new(1, 9), "nothing"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! Errors raised by the DAG API while a file is evaluated, and their conversion to diagnostics.
+
+use crate::model::{Diagnostic, SourcePos};
+use rhai::{Dynamic, EvalAltResult, ParseErrorType, Position};
+
+/// An error the DAG API raises: a message and a hint on what to do.
+#[derive(Debug, Clone)]
+pub struct ScriptError {
+    pub message: String,
+    pub help: Option<String>,
+    /// A more precise place than the call (e.g. the offending key), when known.
+    pub pos: Option<SourcePos>,
+    /// The map key this error is about, so the caret can point at it.
+    pub key: Option<String>,
+}
+
+pub type ScriptResult<T> = Result<T, ScriptError>;
+
+/// A `ScriptError` raised into the running script.
+pub fn lift<T>(r: ScriptResult<T>) -> Result<T, Box<EvalAltResult>> {
+    r.map_err(Into::into)
+}
+
+impl ScriptError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ScriptError { message: message.into(), help: None, pos: None, key: None }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn at_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_string());
+        self
+    }
+
+    /// "unknown key `retires` in `BashOperator` — did you mean `retries`?"
+    pub fn unknown_key(key: &str, owner: &str, known: &[&str]) -> Self {
+        let message = format!("unknown key `{key}` in `{owner}`");
+        let e = match nearest(key, known) {
+            Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
+            None => ScriptError::new(message).with_help(format!("known keys: {}", known.join(", "))),
+        };
+        e.at_key(key)
+    }
+}
+
+/// The closest of `known` to `word`, if any is close enough to be a likely typo.
+pub fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+impl From<ScriptError> for Box<EvalAltResult> {
+    fn from(e: ScriptError) -> Self {
+        EvalAltResult::ErrorRuntime(Dynamic::from(e), Position::NONE).into()
+    }
+}
+
+pub fn to_pos(p: Position) -> Option<SourcePos> {
+    Some(SourcePos::new(p.line()?, p.position().unwrap_or(1)))
+}
+
+/// Converts a parse error to a diagnostic at its place in the file.
+pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError) -> Diagnostic {
+    let (kind, pos) = (&*err.0, err.1);
+    let (message, help) = match kind {
+        ParseErrorType::ExprTooDeep => (
+            "expression nested too deeply".to_string(),
+            Some("split long `a >> b >> c ...` chains: use `chain([...])` or a loop".to_string()),
+        ),
+        ParseErrorType::LiteralTooLarge(what, max) => (format!("{what} is longer than the limit of {max}"), None),
+        ParseErrorType::VariableUndefined(name) => {
+            let declared = declared_names(source);
+            let known: Vec<&str> = declared.iter().map(String::as_str).collect();
+            let message = match nearest(name, &known) {
+                Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
+                None => format!("unknown variable `{name}`"),
+            };
+            (message, Some("declare it with `let` before using it".to_string()))
+        }
+        other => (format!("syntax error: {other}"), None),
+    };
+    let mut d = Diagnostic::new(file, to_pos(pos), message).with_source(source);
+    d.help = help;
+    d
+}
+
+/// Names declared with `let`/`const` or as function parameters, for "did you mean" hints.
+fn declared_names(source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in source.lines() {
+        let mut words = line.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty());
+        while let Some(w) = words.next() {
+            if (w == "let" || w == "const" || w == "fn" || w == "for" || w == "as")
+                && let Some(name) = words.next()
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// What the deadline hook returns to stop an evaluation.
+pub const DEADLINE_TOKEN: &str = "rhaiflow:deadline";
+
+/// Limits to quote in messages about runaway scripts.
+pub struct LimitNames {
+    pub max_operations: u64,
+    pub deadline_ms: u64,
+}
+
+/// Converts an evaluation error, keeping the outermost position in the user's file and the innermost cause.
+pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &LimitNames) -> Diagnostic {
+    let pos = outer_position(err);
+    let inner = err.unwrap_inner();
+    let mut help = None;
+    let mut inner_pos = None;
+    let message = match inner {
+        EvalAltResult::ErrorRuntime(value, _) => match value.clone().try_cast::<ScriptError>() {
+            Some(e) => {
+                help = e.help;
+                inner_pos = e.pos;
+                e.message
+            }
+            None => format!("error thrown: {value}"),
+        },
+        EvalAltResult::ErrorTerminated(_, _) => {
+            help = Some("a DAG file only declares DAGs; look for an endless loop".into());
+            format!("evaluation took longer than the {} ms limit", limits.deadline_ms)
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            help = Some("a DAG file only declares DAGs; look for an endless loop".into());
+            format!("evaluation exceeded the limit of {} operations", limits.max_operations)
+        }
+        EvalAltResult::ErrorStackOverflow(_) => {
+            help = Some("look for a function that calls itself without end".into());
+            "function calls nested too deeply".into()
+        }
+        EvalAltResult::ErrorDataTooLarge(what, _) => format!("{what} exceeds the size limit for DAG files"),
+        EvalAltResult::ErrorParsing(kind, _) => format!("syntax error: {kind}"),
+        EvalAltResult::ErrorModuleNotFound(name, _) => {
+            help = Some("stdlib modules are imported by name, e.g. `import \"alerts\" as alerts;`".into());
+            format!("no stdlib module named `{name}`")
+        }
+        other => {
+            let mut text = other.to_string();
+            if let Some(i) = text.rfind(" (line ") {
+                text.truncate(i);
+            }
+            text
+        }
+    };
+    let mut d = Diagnostic::new(file, inner_pos.or(pos), message).with_source(source);
+    d.help = help;
+    d
+}
+
+/// The position of the call in the user's own file: the outermost one with a line.
+fn outer_position(err: &EvalAltResult) -> Option<SourcePos> {
+    let mut current = err;
+    loop {
+        if let Some(p) = to_pos(current.position()) {
+            return Some(p);
+        }
+        match current {
+            EvalAltResult::ErrorInFunctionCall(_, _, inner, _) | EvalAltResult::ErrorInModule(_, inner, _) => {
+                current = inner;
+            }
+            _ => return None,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The Rhai host: a sandboxed, bounded engine that evaluates one DAG file into DAG specs.
+//!
+//! Rhai types never leave this module. `evaluate` does no I/O: the caller hands in the source text,
+//! and gets back the DAGs it declared (not yet graph-checked) plus diagnostics.
+
+mod api;
+mod args;
+mod error;
+mod state;
+mod values;
+
+pub use state::{DeclaredDag, EvalContext, SourceMap};
+
+use crate::model::Diagnostic;
+use error::{DEADLINE_TOKEN, LimitNames, eval_diagnostic, parse_diagnostic};
+use rhai::module_resolvers::StaticModuleResolver;
+use rhai::{AST, Dynamic, Engine, FnPtr, Module, Scope, Shared};
+
+type SharedModule = Shared<Module>;
+use state::{FileCell, FileState};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The Rhai sources shipped inside the binary: the prelude every file sees, and importable modules.
+pub const STDLIB: &[(&str, &str)] = &[
+    ("prelude", include_str!("../../stdlib/prelude.rhai")),
+    ("alerts", include_str!("../../stdlib/alerts.rhai")),
+    ("schedules", include_str!("../../stdlib/schedules.rhai")),
+];
+
+/// Bounds on one file's evaluation, so a runaway file becomes that file's error.
+#[derive(Debug, Clone)]
+pub struct ScriptLimits {
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub deadline: Duration,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_operations: 50_000_000,
+            max_call_levels: 96,
+            max_expr_depth: 256,
+            max_string_size: 4 << 20,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+            deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What evaluating one file produced.
+pub struct FileOutcome {
+    pub dags: Vec<DeclaredDag>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The compiled file, kept when it defines closures that later calls need.
+    pub program: Option<Arc<ScriptProgram>>,
+}
+
+/// A compiled DAG file and the closures it handed to the DAG API, callable later by `CallbackRef`.
+pub struct ScriptProgram {
+    #[allow(dead_code)] // read when callbacks and `RhaiOperator` run (see ARCHITECTURE.md)
+    ast: Arc<AST>,
+    callbacks: BTreeMap<String, FnPtr>,
+}
+
+impl ScriptProgram {
+    pub fn has_callback(&self, id: &str) -> bool {
+        self.callbacks.contains_key(id)
+    }
+}
+
+/// The stdlib compiled once, shared by every engine.
+pub struct ScriptHost {
+    limits: ScriptLimits,
+    prelude: SharedModule,
+    modules: StaticModuleResolver,
+}
+
+impl ScriptHost {
+    /// Compiles the stdlib. An error here is a bug in the shipped stdlib.
+    pub fn new(limits: ScriptLimits) -> Result<Self, Vec<Diagnostic>> {
+        let mut host = ScriptHost { limits, prelude: Module::new().into(), modules: StaticModuleResolver::new() };
+        let mut errors = Vec::new();
+        let compile_engine = host.raw_engine();
+        for (name, source) in STDLIB {
+            let file = format!("stdlib/{name}.rhai");
+            match compile_module(&compile_engine, &file, source) {
+                Ok(module) if *name == "prelude" => host.prelude = module,
+                Ok(module) => host.modules.insert(*name, (*module).clone()),
+                Err(d) => errors.push(d),
+            }
+        }
+        if errors.is_empty() { Ok(host) } else { Err(errors) }
+    }
+
+    pub fn limits(&self) -> &ScriptLimits {
+        &self.limits
+    }
+
+    /// An engine with the DAG API and limits, without the stdlib.
+    fn raw_engine(&self) -> Engine {
+        let mut engine = Engine::new();
+        let l = &self.limits;
+        engine
+            .set_max_operations(l.max_operations)
+            .set_max_call_levels(l.max_call_levels)
+            .set_max_expr_depths(l.max_expr_depth, l.max_expr_depth)
+            .set_max_string_size(l.max_string_size)
+            .set_max_array_size(l.max_array_size)
+            .set_max_map_size(l.max_map_size)
+            .set_max_modules(32)
+            .set_strict_variables(true)
+            .set_fail_on_invalid_map_property(true);
+        // Sandbox: no `eval` of strings, no file imports, output goes to the trace log.
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(self.modules.clone());
+        engine.on_print(|text| tracing::debug!(target: "rhaiflow::dag_file", "{text}"));
+        engine.on_debug(|text, _, pos| tracing::debug!(target: "rhaiflow::dag_file", "{pos:?} {text}"));
+        api::register(&mut engine);
+        values::register(&mut engine);
+        engine
+    }
+
+    /// An engine for one thread; evaluate many files with it, one at a time.
+    pub fn engine(&self) -> FileEngine {
+        let mut engine = self.raw_engine();
+        engine.set_module_resolver(self.modules.clone());
+        engine.register_global_module(self.prelude.clone());
+        let base = Instant::now();
+        let deadline = Arc::new(AtomicU64::new(u64::MAX));
+        let watched = deadline.clone();
+        engine.on_progress(move |ops| {
+            let late = ops % 1024 == 0 && base.elapsed().as_nanos() as u64 > watched.load(Ordering::Relaxed);
+            late.then(|| Dynamic::from(DEADLINE_TOKEN))
+        });
+        FileEngine { engine, base, deadline, limits: self.limits.clone() }
+    }
+
+    /// Evaluates one file with a fresh engine (convenient; the loader reuses engines per thread).
+    pub fn evaluate(&self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
+        self.engine().evaluate(file, source, ctx)
+    }
+}
+
+fn compile_module(engine: &Engine, file: &str, source: &str) -> Result<SharedModule, Diagnostic> {
+    let mut ast = engine.compile(source).map_err(|e| parse_diagnostic(file, source, &e))?;
+    ast.set_source(file);
+    let module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| {
+        let limits = LimitNames { max_operations: 0, deadline_ms: 0 };
+        eval_diagnostic(file, source, &e, &limits)
+    })?;
+    Ok(module.into())
+}
+
+/// One thread's engine. Not shared: a shared engine serialises on its string cache.
+pub struct FileEngine {
+    engine: Engine,
+    base: Instant,
+    deadline: Arc<AtomicU64>,
+    limits: ScriptLimits,
+}
+
+impl FileEngine {
+    /// Compiles and runs one DAG file. `file` is the name diagnostics show.
+    pub fn evaluate(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.evaluate_inner(file, source, ctx)));
+        outcome.unwrap_or_else(|_| FileOutcome {
+            dags: Vec::new(),
+            diagnostics: vec![Diagnostic::new(file, None, "internal error while evaluating this file")
+                .with_help("this is a bug in rhaiflow; please report it with the file")],
+            program: None,
+        })
+    }
+
+    fn evaluate_inner(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
+        let fail = |d: Diagnostic| FileOutcome { dags: Vec::new(), diagnostics: vec![d], program: None };
+        let shared_source: Arc<str> = Arc::from(source);
+        let cell = FileCell(Arc::new(Mutex::new(FileState::new(file.to_string(), shared_source, ctx.clone()))));
+        let limit_ns = self.base.elapsed().as_nanos() as u64 + self.limits.deadline.as_nanos() as u64;
+        self.deadline.store(limit_ns, Ordering::Relaxed);
+        let ast = match self.engine.compile(source) {
+            Ok(ast) => ast,
+            Err(e) => return fail(parse_diagnostic(file, source, &e)),
+        };
+        self.engine.set_default_tag(Dynamic::from(cell.clone()));
+        let result = self.engine.run_ast_with_scope(&mut Scope::new(), &ast);
+        self.engine.set_default_tag(Dynamic::UNIT);
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+        if let Err(e) = result {
+            let names = LimitNames {
+                max_operations: self.limits.max_operations,
+                deadline_ms: self.limits.deadline.as_millis() as u64,
+            };
+            return fail(eval_diagnostic(file, source, &e, &names));
+        }
+        let state = {
+            let mut guard = cell.0.lock().unwrap_or_else(|p| p.into_inner());
+            let empty = FileState::new(String::new(), Arc::from(""), ctx.clone());
+            std::mem::replace(&mut *guard, empty)
+        };
+        let callbacks = state.callbacks.clone();
+        let (dags, diagnostics) = state.finish();
+        let program = (!callbacks.is_empty()).then(|| Arc::new(ScriptProgram { ast: Arc::new(ast), callbacks }));
+        FileOutcome { dags, diagnostics, program }
+    }
+}

@@ -1,0 +1,538 @@
+//! What one file's evaluation has declared so far, and turning it into `DagSpec`s at the end.
+
+use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
+use super::error::{ScriptError, ScriptResult, nearest};
+use crate::model::{
+    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, Seconds, SensorKind, SensorMode, SensorSpec,
+    SourcePos, TaskSpec, TimeZoneSpec, TriggerRule,
+};
+use chrono::{DateTime, Offset, Utc};
+use rhai::FnPtr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Where each DAG, task and edge of a DAG was declared, for graph errors found after evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    pub dag: Option<SourcePos>,
+    pub tasks: HashMap<String, Option<SourcePos>>,
+    pub edges: HashMap<(String, String), Option<SourcePos>>,
+}
+
+/// A DAG a file declared, before graph validation.
+#[derive(Debug, Clone)]
+pub struct DeclaredDag {
+    pub spec: DagSpec,
+    pub source_map: SourceMap,
+}
+
+/// Settings an evaluation reads: the clock and the defaults Airflow takes from its config.
+#[derive(Debug, Clone)]
+pub struct EvalContext {
+    pub now: DateTime<Utc>,
+    pub default_timezone: chrono_tz::Tz,
+    pub catchup_by_default: bool,
+    pub default_owner: String,
+}
+
+pub struct TaskDecl {
+    pub pos: Option<SourcePos>,
+    pub spec: TaskSpec,
+}
+
+pub struct DagDecl {
+    pub dag_id: String,
+    pub pos: Option<SourcePos>,
+    pub args: Args,
+    pub default_args: Args,
+    pub tasks: Vec<TaskDecl>,
+    task_index: HashMap<String, usize>,
+    edges: Vec<(usize, usize, Option<SourcePos>)>,
+    edge_set: HashSet<(usize, usize)>,
+}
+
+/// The state behind the DAG API during one file's evaluation.
+pub struct FileState {
+    pub file: String,
+    pub source: Arc<str>,
+    pub ctx: EvalContext,
+    pub dags: Vec<DagDecl>,
+    pub callbacks: BTreeMap<String, FnPtr>,
+}
+
+/// The handle the engine's tag carries so native functions find their file's state.
+#[derive(Clone)]
+pub struct FileCell(pub Arc<Mutex<FileState>>);
+
+static ID_CHARS: &str = "letters, digits, `_`, `-` and `.`";
+
+fn check_id(kind: &str, id: &str) -> ScriptResult<()> {
+    if id.is_empty() || id.len() > 250 {
+        return Err(ScriptError::new(format!("`{kind}` must be 1 to 250 characters long")));
+    }
+    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+        return Err(ScriptError::new(format!("{kind} `{id}` contains `{bad}`; use only {ID_CHARS}")));
+    }
+    Ok(())
+}
+
+impl FileState {
+    pub fn new(file: String, source: Arc<str>, ctx: EvalContext) -> Self {
+        FileState { file, source, ctx, dags: Vec::new(), callbacks: BTreeMap::new() }
+    }
+
+    fn location(&self, pos: Option<SourcePos>) -> String {
+        match pos {
+            Some(p) => format!("{}:{}:{}", self.file, p.line, p.col),
+            None => format!("{} (in the stdlib)", self.file),
+        }
+    }
+
+    pub fn declare_dag(
+        &mut self,
+        dag_id: String,
+        args: Args,
+        default_args: Args,
+        pos: Option<SourcePos>,
+    ) -> ScriptResult<usize> {
+        check_id("dag_id", &dag_id)?;
+        if let Some(other) = self.dags.iter().find(|d| d.dag_id == dag_id) {
+            return Err(ScriptError::new(format!(
+                "DAG `{dag_id}` is declared twice in this file; first at {}",
+                self.location(other.pos)
+            )));
+        }
+        let idx = self.dags.len();
+        self.dags.push(DagDecl {
+            dag_id,
+            pos,
+            args,
+            default_args,
+            tasks: Vec::new(),
+            task_index: HashMap::new(),
+            edges: Vec::new(),
+            edge_set: HashSet::new(),
+        });
+        self.register_dag_callbacks(idx);
+        Ok(idx)
+    }
+
+    /// Declares a task from an operator call; `args` are already checked against the operator's keys.
+    pub fn declare_task(
+        &mut self,
+        op: &'static OperatorDef,
+        mut args: Args,
+        pos: Option<SourcePos>,
+    ) -> ScriptResult<TaskHandle> {
+        let dag_idx = match args.get("dag") {
+            Some(Value::Dag(i)) => *i,
+            _ => self.dags.len().checked_sub(1).ok_or_else(|| {
+                let id = args.str("task_id").unwrap_or_default();
+                ScriptError::new(format!("task `{id}` has no DAG"))
+                    .with_help("declare `let dag = DAG(\"my_dag\", #{ ... });` before the task, or pass `dag: dag`")
+            })?,
+        };
+        let allowed = allowed_keys(op);
+        let defaults = self.dags[dag_idx].default_args.clone();
+        args.fill_from(&defaults, &allowed);
+        let task_id = args
+            .str("task_id")
+            .ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
+        check_id("task_id", &task_id)?;
+        for key in op.required {
+            let alias_given = *key == "callable" && args.contains("python_callable");
+            if !args.contains(key) && !alias_given {
+                return Err(ScriptError::new(format!("`{}` `{task_id}` needs `{key}`", op.name)));
+            }
+        }
+        let dag = &self.dags[dag_idx];
+        if let Some(&first) = dag.task_index.get(&task_id) {
+            return Err(ScriptError::new(format!(
+                "duplicate task_id `{task_id}` in DAG `{}`; first declared at {}",
+                dag.dag_id,
+                self.location(dag.tasks[first].pos)
+            ))
+            .with_help("every task of a DAG needs its own `task_id`"));
+        }
+        let scope = format!("{}.{task_id}", dag.dag_id);
+        let spec = self.task_spec(op, &args, task_id.clone(), &scope)?;
+        let dag = &mut self.dags[dag_idx];
+        let task_idx = dag.tasks.len();
+        dag.task_index.insert(task_id, task_idx);
+        dag.tasks.push(TaskDecl { pos, spec });
+        Ok(TaskHandle { dag: dag_idx, task: task_idx })
+    }
+
+    fn callback(&mut self, scope: &str, field: &str, f: Option<FnPtr>) -> Option<CallbackRef> {
+        let f = f?;
+        let id = format!("{scope}.{field}#{}", f.fn_name());
+        self.callbacks.insert(id.clone(), f);
+        Some(CallbackRef(id))
+    }
+
+    fn task_spec(&mut self, op: &OperatorDef, args: &Args, task_id: String, scope: &str) -> ScriptResult<TaskSpec> {
+        let retries = non_negative(args.int("retries").unwrap_or(0), "retries")? as u32;
+        let trigger_rule = match args.str("trigger_rule") {
+            None => TriggerRule::AllSuccess,
+            Some(text) => TriggerRule::parse(&text).ok_or_else(|| {
+                let known: Vec<&str> = TriggerRule::ALL.iter().map(|(n, _)| *n).collect();
+                let message = format!("unknown trigger_rule `{text}`");
+                match nearest(&text, &known) {
+                    Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
+                    None => ScriptError::new(message).with_help(format!("trigger rules: {}", known.join(", "))),
+                }
+            })?,
+        };
+        let operator = self.operator(op, args, scope)?;
+        Ok(TaskSpec {
+            task_id,
+            operator,
+            owner: args.str("owner").unwrap_or_else(|| self.ctx.default_owner.clone()),
+            retries,
+            retry_delay: args.duration("retry_delay").unwrap_or(Seconds::from_secs(300)),
+            retry_exponential_backoff: args.bool("retry_exponential_backoff").unwrap_or(false),
+            max_retry_delay: args.duration("max_retry_delay"),
+            execution_timeout: args.duration("execution_timeout"),
+            trigger_rule,
+            depends_on_past: args.bool("depends_on_past").unwrap_or(false),
+            pool: args.str("pool").unwrap_or_else(|| "default_pool".into()),
+            pool_slots: positive(args.int("pool_slots").unwrap_or(1), "pool_slots")? as u32,
+            priority_weight: args.int("priority_weight").unwrap_or(1),
+            queue: args.str("queue").unwrap_or_else(|| "default".into()),
+            email: args.str_list("email").unwrap_or_default(),
+            email_on_failure: args.bool("email_on_failure").unwrap_or(true),
+            email_on_retry: args.bool("email_on_retry").unwrap_or(true),
+            ding_on_failure: args.bool("ding_on_failure").unwrap_or(false),
+            ding_on_retry: args.bool("ding_on_retry").unwrap_or(false),
+            on_failure_callback: self.callback(scope, "on_failure_callback", args.closure("on_failure_callback")),
+            on_retry_callback: self.callback(scope, "on_retry_callback", args.closure("on_retry_callback")),
+            on_success_callback: self.callback(scope, "on_success_callback", args.closure("on_success_callback")),
+            params: json_object(args.json("params"), "params")?,
+            doc_md: args.str("doc_md"),
+            upstream: Vec::new(),
+        })
+    }
+
+    fn operator(&mut self, op: &OperatorDef, args: &Args, scope: &str) -> ScriptResult<Operator> {
+        let s = |key: &str| args.str(key).unwrap_or_default();
+        let list = |key: &str| args.str_list(key).unwrap_or_default();
+        let operator = match op.name {
+            "EmptyOperator" => Operator::EmptyOperator,
+            "BashOperator" => Operator::BashOperator {
+                bash_command: s("bash_command"),
+                env: args.str_map("env").unwrap_or_default(),
+                append_env: args.bool("append_env").unwrap_or(false),
+                cwd: args.str("cwd"),
+                skip_on_exit_code: args
+                    .int_list("skip_on_exit_code")
+                    .unwrap_or_else(|| vec![99])
+                    .into_iter()
+                    .map(|c| c as i32)
+                    .collect(),
+            },
+            "RhaiOperator" | "BranchOperator" | "ShortCircuitOperator" => {
+                let f = args.closure("callable").or_else(|| args.closure("python_callable"));
+                let callable = self.callback(scope, "callable", f).unwrap_or(CallbackRef(String::new()));
+                match op.name {
+                    "RhaiOperator" => Operator::RhaiOperator { callable },
+                    "BranchOperator" => Operator::BranchOperator { callable },
+                    _ => Operator::ShortCircuitOperator { callable },
+                }
+            }
+            "EmailOperator" => Operator::EmailOperator {
+                to: list("to"),
+                subject: s("subject"),
+                html_content: s("html_content"),
+                cc: list("cc"),
+                bcc: list("bcc"),
+            },
+            "HttpOperator" => Operator::HttpOperator {
+                http_conn_id: args.str("http_conn_id"),
+                endpoint: s("endpoint"),
+                method: http_method(args.str("method"), "POST")?,
+                data: args.str("data"),
+                headers: args.str_map("headers").unwrap_or_default(),
+                response_check: self.callback(scope, "response_check", args.closure("response_check")),
+            },
+            "DingdingOperator" => Operator::DingdingOperator {
+                robot: args.str("dingding_conn_id"),
+                message_type: one_of(args.str("message_type"), "message_type", &["text", "markdown"])?,
+                message: s("message"),
+                at_mobiles: list("at_mobiles"),
+                at_all: args.bool("at_all").unwrap_or(false),
+            },
+            "SlackWebhookOperator" => Operator::SlackWebhookOperator {
+                slack_webhook_conn_id: args.str("slack_webhook_conn_id"),
+                message: s("message"),
+                channel: args.str("channel"),
+            },
+            "TriggerDagRunOperator" => Operator::TriggerDagRunOperator {
+                trigger_dag_id: s("trigger_dag_id"),
+                conf: args.json("conf").unwrap_or(serde_json::Value::Null),
+                wait_for_completion: args.bool("wait_for_completion").unwrap_or(false),
+                poke_interval: args.duration("poke_interval").unwrap_or(Seconds::from_secs(60)),
+            },
+            sensor => {
+                let kind = match sensor {
+                    "FileSensor" => SensorKind::File { filepath: s("filepath") },
+                    "BashSensor" => SensorKind::Bash { bash_command: s("bash_command") },
+                    "HttpSensor" => SensorKind::Http {
+                        http_conn_id: args.str("http_conn_id"),
+                        endpoint: s("endpoint"),
+                        method: http_method(args.str("method"), "GET")?,
+                        response_check: self.callback(scope, "response_check", args.closure("response_check")),
+                    },
+                    "ExternalTaskSensor" => SensorKind::ExternalTask {
+                        external_dag_id: s("external_dag_id"),
+                        external_task_id: args.str("external_task_id"),
+                        allowed_states: args.str_list("allowed_states").unwrap_or_else(|| vec!["success".into()]),
+                        execution_delta: args.duration("execution_delta"),
+                    },
+                    "TimeDeltaSensor" => SensorKind::TimeDelta { delta: args.duration("delta").unwrap_or_default() },
+                    _ => SensorKind::DateTime { target_time: s("target_time") },
+                };
+                let mode = match one_of(args.str("mode"), "mode", &["poke", "reschedule"])?.as_str() {
+                    "reschedule" => SensorMode::Reschedule,
+                    _ => SensorMode::Poke,
+                };
+                Operator::Sensor(SensorSpec {
+                    kind,
+                    poke_interval: args.duration("poke_interval").unwrap_or(Seconds::from_secs(60)),
+                    timeout: args.duration("timeout").unwrap_or(Seconds::from_secs(7 * 86_400)),
+                    mode,
+                    soft_fail: args.bool("soft_fail").unwrap_or(false),
+                })
+            }
+        };
+        Ok(operator)
+    }
+
+    /// `up >> down`. Both must be tasks of the same DAG.
+    pub fn add_edge(&mut self, up: TaskHandle, down: TaskHandle, pos: Option<SourcePos>) -> ScriptResult<()> {
+        let name = |h: TaskHandle| &self.dags[h.dag].tasks[h.task].spec.task_id;
+        if up.dag != down.dag {
+            return Err(ScriptError::new(format!(
+                "cannot make `{}` (DAG `{}`) upstream of `{}` (DAG `{}`): dependencies join tasks of one DAG",
+                name(up),
+                self.dags[up.dag].dag_id,
+                name(down),
+                self.dags[down.dag].dag_id
+            ))
+            .with_help("to wait for another DAG, use `ExternalTaskSensor` or `TriggerDagRunOperator`"));
+        }
+        if up == down {
+            return Err(ScriptError::new(format!("task `{}` cannot depend on itself", name(up))));
+        }
+        let dag = &mut self.dags[up.dag];
+        if dag.edge_set.insert((up.task, down.task)) {
+            dag.edges.push((up.task, down.task, pos));
+        }
+        Ok(())
+    }
+
+    pub fn task_label(&self, h: TaskHandle) -> String {
+        let t = &self.dags[h.dag].tasks[h.task].spec;
+        format!("<Task({}): {}>", t.operator.name(), t.task_id)
+    }
+
+    pub fn task_id(&self, h: TaskHandle) -> String {
+        self.dags[h.dag].tasks[h.task].spec.task_id.clone()
+    }
+
+    /// Turns every declaration into a `DagSpec`; a DAG that cannot be built becomes a diagnostic.
+    pub fn finish(self) -> (Vec<DeclaredDag>, Vec<Diagnostic>) {
+        let mut dags = Vec::new();
+        let mut diagnostics = Vec::new();
+        for decl in &self.dags {
+            match self.build_dag(decl) {
+                Ok(d) => dags.push(d),
+                Err(e) => {
+                    let mut d = Diagnostic::new(&self.file, decl.pos, e.message).with_source(&self.source);
+                    d.help = e.help;
+                    diagnostics.push(d);
+                }
+            }
+        }
+        (dags, diagnostics)
+    }
+
+    fn build_dag(&self, decl: &DagDecl) -> ScriptResult<DeclaredDag> {
+        if decl.tasks.is_empty() {
+            return Err(ScriptError::new(format!("DAG `{}` has no tasks", decl.dag_id))
+                .with_help("declare tasks after the DAG, or pass `dag: dag` to each operator"));
+        }
+        let args = &decl.args;
+        let default_tz = self.ctx.default_timezone;
+        let start = args.datetime("start_date").or_else(|| decl.default_args.datetime("start_date"));
+        let end = args.datetime("end_date").or_else(|| decl.default_args.datetime("end_date"));
+        let timezone = match args.str("timezone") {
+            Some(name) => parse_timezone(&name)?,
+            None => match start.and_then(|s| s.offset) {
+                Some(off) => offset_zone(off).unwrap_or(default_tz),
+                None => default_tz,
+            },
+        };
+        let resolve = |v: Option<super::values::DateTimeValue>, key: &str| -> ScriptResult<Option<DateTime<Utc>>> {
+            match v {
+                None => Ok(None),
+                Some(v) => v.resolve(timezone).map(Some).ok_or_else(|| {
+                    ScriptError::new(format!("`{key}` does not exist in time zone `{timezone}` (a DST gap?)"))
+                }),
+            }
+        };
+        let schedule = match args.get("schedule").or_else(|| args.get("schedule_interval")) {
+            None => ScheduleSpec::Cron { expr: "0 0 * * *".into(), preset: Some("@daily".into()) },
+            Some(Value::Schedule(None)) => ScheduleSpec::None,
+            Some(Value::Schedule(Some(ScheduleArg::Every(every)))) => {
+                if every.as_millis() == 0 {
+                    return Err(ScriptError::new("`schedule` interval must be longer than zero"));
+                }
+                ScheduleSpec::Interval { every: *every }
+            }
+            Some(Value::Schedule(Some(ScheduleArg::Text(text)))) => schedule_text(text),
+            Some(_) => ScheduleSpec::None,
+        };
+        let mut tasks: Vec<TaskSpec> = decl.tasks.iter().map(|t| t.spec.clone()).collect();
+        let mut source_map = SourceMap { dag: decl.pos, ..SourceMap::default() };
+        for (up, down, pos) in &decl.edges {
+            let up_id = tasks[*up].task_id.clone();
+            tasks[*down].upstream.push(up_id.clone());
+            source_map.edges.insert((up_id, tasks[*down].task_id.clone()), *pos);
+        }
+        for (t, decl_task) in tasks.iter_mut().zip(&decl.tasks) {
+            t.upstream.sort();
+            source_map.tasks.insert(t.task_id.clone(), decl_task.pos);
+        }
+        let spec = DagSpec {
+            dag_id: decl.dag_id.clone(),
+            fileloc: self.file.clone(),
+            description: args.str("description"),
+            schedule,
+            start_date: resolve(start, "start_date")?,
+            end_date: resolve(end, "end_date")?,
+            timezone: TimeZoneSpec::Named(timezone.name().to_string()),
+            catchup: args.bool("catchup").unwrap_or(self.ctx.catchup_by_default),
+            tags: args.str_list("tags").unwrap_or_default(),
+            max_active_runs: positive(args.int("max_active_runs").unwrap_or(16), "max_active_runs")? as u32,
+            max_active_tasks: positive(args.int("max_active_tasks").unwrap_or(16), "max_active_tasks")? as u32,
+            params: json_object(args.json("params"), "params")?,
+            dagrun_timeout: args.duration("dagrun_timeout"),
+            on_failure_callback: self.callback_ref(&decl.dag_id, "on_failure_callback"),
+            on_success_callback: self.callback_ref(&decl.dag_id, "on_success_callback"),
+            doc_md: args.str("doc_md"),
+            tasks,
+        };
+        if let (Some(s), Some(e)) = (spec.start_date, spec.end_date)
+            && e < s
+        {
+            return Err(ScriptError::new(format!("DAG `{}` ends ({e}) before it starts ({s})", spec.dag_id)));
+        }
+        Ok(DeclaredDag { spec, source_map })
+    }
+
+    /// DAG-level callbacks are registered when the DAG is declared; this finds them again.
+    fn callback_ref(&self, dag_id: &str, field: &str) -> Option<CallbackRef> {
+        let prefix = format!("{dag_id}.{field}#");
+        self.callbacks.keys().find(|k| k.starts_with(&prefix)).cloned().map(CallbackRef)
+    }
+
+    fn register_dag_callbacks(&mut self, dag: usize) {
+        let dag_id = self.dags[dag].dag_id.clone();
+        for field in ["on_failure_callback", "on_success_callback"] {
+            let f = self.dags[dag].args.closure(field);
+            self.callback(&dag_id, field, f);
+        }
+    }
+}
+
+/// The keys one operator accepts.
+pub fn allowed_keys(op: &OperatorDef) -> Vec<super::args::KeySpec> {
+    let mut keys = TASK_KEYS.to_vec();
+    if op.sensor {
+        keys.extend_from_slice(SENSOR_KEYS);
+    }
+    keys.extend_from_slice(op.keys);
+    keys
+}
+
+pub fn dag_keys() -> &'static [super::args::KeySpec] {
+    DAG_KEYS
+}
+
+fn schedule_text(text: &str) -> ScheduleSpec {
+    let preset = |expr: &str| ScheduleSpec::Cron { expr: expr.into(), preset: Some(text.trim().to_string()) };
+    match text.trim() {
+        "@once" => ScheduleSpec::Once,
+        "None" | "" => ScheduleSpec::None,
+        "@hourly" => preset("0 * * * *"),
+        "@daily" | "@midnight" => preset("0 0 * * *"),
+        "@weekly" => preset("0 0 * * 0"),
+        "@monthly" => preset("0 0 1 * *"),
+        "@quarterly" => preset("0 0 1 */3 *"),
+        "@yearly" | "@annually" => preset("0 0 1 1 *"),
+        expr => ScheduleSpec::Cron { expr: expr.to_string(), preset: None },
+    }
+}
+
+/// An IANA time zone name, with a suggestion when it is misspelt.
+pub fn parse_timezone(name: &str) -> ScriptResult<chrono_tz::Tz> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        let known: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+        let message = format!("unknown time zone `{name}`");
+        match nearest(name, &known) {
+            Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
+            None => ScriptError::new(message).with_help("use an IANA name such as `UTC` or `Asia/Shanghai`"),
+        }
+    })
+}
+
+/// A whole-hour fixed offset as the `Etc/GMT` zone that holds it (its sign is inverted by POSIX).
+fn offset_zone(off: chrono::FixedOffset) -> Option<chrono_tz::Tz> {
+    let secs = off.fix().local_minus_utc();
+    if secs % 3600 != 0 {
+        return None;
+    }
+    let hours = secs / 3600;
+    let name = match hours {
+        0 => "UTC".to_string(),
+        h if h > 0 => format!("Etc/GMT-{h}"),
+        h => format!("Etc/GMT+{}", -h),
+    };
+    name.parse().ok()
+}
+
+fn http_method(given: Option<String>, default: &str) -> ScriptResult<String> {
+    let method = given.unwrap_or_else(|| default.to_string()).to_ascii_uppercase();
+    one_of(Some(method), "method", &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+}
+
+fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<String> {
+    let Some(value) = given else { return Ok(allowed[0].to_string()) };
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    let hint = nearest(&value, allowed).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
+    Err(ScriptError::new(format!("`{key}` must be one of {}, not `{value}`{hint}", allowed.join(", "))))
+}
+
+fn non_negative(n: i64, key: &str) -> ScriptResult<i64> {
+    if n < 0 {
+        return Err(ScriptError::new(format!("`{key}` must be zero or more, not {n}")));
+    }
+    Ok(n)
+}
+
+fn positive(n: i64, key: &str) -> ScriptResult<i64> {
+    if n < 1 {
+        return Err(ScriptError::new(format!("`{key}` must be at least 1, not {n}")));
+    }
+    Ok(n)
+}
+
+fn json_object(value: Option<serde_json::Value>, key: &str) -> ScriptResult<BTreeMap<String, serde_json::Value>> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
+        Some(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
+        Some(other) => Err(ScriptError::new(format!("`{key}` must be a map, not `{other}`"))),
+    }
+}

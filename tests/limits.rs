@@ -1,0 +1,85 @@
+//! Runaway DAG files become that file's import error; the process and every other file are unharmed.
+//! (No wall-clock assertions: the deadline itself is what stops the endless ones.)
+
+mod common;
+
+use std::fmt::Write;
+
+fn folder_with(files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("fine.rhai"),
+        "let d = DAG(\"fine\", #{ start_date: days_ago(1) }); let a = EmptyOperator(#{ task_id: \"a\" });",
+    )
+    .unwrap();
+    dir
+}
+
+fn error_of(bag: &rhaiflow::loader::DagBag, file: &str) -> String {
+    let e = bag.import_errors.iter().find(|e| e.file == file).unwrap_or_else(|| panic!("{file} should fail"));
+    e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn runaway_files_are_stopped_and_the_rest_load() {
+    let mut deep_chain = String::from("let dag = DAG(\"deep\", #{ start_date: days_ago(1) });\n");
+    for i in 0..10_000 {
+        writeln!(deep_chain, "let t{i} = EmptyOperator(#{{ task_id: \"t{i}\" }});").unwrap();
+    }
+    deep_chain.push_str(&(0..10_000).map(|i| format!("t{i}")).collect::<Vec<_>>().join(" >> "));
+    deep_chain.push(';');
+    let dir = folder_with(&[
+        ("endless.rhai", "let dag = DAG(\"endless\", #{ start_date: days_ago(1) });\nloop { }\n".into()),
+        ("recursion.rhai", "fn down(n) { down(n + 1) }\nlet dag = DAG(\"recursion\");\ndown(0);\n".into()),
+        ("huge_string.rhai", "let s = \"x\";\nloop { s += s; }\n".into()),
+        ("huge_array.rhai", "let a = [];\nloop { a.push(1); }\n".into()),
+        ("deep_chain.rhai", deep_chain),
+    ]);
+    let bag = common::load(dir.path());
+    assert!(bag.dags.contains_key("fine"), "the good file loads beside the runaway ones");
+    let endless = error_of(&bag, "endless.rhai");
+    assert!(endless.contains("endless loop"), "{endless}");
+    assert!(endless.contains("endless.rhai:2:"), "{endless}");
+    let recursion = error_of(&bag, "recursion.rhai");
+    assert!(recursion.contains("function calls nested too deeply"), "{recursion}");
+    let huge = error_of(&bag, "huge_string.rhai");
+    assert!(huge.contains("exceeds the size limit"), "{huge}");
+    let array = error_of(&bag, "huge_array.rhai");
+    // Rhai re-measures an array on every push, so the deadline may stop this one before the size cap.
+    assert!(array.contains("exceeds the size limit") || array.contains("longer than the"), "{array}");
+    let deep = error_of(&bag, "deep_chain.rhai");
+    assert!(deep.contains("expression nested too deeply"), "{deep}");
+    assert!(deep.contains("chain("), "the message says what to do instead: {deep}");
+}
+
+#[test]
+fn a_10000_task_dag_built_in_a_loop_loads() {
+    let src = r#"
+        let dag = DAG("wide", #{ start_date: days_ago(1), schedule: () });
+        let prev = EmptyOperator(#{ task_id: "start" });
+        for i in 0..10000 {
+            let t = EmptyOperator(#{ task_id: `t${i}` });
+            prev >> t;
+            prev = t;
+        }
+    "#;
+    let dir = folder_with(&[("wide.rhai", src.into())]);
+    let bag = common::load(dir.path());
+    assert!(bag.import_errors.is_empty(), "{:?}", bag.import_errors);
+    assert_eq!(bag.dags["wide"].spec.tasks.len(), 10_001);
+}
+
+#[test]
+fn dag_files_cannot_read_files_or_eval_strings() {
+    let dir = folder_with(&[
+        ("import_file.rhai", "import \"/etc/passwd\" as p;\n".into()),
+        ("eval.rhai", "let x = eval(\"1 + 1\");\n".into()),
+    ]);
+    let bag = common::load(dir.path());
+    assert!(error_of(&bag, "import_file.rhai").contains("no stdlib module named `/etc/passwd`"));
+    let eval = error_of(&bag, "eval.rhai");
+    assert!(eval.contains("eval"), "{eval}");
+}
