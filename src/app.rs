@@ -15,15 +15,10 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config) -> anyhow::Result<App> {
-        let limits = ScriptLimits {
-            deadline: Duration::from_secs_f64(config.core.dag_file_timeout),
-            ..ScriptLimits::default()
-        };
-        let settings = LoaderSettings {
-            dags_folder: config.core.dags_folder.clone(),
-            limits,
-            threads: config.core.parse_threads,
-        };
+        let limits =
+            ScriptLimits { deadline: Duration::from_secs_f64(config.core.dag_file_timeout), ..ScriptLimits::default() };
+        let settings =
+            LoaderSettings { dags_folder: config.core.dags_folder.clone(), limits, threads: config.core.parse_threads };
         let loader = Loader::new(settings).context("cannot start the DAG loader")?;
         Ok(App { config, loader })
     }

@@ -245,11 +245,8 @@ impl Config {
 
     /// Loads with an explicit environment (tests pass their own).
     pub fn load_from(flags: &Flags, env: BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let home = flags
-            .home
-            .clone()
-            .or_else(|| env.get(HOME_VAR).map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("."));
+        let home =
+            flags.home.clone().or_else(|| env.get(HOME_VAR).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."));
         let file = home.join(CONFIG_FILE);
         let mut tree = toml::Table::new();
         let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
@@ -279,6 +276,12 @@ impl Config {
                 origins.insert(key.into(), Origin::Flag(flag.into()));
             }
         }
+        let file = if home == Path::new(".") { PathBuf::from(CONFIG_FILE) } else { file };
+        for origin in origins.values_mut() {
+            if let Origin::File(p) = origin {
+                *p = file.clone();
+            }
+        }
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
             let key = e.path().to_string();
             let origin = origin_of(&origins, &key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into());
@@ -290,7 +293,11 @@ impl Config {
     }
 
     /// Validates values and resolves relative paths and `*_env` secrets.
-    fn resolve(&mut self, origins: &BTreeMap<String, Origin>, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    fn resolve(
+        &mut self,
+        origins: &BTreeMap<String, Origin>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
         let key_error = |key: &str, reason: String| ConfigError::Key {
             key: key.into(),
             origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into()),
@@ -299,17 +306,23 @@ impl Config {
         if self.core.default_timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(key_error(
                 "core.default_timezone",
-                format!("unknown time zone `{}`; use an IANA name such as `UTC` or `Asia/Shanghai`", self.core.default_timezone),
+                format!(
+                    "unknown time zone `{}`; use an IANA name such as `UTC` or `Asia/Shanghai`",
+                    self.core.default_timezone
+                ),
             ));
         }
         if self.core.parallelism == 0 {
             return Err(key_error("core.parallelism", "must be at least 1".into()));
         }
-        if !(self.core.dag_file_timeout > 0.0) {
+        if self.core.dag_file_timeout.is_nan() || self.core.dag_file_timeout <= 0.0 {
             return Err(key_error("core.dag_file_timeout", "must be a number of seconds above 0".into()));
         }
         if !matches!(self.logging.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-            return Err(key_error("logging.level", format!("must be error, warn, info, debug or trace, not `{}`", self.logging.level)));
+            return Err(key_error(
+                "logging.level",
+                format!("must be error, warn, info, debug or trace, not `{}`", self.logging.level),
+            ));
         }
         if self.database_path().is_none() && !self.database.url.starts_with("postgres") {
             return Err(key_error(
@@ -317,8 +330,8 @@ impl Config {
                 format!("`{}` is not a database URL; use `sqlite://PATH` or `postgres://...`", self.database.url),
             ));
         }
-        self.core.dags_folder = self.home.join(&self.core.dags_folder);
-        self.logging.base_log_folder = self.home.join(&self.logging.base_log_folder);
+        self.core.dags_folder = self.under_home(&self.core.dags_folder);
+        self.logging.base_log_folder = self.under_home(&self.logging.base_log_folder);
         let secret = |key: &str, var: &Option<String>, value: &mut Option<Secret>| -> Result<(), ConfigError> {
             if let Some(var) = var {
                 let found = env.get(var).ok_or_else(|| ConfigError::MissingSecretEnv {
@@ -349,11 +362,15 @@ impl Config {
         Ok(())
     }
 
+    /// A path from the config, relative to the home directory (kept short when home is `.`).
+    fn under_home(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || self.home == Path::new(".") { path.to_path_buf() } else { self.home.join(path) }
+    }
+
     /// The SQLite file of `database.url`, resolved against the home directory.
     pub fn database_path(&self) -> Option<PathBuf> {
         let rest = self.database.url.strip_prefix("sqlite://")?;
-        let path = Path::new(rest);
-        Some(if path.is_absolute() { path.to_path_buf() } else { self.home.join(path) })
+        Some(self.under_home(Path::new(rest)))
     }
 
     /// `[variables]` as strings, for `{{ var.value.NAME }}`.
@@ -393,7 +410,9 @@ fn origin_of<'a>(origins: &'a BTreeMap<String, Origin>, key: &str) -> Option<&'a
 fn env_value(raw: &str) -> toml::Value {
     let parsed = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
     match parsed {
-        Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) | toml::Value::Array(_))) => v,
+        Some(
+            v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) | toml::Value::Array(_)),
+        ) => v,
         _ => toml::Value::String(raw.to_string()),
     }
 }
@@ -486,7 +505,9 @@ mod tests {
         let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__PARALLELISM", "many")])).unwrap_err().to_string();
         assert!(err.contains("core.parallelism"), "{err}");
         assert!(err.contains("environment variable RHAIFLOW__CORE__PARALLELISM"), "{err}");
-        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__DEFAULT_TIMEZONE", "Mars/Base")])).unwrap_err().to_string();
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__DEFAULT_TIMEZONE", "Mars/Base")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown time zone `Mars/Base`"), "{err}");
     }
 
@@ -494,7 +515,8 @@ mod tests {
     fn secrets_come_from_named_variables_and_never_print() {
         let dir = home_with("[alerts.dingtalk.ops]\nwebhook_env = \"DING_URL\"\nsecret_env = \"DING_SECRET\"\n");
         let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
-        let c = Config::load_from(&flags, env(&[("DING_URL", "http://127.0.0.1/x"), ("DING_SECRET", "s3cr3t-value")])).unwrap();
+        let c = Config::load_from(&flags, env(&[("DING_URL", "http://127.0.0.1/x"), ("DING_SECRET", "s3cr3t-value")]))
+            .unwrap();
         let robot = &c.alerts.dingtalk["ops"];
         assert_eq!(robot.secret.as_ref().unwrap().expose(), "s3cr3t-value");
         assert!(!format!("{c:?}").contains("s3cr3t-value"));

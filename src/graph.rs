@@ -30,10 +30,9 @@ impl TaskGraph {
         }
         for t in &spec.tasks {
             for up in &t.upstream {
-                let from = *index.get(up).ok_or_else(|| GraphError::UnknownUpstream {
-                    task_id: t.task_id.clone(),
-                    upstream: up.clone(),
-                })?;
+                let from = *index
+                    .get(up)
+                    .ok_or_else(|| GraphError::UnknownUpstream { task_id: t.task_id.clone(), upstream: up.clone() })?;
                 graph.add_edge(from, index[&t.task_id], ());
             }
         }
@@ -198,7 +197,13 @@ pub fn readiness(rule: TriggerRule, c: UpstreamCounts) -> Readiness {
                 Wait
             }
         }
-        TriggerRule::AllDone => if all_done { Run } else { Wait },
+        TriggerRule::AllDone => {
+            if all_done {
+                Run
+            } else {
+                Wait
+            }
+        }
         TriggerRule::AllSkipped => {
             if c.success > 0 || failed > 0 {
                 Skip

@@ -2,11 +2,11 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and the rules between them.
 
-pub mod model;
-pub mod script;
-pub mod graph;
-pub mod schedule;
-pub mod loader;
-pub mod config;
 pub mod app;
 pub mod cli;
+pub mod config;
+pub mod graph;
+pub mod loader;
+pub mod model;
+pub mod schedule;
+pub mod script;

@@ -234,11 +234,7 @@ impl Loader {
 fn read_source(path: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "file is {} bytes; DAG files are limited to {} MiB",
-            meta.len(),
-            MAX_FILE_BYTES >> 20
-        ));
+        return Err(format!("file is {} bytes; DAG files are limited to {} MiB", meta.len(), MAX_FILE_BYTES >> 20));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
@@ -264,9 +260,7 @@ fn validate(declared: &DeclaredDag, shown: &str, source: &str) -> Result<(), Dia
             ScheduleError::InvalidCron { .. } => format!("DAG `{}`: {e}", spec.dag_id),
             ScheduleError::NoStartDate { .. } => e.to_string(),
         };
-        return Err(Diagnostic::new(shown, declared.source_map.dag, message)
-            .with_source(source)
-            .with_help(e.help()));
+        return Err(Diagnostic::new(shown, declared.source_map.dag, message).with_source(source).with_help(e.help()));
     }
     Ok(())
 }

@@ -90,8 +90,13 @@ pub enum Timetable {
     /// Manual runs only.
     None,
     Once,
-    Cron { cron: Box<Cron>, tz: Tz },
-    Delta { every: Seconds },
+    Cron {
+        cron: Box<Cron>,
+        tz: Tz,
+    },
+    Delta {
+        every: Seconds,
+    },
 }
 
 impl Timetable {
@@ -99,7 +104,9 @@ impl Timetable {
         let tt = match &spec.schedule {
             ScheduleSpec::None => Timetable::None,
             ScheduleSpec::Once => Timetable::Once,
-            ScheduleSpec::Cron { expr, .. } => Timetable::Cron { cron: Box::new(parse_cron(expr)?), tz: spec.timezone.tz() },
+            ScheduleSpec::Cron { expr, .. } => {
+                Timetable::Cron { cron: Box::new(parse_cron(expr)?), tz: spec.timezone.tz() }
+            }
             ScheduleSpec::Interval { every } => Timetable::Delta { every: *every },
         };
         if !matches!(tt, Timetable::None) && spec.start_date.is_none() {
@@ -270,7 +277,8 @@ mod tests {
     #[test]
     fn end_date_stops_runs() {
         let tt = cron("0 0 * * *", chrono_tz::UTC);
-        let r = Restriction { earliest: Some(utc(2024, 1, 1, 0, 0)), latest: Some(utc(2024, 1, 1, 0, 0)), catchup: true };
+        let r =
+            Restriction { earliest: Some(utc(2024, 1, 1, 0, 0)), latest: Some(utc(2024, 1, 1, 0, 0)), catchup: true };
         let first = tt.next_dagrun_info(None, r, utc(2024, 2, 1, 0, 0)).unwrap();
         assert!(tt.next_dagrun_info(Some(first.data_interval), r, utc(2024, 2, 1, 0, 0)).is_none());
     }

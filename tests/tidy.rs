@@ -50,10 +50,7 @@ fn code_lines(text: &str) -> Vec<(usize, String)> {
         Some(i) => &text[..i],
         None => text,
     };
-    body.lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("").to_string()))
-        .collect()
+    body.lines().enumerate().map(|(i, l)| (i + 1, l.split("//").next().unwrap_or("").to_string())).collect()
 }
 
 fn files() -> Vec<PathBuf> {
@@ -92,7 +89,8 @@ fn modules_import_only_layers_below() {
                     || line.contains(&format!("crate::{{{other}"))
                     || line.contains(&format!(" {other}::")) && line.trim_start().starts_with("use crate::{");
                 if used && *their >= own {
-                    violations.push(format!("{}:{n}: `{m}` (layer {own}) uses `{other}` (layer {their})", file.display()));
+                    violations
+                        .push(format!("{}:{n}: `{m}` (layer {own}) uses `{other}` (layer {their})", file.display()));
                 }
             }
         }
@@ -126,7 +124,10 @@ fn only_config_reads_the_environment() {
         }
         let text = std::fs::read_to_string(&file).unwrap();
         for (n, line) in code_lines(&text) {
-            if ["env::var", "env::vars", "env::var_os", "option_env!", "std::env::args"].iter().any(|p| line.contains(p)) {
+            if ["env::var", "env::vars", "env::var_os", "option_env!", "std::env::args"]
+                .iter()
+                .any(|p| line.contains(p))
+            {
                 violations.push(format!("{}:{n}: {}", file.display(), line.trim()));
             }
         }

@@ -160,7 +160,13 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
         .filter_map(|id| spec.task(id))
         .map(|t| {
             let upstream = if t.upstream.is_empty() { "-".to_string() } else { t.upstream.join(", ") };
-            vec![t.task_id.clone(), t.operator.name().to_string(), t.trigger_rule.as_str().to_string(), t.retries.to_string(), upstream]
+            vec![
+                t.task_id.clone(),
+                t.operator.name().to_string(),
+                t.trigger_rule.as_str().to_string(),
+                t.retries.to_string(),
+                upstream,
+            ]
         })
         .collect();
     println!("{}", table::render(&["task_id", "operator", "trigger_rule", "retries", "upstream"], &rows));
@@ -171,7 +177,10 @@ fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     let files = bag.files.len();
     if ctx.output == Output::Json {
         let errors: Vec<_> = bag.diagnostics().collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "files": files, "dags": bag.dags.len(), "errors": errors }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "files": files, "dags": bag.dags.len(), "errors": errors }))?
+        );
     } else {
         for d in bag.diagnostics() {
             println!("{d}\n");
@@ -215,7 +224,14 @@ fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Res
     }
     let rows: Vec<Vec<String>> = runs
         .iter()
-        .map(|r| vec![fmt_time(&r.logical_date), fmt_time(&r.data_interval.start), fmt_time(&r.data_interval.end), fmt_time(&r.run_after)])
+        .map(|r| {
+            vec![
+                fmt_time(&r.logical_date),
+                fmt_time(&r.data_interval.start),
+                fmt_time(&r.data_interval.end),
+                fmt_time(&r.run_after),
+            ]
+        })
         .collect();
     println!("{}", table::render(&["logical_date", "data_interval_start", "data_interval_end", "run_after"], &rows));
     Ok(Outcome::Ok)
@@ -223,11 +239,8 @@ fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Res
 
 fn import_errors(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     if ctx.output == Output::Json {
-        let rows: Vec<_> = bag
-            .import_errors
-            .iter()
-            .map(|e| json!({ "file": e.file, "errors": e.diagnostics }))
-            .collect();
+        let rows: Vec<_> =
+            bag.import_errors.iter().map(|e| json!({ "file": e.file, "errors": e.diagnostics })).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(Outcome::Ok);
     }

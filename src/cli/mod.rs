@@ -14,7 +14,11 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "rhaiflow", version, about = "A workflow orchestrator in the model of Apache Airflow, with DAG files in Rhai")]
+#[command(
+    name = "rhaiflow",
+    version,
+    about = "A workflow orchestrator in the model of Apache Airflow, with DAG files in Rhai"
+)]
 pub struct Cli {
     /// Home directory holding rhaiflow.toml (default: $RHAIFLOW_HOME, else the current directory).
     #[arg(long, global = true, value_name = "DIR")]

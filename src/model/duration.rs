@@ -23,11 +23,7 @@ impl Seconds {
 
     /// Converts fractional seconds, clamping negatives to zero.
     pub fn from_secs_f64(secs: f64) -> Self {
-        if secs.is_finite() && secs > 0.0 {
-            Seconds { millis: (secs * 1000.0).round() as u64 }
-        } else {
-            Seconds::ZERO
-        }
+        if secs.is_finite() && secs > 0.0 { Seconds { millis: (secs * 1000.0).round() as u64 } } else { Seconds::ZERO }
     }
 
     pub fn as_millis(self) -> u64 {
@@ -67,11 +63,7 @@ impl fmt::Display for Seconds {
 
 impl Serialize for Seconds {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.millis % 1000 == 0 {
-            s.serialize_u64(self.millis / 1000)
-        } else {
-            s.serialize_f64(self.as_secs_f64())
-        }
+        if self.millis.is_multiple_of(1000) { s.serialize_u64(self.millis / 1000) } else { s.serialize_f64(self.as_secs_f64()) }
     }
 }
 

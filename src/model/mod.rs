@@ -10,7 +10,7 @@ mod state;
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::Seconds;
 pub use spec::{
-    CallbackRef, DagSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec,
-    TimeZoneSpec, TriggerRule,
+    CallbackRef, DagSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec, TimeZoneSpec,
+    TriggerRule,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};

@@ -121,12 +121,30 @@ pub enum SensorMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "sensor", rename_all = "snake_case")]
 pub enum SensorKind {
-    File { filepath: String },
-    Bash { bash_command: String },
-    Http { http_conn_id: Option<String>, endpoint: String, method: String, response_check: Option<CallbackRef> },
-    ExternalTask { external_dag_id: String, external_task_id: Option<String>, allowed_states: Vec<String>, execution_delta: Option<Seconds> },
-    TimeDelta { delta: Seconds },
-    DateTime { target_time: String },
+    File {
+        filepath: String,
+    },
+    Bash {
+        bash_command: String,
+    },
+    Http {
+        http_conn_id: Option<String>,
+        endpoint: String,
+        method: String,
+        response_check: Option<CallbackRef>,
+    },
+    ExternalTask {
+        external_dag_id: String,
+        external_task_id: Option<String>,
+        allowed_states: Vec<String>,
+        execution_delta: Option<Seconds>,
+    },
+    TimeDelta {
+        delta: Seconds,
+    },
+    DateTime {
+        target_time: String,
+    },
 }
 
 /// The arguments every sensor shares.
@@ -152,8 +170,16 @@ pub enum Operator {
         cwd: Option<String>,
         skip_on_exit_code: Vec<i32>,
     },
-    RhaiOperator { callable: CallbackRef },
-    EmailOperator { to: Vec<String>, subject: String, html_content: String, cc: Vec<String>, bcc: Vec<String> },
+    RhaiOperator {
+        callable: CallbackRef,
+    },
+    EmailOperator {
+        to: Vec<String>,
+        subject: String,
+        html_content: String,
+        cc: Vec<String>,
+        bcc: Vec<String>,
+    },
     HttpOperator {
         http_conn_id: Option<String>,
         endpoint: String,
@@ -162,11 +188,30 @@ pub enum Operator {
         headers: BTreeMap<String, String>,
         response_check: Option<CallbackRef>,
     },
-    DingdingOperator { robot: Option<String>, message_type: String, message: String, at_mobiles: Vec<String>, at_all: bool },
-    SlackWebhookOperator { slack_webhook_conn_id: Option<String>, message: String, channel: Option<String> },
-    BranchOperator { callable: CallbackRef },
-    ShortCircuitOperator { callable: CallbackRef },
-    TriggerDagRunOperator { trigger_dag_id: String, conf: serde_json::Value, wait_for_completion: bool, poke_interval: Seconds },
+    DingdingOperator {
+        robot: Option<String>,
+        message_type: String,
+        message: String,
+        at_mobiles: Vec<String>,
+        at_all: bool,
+    },
+    SlackWebhookOperator {
+        slack_webhook_conn_id: Option<String>,
+        message: String,
+        channel: Option<String>,
+    },
+    BranchOperator {
+        callable: CallbackRef,
+    },
+    ShortCircuitOperator {
+        callable: CallbackRef,
+    },
+    TriggerDagRunOperator {
+        trigger_dag_id: String,
+        conf: serde_json::Value,
+        wait_for_completion: bool,
+        poke_interval: Seconds,
+    },
     Sensor(SensorSpec),
 }
 

@@ -105,7 +105,9 @@ pub enum TiEvent {
     Start,
     Succeed,
     /// It failed; `can_retry` when tries are left.
-    Fail { can_retry: bool },
+    Fail {
+        can_retry: bool,
+    },
     /// Skipped by exit code 99, a branch, a short circuit, or its trigger rule.
     Skip,
     /// Its trigger rule can no longer be met because upstreams failed.

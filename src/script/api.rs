@@ -47,7 +47,11 @@ fn with_state<T>(
 fn locate_key(source: &str, from: SourcePos, key: &str) -> Option<SourcePos> {
     for (i, line) in source.lines().enumerate().skip(from.line.saturating_sub(1)).take(200) {
         let line_no = i + 1;
-        let start = if line_no == from.line { line.char_indices().nth(from.col.saturating_sub(1)).map_or(line.len(), |(b, _)| b) } else { 0 };
+        let start = if line_no == from.line {
+            line.char_indices().nth(from.col.saturating_sub(1)).map_or(line.len(), |(b, _)| b)
+        } else {
+            0
+        };
         let mut search = start;
         while let Some(found) = line[search..].find(key) {
             let at = search + found;
@@ -67,7 +71,10 @@ fn task_list(value: &Dynamic, what: &str) -> ScriptResult<Vec<TaskHandle>> {
         return Ok(vec![t]);
     }
     let Some(array) = value.clone().try_cast::<Array>() else {
-        return Err(ScriptError::new(format!("{what} must be a task or an array of tasks, not `{}`", value.type_name())));
+        return Err(ScriptError::new(format!(
+            "{what} must be a task or an array of tasks, not `{}`",
+            value.type_name()
+        )));
     };
     array
         .iter()
@@ -134,7 +141,9 @@ fn chain(ctx: &NativeCallContext, elements: Vec<Dynamic>) -> RhaiResult<()> {
                         ups.len(),
                         downs.len()
                     ))
-                    .with_help("use `cross_downstream(from, to)` to join every task of one array to every task of another"));
+                    .with_help(
+                        "use `cross_downstream(from, to)` to join every task of one array to every task of another",
+                    ));
                 }
                 for (up, down) in ups.iter().zip(&downs) {
                     state.add_edge(*up, *down, pos)?;
@@ -154,7 +163,8 @@ pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<FileCell>("FileState");
 
     engine.register_fn("DAG", |ctx: NativeCallContext, id: &str| declare_dag(&ctx, Some(id.to_string()), Map::new()));
-    engine.register_fn("DAG", |ctx: NativeCallContext, id: &str, map: Map| declare_dag(&ctx, Some(id.to_string()), map));
+    engine
+        .register_fn("DAG", |ctx: NativeCallContext, id: &str, map: Map| declare_dag(&ctx, Some(id.to_string()), map));
     engine.register_fn("DAG", |ctx: NativeCallContext, map: Map| declare_dag(&ctx, None, map));
     engine.register_get("dag_id", |ctx: NativeCallContext, d: &mut DagHandle| {
         let d = *d;
@@ -219,8 +229,9 @@ pub fn register(engine: &mut Engine) {
     for op in [">>", "<<"] {
         engine.register_fn(op, move |ctx: NativeCallContext, _a: Array, _b: Array| -> RhaiResult<()> {
             with_state(&ctx, |_, _| {
-                Err(ScriptError::new(format!("`{op}` cannot join two arrays"))
-                    .with_help("use `cross_downstream(from, to)` for every pair, or `chain(from, to)` to pair them by position"))
+                Err(ScriptError::new(format!("`{op}` cannot join two arrays")).with_help(
+                    "use `cross_downstream(from, to)` for every pair, or `chain(from, to)` to pair them by position",
+                ))
             })
         });
     }

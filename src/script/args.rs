@@ -122,12 +122,8 @@ pub const TASK_KEYS: &[KeySpec] = &[
 /// Keys `default_args` may hold beyond the task keys, as in Airflow.
 pub const DEFAULT_ONLY_KEYS: &[KeySpec] = &[("start_date", Kind::DateTime), ("end_date", Kind::DateTime)];
 
-pub const SENSOR_KEYS: &[KeySpec] = &[
-    ("poke_interval", Kind::Duration),
-    ("timeout", Kind::Duration),
-    ("mode", Kind::Str),
-    ("soft_fail", Kind::Bool),
-];
+pub const SENSOR_KEYS: &[KeySpec] =
+    &[("poke_interval", Kind::Duration), ("timeout", Kind::Duration), ("mode", Kind::Str), ("soft_fail", Kind::Bool)];
 
 pub const DAG_KEYS: &[KeySpec] = &[
     ("dag_id", Kind::Str),

@@ -175,8 +175,10 @@ impl FileEngine {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.evaluate_inner(file, source, ctx)));
         outcome.unwrap_or_else(|_| FileOutcome {
             dags: Vec::new(),
-            diagnostics: vec![Diagnostic::new(file, None, "internal error while evaluating this file")
-                .with_help("this is a bug in rhaiflow; please report it with the file")],
+            diagnostics: vec![
+                Diagnostic::new(file, None, "internal error while evaluating this file")
+                    .with_help("this is a bug in rhaiflow; please report it with the file"),
+            ],
             program: None,
         })
     }

@@ -3,8 +3,8 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, Seconds, SensorKind, SensorMode, SensorSpec,
-    SourcePos, TaskSpec, TimeZoneSpec, TriggerRule,
+    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, Seconds, SensorKind, SensorMode, SensorSpec, SourcePos,
+    TaskSpec, TimeZoneSpec, TriggerRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -135,9 +135,8 @@ impl FileState {
         let allowed = allowed_keys(op);
         let defaults = self.dags[dag_idx].default_args.clone();
         args.fill_from(&defaults, &allowed);
-        let task_id = args
-            .str("task_id")
-            .ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
+        let task_id =
+            args.str("task_id").ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
         check_id("task_id", &task_id)?;
         for key in op.required {
             let alias_given = *key == "callable" && args.contains("python_callable");

@@ -108,12 +108,18 @@ pub fn register(engine: &mut Engine) {
     engine.register_type_with_name::<DateTimeValue>("datetime");
 
     engine.register_fn("timedelta", |map: Map| lift(timedelta(map)));
-    for (name, unit) in [("seconds", 1.0), ("minutes", 60.0), ("hours", 3_600.0), ("days", 86_400.0), ("weeks", 604_800.0)] {
+    for (name, unit) in
+        [("seconds", 1.0), ("minutes", 60.0), ("hours", 3_600.0), ("days", 86_400.0), ("weeks", 604_800.0)]
+    {
         engine.register_fn(name, move |n: INT| lift(scaled(n as f64, unit)));
         engine.register_fn(name, move |n: f64| lift(scaled(n, unit)));
     }
-    engine.register_fn("+", |a: TimeDelta, b: TimeDelta| TimeDelta(Seconds::from_millis(a.0.as_millis() + b.0.as_millis())));
-    engine.register_fn("*", |a: TimeDelta, n: INT| TimeDelta(Seconds::from_millis(a.0.as_millis().saturating_mul(n.max(0) as u64))));
+    engine.register_fn("+", |a: TimeDelta, b: TimeDelta| {
+        TimeDelta(Seconds::from_millis(a.0.as_millis() + b.0.as_millis()))
+    });
+    engine.register_fn("*", |a: TimeDelta, n: INT| {
+        TimeDelta(Seconds::from_millis(a.0.as_millis().saturating_mul(n.max(0) as u64)))
+    });
     engine.register_fn("to_string", |d: &mut TimeDelta| d.0.to_string());
     engine.register_fn("to_debug", |d: &mut TimeDelta| format!("timedelta({})", d.0));
     engine.register_get("total_seconds", |d: &mut TimeDelta| d.0.as_secs_f64());
@@ -121,12 +127,8 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("datetime", |text: &str| lift(parse_datetime(text)));
     engine.register_fn("datetime", |y: INT, m: INT, d: INT| lift(ymd_hms(y, m, d, 0, 0, 0)));
     engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT| lift(ymd_hms(y, m, d, h, 0, 0)));
-    engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT| {
-        lift(ymd_hms(y, m, d, h, mi, 0))
-    });
-    engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT, s: INT| {
-        lift(ymd_hms(y, m, d, h, mi, s))
-    });
+    engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT| lift(ymd_hms(y, m, d, h, mi, 0)));
+    engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT, s: INT| lift(ymd_hms(y, m, d, h, mi, s)));
     engine.register_fn("+", |a: DateTimeValue, d: TimeDelta| DateTimeValue { naive: a.naive + d.0.as_chrono(), ..a });
     engine.register_fn("-", |a: DateTimeValue, d: TimeDelta| DateTimeValue { naive: a.naive - d.0.as_chrono(), ..a });
     engine.register_fn("to_string", |d: &mut DateTimeValue| match d.offset {

@@ -21,11 +21,8 @@ pub fn eval_context() -> EvalContext {
 }
 
 pub fn load(folder: &Path) -> DagBag {
-    let loader = Loader::new(LoaderSettings {
-        dags_folder: folder.to_path_buf(),
-        limits: ScriptLimits::default(),
-        threads: 2,
-    })
-    .expect("loader starts");
+    let loader =
+        Loader::new(LoaderSettings { dags_folder: folder.to_path_buf(), limits: ScriptLimits::default(), threads: 2 })
+            .expect("loader starts");
     loader.load_all(&eval_context()).expect("folder loads")
 }
