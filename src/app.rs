@@ -1,16 +1,35 @@
-//! Wiring: turns the one `Config` into the parts (loader, store, scheduler) and owns their lifetimes.
+//! Wiring: turns the one `Config` into the parts (loader, store, scheduler, worker), drives the
+//! event loop that connects them, and owns shutdown.
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};
+use crate::model::{DagRunState, Event, RunType, TaskState, TiKey};
+use crate::schedule::DataInterval;
+use crate::scheduler::{
+    AlertDefaults, DagVersion, PinnedDag, Scheduler, SchedulerSettings, Scope, insert_run, new_run, record_dags,
+};
 use crate::script::{EvalContext, ScriptLimits};
-use anyhow::Context;
+use crate::store::{DagRunRow, Store};
+use crate::worker::{Worker, WorkerSettings, recover_orphans};
+use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 /// The parts of rhaiflow built from one configuration.
 pub struct App {
     pub config: Config,
     loader: Loader,
+}
+
+/// What the event loop reports as it goes, for live output.
+pub enum Progress<'a> {
+    Started(&'a TiKey, u32),
+    Finished(&'a TiKey, TaskState, f64),
+    RunFinished(&'a str, &'a str, DagRunState),
 }
 
 impl App {
@@ -40,4 +59,300 @@ impl App {
     pub fn loader(&self) -> &Loader {
         &self.loader
     }
+
+    fn database_path(&self) -> anyhow::Result<PathBuf> {
+        match self.config.database_path() {
+            Some(p) => Ok(p),
+            None => bail!("`database.url` `{}`: only sqlite:// is supported in this version", self.config.database.url),
+        }
+    }
+
+    /// Opens the store, applying migrations.
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.database_path()?)?)
+    }
+
+    /// Loads the dags folder and makes the result durable: DAG rows, versions, import errors.
+    pub fn sync_dags(&self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<(Vec<DagVersion>, DagBag)> {
+        let bag = self.load_dags(now)?;
+        let versions: Vec<DagVersion> = bag
+            .dags
+            .values()
+            .map(|d| DagVersion { spec: d.spec.clone(), json: d.json.clone(), hash: d.version_hash.clone() })
+            .collect();
+        let errors: Vec<(String, String)> = bag
+            .import_errors
+            .iter()
+            .map(|e| (e.file.clone(), e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")))
+            .collect();
+        store.write(|tx| record_dags(tx, &versions, &errors, now))?;
+        Ok((versions, bag))
+    }
+
+    fn scheduler_settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
+            parallelism: self.config.core.parallelism,
+            alert_defaults: AlertDefaults {
+                on_failure: self.config.alerts.on_failure.clone(),
+                on_retry: self.config.alerts.on_retry.clone(),
+                on_success: self.config.alerts.on_success.clone(),
+            },
+        }
+    }
+
+    pub fn worker_settings(&self) -> WorkerSettings {
+        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default();
+        WorkerSettings {
+            log_folder: self.config.logging.base_log_folder.clone(),
+            max_log_bytes: self.config.logging.max_log_bytes,
+            kill_grace: Duration::from_secs_f64(self.config.scheduler.kill_grace),
+            heartbeat: Duration::from_secs(10),
+            hostname,
+            variables: self.config.variables(),
+            connections: self
+                .config
+                .connections
+                .iter()
+                .filter_map(|(k, c)| c.uri.as_ref().map(|u| (k.clone(), u.expose().to_string())))
+                .collect(),
+            on_failure: self.config.alerts.on_failure.clone(),
+            on_retry: self.config.alerts.on_retry.clone(),
+            on_success: self.config.alerts.on_success.clone(),
+        }
+    }
+
+    /// The socket a running scheduler listens on, so other commands can wake it.
+    pub fn wake_socket(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.database_path()?.with_extension("sock"))
+    }
+
+    /// Tells a running scheduler the store changed. No scheduler running is fine.
+    pub fn wake_scheduler(&self) {
+        if let Ok(path) = self.wake_socket()
+            && let Ok(mut s) = std::os::unix::net::UnixStream::connect(path)
+        {
+            use std::io::Write;
+            let _ = s.write_all(b"wake\n");
+        }
+    }
+
+    /// Creates a run of `dag` (manual or backfill) pinned to its current version.
+    pub fn create_run(
+        &self,
+        store: &Store,
+        dag: &PinnedDag,
+        run_type: RunType,
+        logical_date: DateTime<Utc>,
+        conf: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<DagRunRow>> {
+        use chrono::SubsecRound;
+        // Airflow keeps microseconds; so do run ids and the unique (dag_id, logical_date).
+        let logical_date = logical_date.trunc_subsecs(6);
+        let interval = match (run_type, dag.timetable()) {
+            (RunType::Manual, Some(tt)) => tt.infer_manual_data_interval(logical_date),
+            (_, Some(tt)) => tt
+                .next_dagrun_info(
+                    None,
+                    crate::schedule::Restriction { earliest: Some(logical_date), latest: None, catchup: true },
+                    now,
+                )
+                .map(|i| i.data_interval)
+                .unwrap_or(DataInterval { start: logical_date, end: logical_date }),
+            (_, None) => DataInterval { start: logical_date, end: logical_date },
+        };
+        let run = new_run(dag, run_type, logical_date, interval, conf, now);
+        let inserted = store.write(|tx| insert_run(tx, dag, &run))?;
+        Ok(inserted.then_some(run))
+    }
+
+    /// `rhaiflow scheduler`: until SIGINT/SIGTERM.
+    pub fn run_scheduler(&self) -> anyhow::Result<()> {
+        let store = self.open_store()?;
+        let _lock = SchedulerLock::take(&self.database_path()?.with_extension("lock"))?;
+        let runtime = runtime()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let worker = Worker::new(store.clone(), self.worker_settings(), tx.clone(), runtime.handle().clone());
+        let recovered = runtime.block_on(recover_orphans(&store, &self.worker_settings()))?;
+        for (key, state) in &recovered {
+            tracing::warn!(task = %key, state = %state, "recovered a task instance left by a stopped scheduler");
+        }
+        let (versions, bag) = self.sync_dags(&store, Utc::now())?;
+        for e in &bag.import_errors {
+            tracing::warn!(file = %e.file, "DAG file failed to load; see `rhaiflow dags list-import-errors`");
+        }
+        let mut scheduler = Scheduler::new(store, self.scheduler_settings(), Scope::All);
+        scheduler.set_dags(&versions);
+        let socket = self.wake_socket()?;
+        runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
+        runtime.spawn(forward_signals(tx.clone()));
+        eprintln!("rhaiflow scheduler: {} DAG(s) from {}", versions.len(), self.config.core.dags_folder.display());
+        let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
+        let result = drive(&mut scheduler, &worker, &rx, None, grace, &mut |_| {});
+        let _ = std::fs::remove_file(&socket);
+        drop(runtime);
+        result
+    }
+
+    /// Runs the given runs to completion in this process (`dags test`, `backfill`).
+    pub fn run_to_completion(
+        &self,
+        store: &Store,
+        versions: &[DagVersion],
+        runs: &[(String, String)],
+        report: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<()> {
+        let runtime = runtime()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let worker = Worker::new(store.clone(), self.worker_settings(), tx.clone(), runtime.handle().clone());
+        let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
+        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(), Scope::Runs(scope.clone()));
+        scheduler.set_dags(versions);
+        runtime.spawn(forward_signals(tx.clone()));
+        let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
+        drive(&mut scheduler, &worker, &rx, Some(scope), grace, report)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("rhaiflow-worker")
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The event loop: a scheduling pass, then sleep until the next due time or an event. With `until`,
+/// stops when those runs have finished.
+fn drive(
+    scheduler: &mut Scheduler,
+    worker: &Worker,
+    events: &Receiver<Event>,
+    until: Option<HashSet<(String, String)>>,
+    grace: Duration,
+    report: &mut dyn FnMut(Progress),
+) -> anyhow::Result<()> {
+    let mut pending = until;
+    let mut shutdown_at: Option<std::time::Instant> = None;
+    let mut terminated = false;
+    loop {
+        let mut wait: Option<Duration> = None;
+        if shutdown_at.is_none() {
+            let now = Utc::now();
+            let pass = scheduler.pass(now)?;
+            for (key, state) in &pass.decided {
+                report(Progress::Finished(key, *state, 0.0));
+            }
+            for (dag_id, run_id, state) in &pass.finished_runs {
+                report(Progress::RunFinished(dag_id, run_id, *state));
+                if let Some(p) = &mut pending {
+                    p.remove(&(dag_id.clone(), run_id.clone()));
+                }
+            }
+            for task in pass.to_run {
+                worker.launch(task);
+            }
+            if pending.as_ref().is_some_and(|p| p.is_empty()) {
+                return Ok(());
+            }
+            wait = pass.next_wake.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        } else if let Some(at) = shutdown_at {
+            if worker.running() == 0 {
+                return Ok(());
+            }
+            let left = at.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() && !terminated {
+                eprintln!("rhaiflow: grace period over; terminating {} running task(s)", worker.running());
+                worker.terminate_all();
+                terminated = true;
+            }
+            wait = Some(if terminated { Duration::from_millis(100) } else { left });
+        }
+        let first = match wait {
+            Some(d) => match events.recv_timeout(d) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            },
+            None => match events.recv() {
+                Ok(e) => Some(e),
+                Err(_) => return Ok(()),
+            },
+        };
+        // Coalesce a burst of events into one pass.
+        for event in first.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok())) {
+            match event {
+                Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
+                Event::TaskFinished { key, state, duration, .. } => report(Progress::Finished(&key, state, duration)),
+                Event::Wake => {}
+                Event::Shutdown => {
+                    if shutdown_at.is_none() {
+                        eprintln!(
+                            "rhaiflow: shutting down; waiting up to {grace:?} for {} running task(s)",
+                            worker.running()
+                        );
+                        shutdown_at = Some(std::time::Instant::now() + grace);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGINT / SIGTERM become a `Shutdown` event.
+async fn forward_signals(tx: Sender<Event>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if tx.send(Event::Shutdown).is_err() {
+            return;
+        }
+    }
+}
+
+/// Every connection to the socket wakes the scheduler (`dags trigger`, `tasks clear`, `dags unpause`).
+fn listen_for_wakes(path: &std::path::Path, tx: Sender<Event>) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = listener.accept().await {
+            if tx.send(Event::Wake).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One scheduler per database: it recovers orphaned task instances, which is only safe alone.
+struct SchedulerLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl SchedulerLock {
+    fn take(path: &std::path::Path) -> anyhow::Result<SchedulerLock> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(SchedulerLock { _lock: lock }),
+            Err(_) => bail!("another scheduler is running on this database (lock `{}` is held)", path.display()),
+        }
+    }
+}
+
+/// The pinned DAG of a run, for commands outside the scheduler.
+pub fn pinned_for(versions: &[DagVersion], dag_id: &str) -> Option<Arc<PinnedDag>> {
+    versions.iter().find(|v| v.spec.dag_id == dag_id).map(|v| Arc::new(PinnedDag::new(v.spec.clone(), v.hash.clone())))
 }

@@ -5,8 +5,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod executor;
 pub mod graph;
 pub mod loader;
 pub mod model;
 pub mod schedule;
+pub mod scheduler;
 pub mod script;
+pub mod store;
+pub mod worker;

@@ -30,9 +30,45 @@ pub enum DagsCommand {
     },
     /// The files that failed to load, with their errors.
     ListImportErrors,
+    /// Run one DAG run now, in this process, and print each task's outcome; exit 1 if it fails.
+    Test { dag_id: String, date: Option<String> },
+    /// Create a manual run; a running scheduler picks it up at once.
+    Trigger {
+        dag_id: String,
+        /// JSON object for `dag_run.conf` (and `params` overrides).
+        #[arg(long, short = 'c')]
+        conf: Option<String>,
+        #[arg(long, short = 'l')]
+        logical_date: Option<String>,
+    },
+    /// Stop creating and running runs of a DAG.
+    Pause { dag_id: String },
+    /// Resume a paused DAG.
+    Unpause { dag_id: String },
+    /// Create and run every scheduled run between two dates, in this process.
+    Backfill {
+        dag_id: String,
+        #[arg(long, short = 's')]
+        start_date: String,
+        #[arg(long, short = 'e')]
+        end_date: String,
+    },
 }
 
 pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
+    use super::run;
+    let cmd = match cmd {
+        DagsCommand::Test { dag_id, date } => return run::dags_test(ctx, &dag_id, date.as_deref()),
+        DagsCommand::Trigger { dag_id, conf, logical_date } => {
+            return run::trigger(ctx, &dag_id, conf.as_deref(), logical_date.as_deref());
+        }
+        DagsCommand::Pause { dag_id } => return run::pause(ctx, &dag_id, true),
+        DagsCommand::Unpause { dag_id } => return run::pause(ctx, &dag_id, false),
+        DagsCommand::Backfill { dag_id, start_date, end_date } => {
+            return run::backfill(ctx, &dag_id, &start_date, &end_date);
+        }
+        other => other,
+    };
     let bag = ctx.app.load_dags(ctx.now)?;
     match cmd {
         DagsCommand::List => list(ctx, &bag),
@@ -40,6 +76,7 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
         DagsCommand::Check => check(ctx, &bag),
         DagsCommand::NextRuns { dag_id, n } => next_runs(ctx, &bag, &dag_id, n),
         DagsCommand::ListImportErrors => import_errors(ctx, &bag),
+        _ => Ok(Outcome::Ok),
     }
 }
 

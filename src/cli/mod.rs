@@ -1,6 +1,7 @@
 //! The command line: argument parsing, printing, and the one funnel from error to exit code.
 
 mod dags;
+mod run;
 mod table;
 
 use crate::app::App;
@@ -47,8 +48,62 @@ pub enum Command {
     /// Work with DAGs and DAG files.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
+    /// Work with task instances.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Work with DAG runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Run the scheduler with the local executor until SIGINT/SIGTERM.
+    Scheduler,
+    /// The metadata database.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// Run one task now without dependencies and without recording state.
+    Test { dag_id: String, task_id: String, date: Option<String> },
+    /// Set task instances back to `none` so the scheduler runs them again.
+    Clear {
+        dag_id: String,
+        /// Only tasks whose id matches this regular expression.
+        #[arg(long, short = 't')]
+        task_regex: Option<String>,
+        /// Also clear the tasks downstream of those selected.
+        #[arg(long, short = 'd')]
+        downstream: bool,
+        #[arg(long, short = 's')]
+        start_date: Option<String>,
+        #[arg(long, short = 'e')]
+        end_date: Option<String>,
+    },
+    /// The state of every task instance of a run.
+    StatesForRun { dag_id: String, run_id: String },
+    /// Print a task instance's log.
+    Logs {
+        dag_id: String,
+        run_id: String,
+        task_id: String,
+        /// The try to show (default: the latest).
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// The runs of a DAG, newest first.
+    List { dag_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Apply pending schema migrations.
+    Migrate,
 }
 
 /// What a command reports back to the funnel.
@@ -90,6 +145,26 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
     match cli.command {
         Command::Dags(cmd) => dags::run(&ctx, cmd),
+        Command::Tasks(TasksCommand::Test { dag_id, task_id, date }) => {
+            run::tasks_test(&ctx, &dag_id, &task_id, date.as_deref())
+        }
+        Command::Tasks(TasksCommand::Clear { dag_id, task_regex, downstream, start_date, end_date }) => {
+            let args = run::ClearArgs {
+                dag_id: &dag_id,
+                task_regex: task_regex.as_deref(),
+                downstream,
+                start: start_date.as_deref(),
+                end: end_date.as_deref(),
+            };
+            run::clear(&ctx, args)
+        }
+        Command::Tasks(TasksCommand::StatesForRun { dag_id, run_id }) => run::states_for_run(&ctx, &dag_id, &run_id),
+        Command::Tasks(TasksCommand::Logs { dag_id, run_id, task_id, try_number }) => {
+            run::logs(&ctx, crate::model::TiKey { dag_id, run_id, task_id }, try_number)
+        }
+        Command::Runs(RunsCommand::List { dag_id }) => run::runs_list(&ctx, &dag_id),
+        Command::Scheduler => run::scheduler(&ctx),
+        Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Version => Ok(Outcome::Ok),
     }
 }

@@ -63,7 +63,11 @@ impl fmt::Display for Seconds {
 
 impl Serialize for Seconds {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.millis.is_multiple_of(1000) { s.serialize_u64(self.millis / 1000) } else { s.serialize_f64(self.as_secs_f64()) }
+        if self.millis.is_multiple_of(1000) {
+            s.serialize_u64(self.millis / 1000)
+        } else {
+            s.serialize_f64(self.as_secs_f64())
+        }
     }
 }
 

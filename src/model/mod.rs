@@ -6,6 +6,7 @@ mod diagnostic;
 mod duration;
 mod spec;
 mod state;
+mod work;
 
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::Seconds;
@@ -14,3 +15,4 @@ pub use spec::{
     TriggerRule,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};
+pub use work::{Event, QueuedTask, RunInfo, TiKey, retry_delay};

@@ -120,6 +120,8 @@ pub enum TiEvent {
     Clear,
     /// The task is gone from the pinned DAG version.
     Remove,
+    /// An operator with nothing to run (`EmptyOperator`) succeeds as soon as it is ready.
+    Noop,
 }
 
 /// The one state machine of task instances: `Some(next)` when `event` is allowed in `from`.
@@ -138,6 +140,7 @@ pub fn transition(from: TaskState, event: TiEvent) -> Option<TaskState> {
         (S::Running, E::Reschedule) => S::UpForReschedule,
         (S::UpForRetry | S::UpForReschedule, E::Wake) => S::Scheduled,
         (_, E::Clear) => S::None,
+        (S::None | S::Scheduled, E::Noop) => S::Success,
         (s, E::Remove) if !s.is_finished() || s == S::Removed => S::Removed,
         _ => return None,
     };

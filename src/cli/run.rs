@@ -1,0 +1,451 @@
+//! Commands that run DAGs or change their state: `dags test|trigger|pause|unpause|backfill`,
+//! `tasks test|clear|states-for-run|logs`, `runs list`, `scheduler`, `db migrate`.
+
+use super::{Context, Outcome, Output, fmt_time, table};
+use crate::app::{Progress, pinned_for};
+use crate::model::{DagRunState, QueuedTask, RunInfo, RunType, TaskState, TiKey};
+use crate::scheduler::{DagVersion, PinnedDag};
+use crate::store::{Store, TiChange};
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Parses `2024-01-01`, `2024-01-01T06:00:00` (UTC) or RFC 3339.
+pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
+        return Ok(t.and_utc());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339")
+}
+
+/// Loads the folder into the store and returns the pinned current version of `dag_id`.
+fn load_dag(ctx: &Context, store: &Store, dag_id: &str) -> anyhow::Result<(Vec<DagVersion>, Arc<PinnedDag>)> {
+    let (versions, bag) = ctx.app.sync_dags(store, ctx.now)?;
+    match pinned_for(&versions, dag_id) {
+        Some(p) => Ok((versions, p)),
+        None => {
+            let broken = bag.import_errors.len();
+            let hint = if broken > 0 {
+                format!(" ({broken} file(s) failed to load; see `rhaiflow dags list-import-errors`)")
+            } else {
+                String::new()
+            };
+            bail!("no DAG `{dag_id}` in the dags folder{hint}")
+        }
+    }
+}
+
+fn fmt_opt(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into())
+}
+
+fn secs(d: Option<f64>) -> String {
+    d.map(|d| format!("{d:.2}s")).unwrap_or_else(|| "-".into())
+}
+
+/// `dags test ID [DATE]`: one run now, in this process, with a live line per task.
+pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let (versions, dag) = load_dag(ctx, &store, dag_id)?;
+    let logical = match date {
+        Some(d) => parse_date(d)?,
+        None => ctx.now,
+    };
+    let run = match ctx.app.create_run(&store, &dag, RunType::Manual, logical, serde_json::json!({}), ctx.now)? {
+        Some(run) => run,
+        None => {
+            // Re-testing a date reruns it, as Airflow's `dags test` does.
+            let existing = store.read(|tx| tx.dag_runs(dag_id))?;
+            let Some(run) = existing.into_iter().find(|r| r.logical_date == logical) else {
+                bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
+            };
+            let retries = |t: &str| dag.spec.task(t).map(|t| t.retries);
+            clear_run(&store, &run.dag_id, &run.run_id, run.state, retries, ctx.now)?;
+            run
+        }
+    };
+    println!("dags test {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date));
+    let started = Instant::now();
+    let mut final_state = DagRunState::Running;
+    ctx.app.run_to_completion(&store, &versions, &[(run.dag_id.clone(), run.run_id.clone())], &mut |p| match p {
+        Progress::Started(key, try_number) => println!("  {:<24} running (try {try_number})", key.task_id),
+        Progress::Finished(key, state, duration) => println!("  {:<24} {state} ({duration:.2}s)", key.task_id),
+        Progress::RunFinished(_, _, state) => final_state = state,
+    })?;
+    let tis = store.read(|tx| tx.task_instances_of_run(&run.dag_id, &run.run_id))?;
+    let rows: Vec<Vec<String>> = dag
+        .spec
+        .tasks
+        .iter()
+        .filter_map(|t| tis.iter().find(|ti| ti.key.task_id == t.task_id))
+        .map(|ti| vec![ti.key.task_id.clone(), ti.state.to_string(), ti.try_number.to_string(), secs(ti.duration)])
+        .collect();
+    println!();
+    println!("{}", table::render(&["task_id", "state", "tries", "duration"], &rows));
+    println!("\nrun {} {final_state} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
+    Ok(if final_state == DagRunState::Success { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// `tasks test ID TASK [DATE]`: runs one task without dependencies and without recording state.
+pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
+    let bag = ctx.app.load_dags(ctx.now)?;
+    let Some(dag) = bag.dags.get(dag_id) else { bail!("no DAG `{dag_id}` in the dags folder") };
+    let Some(task_index) = dag.spec.tasks.iter().position(|t| t.task_id == task_id) else {
+        bail!("DAG `{dag_id}` has no task `{task_id}`")
+    };
+    let logical = match date {
+        Some(d) => parse_date(d)?,
+        None => ctx.now,
+    };
+    let run_id = format!("__tasks_test__{}", logical.format("%Y%m%dT%H%M%S"));
+    let task = QueuedTask {
+        key: TiKey { dag_id: dag_id.into(), run_id: run_id.clone(), task_id: task_id.into() },
+        dag: dag.spec.clone(),
+        task_index,
+        run: RunInfo {
+            run_id,
+            run_type: RunType::Manual,
+            logical_date: logical,
+            data_interval_start: logical,
+            data_interval_end: logical,
+            conf: serde_json::json!({}),
+        },
+        try_number: 1,
+        max_tries: 0,
+    };
+    let settings = ctx.app.worker_settings();
+    let log_path = settings.log_path(&task.key, 1);
+    let _ = std::fs::remove_file(&log_path);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ending = runtime.block_on(async {
+        use crate::worker::{Ending, bash_ending, bash_run, template_context};
+        match &task.task().operator {
+            crate::model::Operator::EmptyOperator => Ending::Success { xcom: None },
+            crate::model::Operator::BashOperator { .. } => {
+                let tctx = template_context(&task, &settings, Vec::new());
+                match bash_run(&task, &tctx, &settings, &log_path) {
+                    Err(e) => Ending::Failed(e.to_string()),
+                    Ok(run) => match crate::executor::spawn_bash(run).await {
+                        Err(e) => Ending::Failed(e.to_string()),
+                        Ok(b) => {
+                            let out = b.wait().await;
+                            bash_ending(&task, out.exit, out.last_line)
+                        }
+                    },
+                }
+            }
+            other => Ending::Failed(format!("`{}` cannot run in this version of rhaiflow yet", other.name())),
+        }
+    });
+    if let Ok(log) = std::fs::read_to_string(&log_path) {
+        print!("{log}");
+    }
+    use crate::worker::Ending;
+    match ending {
+        Ending::Success { xcom } => {
+            if let Some(x) = xcom {
+                println!("[rhaiflow] return_value: {x}");
+            }
+            println!("[rhaiflow] {dag_id}.{task_id}: success");
+            Ok(Outcome::Ok)
+        }
+        Ending::Skipped(why) => {
+            println!("[rhaiflow] {dag_id}.{task_id}: skipped ({why})");
+            Ok(Outcome::Ok)
+        }
+        Ending::Failed(why) => {
+            println!("[rhaiflow] {dag_id}.{task_id}: failed ({why})");
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+/// `dags trigger ID [--conf JSON] [--logical-date D]`.
+pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&str>) -> anyhow::Result<Outcome> {
+    let conf: serde_json::Value = match conf {
+        Some(text) => serde_json::from_str(text).with_context(|| format!("`--conf` is not JSON: {text}"))?,
+        None => serde_json::json!({}),
+    };
+    if !conf.is_object() {
+        bail!("`--conf` must be a JSON object, like '{{\"key\": 1}}'");
+    }
+    let store = ctx.app.open_store()?;
+    let (_, dag) = load_dag(ctx, &store, dag_id)?;
+    let logical = match date {
+        Some(d) => parse_date(d)?,
+        None => ctx.now,
+    };
+    let Some(run) = ctx.app.create_run(&store, &dag, RunType::Manual, logical, conf, ctx.now)? else {
+        bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
+    };
+    ctx.app.wake_scheduler();
+    if ctx.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::json!({ "dag_id": dag_id, "run_id": run.run_id, "logical_date": run.logical_date.to_rfc3339() })
+        );
+    } else {
+        println!("triggered {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn pause(ctx: &Context, dag_id: &str, paused: bool) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    load_dag(ctx, &store, dag_id)?;
+    store.write(|tx| tx.set_paused(dag_id, paused))?;
+    ctx.app.wake_scheduler();
+    println!("{} {dag_id}", if paused { "paused" } else { "unpaused" });
+    Ok(Outcome::Ok)
+}
+
+/// `dags backfill ID --start-date D --end-date D`: every interval in the range, run here.
+pub fn backfill(ctx: &Context, dag_id: &str, start: &str, end: &str) -> anyhow::Result<Outcome> {
+    let (start, end) = (parse_date(start)?, parse_date(end)?);
+    if end < start {
+        bail!("`--end-date` is before `--start-date`");
+    }
+    let store = ctx.app.open_store()?;
+    let (versions, dag) = load_dag(ctx, &store, dag_id)?;
+    let Some(tt) = dag.timetable() else { bail!("DAG `{dag_id}` has no schedule to backfill") };
+    let restriction = crate::schedule::Restriction { earliest: Some(start), latest: Some(end), catchup: true };
+    let mut runs = Vec::new();
+    let mut last = None;
+    while let Some(info) = tt.next_dagrun_info(last, restriction, ctx.now) {
+        if last == Some(info.data_interval) {
+            break;
+        }
+        last = Some(info.data_interval);
+        let run = crate::scheduler::new_run(
+            &dag,
+            RunType::Backfill,
+            info.logical_date,
+            info.data_interval,
+            serde_json::json!({}),
+            ctx.now,
+        );
+        if store.write(|tx| crate::scheduler::insert_run(tx, &dag, &run))? {
+            runs.push((run.dag_id, run.run_id));
+        } else {
+            println!("skipping {}: a run for that logical date exists", fmt_time(&info.logical_date));
+        }
+    }
+    if runs.is_empty() {
+        println!("nothing to backfill");
+        return Ok(Outcome::Ok);
+    }
+    let total = (runs.len() * dag.spec.tasks.len()) as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} task instances, {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (mut ok, mut failed) = (0, 0);
+    ctx.app.run_to_completion(&store, &versions, &runs, &mut |p| match p {
+        Progress::Finished(_, state, _) if state.is_finished() => bar.inc(1),
+        Progress::RunFinished(_, run_id, state) => {
+            if state == DagRunState::Success {
+                ok += 1
+            } else {
+                failed += 1
+            }
+            bar.set_message(format!("{ok} run(s) succeeded, {failed} failed"));
+            bar.println(format!("{run_id} {state}"));
+        }
+        _ => {}
+    })?;
+    bar.finish_and_clear();
+    println!("backfill {dag_id}: {ok} run(s) succeeded, {failed} failed");
+    Ok(if failed == 0 { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// Sets matching task instances of a run back to `none` and the run back to `queued`.
+fn clear_run(
+    store: &Store,
+    dag_id: &str,
+    run_id: &str,
+    run_state: DagRunState,
+    retries_if_selected: impl Fn(&str) -> Option<u32>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    let cleared = store.write(|tx| -> Result<usize, crate::store::StoreError> {
+        let mut n = 0;
+        for ti in tx.task_instances_of_run(dag_id, run_id)? {
+            let Some(retries) = retries_if_selected(&ti.key.task_id) else { continue };
+            if matches!(ti.state, TaskState::Running | TaskState::Queued) {
+                continue;
+            }
+            // As Airflow: a cleared task gets its full retries again on top of the tries made.
+            let change =
+                TiChange { max_tries: Some(ti.try_number + retries), reset_times: true, ..TiChange::default() };
+            if tx.set_ti_state(&ti.key, ti.state, TaskState::None, &change)? {
+                n += 1;
+            }
+        }
+        if n > 0 && run_state.is_finished() {
+            tx.set_run_state(dag_id, run_id, run_state, DagRunState::Queued, now)?;
+        }
+        Ok(n)
+    })?;
+    Ok(cleared)
+}
+
+pub struct ClearArgs<'a> {
+    pub dag_id: &'a str,
+    pub task_regex: Option<&'a str>,
+    pub downstream: bool,
+    pub start: Option<&'a str>,
+    pub end: Option<&'a str>,
+}
+
+/// `tasks clear ID [--task-regex RE] [--downstream] [--start-date D --end-date D]`.
+pub fn clear(ctx: &Context, args: ClearArgs) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let (_, dag) = load_dag(ctx, &store, args.dag_id)?;
+    let re = match args.task_regex {
+        Some(r) => {
+            Some(regex::Regex::new(r).with_context(|| format!("`--task-regex` `{r}` is not a regular expression"))?)
+        }
+        None => None,
+    };
+    let (start, end) = (args.start.map(parse_date).transpose()?, args.end.map(parse_date).transpose()?);
+    let mut selected: Vec<String> = dag
+        .spec
+        .tasks
+        .iter()
+        .filter(|t| re.as_ref().is_none_or(|re| re.is_match(&t.task_id)))
+        .map(|t| t.task_id.clone())
+        .collect();
+    if args.downstream {
+        let graph = crate::graph::TaskGraph::build(&dag.spec)?;
+        let extra: Vec<String> = selected.iter().flat_map(|t| graph.downstream_of(t)).map(str::to_owned).collect();
+        selected.extend(extra);
+        selected.sort();
+        selected.dedup();
+    }
+    let runs = store.read(|tx| tx.dag_runs(args.dag_id))?;
+    let mut total = 0;
+    for run in
+        runs.iter().filter(|r| start.is_none_or(|s| r.logical_date >= s) && end.is_none_or(|e| r.logical_date <= e))
+    {
+        let retries = |t: &str| selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries));
+        total += clear_run(&store, &run.dag_id, &run.run_id, run.state, retries, ctx.now)?;
+    }
+    ctx.app.wake_scheduler();
+    println!("cleared {total} task instance(s) of {}", args.dag_id);
+    Ok(Outcome::Ok)
+}
+
+pub fn runs_list(ctx: &Context, dag_id: &str) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let runs = store.read(|tx| tx.dag_runs(dag_id))?;
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "run_id": r.run_id, "state": r.state.as_str(), "run_type": r.run_type.as_str(),
+                    "logical_date": r.logical_date.to_rfc3339(), "start_date": r.start_date.map(|t| t.to_rfc3339()),
+                    "end_date": r.end_date.map(|t| t.to_rfc3339()), "version_hash": r.version_hash,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .rev()
+        .map(|r| {
+            vec![
+                r.run_id.clone(),
+                r.state.to_string(),
+                r.run_type.to_string(),
+                fmt_time(&r.logical_date),
+                fmt_opt(r.start_date),
+                fmt_opt(r.end_date),
+            ]
+        })
+        .collect();
+    println!("{}", table::render(&["run_id", "state", "run_type", "logical_date", "start_date", "end_date"], &rows));
+    Ok(Outcome::Ok)
+}
+
+pub fn states_for_run(ctx: &Context, dag_id: &str, run_id: &str) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    if store.read(|tx| tx.dag_run(dag_id, run_id))?.is_none() {
+        bail!("DAG `{dag_id}` has no run `{run_id}`; see `rhaiflow runs list {dag_id}`");
+    }
+    let tis = store.read(|tx| tx.task_instances_of_run(dag_id, run_id))?;
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = tis
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "task_id": t.key.task_id, "state": t.state.as_str(), "try_number": t.try_number,
+                    "start_date": t.start_date.map(|d| d.to_rfc3339()), "end_date": t.end_date.map(|d| d.to_rfc3339()),
+                    "duration": t.duration,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = tis
+        .iter()
+        .map(|t| {
+            vec![
+                t.key.task_id.clone(),
+                t.state.to_string(),
+                t.try_number.to_string(),
+                fmt_opt(t.start_date),
+                fmt_opt(t.end_date),
+                secs(t.duration),
+            ]
+        })
+        .collect();
+    println!("{}", table::render(&["task_id", "state", "try_number", "start_date", "end_date", "duration"], &rows));
+    Ok(Outcome::Ok)
+}
+
+pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let Some(ti) = store.read(|tx| tx.task_instance(&key))? else {
+        bail!("no task instance `{}` in run `{}` of DAG `{}`", key.task_id, key.run_id, key.dag_id);
+    };
+    let n = try_number.unwrap_or(ti.try_number.max(1));
+    let path = ctx.app.worker_settings().log_path(&key, n);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("no log for try {n} at {}", path.display()))?;
+    print!("{text}");
+    Ok(Outcome::Ok)
+}
+
+pub fn scheduler(ctx: &Context) -> anyhow::Result<Outcome> {
+    ctx.app.run_scheduler()?;
+    Ok(Outcome::Ok)
+}
+
+pub fn db_migrate(ctx: &Context) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let applied = store.migrate()?;
+    let latest = crate::store::MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    println!(
+        "database {} is at schema version {latest}{}",
+        store.path().display(),
+        if applied.is_empty() { "" } else { " (migrated)" }
+    );
+    Ok(Outcome::Ok)
+}

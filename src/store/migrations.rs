@@ -1,0 +1,96 @@
+//! Versioned schema migrations, applied in order on open and by `rhaiflow db migrate`.
+
+/// `(version, description, SQL)`. Append only: never edit a migration that has shipped.
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
+    1,
+    "dags, versions, runs, task instances, xcom, import errors, pools, alert outbox",
+    r#"
+CREATE TABLE dag (
+    dag_id              TEXT PRIMARY KEY,
+    is_paused           INTEGER NOT NULL DEFAULT 0,
+    fileloc             TEXT NOT NULL,
+    latest_version_hash TEXT NOT NULL,
+    is_active           INTEGER NOT NULL DEFAULT 1,
+    last_parsed_at      TEXT NOT NULL
+);
+CREATE TABLE dag_version (
+    version_hash TEXT PRIMARY KEY,
+    dag_id       TEXT NOT NULL,
+    spec_json    TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE TABLE dag_run (
+    dag_id              TEXT NOT NULL,
+    run_id              TEXT NOT NULL,
+    logical_date        TEXT NOT NULL,
+    data_interval_start TEXT NOT NULL,
+    data_interval_end   TEXT NOT NULL,
+    run_type            TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    conf                TEXT NOT NULL DEFAULT '{}',
+    version_hash        TEXT NOT NULL,
+    queued_at           TEXT NOT NULL,
+    start_date          TEXT,
+    end_date            TEXT,
+    PRIMARY KEY (dag_id, run_id),
+    UNIQUE (dag_id, logical_date)
+);
+CREATE INDEX dag_run_state ON dag_run (state);
+CREATE TABLE task_instance (
+    dag_id          TEXT NOT NULL,
+    run_id          TEXT NOT NULL,
+    task_id         TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'none',
+    try_number      INTEGER NOT NULL DEFAULT 0,
+    max_tries       INTEGER NOT NULL DEFAULT 0,
+    priority_weight INTEGER NOT NULL DEFAULT 1,
+    pool            TEXT NOT NULL DEFAULT 'default_pool',
+    pool_slots      INTEGER NOT NULL DEFAULT 1,
+    operator        TEXT NOT NULL,
+    hostname        TEXT,
+    pid             INTEGER,
+    queued_at       TEXT,
+    start_date      TEXT,
+    end_date        TEXT,
+    duration        REAL,
+    heartbeat_at    TEXT,
+    next_try_at     TEXT,
+    PRIMARY KEY (dag_id, run_id, task_id)
+);
+CREATE INDEX task_instance_state ON task_instance (state);
+CREATE TABLE xcom (
+    dag_id     TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (dag_id, run_id, task_id, key)
+);
+CREATE TABLE import_error (
+    filename  TEXT PRIMARY KEY,
+    message   TEXT NOT NULL,
+    timestamp TEXT NOT NULL
+);
+CREATE TABLE pool (
+    name        TEXT PRIMARY KEY,
+    slots       INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO pool (name, slots, description) VALUES ('default_pool', 128, 'Default pool');
+CREATE TABLE alert_outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at   TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    dag_id       TEXT NOT NULL,
+    run_id       TEXT NOT NULL,
+    task_id      TEXT,
+    try_number   INTEGER,
+    channel      TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    state        TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT
+);
+"#,
+)];

@@ -1,0 +1,730 @@
+//! Durable state: every SQL statement of rhaiflow, migrations, transactions and guarded updates.
+//!
+//! Callers see `Store` and `Tx`, with one method per statement; the caller owns the transaction
+//! (`store.write(|tx| ...)`). SQLite today; the face carries no driver types so PostgreSQL can be
+//! added behind it.
+
+mod migrations;
+
+use crate::model::{DagRunState, RunType, TaskState, TiKey};
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use migrations::MIGRATIONS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database `{}`: {reason}", path.display())]
+    Open { path: PathBuf, reason: String },
+    #[error("database error: {0}")]
+    Sql(String),
+    #[error("database `{}` has schema version {found}, newer than this rhaiflow ({known}); upgrade rhaiflow", path.display())]
+    TooNew { path: PathBuf, found: u32, known: u32 },
+    #[error("stored value is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A handle on the database; cheap to clone, safe to share between threads.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// One transaction. Every method is one SQL statement.
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DagRow {
+    pub dag_id: String,
+    pub is_paused: bool,
+    pub fileloc: String,
+    pub latest_version_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DagRunRow {
+    pub dag_id: String,
+    pub run_id: String,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval_start: DateTime<Utc>,
+    pub data_interval_end: DateTime<Utc>,
+    pub run_type: RunType,
+    pub state: DagRunState,
+    pub conf: serde_json::Value,
+    pub version_hash: String,
+    pub queued_at: DateTime<Utc>,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+}
+
+/// A new task instance row, written with its run.
+#[derive(Debug, Clone)]
+pub struct NewTaskInstance {
+    pub task_id: String,
+    pub max_tries: u32,
+    pub priority_weight: i64,
+    pub pool: String,
+    pub pool_slots: u32,
+    pub operator: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TiRow {
+    pub key: TiKey,
+    pub state: TaskState,
+    pub try_number: u32,
+    pub max_tries: u32,
+    pub priority_weight: i64,
+    pub pool: String,
+    pub pool_slots: u32,
+    pub operator: String,
+    pub hostname: Option<String>,
+    pub pid: Option<i64>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub next_try_at: Option<DateTime<Utc>>,
+}
+
+/// The fields a state change sets besides the state. `None` leaves a column as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TiChange {
+    pub try_number: Option<u32>,
+    pub max_tries: Option<u32>,
+    pub hostname: Option<String>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub start_date: Option<DateTime<Utc>>,
+    pub end_date: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    pub next_try_at: Option<DateTime<Utc>>,
+    /// Clears start/end/duration/pid/next_try (for `tasks clear`).
+    pub reset_times: bool,
+}
+
+/// An alert written in the same transaction as the state change that causes it.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    pub event: String,
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+    pub channel: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertRow {
+    pub id: i64,
+    pub event: String,
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub channel: String,
+    pub state: String,
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Result<T> {
+    text.parse::<T>().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+}
+
+const TI_COLUMNS: &str = "dag_id, run_id, task_id, state, try_number, max_tries, priority_weight, pool, pool_slots, \
+     operator, hostname, pid, queued_at, start_date, end_date, duration, next_try_at";
+
+fn ti_row(r: &rusqlite::Row) -> rusqlite::Result<TiRow> {
+    Ok(TiRow {
+        key: TiKey { dag_id: r.get(0)?, run_id: r.get(1)?, task_id: r.get(2)? },
+        state: parse_enum(r.get(3)?)?,
+        try_number: r.get(4)?,
+        max_tries: r.get(5)?,
+        priority_weight: r.get(6)?,
+        pool: r.get(7)?,
+        pool_slots: r.get(8)?,
+        operator: r.get(9)?,
+        hostname: r.get(10)?,
+        pid: r.get(11)?,
+        queued_at: r.get(12)?,
+        start_date: r.get(13)?,
+        end_date: r.get(14)?,
+        duration: r.get(15)?,
+        next_try_at: r.get(16)?,
+    })
+}
+
+const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, \
+     version_hash, queued_at, start_date, end_date";
+
+fn run_row(r: &rusqlite::Row) -> rusqlite::Result<DagRunRow> {
+    let conf: String = r.get(7)?;
+    Ok(DagRunRow {
+        dag_id: r.get(0)?,
+        run_id: r.get(1)?,
+        logical_date: r.get(2)?,
+        data_interval_start: r.get(3)?,
+        data_interval_end: r.get(4)?,
+        run_type: parse_enum(r.get(5)?)?,
+        state: parse_enum(r.get(6)?)?,
+        conf: serde_json::from_str(&conf).unwrap_or(serde_json::Value::Null),
+        version_hash: r.get(8)?,
+        queued_at: r.get(9)?,
+        start_date: r.get(10)?,
+        end_date: r.get(11)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file, in WAL mode, and applies pending migrations.
+    pub fn open(path: &Path) -> StoreResult<Store> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_err(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(&e))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_err(&e))?;
+        // WAL: readers never block the writer. NORMAL: durable across a process crash (kill -9);
+        // only a power loss can drop the last transactions.
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| open_err(&e))?;
+        let store = Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies the migrations not yet applied; returns their versions.
+    pub fn migrate(&self) -> StoreResult<Vec<u32>> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migration (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+        )?;
+        let current: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migration", [], |r| r.get(0))?;
+        let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+        if current > known {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: current, known });
+        }
+        let mut applied = Vec::new();
+        for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migration (version, description, applied_at) VALUES (?1, ?2, ?3)",
+                params![version, description, Utc::now()],
+            )?;
+            applied.push(*version);
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    /// Runs `f` in a write transaction (taken at once, so writers queue rather than deadlock).
+    /// Any error from `f` rolls the transaction back.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = Tx {
+            tx: conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(StoreError::from)?,
+        };
+        let out = f(&tx)?;
+        tx.tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a read transaction.
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = Tx {
+            tx: conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).map_err(StoreError::from)?,
+        };
+        f(&tx)
+    }
+
+    /// `write` on the blocking pool, for async callers.
+    pub async fn write_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.write(f))
+            .await
+            .map_err(|e| StoreError::Sql(format!("store task failed: {e}")))?
+    }
+
+    /// `read` on the blocking pool, for async callers.
+    pub async fn read_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(f))
+            .await
+            .map_err(|e| StoreError::Sql(format!("store task failed: {e}")))?
+    }
+}
+
+impl Tx<'_> {
+    // ---- DAGs and versions ----------------------------------------------------------------
+
+    pub fn upsert_dag(&self, dag_id: &str, fileloc: &str, version_hash: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO dag (dag_id, fileloc, latest_version_hash, is_active, last_parsed_at) VALUES (?1, ?2, ?3, 1, ?4)
+                 ON CONFLICT (dag_id) DO UPDATE SET fileloc = ?2, latest_version_hash = ?3, is_active = 1, last_parsed_at = ?4",
+            )?
+            .execute(params![dag_id, fileloc, version_hash, now])?;
+        Ok(())
+    }
+
+    /// Marks DAGs not in `present` inactive (their file is gone or broken).
+    pub fn deactivate_dags_except(&self, present: &[String]) -> StoreResult<()> {
+        let list = serde_json::to_string(present).unwrap_or_else(|_| "[]".into());
+        self.tx
+            .execute("UPDATE dag SET is_active = 0 WHERE dag_id NOT IN (SELECT value FROM json_each(?1))", [list])?;
+        Ok(())
+    }
+
+    pub fn insert_dag_version(
+        &self,
+        version_hash: &str,
+        dag_id: &str,
+        spec_json: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO dag_version (version_hash, dag_id, spec_json, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![version_hash, dag_id, spec_json, now])?;
+        Ok(())
+    }
+
+    pub fn dag_version_json(&self, version_hash: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT spec_json FROM dag_version WHERE version_hash = ?1")?
+            .query_row([version_hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn dags(&self) -> StoreResult<Vec<DagRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT dag_id, is_paused, fileloc, latest_version_hash FROM dag WHERE is_active = 1 ORDER BY dag_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DagRow { dag_id: r.get(0)?, is_paused: r.get(1)?, fileloc: r.get(2)?, latest_version_hash: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets the paused flag; `false` when the DAG is unknown.
+    pub fn set_paused(&self, dag_id: &str, paused: bool) -> StoreResult<bool> {
+        Ok(self.tx.execute("UPDATE dag SET is_paused = ?2 WHERE dag_id = ?1", params![dag_id, paused])? == 1)
+    }
+
+    pub fn replace_import_errors(&self, errors: &[(String, String)], now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx.execute("DELETE FROM import_error", [])?;
+        let mut stmt =
+            self.tx.prepare_cached("INSERT INTO import_error (filename, message, timestamp) VALUES (?1, ?2, ?3)")?;
+        for (file, message) in errors {
+            stmt.execute(params![file, message, now])?;
+        }
+        Ok(())
+    }
+
+    pub fn import_errors(&self) -> StoreResult<Vec<(String, String)>> {
+        let mut stmt = self.tx.prepare_cached("SELECT filename, message FROM import_error ORDER BY filename")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- DAG runs -----------------------------------------------------------------------------
+
+    /// Inserts a run; `false` when one exists for the same `(dag_id, logical_date)` or `run_id`.
+    pub fn insert_dag_run(&self, run: &DagRunRow) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO dag_run (dag_id, run_id, logical_date, data_interval_start, data_interval_end,
+                     run_type, state, conf, version_hash, queued_at, start_date, end_date)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                run.dag_id,
+                run.run_id,
+                run.logical_date,
+                run.data_interval_start,
+                run.data_interval_end,
+                run.run_type.as_str(),
+                run.state.as_str(),
+                run.conf.to_string(),
+                run.version_hash,
+                run.queued_at,
+                run.start_date,
+                run.end_date
+            ])?;
+        Ok(n == 1)
+    }
+
+    /// The data interval of the latest scheduled run, which the timetable continues from.
+    pub fn latest_scheduled_interval(&self, dag_id: &str) -> StoreResult<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT data_interval_start, data_interval_end FROM dag_run
+                 WHERE dag_id = ?1 AND run_type = 'scheduled' ORDER BY logical_date DESC LIMIT 1",
+            )?
+            .query_row([dag_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Runs in `queued` or `running`, oldest logical date first.
+    pub fn active_runs(&self) -> StoreResult<Vec<DagRunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE state IN ('queued', 'running') ORDER BY logical_date, dag_id"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn dag_runs(&self, dag_id: &str) -> StoreResult<Vec<DagRunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 ORDER BY logical_date");
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([dag_id], run_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Option<DagRunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 AND run_id = ?2");
+        Ok(self.tx.prepare_cached(&sql)?.query_row([dag_id, run_id], run_row).optional()?)
+    }
+
+    /// The run before `logical_date` of the same DAG (for `depends_on_past`).
+    pub fn previous_run_id(&self, dag_id: &str, logical_date: DateTime<Utc>) -> StoreResult<Option<String>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT run_id FROM dag_run WHERE dag_id = ?1 AND logical_date < ?2 ORDER BY logical_date DESC LIMIT 1",
+            )?
+            .query_row(params![dag_id, logical_date], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Guarded run state change: `false` when the run was not in `from` (a lost race).
+    pub fn set_run_state(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        from: DagRunState,
+        to: DagRunState,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE dag_run SET state = ?4,
+                     start_date = CASE WHEN ?4 = 'running' THEN COALESCE(start_date, ?5) ELSE start_date END,
+                     end_date = CASE WHEN ?4 IN ('success', 'failed') THEN ?5 ELSE NULL END
+                 WHERE dag_id = ?1 AND run_id = ?2 AND state = ?3",
+            )?
+            .execute(params![dag_id, run_id, from.as_str(), to.as_str(), at])?;
+        Ok(n == 1)
+    }
+
+    // ---- task instances ---------------------------------------------------------------------
+
+    pub fn insert_task_instances(&self, dag_id: &str, run_id: &str, tis: &[NewTaskInstance]) -> StoreResult<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT OR IGNORE INTO task_instance (dag_id, run_id, task_id, state, max_tries, priority_weight, pool, pool_slots, operator)
+             VALUES (?1, ?2, ?3, 'none', ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for ti in tis {
+            stmt.execute(params![
+                dag_id,
+                run_id,
+                ti.task_id,
+                ti.max_tries,
+                ti.priority_weight,
+                ti.pool,
+                ti.pool_slots,
+                ti.operator
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Every task instance of every active run, in one query.
+    pub fn task_instances_of_active_runs(&self) -> StoreResult<Vec<TiRow>> {
+        let sql = format!(
+            "SELECT {TI_COLUMNS} FROM task_instance ti WHERE EXISTS (SELECT 1 FROM dag_run r
+                 WHERE r.dag_id = ti.dag_id AND r.run_id = ti.run_id AND r.state IN ('queued', 'running'))"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], ti_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn task_instances_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Vec<TiRow>> {
+        let sql = format!("SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = ?1 AND run_id = ?2 ORDER BY rowid");
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([dag_id, run_id], ti_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn task_instance(&self, key: &TiKey) -> StoreResult<Option<TiRow>> {
+        let sql = format!("SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3");
+        Ok(self.tx.prepare_cached(&sql)?.query_row([&key.dag_id, &key.run_id, &key.task_id], ti_row).optional()?)
+    }
+
+    /// Task instances in `queued` or `running`, whatever their run (for crash recovery).
+    pub fn unfinished_claimed_task_instances(&self) -> StoreResult<Vec<TiRow>> {
+        let sql = format!("SELECT {TI_COLUMNS} FROM task_instance WHERE state IN ('queued', 'running')");
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], ti_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The guarded state update: applies only when the task instance is still in `from`.
+    /// `false` means another actor changed it first (a lost race).
+    pub fn set_ti_state(&self, key: &TiKey, from: TaskState, to: TaskState, change: &TiChange) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET state = ?5,
+                     try_number = COALESCE(?6, try_number),
+                     max_tries = COALESCE(?7, max_tries),
+                     hostname = COALESCE(?8, hostname),
+                     queued_at = COALESCE(?9, queued_at),
+                     start_date = CASE WHEN ?15 THEN NULL ELSE COALESCE(?10, start_date) END,
+                     end_date = CASE WHEN ?15 THEN NULL ELSE COALESCE(?11, end_date) END,
+                     duration = CASE WHEN ?15 THEN NULL ELSE COALESCE(?12, duration) END,
+                     next_try_at = CASE WHEN ?15 THEN NULL ELSE ?13 END,
+                     pid = CASE WHEN ?15 OR ?14 THEN NULL ELSE pid END
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4",
+            )?
+            .execute(params![
+                key.dag_id,
+                key.run_id,
+                key.task_id,
+                from.as_str(),
+                to.as_str(),
+                change.try_number,
+                change.max_tries,
+                change.hostname,
+                change.queued_at,
+                change.start_date,
+                change.end_date,
+                change.duration,
+                change.next_try_at,
+                to.is_finished() || to == TaskState::UpForRetry,
+                change.reset_times,
+            ])?;
+        Ok(n == 1)
+    }
+
+    /// Records the process running a task instance.
+    pub fn set_ti_pid(&self, key: &TiKey, pid: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET pid = ?4, heartbeat_at = ?5
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = 'running'",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, pid, now])?;
+        Ok(n == 1)
+    }
+
+    pub fn heartbeat(&self, key: &TiKey, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET heartbeat_at = ?4 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = 'running'",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, now])?;
+        Ok(n == 1)
+    }
+
+    /// The state of one task in the run before (for `depends_on_past`).
+    pub fn ti_state(&self, dag_id: &str, run_id: &str, task_id: &str) -> StoreResult<Option<TaskState>> {
+        let text: Option<String> = self
+            .tx
+            .prepare_cached("SELECT state FROM task_instance WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3")?
+            .query_row([dag_id, run_id, task_id], |r| r.get(0))
+            .optional()?;
+        text.map(|t| t.parse::<TaskState>().map_err(StoreError::Corrupt)).transpose()
+    }
+
+    // ---- XCom -------------------------------------------------------------------------------
+
+    pub fn set_xcom(&self, key: &TiKey, name: &str, value: &serde_json::Value, now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO xcom (dag_id, run_id, task_id, key, value, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (dag_id, run_id, task_id, key) DO UPDATE SET value = ?5, created_at = ?6",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, name, value.to_string(), now])?;
+        Ok(())
+    }
+
+    pub fn clear_xcoms(&self, key: &TiKey) -> StoreResult<()> {
+        self.tx.prepare_cached("DELETE FROM xcom WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3")?.execute([
+            &key.dag_id,
+            &key.run_id,
+            &key.task_id,
+        ])?;
+        Ok(())
+    }
+
+    /// Every XCom of a run: `(task_id, key, value)`.
+    pub fn xcoms_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Vec<(String, String, serde_json::Value)>> {
+        let mut stmt =
+            self.tx.prepare_cached("SELECT task_id, key, value FROM xcom WHERE dag_id = ?1 AND run_id = ?2")?;
+        let rows = stmt.query_map([dag_id, run_id], |r| {
+            let value: String = r.get(2)?;
+            Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value))))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- pools and alerts -----------------------------------------------------------------------
+
+    pub fn pools(&self) -> StoreResult<Vec<(String, u32)>> {
+        let mut stmt = self.tx.prepare_cached("SELECT name, slots FROM pool ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_pool(&self, name: &str, slots: u32, description: &str) -> StoreResult<()> {
+        self.tx.execute(
+            "INSERT INTO pool (name, slots, description) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET slots = ?2, description = ?3",
+            params![name, slots, description],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_alert(&self, alert: &NewAlert, now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO alert_outbox (created_at, event, dag_id, run_id, task_id, try_number, channel, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                now,
+                alert.event,
+                alert.dag_id,
+                alert.run_id,
+                alert.task_id,
+                alert.try_number,
+                alert.channel,
+                alert.payload.to_string()
+            ])?;
+        Ok(())
+    }
+
+    pub fn alerts(&self) -> StoreResult<Vec<AlertRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT id, event, dag_id, run_id, task_id, channel, state FROM alert_outbox ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AlertRow {
+                id: r.get(0)?,
+                event: r.get(1)?,
+                dag_id: r.get(2)?,
+                run_id: r.get(3)?,
+                task_id: r.get(4)?,
+                channel: r.get(5)?,
+                state: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dag_id: &str, run_id: &str, at: DateTime<Utc>) -> DagRunRow {
+        DagRunRow {
+            dag_id: dag_id.into(),
+            run_id: run_id.into(),
+            logical_date: at,
+            data_interval_start: at,
+            data_interval_end: at,
+            run_type: RunType::Manual,
+            state: DagRunState::Queued,
+            conf: serde_json::json!({}),
+            version_hash: "h".into(),
+            queued_at: at,
+            start_date: None,
+            end_date: None,
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        assert!(store.migrate().unwrap().is_empty(), "already applied on open");
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        let pools = again.read(|tx| tx.pools()).unwrap();
+        assert_eq!(pools, vec![("default_pool".to_string(), 128)]);
+    }
+
+    #[test]
+    fn one_run_per_logical_date_and_guarded_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let at = Utc::now();
+        assert!(store.write(|tx| tx.insert_dag_run(&run("d", "r1", at))).unwrap());
+        assert!(!store.write(|tx| tx.insert_dag_run(&run("d", "r2", at))).unwrap(), "same logical date refused");
+        let ti = NewTaskInstance {
+            task_id: "t".into(),
+            max_tries: 1,
+            priority_weight: 1,
+            pool: "default_pool".into(),
+            pool_slots: 1,
+            operator: "BashOperator".into(),
+        };
+        store.write(|tx| tx.insert_task_instances("d", "r1", std::slice::from_ref(&ti))).unwrap();
+        let key = TiKey { dag_id: "d".into(), run_id: "r1".into(), task_id: "t".into() };
+        let moved =
+            store.write(|tx| tx.set_ti_state(&key, TaskState::None, TaskState::Scheduled, &TiChange::default()));
+        assert!(moved.unwrap());
+        let lost = store.write(|tx| tx.set_ti_state(&key, TaskState::None, TaskState::Queued, &TiChange::default()));
+        assert!(!lost.unwrap(), "a stale `from` state is a lost race");
+        assert_eq!(store.read(|tx| tx.task_instance(&key)).unwrap().unwrap().state, TaskState::Scheduled);
+    }
+
+    #[test]
+    fn a_failed_transaction_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let at = Utc::now();
+        let result: StoreResult<()> = store.write(|tx| {
+            tx.insert_dag_run(&run("d", "r1", at))?;
+            Err(StoreError::Corrupt("boom".into()))
+        });
+        assert!(result.is_err());
+        assert!(store.read(|tx| tx.dag_run("d", "r1")).unwrap().is_none());
+    }
+}

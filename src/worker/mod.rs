@@ -1,0 +1,425 @@
+//! The local worker: claims a queued task instance (guarded `queued → running`), renders its
+//! templates, runs its operator through the executor with heartbeats, and writes the outcome —
+//! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
+
+use crate::executor::template::{TemplateContext, TemplateError, render};
+use crate::executor::{BashRun, Exit, kill_group, log_line, signal_group, spawn_bash};
+use crate::model::{Event, Operator, QueuedTask, TaskState, TiEvent, TiKey, retry_delay, transition};
+use crate::store::{NewAlert, Store, StoreError, TiChange};
+use chrono::{DateTime, Utc};
+use nix::sys::signal::Signal;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub log_folder: PathBuf,
+    pub max_log_bytes: u64,
+    pub kill_grace: Duration,
+    pub heartbeat: Duration,
+    pub hostname: String,
+    pub variables: BTreeMap<String, String>,
+    pub connections: BTreeMap<String, String>,
+    /// `[alerts]` channels for every failure / retry / success.
+    pub on_failure: Vec<String>,
+    pub on_retry: Vec<String>,
+    pub on_success: Vec<String>,
+}
+
+impl WorkerSettings {
+    /// `logs/dag_id=…/run_id=…/task_id=…/attempt=N.log`, as Airflow lays them out.
+    pub fn log_path(&self, key: &TiKey, try_number: u32) -> PathBuf {
+        self.log_folder
+            .join(format!("dag_id={}", key.dag_id))
+            .join(format!("run_id={}", key.run_id))
+            .join(format!("task_id={}", key.task_id))
+            .join(format!("attempt={try_number}.log"))
+    }
+}
+
+/// How an operator run ended, before it becomes a state.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    Success { xcom: Option<serde_json::Value> },
+    Skipped(String),
+    Failed(String),
+}
+
+/// Runs queued task instances on the tokio runtime.
+#[derive(Clone)]
+pub struct Worker {
+    store: Store,
+    settings: Arc<WorkerSettings>,
+    events: Sender<Event>,
+    runtime: tokio::runtime::Handle,
+    running: Arc<Mutex<HashMap<TiKey, u32>>>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+impl Worker {
+    pub fn new(store: Store, settings: WorkerSettings, events: Sender<Event>, runtime: tokio::runtime::Handle) -> Self {
+        Worker { store, settings: Arc::new(settings), events, runtime, running: Arc::default() }
+    }
+
+    /// Starts a task instance; returns at once.
+    pub fn launch(&self, task: QueuedTask) {
+        let worker = self.clone();
+        self.runtime.spawn(async move {
+            let key = task.key.clone();
+            if let Err(e) = worker.run(task).await {
+                tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
+                let _ = worker.events.send(Event::Wake);
+            }
+        });
+    }
+
+    /// Process groups still running.
+    pub fn running(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// SIGTERM to every running task's process group (shutdown after the grace period).
+    pub fn terminate_all(&self) {
+        let groups: Vec<u32> = self.running.lock().map(|r| r.values().copied().collect()).unwrap_or_default();
+        for pgid in groups {
+            signal_group(pgid, Signal::SIGTERM);
+        }
+    }
+
+    async fn run(&self, task: QueuedTask) -> Result<(), StoreError> {
+        let key = task.key.clone();
+        let try_number = task.try_number;
+        let started = now();
+        let claim = TiChange {
+            try_number: Some(try_number),
+            hostname: Some(self.settings.hostname.clone()),
+            start_date: Some(started),
+            ..TiChange::default()
+        };
+        let claim_key = key.clone();
+        let claimed = self
+            .store
+            .write_async(move |tx| {
+                let ok = tx.set_ti_state(&claim_key, TaskState::Queued, TaskState::Running, &claim)?;
+                if ok {
+                    tx.clear_xcoms(&claim_key)?;
+                }
+                Ok(ok)
+            })
+            .await?;
+        if !claimed {
+            return Ok(());
+        }
+        let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
+        let log_path = self.settings.log_path(&key, try_number);
+        log_line(
+            &log_path,
+            &format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname),
+        )
+        .await;
+        let ending = self.execute(&task, &log_path).await;
+        let finished = now();
+        let duration = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        let (state, message) = match &ending {
+            Ending::Success { .. } => (TaskState::Success, "Marking task as SUCCESS".to_string()),
+            Ending::Skipped(why) => (TaskState::Skipped, format!("{why}; marking task as SKIPPED")),
+            Ending::Failed(why) => {
+                let can_retry = try_number <= task.max_tries;
+                let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
+                let verb = if can_retry { "UP_FOR_RETRY" } else { "FAILED" };
+                (state, format!("{why}; marking task as {verb}"))
+            }
+        };
+        log_line(&log_path, &format!("[rhaiflow] {message}")).await;
+        let next_try_at = (state == TaskState::UpForRetry)
+            .then(|| finished + retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono());
+        let alerts = self.alerts(&task, state, &ending, &log_path);
+        let write_key = key.clone();
+        let xcom = match ending {
+            Ending::Success { xcom } => xcom,
+            _ => None,
+        };
+        let change =
+            TiChange { end_date: Some(finished), duration: Some(duration), next_try_at, ..TiChange::default() };
+        self.store
+            .write_async(move |tx| {
+                if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
+                    return Ok(());
+                }
+                if let Some(value) = &xcom {
+                    tx.set_xcom(&write_key, "return_value", value, finished)?;
+                }
+                for alert in &alerts {
+                    tx.insert_alert(alert, finished)?;
+                }
+                Ok(())
+            })
+            .await?;
+        let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
+        Ok(())
+    }
+
+    /// Runs the operator; records the process group while it runs.
+    async fn execute(&self, task: &QueuedTask, log_path: &std::path::Path) -> Ending {
+        match &task.task().operator {
+            Operator::EmptyOperator => Ending::Success { xcom: None },
+            Operator::BashOperator { .. } => {
+                let xcoms = {
+                    let (dag_id, run_id) = (task.key.dag_id.clone(), task.key.run_id.clone());
+                    self.store.read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id)).await.unwrap_or_default()
+                };
+                let ctx = self.template_context(task, xcoms);
+                let run = match bash_run(task, &ctx, &self.settings, log_path) {
+                    Ok(run) => run,
+                    Err(e) => return Ending::Failed(e.to_string()),
+                };
+                let bash = match spawn_bash(run).await {
+                    Ok(b) => b,
+                    Err(e) => return Ending::Failed(e.to_string()),
+                };
+                let pgid = bash.pid();
+                if let Ok(mut running) = self.running.lock() {
+                    running.insert(task.key.clone(), pgid);
+                }
+                let key = task.key.clone();
+                let _ = self.store.write_async(move |tx| tx.set_ti_pid(&key, i64::from(pgid), now())).await;
+                let heartbeat = self.spawn_heartbeat(task.key.clone());
+                let outcome = bash.wait().await;
+                heartbeat.abort();
+                if let Ok(mut running) = self.running.lock() {
+                    running.remove(&task.key);
+                }
+                bash_ending(task, outcome.exit, outcome.last_line)
+            }
+            other => Ending::Failed(format!(
+                "`{}` cannot run in this version of rhaiflow yet (only BashOperator and EmptyOperator run)",
+                other.name()
+            )),
+        }
+    }
+
+    fn spawn_heartbeat(&self, key: TiKey) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let every = self.settings.heartbeat;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let k = key.clone();
+                if !store.write_async(move |tx| tx.heartbeat(&k, now())).await.unwrap_or(false) {
+                    break;
+                }
+            }
+        })
+    }
+
+    pub fn template_context(
+        &self,
+        task: &QueuedTask,
+        xcoms: Vec<(String, String, serde_json::Value)>,
+    ) -> TemplateContext {
+        template_context(task, &self.settings, xcoms)
+    }
+
+    /// The outbox rows for a task instance's new state: the task's own flags, `[alerts]` defaults,
+    /// and its callbacks.
+    fn alerts(
+        &self,
+        task: &QueuedTask,
+        state: TaskState,
+        ending: &Ending,
+        log_path: &std::path::Path,
+    ) -> Vec<NewAlert> {
+        let t = task.task();
+        let mut channels: Vec<String> = Vec::new();
+        match state {
+            TaskState::Failed => {
+                if t.email_on_failure && !t.email.is_empty() {
+                    channels.push("email".into());
+                }
+                if t.ding_on_failure {
+                    channels.push("dingtalk".into());
+                }
+                channels.extend(self.settings.on_failure.iter().cloned());
+                channels.extend(t.on_failure_callback.iter().map(|c| format!("callback:{}", c.0)));
+            }
+            TaskState::UpForRetry => {
+                if t.email_on_retry && !t.email.is_empty() {
+                    channels.push("email".into());
+                }
+                if t.ding_on_retry {
+                    channels.push("dingtalk".into());
+                }
+                channels.extend(self.settings.on_retry.iter().cloned());
+                channels.extend(t.on_retry_callback.iter().map(|c| format!("callback:{}", c.0)));
+            }
+            TaskState::Success => {
+                channels.extend(self.settings.on_success.iter().cloned());
+                channels.extend(t.on_success_callback.iter().map(|c| format!("callback:{}", c.0)));
+            }
+            _ => {}
+        }
+        channels.dedup();
+        let error = match ending {
+            Ending::Failed(why) => Some(why.clone()),
+            _ => None,
+        };
+        let payload = serde_json::json!({
+            "dag_id": task.key.dag_id,
+            "task_id": task.key.task_id,
+            "run_id": task.key.run_id,
+            "logical_date": task.run.logical_date.to_rfc3339(),
+            "state": state.as_str(),
+            "try_number": task.try_number,
+            "max_tries": task.max_tries,
+            "email": t.email,
+            "error": error,
+            "log_path": log_path.to_string_lossy(),
+        });
+        channels
+            .into_iter()
+            .map(|channel| NewAlert {
+                event: state.as_str().to_string(),
+                dag_id: task.key.dag_id.clone(),
+                run_id: task.key.run_id.clone(),
+                task_id: Some(task.key.task_id.clone()),
+                try_number: Some(task.try_number),
+                channel,
+                payload: payload.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Airflow's template context for one task instance.
+pub fn template_context(
+    task: &QueuedTask,
+    settings: &WorkerSettings,
+    xcoms: Vec<(String, String, serde_json::Value)>,
+) -> TemplateContext {
+    let mut params = task.dag.params.clone();
+    params.extend(task.task().params.clone());
+    if let serde_json::Value::Object(conf) = &task.run.conf {
+        // As Airflow's `dag_run_conf_overrides_params`.
+        params.extend(conf.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    TemplateContext {
+        dag_id: task.key.dag_id.clone(),
+        task_id: task.key.task_id.clone(),
+        run_id: task.key.run_id.clone(),
+        logical_date: task.run.logical_date,
+        data_interval_start: task.run.data_interval_start,
+        data_interval_end: task.run.data_interval_end,
+        try_number: task.try_number,
+        max_tries: task.max_tries,
+        params,
+        conf: task.run.conf.clone(),
+        variables: settings.variables.clone(),
+        connections: settings.connections.clone(),
+        xcoms,
+    }
+}
+
+/// The `bash -c` for a `BashOperator` task: rendered command and env, context variables, limits.
+pub fn bash_run(
+    task: &QueuedTask,
+    ctx: &TemplateContext,
+    settings: &WorkerSettings,
+    log_path: &std::path::Path,
+) -> Result<BashRun, TemplateError> {
+    let Operator::BashOperator { bash_command, env, append_env, cwd, .. } = &task.task().operator else {
+        return Err(TemplateError { field: "operator".into(), line: None, reason: "not a BashOperator".into() });
+    };
+    let command = render("bash_command", bash_command, ctx)?;
+    let mut vars = Vec::new();
+    for (k, v) in env {
+        vars.push((k.clone(), render(&format!("env.{k}"), v, ctx)?));
+    }
+    let logical = task.run.logical_date.to_rfc3339();
+    let try_number = task.try_number.to_string();
+    for prefix in ["RHAIFLOW_CTX", "AIRFLOW_CTX"] {
+        vars.push((format!("{prefix}_DAG_ID"), task.key.dag_id.clone()));
+        vars.push((format!("{prefix}_TASK_ID"), task.key.task_id.clone()));
+        vars.push((format!("{prefix}_RUN_ID"), task.key.run_id.clone()));
+        vars.push((format!("{prefix}_LOGICAL_DATE"), logical.clone()));
+        vars.push((format!("{prefix}_TRY_NUMBER"), try_number.clone()));
+        vars.push((format!("{prefix}_DAG_OWNER"), task.task().owner.clone()));
+    }
+    vars.push(("AIRFLOW_CTX_EXECUTION_DATE".into(), logical));
+    let cwd = match cwd {
+        Some(c) => Some(PathBuf::from(render("cwd", c, ctx)?)),
+        None => None,
+    };
+    Ok(BashRun {
+        command,
+        env: vars,
+        replace_env: !env.is_empty() && !append_env,
+        cwd,
+        log_path: log_path.to_path_buf(),
+        max_log_bytes: settings.max_log_bytes,
+        timeout: task.task().execution_timeout.map(|t| t.as_std()),
+        kill_grace: settings.kill_grace,
+    })
+}
+
+/// Exit 0 succeeds (last stdout line is the XCom), `skip_on_exit_code` skips, anything else fails.
+pub fn bash_ending(task: &QueuedTask, exit: Exit, last_line: Option<String>) -> Ending {
+    let Operator::BashOperator { skip_on_exit_code, .. } = &task.task().operator else {
+        return Ending::Failed("not a BashOperator".into());
+    };
+    match exit {
+        Exit::Code(0) => Ending::Success { xcom: last_line.map(serde_json::Value::String) },
+        Exit::Code(code) if skip_on_exit_code.contains(&code) => {
+            Ending::Skipped(format!("bash command exited with code {code}"))
+        }
+        Exit::Code(code) => Ending::Failed(format!("bash command failed: exit code {code}")),
+        Exit::Signal(sig) => Ending::Failed(format!("bash command killed by signal {sig}")),
+        Exit::TimedOut => Ending::Failed(format!(
+            "execution_timeout of {} exceeded",
+            task.task().execution_timeout.unwrap_or_default()
+        )),
+    }
+}
+
+/// Kills what a dead scheduler left behind: `running` task instances whose process group is still
+/// alive are killed, then counted as a failed try (retried by their own `retries`); `queued` ones
+/// never started and go back to `scheduled`. Returns the keys it changed.
+pub async fn recover_orphans(store: &Store, settings: &WorkerSettings) -> Result<Vec<(TiKey, TaskState)>, StoreError> {
+    let orphans = store.read_async(|tx| tx.unfinished_claimed_task_instances()).await?;
+    let mut changed = Vec::new();
+    for ti in orphans {
+        let at = now();
+        if ti.state == TaskState::Queued {
+            let key = ti.key.clone();
+            let moved = store
+                .write_async(move |tx| {
+                    tx.set_ti_state(&key, TaskState::Queued, TaskState::Scheduled, &TiChange::default())
+                })
+                .await?;
+            if moved {
+                changed.push((ti.key, TaskState::Scheduled));
+            }
+            continue;
+        }
+        if let Some(pid) = ti.pid.and_then(|p| u32::try_from(p).ok()) {
+            kill_group(pid, settings.kill_grace).await;
+        }
+        let can_retry = ti.try_number <= ti.max_tries;
+        let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
+        let log = settings.log_path(&ti.key, ti.try_number.max(1));
+        log_line(&log, "[rhaiflow] the scheduler running this try stopped; its process group was killed and the try counts as failed").await;
+        let next_try_at = (state == TaskState::UpForRetry).then_some(at);
+        let change = TiChange { end_date: Some(at), next_try_at, ..TiChange::default() };
+        let key = ti.key.clone();
+        let moved = store.write_async(move |tx| tx.set_ti_state(&key, TaskState::Running, state, &change)).await?;
+        if moved {
+            changed.push((ti.key, state));
+        }
+    }
+    Ok(changed)
+}
