@@ -171,7 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::new(format!("rhaiflow={level}"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// What every command gets.

@@ -440,7 +440,8 @@ pub fn scheduler(ctx: &Context) -> anyhow::Result<Outcome> {
 
 pub fn db_migrate(ctx: &Context) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
-    let applied = store.migrate()?;
+    let mut applied = store.applied_on_open().to_vec();
+    applied.extend(store.migrate()?);
     let latest = crate::store::MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     println!(
         "database {} is at schema version {latest}{}",

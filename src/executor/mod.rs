@@ -60,7 +60,13 @@ pub struct RunningBash {
     log: tokio::fs::File,
 }
 
-/// Opens the log and starts `bash -c` in a new process group.
+/// The shell that hosts a command: it waits for one line on stdin before running anything, so the
+/// caller can record the process group durably first. If the caller dies before releasing it,
+/// stdin closes, `read` fails, and the command never runs.
+const GATED_SHELL: &str = "IFS= read -r _ || exit 97; exec 0</dev/null; eval \"$1\"";
+
+/// Opens the log and starts the command, gated, in a new process group. Call `release` once the
+/// process group is recorded (`wait` releases it too).
 pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     let log_err = |e: std::io::Error| ExecError::Log { path: run.log_path.clone(), reason: e.to_string() };
     if let Some(dir) = run.log_path.parent() {
@@ -68,7 +74,7 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     }
     let log = tokio::fs::OpenOptions::new().create(true).append(true).open(&run.log_path).await.map_err(log_err)?;
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(&run.command);
+    cmd.arg("-c").arg(GATED_SHELL).arg("rhaiflow-task").arg(&run.command);
     if run.replace_env {
         cmd.env_clear();
     }
@@ -76,7 +82,7 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     if let Some(cwd) = &run.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(false);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(false);
     let child = cmd.spawn().map_err(|e| ExecError::Spawn(e.to_string()))?;
     let pid = child.id().unwrap_or_default();
     Ok(RunningBash { child, pid, run, log })
@@ -109,8 +115,16 @@ impl RunningBash {
         self.pid
     }
 
+    /// Lets the gated command start.
+    pub async fn release(&mut self) {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"go\n").await;
+        }
+    }
+
     /// Streams output into the log until the process ends or times out.
     pub async fn wait(mut self) -> BashOutcome {
+        self.release().await;
         let stdout = self.child.stdout.take();
         let stderr = self.child.stderr.take();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(256);

@@ -40,6 +40,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    applied_on_open: Vec<u32>,
 }
 
 /// One transaction. Every method is one SQL statement.
@@ -194,15 +195,38 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_err(&e))?;
         }
+        // Switching to WAL and migrating take locks that SQLite refuses at once (without the busy
+        // handler) while another process does the same; such a refusal is retried for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open_once(path) {
+                Err(StoreError::Sql(e) | StoreError::Open { reason: e, .. })
+                    if (e.contains("locked") || e.contains("busy")) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> StoreResult<Store> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
         let conn = Connection::open(path).map_err(|e| open_err(&e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_err(&e))?;
         // WAL: readers never block the writer. NORMAL: durable across a process crash (kill -9);
         // only a power loss can drop the last transactions.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| open_err(&e))?;
-        let store = Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() };
-        store.migrate()?;
+        let mut store =
+            Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf(), applied_on_open: Vec::new() };
+        store.applied_on_open = store.migrate()?;
         Ok(store)
+    }
+
+    /// The migrations `open` applied.
+    pub fn applied_on_open(&self) -> &[u32] {
+        &self.applied_on_open
     }
 
     pub fn path(&self) -> &Path {

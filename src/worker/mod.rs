@@ -179,7 +179,7 @@ impl Worker {
                     Ok(run) => run,
                     Err(e) => return Ending::Failed(e.to_string()),
                 };
-                let bash = match spawn_bash(run).await {
+                let mut bash = match spawn_bash(run).await {
                     Ok(b) => b,
                     Err(e) => return Ending::Failed(e.to_string()),
                 };
@@ -188,7 +188,18 @@ impl Worker {
                     running.insert(task.key.clone(), pgid);
                 }
                 let key = task.key.clone();
-                let _ = self.store.write_async(move |tx| tx.set_ti_pid(&key, i64::from(pgid), now())).await;
+                // The process group is durable before the command runs: a scheduler that dies from
+                // here on leaves a group its successor can find and kill.
+                match self.store.write_async(move |tx| tx.set_ti_pid(&key, i64::from(pgid), now())).await {
+                    Ok(true) => bash.release().await,
+                    _ => {
+                        kill_group(pgid, self.settings.kill_grace).await;
+                        if let Ok(mut running) = self.running.lock() {
+                            running.remove(&task.key);
+                        }
+                        return Ending::Failed("could not record the task's process; it was not started".into());
+                    }
+                }
                 let heartbeat = self.spawn_heartbeat(task.key.clone());
                 let outcome = bash.wait().await;
                 heartbeat.abort();

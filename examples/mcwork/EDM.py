@@ -1,0 +1,2 @@
+# Stand-in for EZTABLE's script: send the emails.
+print("sent EDM")

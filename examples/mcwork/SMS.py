@@ -1,0 +1,2 @@
+# Stand-in for EZTABLE's script: send the text messages.
+print("sent SMS")
