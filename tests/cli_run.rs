@@ -349,3 +349,25 @@ fn db_migrate_and_tasks_test() {
 
 #[allow(dead_code)]
 fn unused(_: PathBuf) {}
+
+#[test]
+fn failures_and_retries_write_alerts_to_the_outbox_with_the_state_change() {
+    let dag = format!(
+        r#"let dag = DAG("alerting", #{{ {MANUAL}, default_args: #{{ email: "ops@example.com", ding_on_failure: true, ding_on_retry: true, email_on_retry: false }} }});
+        let a = BashOperator(#{{ task_id: "a", bash_command: "exit 1", retries: 1, retry_delay: seconds(0) }});"#
+    );
+    let home = Home::new(&[("alerting.rhai", &dag)]);
+    assert_eq!(home.run(&["dags", "test", "alerting"]).status.code(), Some(1));
+    let store = rhaiflow::store::Store::open(&home.path().join("rhaiflow.db")).unwrap();
+    let alerts = store.read(|tx| tx.alerts()).unwrap();
+    let got: Vec<(String, String)> = alerts.iter().map(|a| (a.event.clone(), a.channel.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("up_for_retry".to_string(), "dingtalk".to_string()),
+            ("failed".to_string(), "email".to_string()),
+            ("failed".to_string(), "dingtalk".to_string()),
+        ]
+    );
+    assert!(alerts.iter().all(|a| a.state == "pending" && a.task_id.as_deref() == Some("a")));
+}

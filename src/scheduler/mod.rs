@@ -118,6 +118,8 @@ pub struct Scheduler {
     latest: HashMap<String, Arc<PinnedDag>>,
     pinned: HashMap<String, Arc<PinnedDag>>,
     warned_pools: HashSet<String>,
+    /// When each DAG's next scheduled run falls due, so passes between due times skip its timetable.
+    next_due: HashMap<String, DateTime<Utc>>,
 }
 
 fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -210,12 +212,14 @@ impl Scheduler {
             latest: HashMap::new(),
             pinned: HashMap::new(),
             warned_pools: HashSet::new(),
+            next_due: HashMap::new(),
         }
     }
 
     /// The DAGs the loader found; timetables create runs from these versions.
     pub fn set_dags(&mut self, dags: &[DagVersion]) {
         self.latest.clear();
+        self.next_due.clear();
         for d in dags {
             let pinned = self
                 .pinned
@@ -271,12 +275,19 @@ impl Scheduler {
         }
         let paused: HashSet<String> = tx.dags()?.into_iter().filter(|d| d.is_paused).map(|d| d.dag_id).collect();
         let mut next_due = None;
+        let mut due_at: Vec<(String, DateTime<Utc>)> = Vec::new();
         let mut dag_ids: Vec<&String> = self.latest.keys().collect();
         dag_ids.sort();
         for dag_id in dag_ids {
             let dag = &self.latest[dag_id];
             let Some(tt) = dag.timetable() else { continue };
             if paused.contains(dag_id) {
+                continue;
+            }
+            if let Some(due) = self.next_due.get(dag_id.as_str())
+                && *due > now
+            {
+                next_due = earliest(next_due, *due);
                 continue;
             }
             let mut running = active.iter().filter(|r| &r.dag_id == dag_id).count() as u32;
@@ -288,6 +299,7 @@ impl Scheduler {
                 }
                 if info.run_after > now {
                     next_due = earliest(next_due, info.run_after);
+                    due_at.push((dag_id.clone(), info.run_after));
                     break;
                 }
                 if running >= dag.spec.max_active_runs {
@@ -301,6 +313,7 @@ impl Scheduler {
                 last = Some(info.data_interval);
             }
         }
+        self.next_due.extend(due_at);
         Ok(next_due)
     }
 

@@ -1,0 +1,256 @@
+//! The scheduler against a real SQLite file, with time as an input: run creation, limits, priority,
+//! trigger-rule cascades, depends_on_past, retries and dagrun_timeout. The test plays the worker by
+//! writing task outcomes to the store, as the worker does.
+
+mod common;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rhaiflow::model::{DagRunState, TaskState, TiKey};
+use rhaiflow::scheduler::{AlertDefaults, DagVersion, Scheduler, SchedulerSettings, Scope};
+use rhaiflow::script::{ScriptHost, ScriptLimits};
+use rhaiflow::store::{Store, TiChange};
+use std::sync::Arc;
+
+fn at(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 10, h, m, 0).unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    scheduler: Scheduler,
+}
+
+fn fixture(src: &str, parallelism: u32) -> Fixture {
+    let host = ScriptHost::new(ScriptLimits::default()).unwrap();
+    let out = host.evaluate("test.rhai", src, &common::eval_context());
+    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    let versions: Vec<DagVersion> = out
+        .dags
+        .into_iter()
+        .map(|d| {
+            let json = d.spec.to_json();
+            DagVersion { hash: format!("h-{}", d.spec.dag_id), json: json.into(), spec: Arc::new(d.spec) }
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    store.write(|tx| rhaiflow::scheduler::record_dags(tx, &versions, &[], at(0, 0))).unwrap();
+    let settings = SchedulerSettings { parallelism, alert_defaults: AlertDefaults::default() };
+    let mut scheduler = Scheduler::new(store.clone(), settings, Scope::All);
+    scheduler.set_dags(&versions);
+    Fixture { _dir: dir, store, scheduler }
+}
+
+impl Fixture {
+    fn runs(&self, dag_id: &str) -> Vec<rhaiflow::store::DagRunRow> {
+        self.store.read(|tx| tx.dag_runs(dag_id)).unwrap()
+    }
+
+    fn states(&self, dag_id: &str, run_id: &str) -> Vec<(String, TaskState)> {
+        let tis = self.store.read(|tx| tx.task_instances_of_run(dag_id, run_id)).unwrap();
+        tis.into_iter().map(|t| (t.key.task_id, t.state)).collect()
+    }
+
+    /// Plays the worker: claims a queued task instance and finishes it in `state`.
+    fn finish(&self, key: &TiKey, state: TaskState, now: DateTime<Utc>, next_try_at: Option<DateTime<Utc>>) {
+        self.store
+            .write(|tx| {
+                assert!(tx.set_ti_state(
+                    key,
+                    TaskState::Queued,
+                    TaskState::Running,
+                    &TiChange { try_number: Some(1), start_date: Some(now), ..TiChange::default() }
+                )?);
+                let change = TiChange { end_date: Some(now), next_try_at, ..TiChange::default() };
+                assert!(tx.set_ti_state(key, TaskState::Running, state, &change)?);
+                Ok::<_, rhaiflow::store::StoreError>(())
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn catchup_creates_one_run_per_interval_up_to_max_active_runs() {
+    let mut f = fixture(
+        r#"let d = DAG("c", #{ start_date: datetime(2024, 1, 10), schedule: "@hourly", catchup: true, max_active_runs: 3 });
+           let a = EmptyOperator(#{ task_id: "a" });"#,
+        32,
+    );
+    let pass = f.scheduler.pass(at(5, 30)).unwrap();
+    // Three runs at once (max_active_runs); EmptyOperator finishes them in the same pass.
+    assert_eq!(pass.finished_runs.len(), 3);
+    f.scheduler.pass(at(5, 30)).unwrap();
+    let runs = f.runs("c");
+    assert_eq!(runs.len(), 5, "00:00..04:00 are due at 05:30; 05:00 is due at 06:00");
+    assert!(runs.iter().all(|r| r.state == DagRunState::Success));
+    assert_eq!(runs[0].run_id, "scheduled__2024-01-10T00:00:00+00:00");
+    let pass = f.scheduler.pass(at(5, 30)).unwrap();
+    assert_eq!(pass.next_wake, Some(at(6, 0)), "sleeps until the next run is due");
+    assert_eq!(f.runs("c").len(), 5, "no run is created twice for a logical date");
+}
+
+#[test]
+fn without_catchup_only_the_latest_interval_runs() {
+    let mut f = fixture(
+        r#"let d = DAG("nc", #{ start_date: datetime(2024, 1, 1), schedule: "*/10 * * * *", catchup: false });
+           let a = BashOperator(#{ task_id: "a", bash_command: "true" });"#,
+        32,
+    );
+    let pass = f.scheduler.pass(at(12, 25)).unwrap();
+    let runs = f.runs("nc");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].logical_date, at(12, 10));
+    assert_eq!(pass.to_run.len(), 1);
+    assert_eq!(pass.next_wake, Some(at(12, 30)));
+}
+
+#[test]
+fn queueing_respects_priority_parallelism_max_active_tasks_and_pools() {
+    let mut f = fixture(
+        r#"let d = DAG("p", #{ start_date: datetime(2024, 1, 1), schedule: (), max_active_tasks: 3 });
+           let low = BashOperator(#{ task_id: "low", bash_command: "true", priority_weight: 1 });
+           let high = BashOperator(#{ task_id: "high", bash_command: "true", priority_weight: 10 });
+           let mid = BashOperator(#{ task_id: "mid", bash_command: "true", priority_weight: 5 });
+           let other = BashOperator(#{ task_id: "other", bash_command: "true", priority_weight: 7 });
+           let pooled = BashOperator(#{ task_id: "pooled", bash_command: "true", priority_weight: 100, pool: "tiny", pool_slots: 2 });"#,
+        2,
+    );
+    f.store.write(|tx| tx.set_pool("tiny", 1, "too small for pooled")).unwrap();
+    let dag = f.scheduler.latest("p").unwrap().clone();
+    let run = rhaiflow::scheduler::new_run(
+        &dag,
+        rhaiflow::model::RunType::Manual,
+        at(1, 0),
+        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
+        serde_json::json!({}),
+        at(1, 0),
+    );
+    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    let queued: Vec<&str> = pass.to_run.iter().map(|t| t.key.task_id.as_str()).collect();
+    assert_eq!(queued, ["high", "other"], "parallelism 2, highest priority first; `pooled` needs 2 slots of 1");
+    for t in &pass.to_run {
+        f.finish(&t.key, TaskState::Success, at(1, 1), None);
+    }
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    let queued: Vec<&str> = pass.to_run.iter().map(|t| t.key.task_id.as_str()).collect();
+    assert_eq!(queued, ["mid", "low"]);
+}
+
+#[test]
+fn trigger_rules_cascade_in_one_pass() {
+    let mut f = fixture(
+        r#"let d = DAG("t", #{ start_date: datetime(2024, 1, 1), schedule: () });
+           let a = BashOperator(#{ task_id: "a", bash_command: "false" });
+           let b = EmptyOperator(#{ task_id: "b" });
+           let c = EmptyOperator(#{ task_id: "c" });
+           let on_fail = EmptyOperator(#{ task_id: "on_fail", trigger_rule: "one_failed" });
+           let done = EmptyOperator(#{ task_id: "done", trigger_rule: "all_done" });
+           a >> b >> c;
+           a >> on_fail;
+           [c, on_fail] >> done;"#,
+        32,
+    );
+    let dag = f.scheduler.latest("t").unwrap().clone();
+    let run = rhaiflow::scheduler::new_run(
+        &dag,
+        rhaiflow::model::RunType::Manual,
+        at(1, 0),
+        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
+        serde_json::json!({}),
+        at(1, 0),
+    );
+    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.to_run.len(), 1);
+    f.finish(&pass.to_run[0].key, TaskState::Failed, at(1, 1), None);
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(
+        f.states("t", &run.run_id),
+        vec![
+            ("a".into(), TaskState::Failed),
+            ("b".into(), TaskState::UpstreamFailed),
+            ("c".into(), TaskState::UpstreamFailed),
+            ("on_fail".into(), TaskState::Success),
+            ("done".into(), TaskState::Success),
+        ]
+    );
+    assert_eq!(
+        pass.finished_runs,
+        vec![("t".to_string(), run.run_id.clone(), DagRunState::Success)],
+        "the only leaf succeeded"
+    );
+}
+
+#[test]
+fn retries_wake_the_scheduler_at_their_time() {
+    let mut f = fixture(
+        r#"let d = DAG("r", #{ start_date: datetime(2024, 1, 1), schedule: () });
+           let a = BashOperator(#{ task_id: "a", bash_command: "false", retries: 1 });"#,
+        32,
+    );
+    let dag = f.scheduler.latest("r").unwrap().clone();
+    let run = rhaiflow::scheduler::new_run(
+        &dag,
+        rhaiflow::model::RunType::Manual,
+        at(1, 0),
+        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
+        serde_json::json!({}),
+        at(1, 0),
+    );
+    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    f.finish(&pass.to_run[0].key, TaskState::UpForRetry, at(1, 1), Some(at(1, 6)));
+    let pass = f.scheduler.pass(at(1, 2)).unwrap();
+    assert!(pass.to_run.is_empty());
+    assert_eq!(pass.next_wake, Some(at(1, 6)));
+    let pass = f.scheduler.pass(at(1, 6)).unwrap();
+    assert_eq!(pass.to_run.len(), 1);
+    assert_eq!(pass.to_run[0].try_number, 2);
+}
+
+#[test]
+fn depends_on_past_waits_for_the_previous_run() {
+    let mut f = fixture(
+        r#"let d = DAG("dop", #{ start_date: datetime(2024, 1, 10), schedule: "@hourly", catchup: true, max_active_runs: 2 });
+           let a = BashOperator(#{ task_id: "a", bash_command: "true", depends_on_past: true });"#,
+        32,
+    );
+    let pass = f.scheduler.pass(at(2, 0)).unwrap();
+    let queued: Vec<&str> = pass.to_run.iter().map(|t| t.key.run_id.as_str()).collect();
+    assert_eq!(queued, ["scheduled__2024-01-10T00:00:00+00:00"], "the 01:00 run waits for 00:00");
+    f.finish(&pass.to_run[0].key, TaskState::Success, at(2, 1), None);
+    let pass = f.scheduler.pass(at(2, 1)).unwrap();
+    let queued: Vec<&str> = pass.to_run.iter().map(|t| t.key.run_id.as_str()).collect();
+    assert_eq!(queued, ["scheduled__2024-01-10T01:00:00+00:00"]);
+}
+
+#[test]
+fn dagrun_timeout_fails_the_run_and_skips_what_has_not_started() {
+    let mut f = fixture(
+        r#"let d = DAG("to", #{ start_date: datetime(2024, 1, 1), schedule: (), dagrun_timeout: minutes(5), on_failure_callback: |ctx| () });
+           let a = BashOperator(#{ task_id: "a", bash_command: "sleep 600" });
+           let b = BashOperator(#{ task_id: "b", bash_command: "true" });
+           a >> b;"#,
+        32,
+    );
+    let dag = f.scheduler.latest("to").unwrap().clone();
+    let run = rhaiflow::scheduler::new_run(
+        &dag,
+        rhaiflow::model::RunType::Manual,
+        at(1, 0),
+        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
+        serde_json::json!({}),
+        at(1, 0),
+    );
+    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.next_wake, Some(at(1, 5)), "wakes at the timeout");
+    let pass = f.scheduler.pass(at(1, 0) + Duration::minutes(5)).unwrap();
+    assert_eq!(pass.finished_runs[0].2, DagRunState::Failed);
+    assert_eq!(f.states("to", &run.run_id)[1], ("b".into(), TaskState::Skipped));
+    let alerts = f.store.read(|tx| tx.alerts()).unwrap();
+    assert_eq!(alerts.len(), 1, "the DAG's on_failure_callback is in the outbox");
+    assert_eq!(alerts[0].event, "dag_run_failed");
+}
