@@ -236,27 +236,31 @@ fn drive(
     let mut pending = until;
     let mut shutdown_at: Option<std::time::Instant> = None;
     let mut terminated = false;
+    let mut next_wake: Option<DateTime<Utc>> = None;
+    let mut need_pass = true;
     loop {
         let mut wait: Option<Duration> = None;
         if shutdown_at.is_none() {
-            let now = Utc::now();
-            let pass = scheduler.pass(now)?;
-            for (key, state) in &pass.decided {
-                report(Progress::Finished(key, *state, 0.0));
-            }
-            for (dag_id, run_id, state) in &pass.finished_runs {
-                report(Progress::RunFinished(dag_id, run_id, *state));
-                if let Some(p) = &mut pending {
-                    p.remove(&(dag_id.clone(), run_id.clone()));
+            if need_pass {
+                let pass = scheduler.pass(Utc::now())?;
+                for (key, state) in &pass.decided {
+                    report(Progress::Finished(key, *state, 0.0));
                 }
+                for (dag_id, run_id, state) in &pass.finished_runs {
+                    report(Progress::RunFinished(dag_id, run_id, *state));
+                    if let Some(p) = &mut pending {
+                        p.remove(&(dag_id.clone(), run_id.clone()));
+                    }
+                }
+                for task in pass.to_run {
+                    worker.launch(task);
+                }
+                if pending.as_ref().is_some_and(|p| p.is_empty()) {
+                    return Ok(());
+                }
+                next_wake = pass.next_wake;
             }
-            for task in pass.to_run {
-                worker.launch(task);
-            }
-            if pending.as_ref().is_some_and(|p| p.is_empty()) {
-                return Ok(());
-            }
-            wait = pass.next_wake.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+            wait = next_wake.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
         } else if let Some(at) = shutdown_at {
             if worker.running() == 0 {
                 return Ok(());
@@ -280,12 +284,17 @@ fn drive(
                 Err(_) => return Ok(()),
             },
         };
-        // Coalesce a burst of events into one pass.
+        // A timeout means something fell due. Events are coalesced into one pass; a task merely
+        // starting changes nothing the scheduler decides on.
+        need_pass = first.is_none();
         for event in first.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok())) {
             match event {
                 Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
-                Event::TaskFinished { key, state, duration, .. } => report(Progress::Finished(&key, state, duration)),
-                Event::Wake => {}
+                Event::TaskFinished { key, state, duration, .. } => {
+                    report(Progress::Finished(&key, state, duration));
+                    need_pass = true;
+                }
+                Event::Wake => need_pass = true,
                 Event::Shutdown => {
                     if shutdown_at.is_none() {
                         eprintln!(
