@@ -256,6 +256,19 @@ fn drive(
                     worker.launch(task);
                 }
                 if pending.as_ref().is_some_and(|p| p.is_empty()) {
+                    // Report the events of tasks that finished in the same instant as the run.
+                    while worker.in_flight() > 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    for event in std::iter::from_fn(|| events.try_recv().ok()) {
+                        match event {
+                            Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
+                            Event::TaskFinished { key, state, duration, .. } => {
+                                report(Progress::Finished(&key, state, duration))
+                            }
+                            Event::Wake | Event::Shutdown => {}
+                        }
+                    }
                     return Ok(());
                 }
                 next_wake = pass.next_wake;
@@ -285,9 +298,17 @@ fn drive(
             },
         };
         // A timeout means something fell due. Events are coalesced into one pass; a task merely
-        // starting changes nothing the scheduler decides on.
+        // starting changes nothing the scheduler decides on. While other tasks still run, more
+        // outcomes are due any moment: wait up to 2 ms for them so a wide DAG is not re-read per task.
         need_pass = first.is_none();
-        for event in first.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok())) {
+        let mut batch: Vec<Event> = first.into_iter().collect();
+        if !batch.is_empty() && worker.running() > 0 && shutdown_at.is_none() {
+            let until = std::time::Instant::now() + Duration::from_millis(2);
+            while let Ok(e) = events.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                batch.push(e);
+            }
+        }
+        for event in batch.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok())) {
             match event {
                 Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
                 Event::TaskFinished { key, state, duration, .. } => {

@@ -113,6 +113,8 @@ pub struct TiChange {
     pub end_date: Option<DateTime<Utc>>,
     pub duration: Option<f64>,
     pub next_try_at: Option<DateTime<Utc>>,
+    /// The process group running the try (set with the claim, so it is durable before the command runs).
+    pub pid: Option<i64>,
     /// Clears start/end/duration/pid/next_try (for `tasks clear`).
     pub reset_times: bool,
 }
@@ -539,7 +541,8 @@ impl Tx<'_> {
                      end_date = CASE WHEN ?15 THEN NULL ELSE COALESCE(?11, end_date) END,
                      duration = CASE WHEN ?15 THEN NULL ELSE COALESCE(?12, duration) END,
                      next_try_at = CASE WHEN ?15 THEN NULL ELSE ?13 END,
-                     pid = CASE WHEN ?15 OR ?14 THEN NULL ELSE pid END
+                     pid = CASE WHEN ?15 OR ?14 THEN NULL ELSE COALESCE(?16, pid) END,
+                     heartbeat_at = CASE WHEN ?16 IS NULL THEN heartbeat_at ELSE ?10 END
                  WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4",
             )?
             .execute(params![
@@ -558,19 +561,8 @@ impl Tx<'_> {
                 change.next_try_at,
                 to.is_finished() || to == TaskState::UpForRetry,
                 change.reset_times,
+                change.pid,
             ])?;
-        Ok(n == 1)
-    }
-
-    /// Records the process running a task instance.
-    pub fn set_ti_pid(&self, key: &TiKey, pid: i64, now: DateTime<Utc>) -> StoreResult<bool> {
-        let n = self
-            .tx
-            .prepare_cached(
-                "UPDATE task_instance SET pid = ?4, heartbeat_at = ?5
-                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = 'running'",
-            )?
-            .execute(params![key.dag_id, key.run_id, key.task_id, pid, now])?;
         Ok(n == 1)
     }
 

@@ -3,7 +3,7 @@
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
 use crate::executor::template::{TemplateContext, TemplateError, render};
-use crate::executor::{BashRun, Exit, kill_group, log_line, signal_group, spawn_bash};
+use crate::executor::{BashRun, Exit, RunningBash, kill_group, log_line, signal_group, spawn_bash};
 use crate::model::{Event, Operator, QueuedTask, TaskState, TiEvent, TiKey, retry_delay, transition};
 use crate::store::{NewAlert, Store, StoreError, TiChange};
 use chrono::{DateTime, Utc};
@@ -56,6 +56,8 @@ pub struct Worker {
     events: Sender<Event>,
     runtime: tokio::runtime::Handle,
     running: Arc<Mutex<HashMap<TiKey, u32>>>,
+    /// Launched task instances whose final event has not been sent yet.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn now() -> DateTime<Utc> {
@@ -64,19 +66,34 @@ fn now() -> DateTime<Utc> {
 
 impl Worker {
     pub fn new(store: Store, settings: WorkerSettings, events: Sender<Event>, runtime: tokio::runtime::Handle) -> Self {
-        Worker { store, settings: Arc::new(settings), events, runtime, running: Arc::default() }
+        Worker {
+            store,
+            settings: Arc::new(settings),
+            events,
+            runtime,
+            running: Arc::default(),
+            in_flight: Arc::default(),
+        }
     }
 
     /// Starts a task instance; returns at once.
     pub fn launch(&self, task: QueuedTask) {
+        use std::sync::atomic::Ordering;
         let worker = self.clone();
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.runtime.spawn(async move {
             let key = task.key.clone();
             if let Err(e) = worker.run(task).await {
                 tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
                 let _ = worker.events.send(Event::Wake);
             }
+            worker.in_flight.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+
+    /// Task instances launched whose outcome event is not sent yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Process groups still running.
@@ -95,11 +112,20 @@ impl Worker {
     async fn run(&self, task: QueuedTask) -> Result<(), StoreError> {
         let key = task.key.clone();
         let try_number = task.try_number;
+        let log_path = self.settings.log_path(&key, try_number);
         let started = now();
+        // For a bash task the process is started gated first, so the claim can record its process
+        // group in the same transaction, before the command runs.
+        let prepared = self.prepare(&task, &log_path).await;
+        let pid = match &prepared {
+            Ok(Some(bash)) => Some(i64::from(bash.pid())),
+            _ => None,
+        };
         let claim = TiChange {
             try_number: Some(try_number),
             hostname: Some(self.settings.hostname.clone()),
             start_date: Some(started),
+            pid,
             ..TiChange::default()
         };
         let claim_key = key.clone();
@@ -112,18 +138,38 @@ impl Worker {
                 }
                 Ok(ok)
             })
-            .await?;
-        if !claimed {
-            return Ok(());
+            .await;
+        if !matches!(claimed, Ok(true)) {
+            // Lost the race (or the store failed): the gated command never ran; take it away.
+            if let Ok(Some(bash)) = prepared {
+                kill_group(bash.pid(), self.settings.kill_grace).await;
+            }
+            return claimed.map(|_| ());
         }
         let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
-        let log_path = self.settings.log_path(&key, try_number);
         log_line(
             &log_path,
             &format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname),
         )
         .await;
-        let ending = self.execute(&task, &log_path).await;
+        let ending = match prepared {
+            Err(ending) => ending,
+            Ok(None) => Ending::Success { xcom: None },
+            Ok(Some(mut bash)) => {
+                let pgid = bash.pid();
+                if let Ok(mut running) = self.running.lock() {
+                    running.insert(key.clone(), pgid);
+                }
+                bash.release().await;
+                let heartbeat = self.spawn_heartbeat(key.clone());
+                let outcome = bash.wait().await;
+                heartbeat.abort();
+                if let Ok(mut running) = self.running.lock() {
+                    running.remove(&key);
+                }
+                bash_ending(&task, outcome.exit, outcome.last_line)
+            }
+        };
         let finished = now();
         let duration = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         let (state, message) = match &ending {
@@ -165,53 +211,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs the operator; records the process group while it runs.
-    async fn execute(&self, task: &QueuedTask, log_path: &std::path::Path) -> Ending {
+    /// Gets the operator ready: for `BashOperator`, renders its templates and starts the gated
+    /// process; `Ok(None)` for an operator with nothing to run; `Err` for one that cannot run.
+    async fn prepare(&self, task: &QueuedTask, log_path: &std::path::Path) -> Result<Option<RunningBash>, Ending> {
         match &task.task().operator {
-            Operator::EmptyOperator => Ending::Success { xcom: None },
-            Operator::BashOperator { .. } => {
-                let xcoms = {
+            Operator::EmptyOperator => Ok(None),
+            Operator::BashOperator { bash_command, env, .. } => {
+                let pulls_xcom = bash_command.contains("xcom_pull") || env.values().any(|v| v.contains("xcom_pull"));
+                let xcoms = if pulls_xcom {
                     let (dag_id, run_id) = (task.key.dag_id.clone(), task.key.run_id.clone());
                     self.store.read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id)).await.unwrap_or_default()
+                } else {
+                    Vec::new()
                 };
                 let ctx = self.template_context(task, xcoms);
-                let run = match bash_run(task, &ctx, &self.settings, log_path) {
-                    Ok(run) => run,
-                    Err(e) => return Ending::Failed(e.to_string()),
-                };
-                let mut bash = match spawn_bash(run).await {
-                    Ok(b) => b,
-                    Err(e) => return Ending::Failed(e.to_string()),
-                };
-                let pgid = bash.pid();
-                if let Ok(mut running) = self.running.lock() {
-                    running.insert(task.key.clone(), pgid);
-                }
-                let key = task.key.clone();
-                // The process group is durable before the command runs: a scheduler that dies from
-                // here on leaves a group its successor can find and kill.
-                match self.store.write_async(move |tx| tx.set_ti_pid(&key, i64::from(pgid), now())).await {
-                    Ok(true) => bash.release().await,
-                    _ => {
-                        kill_group(pgid, self.settings.kill_grace).await;
-                        if let Ok(mut running) = self.running.lock() {
-                            running.remove(&task.key);
-                        }
-                        return Ending::Failed("could not record the task's process; it was not started".into());
-                    }
-                }
-                let heartbeat = self.spawn_heartbeat(task.key.clone());
-                let outcome = bash.wait().await;
-                heartbeat.abort();
-                if let Ok(mut running) = self.running.lock() {
-                    running.remove(&task.key);
-                }
-                bash_ending(task, outcome.exit, outcome.last_line)
+                let run = bash_run(task, &ctx, &self.settings, log_path).map_err(|e| Ending::Failed(e.to_string()))?;
+                spawn_bash(run).await.map(Some).map_err(|e| Ending::Failed(e.to_string()))
             }
-            other => Ending::Failed(format!(
+            other => Err(Ending::Failed(format!(
                 "`{}` cannot run in this version of rhaiflow yet (only BashOperator and EmptyOperator run)",
                 other.name()
-            )),
+            ))),
         }
     }
 
