@@ -371,3 +371,38 @@ fn failures_and_retries_write_alerts_to_the_outbox_with_the_state_change() {
     );
     assert!(alerts.iter().all(|a| a.state == "pending" && a.task_id.as_deref() == Some("a")));
 }
+
+#[test]
+fn bad_input_to_run_commands_is_a_clear_error() {
+    let home =
+        Home::new(&[("x.rhai", "let d = DAG(\"x\", #{ schedule: () }); let a = EmptyOperator(#{ task_id: \"a\" });")]);
+    let err = |args: &[&str]| {
+        let o = home.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert!(err(&["dags", "trigger", "x", "--conf", "{nope"]).starts_with("error: `--conf` is not JSON: {nope"));
+    assert_eq!(
+        err(&["dags", "trigger", "x", "--conf", "[1]"]),
+        "error: `--conf` must be a JSON object, like '{\"key\": 1}'\n"
+    );
+    assert_eq!(
+        err(&["dags", "trigger", "x", "--logical-date", "yesterday"]),
+        "error: `yesterday` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339\n"
+    );
+    assert_eq!(err(&["dags", "test", "nope"]), "error: no DAG `nope` in the dags folder\n");
+    assert_eq!(err(&["tasks", "test", "x", "b"]), "error: DAG `x` has no task `b`\n");
+    assert_eq!(
+        err(&["tasks", "clear", "x", "--task-regex", "("]).lines().next().unwrap(),
+        "error: `--task-regex` `(` is not a regular expression: regex parse error:"
+    );
+    assert!(home.run(&["dags", "trigger", "x", "--logical-date", "2024-01-01"]).status.success());
+    assert_eq!(
+        err(&["dags", "trigger", "x", "--logical-date", "2024-01-01"]),
+        "error: DAG `x` already has a run for 2024-01-01 00:00:00+00:00\n"
+    );
+    assert_eq!(
+        err(&["tasks", "states-for-run", "x", "nope"]),
+        "error: DAG `x` has no run `nope`; see `rhaiflow runs list x`\n"
+    );
+}

@@ -80,3 +80,55 @@ pub fn retry_delay(task: &TaskSpec, dag_id: &str, logical_date: DateTime<Utc>, t
         _ => delay,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Operator, TriggerRule};
+    use chrono::TimeZone;
+
+    fn task(backoff: bool, max: Option<Seconds>) -> TaskSpec {
+        TaskSpec {
+            task_id: "t".into(),
+            operator: Operator::EmptyOperator,
+            owner: "o".into(),
+            retries: 5,
+            retry_delay: Seconds::from_secs(60),
+            retry_exponential_backoff: backoff,
+            max_retry_delay: max,
+            execution_timeout: None,
+            trigger_rule: TriggerRule::AllSuccess,
+            depends_on_past: false,
+            pool: "default_pool".into(),
+            pool_slots: 1,
+            priority_weight: 1,
+            queue: "default".into(),
+            email: vec![],
+            email_on_failure: true,
+            email_on_retry: true,
+            ding_on_failure: false,
+            ding_on_retry: false,
+            on_failure_callback: None,
+            on_retry_callback: None,
+            on_success_callback: None,
+            params: Default::default(),
+            doc_md: None,
+            upstream: vec![],
+        }
+    }
+
+    #[test]
+    fn retry_delay_follows_airflow() {
+        let at = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(retry_delay(&task(false, None), "d", at, 3), Seconds::from_secs(60));
+        // Backoff: between 60·2^(n-1) and twice that, deterministic for the same try.
+        for n in 1..=4u32 {
+            let d = retry_delay(&task(true, None), "d", at, n).as_millis() / 1000;
+            let floor = 60 * 2u64.pow(n - 1);
+            assert!((floor..2 * floor).contains(&d), "try {n}: {d}s");
+            assert_eq!(retry_delay(&task(true, None), "d", at, n).as_millis() / 1000, d);
+        }
+        let capped = retry_delay(&task(true, Some(Seconds::from_secs(90))), "d", at, 4);
+        assert_eq!(capped, Seconds::from_secs(90));
+    }
+}
