@@ -43,6 +43,22 @@ fn fixture(src: &str, parallelism: u32) -> Fixture {
 }
 
 impl Fixture {
+    /// A manual run of `dag_id` at `logical_date`, as `dags trigger` creates it.
+    fn manual_run(&self, dag_id: &str, logical_date: DateTime<Utc>) -> rhaiflow::store::DagRunRow {
+        let dag = self.scheduler.latest(dag_id).unwrap().clone();
+        let interval = rhaiflow::schedule::DataInterval { start: logical_date, end: logical_date };
+        let run = rhaiflow::scheduler::new_run(
+            &dag,
+            rhaiflow::model::RunType::Manual,
+            logical_date,
+            interval,
+            serde_json::json!({}),
+            logical_date,
+        );
+        assert!(self.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap());
+        run
+    }
+
     fn runs(&self, dag_id: &str) -> Vec<rhaiflow::store::DagRunRow> {
         self.store.read(|tx| tx.dag_runs(dag_id)).unwrap()
     }

@@ -195,6 +195,22 @@ pub fn record_dags(
     Ok(())
 }
 
+/// One active run as a pass sees it: its pinned DAG, its task instances by task index, and their
+/// states as decided so far in this pass.
+struct RunView {
+    run: DagRunRow,
+    dag: Arc<PinnedDag>,
+    rows: Vec<Option<TiRow>>,
+    states: Vec<TaskState>,
+}
+
+/// What a pass accumulates before it is written.
+struct PassOut {
+    now: DateTime<Utc>,
+    changes: Vec<Change>,
+    pass: Pass,
+}
+
 /// One change to write: a task instance moving from one state to another.
 struct Change {
     key: TiKey,
@@ -324,10 +340,44 @@ impl Scheduler {
     }
 
     fn pass_in(&mut self, tx: &Tx, now: DateTime<Utc>) -> SchedulerResult<Pass> {
-        let mut pass = Pass::default();
+        let mut out = PassOut { now, changes: Vec::new(), pass: Pass::default() };
         let active = tx.active_runs()?;
-        pass.next_wake = self.create_scheduled_runs(tx, &active, now)?;
-        // Runs of paused DAGs wait (as in Airflow); `dags test` and `backfill` run theirs anyway.
+        out.pass.next_wake = self.create_scheduled_runs(tx, &active, now)?;
+        let mut views = self.start_runs(tx, now)?;
+        let mut scheduled: Vec<(usize, usize)> = Vec::new(); // (run index, task index)
+        for (ri, view) in views.iter_mut().enumerate() {
+            if let Some(timeout) = view.dag.spec.dagrun_timeout
+                && let Some(start) = view.run.start_date
+            {
+                let deadline = start + timeout.as_chrono();
+                if now >= deadline {
+                    self.time_out_run(tx, view, &mut out)?;
+                    continue;
+                }
+                out.pass.next_wake = earliest(out.pass.next_wake, deadline);
+            }
+            self.decide_run(tx, view, &mut out)?;
+            scheduled.extend(
+                view.states.iter().enumerate().filter(|(_, s)| **s == TaskState::Scheduled).map(|(ti, _)| (ri, ti)),
+            );
+        }
+        // Write the decisions; a lost race leaves that task instance to the next pass.
+        for c in &out.changes {
+            if tx.set_ti_state(&c.key, c.from, c.to, &c.fields)? && c.to != TaskState::Scheduled {
+                out.pass.decided.push((c.key.clone(), c.to));
+            }
+        }
+        self.queue(tx, &views, scheduled, &mut out)?;
+        for view in views.iter().filter(|v| v.run.state == DagRunState::Running) {
+            self.roll_up(tx, view, &mut out)?;
+        }
+        Ok(out.pass)
+    }
+
+    /// The active runs in scope with their task instances (one query), starting queued runs while
+    /// their DAG is under `max_active_runs`. Runs of paused DAGs wait, as in Airflow; `dags test`
+    /// and `backfill` run theirs anyway.
+    fn start_runs(&mut self, tx: &Tx, now: DateTime<Utc>) -> SchedulerResult<Vec<RunView>> {
         let paused: HashSet<String> = match self.scope {
             Scope::All => tx.dags()?.into_iter().filter(|d| d.is_paused).map(|d| d.dag_id).collect(),
             Scope::Runs(_) => HashSet::new(),
@@ -341,12 +391,11 @@ impl Scheduler {
         for ti in tx.task_instances_of_active_runs()? {
             tis_by_run.entry((ti.key.dag_id.clone(), ti.key.run_id.clone())).or_default().push(ti);
         }
-        // Queued runs start when their DAG is under max_active_runs.
         let mut running_per_dag: HashMap<String, u32> = HashMap::new();
         for r in active.iter().filter(|r| r.state == DagRunState::Running) {
             *running_per_dag.entry(r.dag_id.clone()).or_default() += 1;
         }
-        let mut runs = Vec::new();
+        let mut views = Vec::new();
         for mut run in active {
             let dag = self.pinned(tx, &run.dag_id, &run.version_hash)?;
             if run.state == DagRunState::Queued {
@@ -360,84 +409,35 @@ impl Scheduler {
                     run.start_date = Some(now);
                 }
             }
-            runs.push((run, dag));
-        }
-        let mut changes: Vec<Change> = Vec::new();
-        let mut scheduled: Vec<(usize, usize)> = Vec::new(); // (run index, task index)
-        let mut states: Vec<Vec<TaskState>> = Vec::new();
-        let mut rows: Vec<Vec<Option<TiRow>>> = Vec::new();
-        for (ri, (run, dag)) in runs.iter().enumerate() {
-            let mut by_task: Vec<Option<TiRow>> = vec![None; dag.spec.tasks.len()];
+            let mut rows: Vec<Option<TiRow>> = vec![None; dag.spec.tasks.len()];
             for ti in tis_by_run.remove(&(run.dag_id.clone(), run.run_id.clone())).unwrap_or_default() {
                 if let Some(&i) = dag.index.get(&ti.key.task_id) {
-                    by_task[i] = Some(ti);
+                    rows[i] = Some(ti);
                 }
             }
-            let mut st: Vec<TaskState> =
-                by_task.iter().map(|t| t.as_ref().map_or(TaskState::Removed, |t| t.state)).collect();
-            if let Some(timeout) = dag.spec.dagrun_timeout
-                && let Some(start) = run.start_date
-            {
-                let deadline = start + timeout.as_chrono();
-                if now >= deadline {
-                    self.time_out_run(tx, run, dag, &by_task, &mut st, now, &mut pass)?;
-                    states.push(st);
-                    rows.push(by_task);
-                    continue;
-                }
-                pass.next_wake = earliest(pass.next_wake, deadline);
-            }
-            self.decide_run(tx, run, dag, &by_task, &mut st, now, &mut changes, &mut pass)?;
-            for (ti, s) in st.iter().enumerate() {
-                if *s == TaskState::Scheduled {
-                    scheduled.push((ri, ti));
-                }
-            }
-            states.push(st);
-            rows.push(by_task);
+            let states = rows.iter().map(|t| t.as_ref().map_or(TaskState::Removed, |t| t.state)).collect();
+            views.push(RunView { run, dag, rows, states });
         }
-        // Write the decisions; a lost race leaves that task instance to the next pass.
-        for c in &changes {
-            if tx.set_ti_state(&c.key, c.from, c.to, &c.fields)? && c.to != TaskState::Scheduled {
-                pass.decided.push((c.key.clone(), c.to));
-            }
-        }
-        self.queue(tx, &runs, &rows, &states, scheduled, now, &mut pass)?;
-        for (ri, (run, dag)) in runs.iter().enumerate() {
-            if run.state == DagRunState::Running {
-                self.roll_up(tx, run, dag, &states[ri], now, &mut pass)?;
-            }
-        }
-        Ok(pass)
+        Ok(views)
     }
 
     /// Trigger rules, retries and `depends_on_past` for one running run, in topological order so a
     /// chain of decisions (e.g. `EmptyOperator`s, or upstream failures) settles in one pass.
-    #[allow(clippy::too_many_arguments)]
-    fn decide_run(
-        &self,
-        tx: &Tx,
-        run: &DagRunRow,
-        dag: &PinnedDag,
-        rows: &[Option<TiRow>],
-        st: &mut [TaskState],
-        now: DateTime<Utc>,
-        changes: &mut Vec<Change>,
-        pass: &mut Pass,
-    ) -> SchedulerResult<()> {
-        if run.state != DagRunState::Running {
+    fn decide_run(&self, tx: &Tx, view: &mut RunView, out: &mut PassOut) -> SchedulerResult<()> {
+        if view.run.state != DagRunState::Running {
             return Ok(());
         }
+        let RunView { run, dag, rows, states: st } = view;
         for &i in &dag.order {
             let Some(row) = &rows[i] else { continue };
             let key = &row.key;
             let current = st[i];
             if current == TaskState::UpForRetry {
                 match row.next_try_at {
-                    Some(at) if at > now => pass.next_wake = earliest(pass.next_wake, at),
+                    Some(at) if at > out.now => out.pass.next_wake = earliest(out.pass.next_wake, at),
                     _ => {
                         st[i] = TaskState::Scheduled;
-                        changes.push(Change {
+                        out.changes.push(Change {
                             key: key.clone(),
                             from: current,
                             to: TaskState::Scheduled,
@@ -469,11 +469,16 @@ impl Scheduler {
             let Some(next) = transition(current, event) else { continue };
             st[i] = next;
             let fields = if next.is_finished() {
-                TiChange { start_date: Some(now), end_date: Some(now), duration: Some(0.0), ..TiChange::default() }
+                TiChange {
+                    start_date: Some(out.now),
+                    end_date: Some(out.now),
+                    duration: Some(0.0),
+                    ..TiChange::default()
+                }
             } else {
                 TiChange::default()
             };
-            changes.push(Change { key: key.clone(), from: current, to: next, fields });
+            out.changes.push(Change { key: key.clone(), from: current, to: next, fields });
         }
         Ok(())
     }
@@ -488,49 +493,44 @@ impl Scheduler {
     }
 
     /// Queues scheduled task instances by priority within parallelism, `max_active_tasks` and pools.
-    #[allow(clippy::too_many_arguments)]
     fn queue(
         &mut self,
         tx: &Tx,
-        runs: &[(DagRunRow, Arc<PinnedDag>)],
-        rows: &[Vec<Option<TiRow>>],
-        states: &[Vec<TaskState>],
+        views: &[RunView],
         mut scheduled: Vec<(usize, usize)>,
-        now: DateTime<Utc>,
-        pass: &mut Pass,
+        out: &mut PassOut,
     ) -> SchedulerResult<()> {
         let busy = |s: TaskState| matches!(s, TaskState::Queued | TaskState::Running);
         let mut total_busy = 0u32;
         let mut busy_per_dag: HashMap<&str, u32> = HashMap::new();
         let mut pool_used: HashMap<String, u32> = HashMap::new();
-        for (ri, (run, dag)) in runs.iter().enumerate() {
-            for (ti, s) in states[ri].iter().enumerate() {
+        for view in views {
+            for (ti, s) in view.states.iter().enumerate() {
                 if busy(*s) {
                     total_busy += 1;
-                    *busy_per_dag.entry(run.dag_id.as_str()).or_default() += 1;
-                    let t = &dag.spec.tasks[ti];
+                    *busy_per_dag.entry(view.run.dag_id.as_str()).or_default() += 1;
+                    let t = &view.dag.spec.tasks[ti];
                     *pool_used.entry(t.pool.clone()).or_default() += t.pool_slots;
                 }
             }
         }
         let pools: HashMap<String, u32> = tx.pools()?.into_iter().collect();
+        let task_of = |(ri, ti): (usize, usize)| &views[ri].dag.spec.tasks[ti];
         scheduled.sort_by(|a, b| {
-            let (ra, ta) = (&runs[a.0], &runs[a.0].1.spec.tasks[a.1]);
-            let (rb, tb) = (&runs[b.0], &runs[b.0].1.spec.tasks[b.1]);
-            tb.priority_weight
-                .cmp(&ta.priority_weight)
-                .then(ra.0.logical_date.cmp(&rb.0.logical_date))
-                .then(a.0.cmp(&b.0))
-                .then(a.1.cmp(&b.1))
+            task_of(*b)
+                .priority_weight
+                .cmp(&task_of(*a).priority_weight)
+                .then(views[a.0].run.logical_date.cmp(&views[b.0].run.logical_date))
+                .then(a.cmp(b))
         });
         for (ri, ti) in scheduled {
             if total_busy >= self.settings.parallelism {
                 break;
             }
-            let (run, dag) = &runs[ri];
-            let task = &dag.spec.tasks[ti];
-            let dag_busy = busy_per_dag.entry(run.dag_id.as_str()).or_default();
-            if *dag_busy >= dag.spec.max_active_tasks {
+            let view = &views[ri];
+            let task = &view.dag.spec.tasks[ti];
+            let dag_busy = busy_per_dag.entry(view.run.dag_id.as_str()).or_default();
+            if *dag_busy >= view.dag.spec.max_active_tasks {
                 continue;
             }
             let Some(&slots) = pools.get(&task.pool) else {
@@ -543,17 +543,18 @@ impl Scheduler {
             if *used + task.pool_slots > slots {
                 continue;
             }
-            let Some(row) = &rows[ri][ti] else { continue };
-            let fields = TiChange { queued_at: Some(now), ..TiChange::default() };
+            let Some(row) = &view.rows[ti] else { continue };
+            let fields = TiChange { queued_at: Some(out.now), ..TiChange::default() };
             if !tx.set_ti_state(&row.key, TaskState::Scheduled, TaskState::Queued, &fields)? {
                 continue;
             }
             total_busy += 1;
             *dag_busy += 1;
             *used += task.pool_slots;
-            pass.to_run.push(QueuedTask {
+            let run = &view.run;
+            out.pass.to_run.push(QueuedTask {
                 key: row.key.clone(),
-                dag: dag.spec.clone(),
+                dag: view.dag.spec.clone(),
                 task_index: ti,
                 run: RunInfo {
                     run_id: run.run_id.clone(),
@@ -571,53 +572,45 @@ impl Scheduler {
     }
 
     /// When every task instance is finished: failed if a leaf failed, else success.
-    fn roll_up(
-        &self,
-        tx: &Tx,
-        run: &DagRunRow,
-        dag: &PinnedDag,
-        st: &[TaskState],
-        now: DateTime<Utc>,
-        pass: &mut Pass,
-    ) -> SchedulerResult<()> {
-        if !st.iter().all(|s| s.is_finished()) {
+    fn roll_up(&self, tx: &Tx, view: &RunView, out: &mut PassOut) -> SchedulerResult<()> {
+        if !view.states.iter().all(|s| s.is_finished()) {
             return Ok(());
         }
-        let failed = dag.leaves.iter().any(|&i| matches!(st[i], TaskState::Failed | TaskState::UpstreamFailed));
+        let failed =
+            view.dag.leaves.iter().any(|&i| matches!(view.states[i], TaskState::Failed | TaskState::UpstreamFailed));
         let to = if failed { DagRunState::Failed } else { DagRunState::Success };
-        if tx.set_run_state(&run.dag_id, &run.run_id, DagRunState::Running, to, now)? {
-            self.run_alerts(tx, run, dag, to, None, now)?;
-            pass.finished_runs.push((run.dag_id.clone(), run.run_id.clone(), to));
-        }
-        Ok(())
+        self.finish_run(tx, view, to, None, out)
     }
 
     /// `dagrun_timeout`: the run fails; task instances not yet started are skipped.
-    #[allow(clippy::too_many_arguments)]
-    fn time_out_run(
-        &self,
-        tx: &Tx,
-        run: &DagRunRow,
-        dag: &PinnedDag,
-        rows: &[Option<TiRow>],
-        st: &mut [TaskState],
-        now: DateTime<Utc>,
-        pass: &mut Pass,
-    ) -> SchedulerResult<()> {
-        for (i, row) in rows.iter().enumerate() {
+    fn time_out_run(&self, tx: &Tx, view: &mut RunView, out: &mut PassOut) -> SchedulerResult<()> {
+        for (row, state) in view.rows.iter().zip(view.states.iter_mut()) {
             let Some(row) = row else { continue };
-            if matches!(st[i], TaskState::None | TaskState::Scheduled | TaskState::UpForRetry | TaskState::Queued) {
-                let fields = TiChange { end_date: Some(now), ..TiChange::default() };
-                if tx.set_ti_state(&row.key, st[i], TaskState::Skipped, &fields)? {
-                    st[i] = TaskState::Skipped;
-                    pass.decided.push((row.key.clone(), TaskState::Skipped));
+            if matches!(*state, TaskState::None | TaskState::Scheduled | TaskState::UpForRetry | TaskState::Queued) {
+                let fields = TiChange { end_date: Some(out.now), ..TiChange::default() };
+                if tx.set_ti_state(&row.key, *state, TaskState::Skipped, &fields)? {
+                    *state = TaskState::Skipped;
+                    out.pass.decided.push((row.key.clone(), TaskState::Skipped));
                 }
             }
         }
-        if tx.set_run_state(&run.dag_id, &run.run_id, DagRunState::Running, DagRunState::Failed, now)? {
-            let reason = format!("dagrun_timeout of {} reached", dag.spec.dagrun_timeout.unwrap_or_default());
-            self.run_alerts(tx, run, dag, DagRunState::Failed, Some(reason), now)?;
-            pass.finished_runs.push((run.dag_id.clone(), run.run_id.clone(), DagRunState::Failed));
+        let reason = format!("dagrun_timeout of {} reached", view.dag.spec.dagrun_timeout.unwrap_or_default());
+        self.finish_run(tx, view, DagRunState::Failed, Some(reason), out)
+    }
+
+    /// Moves a running run to its final state, with its DAG-level callback in the outbox.
+    fn finish_run(
+        &self,
+        tx: &Tx,
+        view: &RunView,
+        to: DagRunState,
+        reason: Option<String>,
+        out: &mut PassOut,
+    ) -> SchedulerResult<()> {
+        let run = &view.run;
+        if tx.set_run_state(&run.dag_id, &run.run_id, DagRunState::Running, to, out.now)? {
+            self.run_alerts(tx, view, to, reason, out.now)?;
+            out.pass.finished_runs.push((run.dag_id.clone(), run.run_id.clone(), to));
         }
         Ok(())
     }
@@ -626,12 +619,12 @@ impl Scheduler {
     fn run_alerts(
         &self,
         tx: &Tx,
-        run: &DagRunRow,
-        dag: &PinnedDag,
+        view: &RunView,
         state: DagRunState,
         reason: Option<String>,
         now: DateTime<Utc>,
     ) -> SchedulerResult<()> {
+        let (run, dag) = (&view.run, &view.dag);
         let callback = match state {
             DagRunState::Failed => dag.spec.on_failure_callback.as_ref(),
             _ => dag.spec.on_success_callback.as_ref(),
