@@ -133,16 +133,7 @@ fn queueing_respects_priority_parallelism_max_active_tasks_and_pools() {
         2,
     );
     f.store.write(|tx| tx.set_pool("tiny", 1, "too small for pooled")).unwrap();
-    let dag = f.scheduler.latest("p").unwrap().clone();
-    let run = rhaiflow::scheduler::new_run(
-        &dag,
-        rhaiflow::model::RunType::Manual,
-        at(1, 0),
-        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
-        serde_json::json!({}),
-        at(1, 0),
-    );
-    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    f.manual_run("p", at(1, 0));
     let pass = f.scheduler.pass(at(1, 0)).unwrap();
     let queued: Vec<&str> = pass.to_run.iter().map(|t| t.key.task_id.as_str()).collect();
     assert_eq!(queued, ["high", "other"], "parallelism 2, highest priority first; `pooled` needs 2 slots of 1");
@@ -168,16 +159,7 @@ fn trigger_rules_cascade_in_one_pass() {
            [c, on_fail] >> done;"#,
         32,
     );
-    let dag = f.scheduler.latest("t").unwrap().clone();
-    let run = rhaiflow::scheduler::new_run(
-        &dag,
-        rhaiflow::model::RunType::Manual,
-        at(1, 0),
-        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
-        serde_json::json!({}),
-        at(1, 0),
-    );
-    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let run = f.manual_run("t", at(1, 0));
     let pass = f.scheduler.pass(at(1, 0)).unwrap();
     assert_eq!(pass.to_run.len(), 1);
     f.finish(&pass.to_run[0].key, TaskState::Failed, at(1, 1), None);
@@ -206,16 +188,7 @@ fn retries_wake_the_scheduler_at_their_time() {
            let a = BashOperator(#{ task_id: "a", bash_command: "false", retries: 1 });"#,
         32,
     );
-    let dag = f.scheduler.latest("r").unwrap().clone();
-    let run = rhaiflow::scheduler::new_run(
-        &dag,
-        rhaiflow::model::RunType::Manual,
-        at(1, 0),
-        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
-        serde_json::json!({}),
-        at(1, 0),
-    );
-    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    f.manual_run("r", at(1, 0));
     let pass = f.scheduler.pass(at(1, 0)).unwrap();
     f.finish(&pass.to_run[0].key, TaskState::UpForRetry, at(1, 1), Some(at(1, 6)));
     let pass = f.scheduler.pass(at(1, 2)).unwrap();
@@ -251,16 +224,7 @@ fn dagrun_timeout_fails_the_run_and_skips_what_has_not_started() {
            a >> b;"#,
         32,
     );
-    let dag = f.scheduler.latest("to").unwrap().clone();
-    let run = rhaiflow::scheduler::new_run(
-        &dag,
-        rhaiflow::model::RunType::Manual,
-        at(1, 0),
-        rhaiflow::schedule::DataInterval { start: at(1, 0), end: at(1, 0) },
-        serde_json::json!({}),
-        at(1, 0),
-    );
-    f.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap();
+    let run = f.manual_run("to", at(1, 0));
     let pass = f.scheduler.pass(at(1, 0)).unwrap();
     assert_eq!(pass.next_wake, Some(at(1, 5)), "wakes at the timeout");
     let pass = f.scheduler.pass(at(1, 0) + Duration::minutes(5)).unwrap();
