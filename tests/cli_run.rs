@@ -406,3 +406,20 @@ fn bad_input_to_run_commands_is_a_clear_error() {
         "error: DAG `x` has no run `nope`; see `rhaiflow runs list x`\n"
     );
 }
+
+#[test]
+fn pools_limit_how_many_tasks_run_at_once() {
+    let dag = format!(
+        r#"let dag = DAG("pooled", #{{ {MANUAL} }});
+        for i in 0..4 {{
+            BashOperator(#{{ task_id: `t${{i}}`, pool: "one_at_a_time",
+                bash_command: "echo start >> $HOME_DIR/trace; sleep 0.1; echo end >> $HOME_DIR/trace" }});
+        }}"#
+    );
+    let home = Home::new(&[("pooled.rhai", &dag)]);
+    assert_eq!(stdout(&home.run(&["pools", "set", "one_at_a_time", "1"])), "pool one_at_a_time: 1 slot(s)\n");
+    let pools = home.json(&["pools", "list"]);
+    assert_eq!(pools[1], serde_json::json!({ "pool": "one_at_a_time", "slots": 1 }));
+    assert!(home.run(&["dags", "test", "pooled"]).status.success());
+    assert_eq!(home.file("trace"), "start\nend\n".repeat(4), "one slot: the four tasks never overlap");
+}

@@ -54,6 +54,9 @@ pub enum Command {
     /// Work with DAG runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Pools: named slot limits tasks share (`pool:` and `pool_slots:` on a task).
+    #[command(subcommand)]
+    Pools(PoolsCommand),
     /// Run the scheduler with the local executor until SIGINT/SIGTERM.
     Scheduler,
     /// The metadata database.
@@ -98,6 +101,14 @@ pub enum TasksCommand {
 pub enum RunsCommand {
     /// The runs of a DAG, newest first.
     List { dag_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolsCommand {
+    /// Every pool with its slots.
+    List,
+    /// Create a pool or change its slots.
+    Set { name: String, slots: u32, description: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             run::logs(&ctx, crate::model::TiKey { dag_id, run_id, task_id }, try_number)
         }
         Command::Runs(RunsCommand::List { dag_id }) => run::runs_list(&ctx, &dag_id),
+        Command::Pools(PoolsCommand::List) => run::pools_list(&ctx),
+        Command::Pools(PoolsCommand::Set { name, slots, description }) => {
+            run::pools_set(&ctx, &name, slots, description.as_deref().unwrap_or(""))
+        }
         Command::Scheduler => run::scheduler(&ctx),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Version => Ok(Outcome::Ok),

@@ -450,3 +450,27 @@ pub fn db_migrate(ctx: &Context) -> anyhow::Result<Outcome> {
     );
     Ok(Outcome::Ok)
 }
+
+pub fn pools_list(ctx: &Context) -> anyhow::Result<Outcome> {
+    let store = ctx.app.open_store()?;
+    let pools = store.read(|tx| tx.pools())?;
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = pools.iter().map(|(n, s)| serde_json::json!({ "pool": n, "slots": s })).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let rows: Vec<Vec<String>> = pools.iter().map(|(n, s)| vec![n.clone(), s.to_string()]).collect();
+        println!("{}", table::render(&["pool", "slots"], &rows));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn pools_set(ctx: &Context, name: &str, slots: u32, description: &str) -> anyhow::Result<Outcome> {
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        bail!("pool name `{name}` must be non-empty and without spaces");
+    }
+    let store = ctx.app.open_store()?;
+    store.write(|tx| tx.set_pool(name, slots, description))?;
+    ctx.app.wake_scheduler();
+    println!("pool {name}: {slots} slot(s)");
+    Ok(Outcome::Ok)
+}
