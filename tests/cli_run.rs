@@ -423,3 +423,22 @@ fn pools_limit_how_many_tasks_run_at_once() {
     assert!(home.run(&["dags", "test", "pooled"]).status.success());
     assert_eq!(home.file("trace"), "start\nend\n".repeat(4), "one slot: the four tasks never overlap");
 }
+
+#[test]
+fn the_scheduler_follows_dag_versions_recorded_by_other_commands() {
+    let v1 = format!(
+        r#"let dag = DAG("evolving", #{{ {MANUAL} }}); let a = BashOperator(#{{ task_id: "a", bash_command: "echo v1 >> $HOME_DIR/out" }});"#
+    );
+    let home = Home::new(&[("evolving.rhai", &v1)]);
+    let scheduler = home.scheduler();
+    assert!(home.run(&["dags", "trigger", "evolving", "--logical-date", "2024-01-01"]).status.success());
+    wait_until("run 1", || (home.runs("evolving").last()?["state"] == "success").then_some(()));
+    let v2 = v1.replace("v1", "v2").replace("$HOME_DIR", &home.path().to_string_lossy());
+    std::fs::write(home.path().join("dags/evolving.rhai"), v2).unwrap();
+    assert!(home.run(&["dags", "trigger", "evolving", "--logical-date", "2024-01-02"]).status.success());
+    wait_until("run 2", || home.runs("evolving").iter().all(|r| r["state"] == "success").then_some(()));
+    assert_eq!(home.file("out"), "v1\nv2\n", "each run ran the version it was created from");
+    let runs = home.runs("evolving");
+    assert_ne!(runs[0]["version_hash"], runs[1]["version_hash"]);
+    assert!(stop(scheduler).success());
+}

@@ -289,7 +289,9 @@ impl Scheduler {
         if !matches!(self.scope, Scope::All) {
             return Ok(None);
         }
-        let paused: HashSet<String> = tx.dags()?.into_iter().filter(|d| d.is_paused).map(|d| d.dag_id).collect();
+        let dags = tx.dags()?;
+        self.follow_recorded_versions(tx, &dags)?;
+        let paused: HashSet<String> = dags.into_iter().filter(|d| d.is_paused).map(|d| d.dag_id).collect();
         let mut next_due = None;
         let mut due_at: Vec<(String, DateTime<Utc>)> = Vec::new();
         let mut dag_ids: Vec<&String> = self.latest.keys().collect();
@@ -331,6 +333,23 @@ impl Scheduler {
         }
         self.next_due.extend(due_at);
         Ok(next_due)
+    }
+
+    /// Other commands (`dags trigger`, `pause`, `tasks clear`, `dags test`) parse the dags folder
+    /// and record what they find; the scheduler follows the versions recorded in the store, so an
+    /// edited file takes effect at the next pass after any of them, and a removed DAG stops.
+    fn follow_recorded_versions(&mut self, tx: &Tx, dags: &[crate::store::DagRow]) -> SchedulerResult<()> {
+        let recorded: HashSet<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
+        self.latest.retain(|dag_id, _| recorded.contains(dag_id.as_str()));
+        for d in dags {
+            if self.latest.get(&d.dag_id).is_some_and(|p| p.hash == d.latest_version_hash) {
+                continue;
+            }
+            let pinned = self.pinned(tx, &d.dag_id, &d.latest_version_hash)?;
+            self.latest.insert(d.dag_id.clone(), pinned);
+            self.next_due.remove(&d.dag_id);
+        }
+        Ok(())
     }
 
     /// One scheduling pass at `now`.
