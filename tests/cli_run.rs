@@ -1,7 +1,7 @@
 //! Running DAGs through the real binary: `dags test`, retries, templates, the scheduler process,
 //! kill -9 recovery, graceful shutdown, pause, clear and backfill. Waits are for states, with deadlines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,8 +45,9 @@ impl Home {
         self.command(args).output().expect("rhaiflow runs")
     }
 
-    fn scheduler(&self) -> Child {
-        self.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("scheduler starts")
+    fn scheduler(&self) -> SchedulerProcess {
+        let child = self.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        SchedulerProcess(Some(child.expect("scheduler starts")))
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -104,7 +105,28 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+/// A scheduler process that is killed if the test fails before stopping it.
+struct SchedulerProcess(Option<Child>);
+
+impl SchedulerProcess {
+    /// SIGKILL, as `kill -9`.
+    fn kill_9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for SchedulerProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// SIGTERM, then the exit status.
+fn stop(mut process: SchedulerProcess) -> std::process::ExitStatus {
+    let mut child = process.0.take().expect("still running");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     child.wait().unwrap()
 }
@@ -245,8 +267,7 @@ fn kill_9_mid_run_then_restart_finishes_the_run_without_overlap() {
     let mut first = home.scheduler();
     assert!(home.run(&["dags", "trigger", "crash", "--logical-date", "2024-02-01"]).status.success());
     wait_until("task a to start", || home.file("trace").contains("start-1").then_some(()));
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill_9();
     let second = home.scheduler();
     let run = home.wait_for_run("crash");
     assert_eq!(run["state"], "success");
@@ -346,9 +367,6 @@ fn db_migrate_and_tasks_test() {
     assert!(stdout(&o).ends_with("[rhaiflow] return_value: \"out\"\n[rhaiflow] t.a: success\n"), "{}", stdout(&o));
     assert!(home.runs("t").is_empty(), "tasks test records no state");
 }
-
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}
 
 #[test]
 fn failures_and_retries_write_alerts_to_the_outbox_with_the_state_change() {
