@@ -3,8 +3,8 @@
 //! loaded, each with its serialised form and version hash, plus one import error per broken file.
 
 use crate::graph::{GraphError, TaskGraph};
-use crate::model::{DagSpec, Diagnostic};
-use crate::schedule::{ScheduleError, Timetable};
+use crate::model::{DagSpec, Diagnostic, SourcePos};
+use crate::schedule::{CronCache, ScheduleError, Timetable};
 use crate::script::{DeclaredDag, EvalContext, FileEngine, ScriptHost, ScriptLimits, ScriptProgram};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -97,13 +97,15 @@ pub struct Loader {
     host: Arc<ScriptHost>,
     pool: rayon::ThreadPool,
     engines: Mutex<Vec<FileEngine>>,
+    crons: CronCache,
 }
 
 /// What one file produced before cross-file checks.
 struct FileResult {
     rel: String,
     content_hash: String,
-    dags: Vec<(DeclaredDag, Option<Arc<ScriptProgram>>)>,
+    /// Each DAG with where it was declared (serialised and hashed here, in parallel).
+    dags: Vec<(LoadedDag, Option<SourcePos>)>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -118,7 +120,7 @@ impl Loader {
             .thread_name(|i| format!("rhaiflow-parse-{i}"))
             .build()
             .map_err(|e| LoaderError::Threads(e.to_string()))?;
-        Ok(Loader { settings, host, pool, engines: Mutex::new(Vec::new()) })
+        Ok(Loader { settings, host, pool, engines: Mutex::new(Vec::new()), crons: CronCache::default() })
     }
 
     pub fn dags_folder(&self) -> &Path {
@@ -180,8 +182,11 @@ impl Loader {
         result.diagnostics = outcome.diagnostics;
         for mut declared in outcome.dags {
             declared.spec.fileloc = result.rel.clone();
-            match validate(&declared, &shown, &source) {
-                Ok(()) => result.dags.push((declared, outcome.program.clone())),
+            match validate(&declared, &shown, &source, &self.crons) {
+                Ok(()) => {
+                    let pos = declared.source_map.dag;
+                    result.dags.push((LoadedDag::new(declared.spec, outcome.program.clone()), pos));
+                }
                 Err(d) => result.diagnostics.push(d),
             }
         }
@@ -202,17 +207,13 @@ impl Loader {
         for mut r in results {
             bag.files.insert(r.rel.clone(), r.content_hash.clone());
             let shown = self.settings.dags_folder.join(&r.rel).to_string_lossy().to_string();
-            for (declared, _) in &r.dags {
-                if let Some(first) = bag.dags.get(&declared.spec.dag_id) {
+            for (dag, pos) in &r.dags {
+                if let Some(first) = bag.dags.get(&dag.spec.dag_id) {
                     let first_file = self.settings.dags_folder.join(&first.spec.fileloc);
                     let d = Diagnostic::new(
                         &shown,
-                        declared.source_map.dag,
-                        format!(
-                            "DAG `{}` is already declared in `{}`",
-                            declared.spec.dag_id,
-                            first_file.to_string_lossy()
-                        ),
+                        *pos,
+                        format!("DAG `{}` is already declared in `{}`", dag.spec.dag_id, first_file.to_string_lossy()),
                     )
                     .with_source(&std::fs::read_to_string(self.settings.dags_folder.join(&r.rel)).unwrap_or_default())
                     .with_help("every DAG needs its own dag_id across the dags folder; rename one of them");
@@ -220,8 +221,8 @@ impl Loader {
                 }
             }
             if r.diagnostics.is_empty() {
-                for (declared, program) in r.dags {
-                    bag.dags.insert(declared.spec.dag_id.clone(), LoadedDag::new(declared.spec, program));
+                for (dag, _) in r.dags {
+                    bag.dags.insert(dag.spec.dag_id.clone(), dag);
                 }
             } else {
                 bag.import_errors.push(ImportError { file: r.rel, diagnostics: r.diagnostics });
@@ -241,7 +242,7 @@ fn read_source(path: &Path) -> Result<String, String> {
 }
 
 /// Graph and timetable checks of one declared DAG, positioned with its source map.
-fn validate(declared: &DeclaredDag, shown: &str, source: &str) -> Result<(), Diagnostic> {
+fn validate(declared: &DeclaredDag, shown: &str, source: &str, crons: &CronCache) -> Result<(), Diagnostic> {
     let spec = &declared.spec;
     if let Err(e) = TaskGraph::build(spec) {
         let pos = match &e {
@@ -255,7 +256,7 @@ fn validate(declared: &DeclaredDag, shown: &str, source: &str) -> Result<(), Dia
             .with_source(source)
             .with_help("a DAG's dependencies must not loop back; remove one of these edges"));
     }
-    if let Err(e) = Timetable::new(spec) {
+    if let Err(e) = Timetable::new_cached(spec, crons) {
         let message = match &e {
             ScheduleError::InvalidCron { .. } => format!("DAG `{}`: {e}", spec.dag_id),
             ScheduleError::NoStartDate { .. } => e.to_string(),

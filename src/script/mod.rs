@@ -120,6 +120,10 @@ impl ScriptHost {
             .set_max_modules(32)
             .set_strict_variables(true)
             .set_fail_on_invalid_map_property(true);
+        // A DAG file runs once per parse: optimising its AST costs more than it saves, and Rhai's
+        // string interner scans its whole table to evict on every new string (measured: ~15 % of a
+        // 1,000-file load; BENCHMARKS.md).
+        engine.set_optimization_level(rhai::OptimizationLevel::None).set_max_strings_interned(0);
         // Sandbox: no `eval` of strings, no file imports, output goes to the trace log.
         engine.disable_symbol("eval");
         engine.set_module_resolver(self.modules.clone());
