@@ -242,7 +242,13 @@ fn drive(
         let mut wait: Option<Duration> = None;
         if shutdown_at.is_none() {
             if need_pass {
+                let started = std::time::Instant::now();
                 let pass = scheduler.pass(Utc::now())?;
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    queued = pass.to_run.len(),
+                    "scheduling pass"
+                );
                 for (key, state) in &pass.decided {
                     report(Progress::Finished(key, *state, 0.0));
                 }

@@ -10,7 +10,7 @@ use crate::model::{
     DagRunState, DagSpec, Operator, QueuedTask, RunInfo, RunType, TaskState, TiEvent, TiKey, transition,
 };
 use crate::schedule::{DataInterval, Restriction, Timetable};
-use crate::store::{DagRunRow, NewAlert, NewTaskInstance, Store, StoreError, TiChange, TiRow, Tx};
+use crate::store::{DagRunRow, NewAlert, NewTaskInstance, Store, StoreError, TiChange, TiStateRow, Tx};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -200,7 +200,7 @@ pub fn record_dags(
 struct RunView {
     run: DagRunRow,
     dag: Arc<PinnedDag>,
-    rows: Vec<Option<TiRow>>,
+    rows: Vec<Option<TiStateRow>>,
     states: Vec<TaskState>,
 }
 
@@ -406,8 +406,8 @@ impl Scheduler {
             .into_iter()
             .filter(|r| self.in_scope(&r.dag_id, &r.run_id) && !paused.contains(&r.dag_id))
             .collect();
-        let mut tis_by_run: HashMap<(String, String), Vec<TiRow>> = HashMap::new();
-        for ti in tx.task_instances_of_active_runs()? {
+        let mut tis_by_run: HashMap<(String, String), Vec<TiStateRow>> = HashMap::new();
+        for ti in tx.task_states_of_active_runs()? {
             tis_by_run.entry((ti.key.dag_id.clone(), ti.key.run_id.clone())).or_default().push(ti);
         }
         let mut running_per_dag: HashMap<String, u32> = HashMap::new();
@@ -428,7 +428,7 @@ impl Scheduler {
                     run.start_date = Some(now);
                 }
             }
-            let mut rows: Vec<Option<TiRow>> = vec![None; dag.spec.tasks.len()];
+            let mut rows: Vec<Option<TiStateRow>> = vec![None; dag.spec.tasks.len()];
             for ti in tis_by_run.remove(&(run.dag_id.clone(), run.run_id.clone())).unwrap_or_default() {
                 if let Some(&i) = dag.index.get(&ti.key.task_id) {
                     rows[i] = Some(ti);

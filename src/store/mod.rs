@@ -102,6 +102,16 @@ pub struct TiRow {
     pub next_try_at: Option<DateTime<Utc>>,
 }
 
+/// What the scheduler reads of a task instance: enough to decide, nothing more.
+#[derive(Debug, Clone)]
+pub struct TiStateRow {
+    pub key: TiKey,
+    pub state: TaskState,
+    pub try_number: u32,
+    pub max_tries: u32,
+    pub next_try_at: Option<DateTime<Utc>>,
+}
+
 /// The fields a state change sets besides the state. `None` leaves a column as it is.
 #[derive(Debug, Clone, Default)]
 pub struct TiChange {
@@ -495,14 +505,22 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Every task instance of every active run, in one query.
-    pub fn task_instances_of_active_runs(&self) -> StoreResult<Vec<TiRow>> {
-        let sql = format!(
-            "SELECT {TI_COLUMNS} FROM task_instance ti WHERE EXISTS (SELECT 1 FROM dag_run r
-                 WHERE r.dag_id = ti.dag_id AND r.run_id = ti.run_id AND r.state IN ('queued', 'running'))"
-        );
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map([], ti_row)?;
+    /// The scheduling view of every task instance of every active run, in one query.
+    pub fn task_states_of_active_runs(&self) -> StoreResult<Vec<TiStateRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT ti.dag_id, ti.run_id, ti.task_id, ti.state, ti.try_number, ti.max_tries, ti.next_try_at
+             FROM task_instance ti JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id
+             WHERE r.state IN ('queued', 'running')",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TiStateRow {
+                key: TiKey { dag_id: r.get(0)?, run_id: r.get(1)?, task_id: r.get(2)? },
+                state: parse_enum(r.get(3)?)?,
+                try_number: r.get(4)?,
+                max_tries: r.get(5)?,
+                next_try_at: r.get(6)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
