@@ -74,3 +74,16 @@ fn serialised_form_is_stable_and_round_trips() {
         assert_eq!(&back, &*dag.spec, "{id} round-trips through JSON");
     }
 }
+
+#[test]
+fn closures_are_kept_for_later_calls() {
+    let bag = common::load(Path::new("examples/dags"));
+    let tour = &bag.dags["tour_etl"];
+    let program = tour.program.as_ref().expect("tour.rhai defines closures");
+    let on_failure = tour.spec.on_failure_callback.as_ref().expect("DAG-level callback");
+    assert!(program.has_callback(&on_failure.0), "{on_failure:?}");
+    let rhai_op = tour.spec.task("transform").unwrap();
+    let rhaiflow::model::Operator::RhaiOperator { callable } = &rhai_op.operator else { panic!("RhaiOperator") };
+    assert!(program.has_callback(&callable.0), "{callable:?}");
+    assert!(bag.dags["MCWork"].program.is_none(), "a file without closures keeps no AST");
+}

@@ -663,5 +663,3 @@ impl Scheduler {
         Ok(())
     }
 }
-
-pub use crate::store::TiChange as StateFields;
