@@ -129,26 +129,10 @@ impl RunningBash {
         let stderr = self.child.stderr.take();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(256);
         if let Some(out) = stdout {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if tx.send((true, line)).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            forward_lines(out, true, tx.clone());
         }
         if let Some(err) = stderr {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if tx.send((false, line)).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            forward_lines(err, false, tx.clone());
         }
         drop(tx);
         let mut writer = LogWriter { file: &mut self.log, written: 0, cap: self.run.max_log_bytes, truncated: false };
@@ -199,6 +183,22 @@ impl RunningBash {
         let _ = writer.file.flush().await;
         BashOutcome { exit, last_line }
     }
+}
+
+/// Sends each line of a child's pipe, tagged stdout or not, until the pipe closes.
+fn forward_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    is_stdout: bool,
+    tx: tokio::sync::mpsc::Sender<(bool, String)>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send((is_stdout, line)).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Appends lines to a log file up to a size cap, then one marker line.
