@@ -243,7 +243,19 @@ fn drive(
         if shutdown_at.is_none() {
             if need_pass {
                 let started = std::time::Instant::now();
-                let pass = scheduler.pass(Utc::now())?;
+                let pass = match scheduler.pass(Utc::now()) {
+                    Ok(pass) => pass,
+                    // The long-running scheduler outlives a bad pass (e.g. the store busy beyond its
+                    // timeout); it logs and looks again a second later.
+                    Err(e) if pending.is_none() => {
+                        tracing::error!(error = %e, "scheduling pass failed; retrying in 1 s");
+                        crate::scheduler::Pass {
+                            next_wake: Some(Utc::now() + chrono::TimeDelta::seconds(1)),
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 tracing::debug!(
                     elapsed_us = started.elapsed().as_micros() as u64,
                     queued = pass.to_run.len(),
@@ -260,6 +272,17 @@ fn drive(
                 }
                 for task in pass.to_run {
                     worker.launch(task);
+                }
+                // A run of ours may have been finished by another process (a scheduler running
+                // beside `dags test`): the store says so.
+                if let Some(p) = &mut pending {
+                    let ids: Vec<(String, String)> = p.iter().cloned().collect();
+                    for (dag_id, run_id, state) in scheduler.run_states(&ids)? {
+                        if state.is_finished() {
+                            report(Progress::RunFinished(&dag_id, &run_id, state));
+                            p.remove(&(dag_id, run_id));
+                        }
+                    }
                 }
                 if pending.as_ref().is_some_and(|p| p.is_empty()) {
                     // Report the events of tasks that finished in the same instant as the run.
@@ -281,7 +304,8 @@ fn drive(
             }
             wait = next_wake.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
         } else if let Some(at) = shutdown_at {
-            if worker.running() == 0 {
+            // Every launched task has written its outcome (or, not yet started, stays queued).
+            if worker.in_flight() == 0 {
                 return Ok(());
             }
             let left = at.saturating_duration_since(std::time::Instant::now());

@@ -330,7 +330,7 @@ fn scheduled_runs_are_created_once_per_logical_date() {
 
 #[test]
 fn backfill_runs_every_interval_once() {
-    let dag = r#"let dag = DAG("daily", #{ start_date: datetime(2024, 1, 1), schedule: "@daily" });
+    let dag = r#"let dag = DAG("daily", #{ start_date: datetime(2024, 1, 1), schedule: "@daily", max_active_runs: 1 });
         let a = BashOperator(#{ task_id: "a", bash_command: "echo {{ ds }}" });"#;
     let home = Home::new(&[("daily.rhai", dag)]);
     let o = home.run(&["dags", "backfill", "daily", "--start-date", "2024-01-01", "--end-date", "2024-01-03"]);

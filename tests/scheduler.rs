@@ -234,3 +234,50 @@ fn dagrun_timeout_fails_the_run_and_skips_what_has_not_started() {
     assert_eq!(alerts.len(), 1, "the DAG's on_failure_callback is in the outbox");
     assert_eq!(alerts[0].event, "dag_run_failed");
 }
+
+#[test]
+fn a_finished_run_frees_its_slot_at_once() {
+    let mut f = fixture(
+        r#"let d = DAG("one_at_a_time", #{ start_date: datetime(2024, 1, 10), schedule: "@hourly", catchup: true, max_active_runs: 1 });
+           let a = EmptyOperator(#{ task_id: "a" });"#,
+        32,
+    );
+    let now = at(5, 30);
+    let pass = f.scheduler.pass(now).unwrap();
+    assert_eq!(pass.finished_runs.len(), 1);
+    assert_eq!(pass.next_wake, Some(now), "the freed slot is used without waiting for an event");
+    for _ in 0..10 {
+        f.scheduler.pass(now).unwrap();
+    }
+    assert_eq!(f.runs("one_at_a_time").len(), 5, "every due interval ran, one at a time");
+}
+
+#[test]
+fn a_cleared_run_gets_its_full_dagrun_timeout_again() {
+    let mut f = fixture(
+        r#"let d = DAG("cleared", #{ start_date: datetime(2024, 1, 1), schedule: (), dagrun_timeout: minutes(30) });
+           let a = BashOperator(#{ task_id: "a", bash_command: "true" });"#,
+        32,
+    );
+    let run = f.manual_run("cleared", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    f.finish(&pass.to_run[0].key, TaskState::Success, at(1, 1), None);
+    assert_eq!(f.scheduler.pass(at(1, 1)).unwrap().finished_runs[0].2, DagRunState::Success);
+    // `tasks clear` four hours later: the run goes back to queued, the task to none.
+    let key = pass.to_run[0].key.clone();
+    f.store
+        .write(|tx| {
+            tx.set_ti_state(
+                &key,
+                TaskState::Success,
+                TaskState::None,
+                &TiChange { reset_times: true, ..TiChange::default() },
+            )?;
+            tx.set_run_state("cleared", &run.run_id, DagRunState::Success, DagRunState::Queued, at(5, 0))
+        })
+        .unwrap();
+    let pass = f.scheduler.pass(at(5, 0)).unwrap();
+    assert_eq!(pass.to_run.len(), 1, "the cleared task runs again");
+    let pass = f.scheduler.pass(at(5, 1)).unwrap();
+    assert!(pass.finished_runs.is_empty(), "not timed out by the first start four hours ago");
+}

@@ -282,6 +282,8 @@ fn clear_run(
     now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let cleared = store.write(|tx| -> Result<usize, crate::store::StoreError> {
+        // The run's state is read in this transaction: a run finishing meanwhile is not stranded.
+        let run_state = tx.dag_run(dag_id, run_id)?.map_or(run_state, |r| r.state);
         let mut n = 0;
         for ti in tx.task_instances_of_run(dag_id, run_id)? {
             let Some(retries) = retries_if_selected(&ti.key.task_id) else { continue };

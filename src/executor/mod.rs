@@ -192,10 +192,20 @@ fn forward_lines(
     tx: tokio::sync::mpsc::Sender<(bool, String)>,
 ) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send((is_stdout, line)).await.is_err() {
-                break;
+        // Bytes, not `lines()`: output that is not UTF-8 must not stop the reader (the task would
+        // then die of SIGPIPE); it is logged lossily.
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                    if tx.send((is_stdout, line)).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
     });
@@ -282,6 +292,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!group_alive(pgid), "the process group outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn output_that_is_not_utf8_is_logged_and_does_not_kill_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let out =
+            spawn_bash(run(dir.path(), "printf 'caf\\xe9\\n' >&2; for i in $(seq 1 2000); do echo line-$i; done"))
+                .await
+                .unwrap()
+                .wait()
+                .await;
+        assert_eq!(out.exit, Exit::Code(0));
+        let log = std::fs::read_to_string(dir.path().join("attempt=1.log")).unwrap();
+        assert!(log.contains("caf\u{fffd}\n") && log.contains("line-2000\n"), "{log}");
     }
 
     #[tokio::test]

@@ -335,6 +335,19 @@ impl Scheduler {
         Ok(next_due)
     }
 
+    /// The states of these runs now (a run another process finished is not in any pass of ours).
+    pub fn run_states(&self, runs: &[(String, String)]) -> SchedulerResult<Vec<(String, String, DagRunState)>> {
+        self.store.read(|tx| {
+            let mut out = Vec::new();
+            for (dag_id, run_id) in runs {
+                if let Some(r) = tx.dag_run(dag_id, run_id)? {
+                    out.push((r.dag_id, r.run_id, r.state));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Other commands (`dags trigger`, `pause`, `tasks clear`, `dags test`) parse the dags folder
     /// and record what they find; the scheduler follows the versions recorded in the store, so an
     /// edited file takes effect at the next pass after any of them, and a removed DAG stops.
@@ -368,7 +381,7 @@ impl Scheduler {
             if let Some(timeout) = view.dag.spec.dagrun_timeout
                 && let Some(start) = view.run.start_date
             {
-                let deadline = start + timeout.as_chrono();
+                let deadline = start.checked_add_signed(timeout.as_chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if now >= deadline {
                     self.time_out_run(tx, view, &mut out)?;
                     continue;
@@ -390,6 +403,10 @@ impl Scheduler {
         for view in views.iter().filter(|v| v.run.state == DagRunState::Running) {
             self.roll_up(tx, view, &mut out)?;
         }
+        // A finished run frees a `max_active_runs` slot that queued or due runs may be waiting for.
+        if !out.pass.finished_runs.is_empty() {
+            out.pass.next_wake = earliest(out.pass.next_wake, now);
+        }
         Ok(out.pass)
     }
 
@@ -405,6 +422,8 @@ impl Scheduler {
             .active_runs()?
             .into_iter()
             .filter(|r| self.in_scope(&r.dag_id, &r.run_id) && !paused.contains(&r.dag_id))
+            // As Airflow's scheduler: backfill runs belong to the `dags backfill` that created them.
+            .filter(|r| !(matches!(self.scope, Scope::All) && r.run_type == RunType::Backfill))
             .collect();
         let mut tis_by_run: HashMap<(String, String), Vec<TiStateRow>> = HashMap::new();
         for ti in tx.task_states_of_active_runs()? {

@@ -475,7 +475,8 @@ impl Tx<'_> {
             .tx
             .prepare_cached(
                 "UPDATE dag_run SET state = ?4,
-                     start_date = CASE WHEN ?4 = 'running' THEN COALESCE(start_date, ?5) ELSE start_date END,
+                     start_date = CASE WHEN ?4 = 'running' THEN COALESCE(start_date, ?5)
+                                       WHEN ?4 = 'queued' THEN NULL ELSE start_date END,
                      end_date = CASE WHEN ?4 IN ('success', 'failed') THEN ?5 ELSE NULL END
                  WHERE dag_id = ?1 AND run_id = ?2 AND state = ?3",
             )?

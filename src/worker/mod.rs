@@ -3,11 +3,10 @@
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
 use crate::executor::template::{TemplateContext, TemplateError, render};
-use crate::executor::{BashRun, Exit, RunningBash, kill_group, log_line, signal_group, spawn_bash};
+use crate::executor::{BashRun, Exit, RunningBash, kill_group, log_line, spawn_bash};
 use crate::model::{Event, Operator, QueuedTask, TaskState, TiEvent, TiKey, retry_delay, transition};
 use crate::store::{NewAlert, Store, StoreError, TiChange};
 use chrono::{DateTime, Utc};
-use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
@@ -58,6 +57,17 @@ pub struct Worker {
     running: Arc<Mutex<HashMap<TiKey, u32>>>,
     /// Launched task instances whose final event has not been sent yet.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set at shutdown: launched tasks that have not claimed their slot yet do not start.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Counts a launched task instance until its task ends, even by panic.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -73,6 +83,7 @@ impl Worker {
             runtime,
             running: Arc::default(),
             in_flight: Arc::default(),
+            closing: Arc::default(),
         }
     }
 
@@ -81,13 +92,14 @@ impl Worker {
         use std::sync::atomic::Ordering;
         let worker = self.clone();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
         self.runtime.spawn(async move {
+            let _guard = guard;
             let key = task.key.clone();
             if let Err(e) = worker.run(task).await {
                 tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
                 let _ = worker.events.send(Event::Wake);
             }
-            worker.in_flight.fetch_sub(1, Ordering::SeqCst);
         });
     }
 
@@ -101,11 +113,18 @@ impl Worker {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
 
-    /// SIGTERM to every running task's process group (shutdown after the grace period).
+    /// Shutdown: tasks launched but not yet started will not start (they stay `queued`, which the
+    /// next scheduler puts back to `scheduled`).
+    pub fn close(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After the grace period: SIGTERM to every running task's process group, SIGKILL after `kill_grace`.
     pub fn terminate_all(&self) {
         let groups: Vec<u32> = self.running.lock().map(|r| r.values().copied().collect()).unwrap_or_default();
         for pgid in groups {
-            signal_group(pgid, Signal::SIGTERM);
+            let grace = self.settings.kill_grace;
+            self.runtime.spawn(async move { kill_group(pgid, grace).await });
         }
     }
 
@@ -117,6 +136,12 @@ impl Worker {
         // For a bash task the process is started gated first, so the claim can record its process
         // group in the same transaction, before the command runs.
         let prepared = self.prepare(&task, &log_path).await;
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(Some(bash)) = prepared {
+                kill_group(bash.pid(), self.settings.kill_grace).await;
+            }
+            return Ok(());
+        }
         let pid = match &prepared {
             Ok(Some(bash)) => Some(i64::from(bash.pid())),
             _ => None,
@@ -183,8 +208,10 @@ impl Worker {
             }
         };
         log_line(&log_path, &format!("[rhaiflow] {message}")).await;
-        let next_try_at = (state == TaskState::UpForRetry)
-            .then(|| finished + retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono());
+        let next_try_at = (state == TaskState::UpForRetry).then(|| {
+            let delay = retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono();
+            finished.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        });
         let alerts = self.alerts(&task, state, &ending, &log_path);
         let write_key = key.clone();
         let xcom = match ending {
@@ -295,7 +322,8 @@ impl Worker {
             }
             _ => {}
         }
-        channels.dedup();
+        let mut seen = std::collections::HashSet::new();
+        channels.retain(|c| seen.insert(c.clone()));
         let error = match ending {
             Ending::Failed(why) => Some(why.clone()),
             _ => None,
