@@ -63,6 +63,9 @@ pub struct RunningBash {
 /// The shell that hosts a command: it waits for one line on stdin before running anything, so the
 /// caller can record the process group durably first. If the caller dies before releasing it,
 /// stdin closes, `read` fails, and the command never runs.
+/// The `$0` of every task shell, so a process group can be recognised as a task's.
+const TASK_SHELL_NAME: &str = "rhaiflow-task";
+
 const GATED_SHELL: &str = "IFS= read -r _ || exit 97; exec 0</dev/null; eval \"$1\"";
 
 /// Opens the log and starts the command, gated, in a new process group. Call `release` once the
@@ -74,7 +77,7 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     }
     let log = tokio::fs::OpenOptions::new().create(true).append(true).open(&run.log_path).await.map_err(log_err)?;
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(GATED_SHELL).arg("rhaiflow-task").arg(&run.command);
+    cmd.arg("-c").arg(GATED_SHELL).arg(TASK_SHELL_NAME).arg(&run.command);
     if run.replace_env {
         cmd.env_clear();
     }
@@ -98,6 +101,19 @@ pub fn signal_group(pgid: u32, signal: Signal) {
 /// Whether a process group still has a live member.
 pub fn group_alive(pgid: u32) -> bool {
     pgid > 1 && killpg(Pid::from_raw(pgid as i32), None).is_ok()
+}
+
+/// Whether `pgid` is still a task's process group: its leader is our task shell, or the leader is
+/// gone and members remain (Linux does not reuse a live group's id). After a reboot or pid reuse
+/// an unrelated process with that id is left alone.
+pub fn is_task_group(pgid: u32) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pgid}/cmdline")) {
+        Ok(cmdline) => cmdline.split(|b| *b == 0).any(|arg| arg == TASK_SHELL_NAME.as_bytes()),
+        Err(_) => true,
+    }
 }
 
 /// Kills a group that outlived its owner: SIGTERM, then SIGKILL after `grace`.
@@ -306,6 +322,17 @@ mod tests {
         assert_eq!(out.exit, Exit::Code(0));
         let log = std::fs::read_to_string(dir.path().join("attempt=1.log")).unwrap();
         assert!(log.contains("caf\u{fffd}\n") && log.contains("line-2000\n"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn task_groups_are_recognised_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = run(dir.path(), "sleep 5");
+        r.timeout = Some(Duration::from_millis(500));
+        let bash = spawn_bash(r).await.unwrap();
+        assert!(is_task_group(bash.pid()));
+        assert!(!is_task_group(std::process::id()), "this test process is nobody's task");
+        bash.wait().await;
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
 use crate::executor::template::{TemplateContext, TemplateError, render};
-use crate::executor::{BashRun, Exit, RunningBash, kill_group, log_line, spawn_bash};
+use crate::executor::{BashRun, Exit, RunningBash, is_task_group, kill_group, log_line, spawn_bash};
 use crate::model::{Event, Operator, QueuedTask, TaskState, TiEvent, TiKey, retry_delay, transition};
 use crate::store::{NewAlert, Store, StoreError, TiChange};
 use chrono::{DateTime, Utc};
@@ -465,7 +465,9 @@ pub async fn recover_orphans(store: &Store, settings: &WorkerSettings) -> Result
             }
             continue;
         }
-        if let Some(pid) = ti.pid.and_then(|p| u32::try_from(p).ok()) {
+        if let Some(pid) = ti.pid.and_then(|p| u32::try_from(p).ok())
+            && is_task_group(pid)
+        {
             kill_group(pid, settings.kill_grace).await;
         }
         let can_retry = ti.try_number <= ti.max_tries;
