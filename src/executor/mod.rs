@@ -330,6 +330,11 @@ mod tests {
         let mut r = run(dir.path(), "sleep 5");
         r.timeout = Some(Duration::from_millis(500));
         let bash = spawn_bash(r).await.unwrap();
+        // The kernel finishes setting up a new program's argv a moment after `spawn` returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_task_group(bash.pid()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(is_task_group(bash.pid()));
         assert!(!is_task_group(std::process::id()), "this test process is nobody's task");
         bash.wait().await;
