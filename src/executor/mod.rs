@@ -131,6 +131,13 @@ impl RunningBash {
         self.pid
     }
 
+    /// Takes back a gated command that was never released: it has run nothing, so SIGKILL at once,
+    /// and reap it so its group is really gone.
+    pub async fn abort(mut self) {
+        signal_group(self.pid, Signal::SIGKILL);
+        let _ = self.child.wait().await;
+    }
+
     /// Lets the gated command start.
     pub async fn release(&mut self) {
         if let Some(mut stdin) = self.child.stdin.take() {
@@ -338,6 +345,17 @@ mod tests {
         assert!(is_task_group(bash.pid()));
         assert!(!is_task_group(std::process::id()), "this test process is nobody's task");
         bash.wait().await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_gated_command_never_runs_and_leaves_no_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let bash = spawn_bash(run(dir.path(), &format!("touch {}", marker.display()))).await.unwrap();
+        let pgid = bash.pid();
+        bash.abort().await;
+        assert!(!group_alive(pgid));
+        assert!(!marker.exists(), "the gated command must not run");
     }
 
     #[tokio::test]

@@ -94,10 +94,15 @@ impl Worker {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
         self.runtime.spawn(async move {
-            let _guard = guard;
             let key = task.key.clone();
             if let Err(e) = worker.run(task).await {
                 tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
+                let _ = worker.events.send(Event::Wake);
+            }
+            drop(guard);
+            // A shutting-down loop waits for the count to reach zero; tell it the count changed
+            // (a task that did not start sends no outcome of its own).
+            if worker.closing.load(Ordering::SeqCst) {
                 let _ = worker.events.send(Event::Wake);
             }
         });
@@ -138,7 +143,7 @@ impl Worker {
         let prepared = self.prepare(&task, &log_path).await;
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             if let Ok(Some(bash)) = prepared {
-                kill_group(bash.pid(), self.settings.kill_grace).await;
+                bash.abort().await;
             }
             return Ok(());
         }
@@ -167,7 +172,7 @@ impl Worker {
         if !matches!(claimed, Ok(true)) {
             // Lost the race (or the store failed): the gated command never ran; take it away.
             if let Ok(Some(bash)) = prepared {
-                kill_group(bash.pid(), self.settings.kill_grace).await;
+                bash.abort().await;
             }
             return claimed.map(|_| ());
         }
