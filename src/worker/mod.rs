@@ -299,34 +299,24 @@ impl Worker {
         log_path: &std::path::Path,
     ) -> Vec<NewAlert> {
         let t = task.task();
-        let mut channels: Vec<String> = Vec::new();
-        match state {
+        // (email flag, DingTalk flag, `[alerts]` defaults, the task's callback) for this state.
+        let (email, ding, defaults, callback) = match state {
             TaskState::Failed => {
-                if t.email_on_failure && !t.email.is_empty() {
-                    channels.push("email".into());
-                }
-                if t.ding_on_failure {
-                    channels.push("dingtalk".into());
-                }
-                channels.extend(self.settings.on_failure.iter().cloned());
-                channels.extend(t.on_failure_callback.iter().map(|c| format!("callback:{}", c.0)));
+                (t.email_on_failure, t.ding_on_failure, &self.settings.on_failure, &t.on_failure_callback)
             }
-            TaskState::UpForRetry => {
-                if t.email_on_retry && !t.email.is_empty() {
-                    channels.push("email".into());
-                }
-                if t.ding_on_retry {
-                    channels.push("dingtalk".into());
-                }
-                channels.extend(self.settings.on_retry.iter().cloned());
-                channels.extend(t.on_retry_callback.iter().map(|c| format!("callback:{}", c.0)));
-            }
-            TaskState::Success => {
-                channels.extend(self.settings.on_success.iter().cloned());
-                channels.extend(t.on_success_callback.iter().map(|c| format!("callback:{}", c.0)));
-            }
-            _ => {}
+            TaskState::UpForRetry => (t.email_on_retry, t.ding_on_retry, &self.settings.on_retry, &t.on_retry_callback),
+            TaskState::Success => (false, false, &self.settings.on_success, &t.on_success_callback),
+            _ => return Vec::new(),
+        };
+        let mut channels: Vec<String> = Vec::new();
+        if email && !t.email.is_empty() {
+            channels.push("email".into());
         }
+        if ding {
+            channels.push("dingtalk".into());
+        }
+        channels.extend(defaults.iter().cloned());
+        channels.extend(callback.iter().map(|c| format!("callback:{}", c.0)));
         let mut seen = std::collections::HashSet::new();
         channels.retain(|c| seen.insert(c.clone()));
         let error = match ending {
