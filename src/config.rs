@@ -113,11 +113,19 @@ pub struct SchedulerConfig {
     pub shutdown_grace: f64,
     /// Seconds between SIGTERM and SIGKILL when a task times out.
     pub kill_grace: f64,
+    /// Seconds without a heartbeat after which a process that runs tasks counts as gone and its
+    /// tries are taken over (on this host a dead process is noticed at once).
+    pub task_heartbeat_timeout: f64,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { catchup_by_default: true, shutdown_grace: 30.0, kill_grace: 5.0 }
+        SchedulerConfig {
+            catchup_by_default: true,
+            shutdown_grace: 30.0,
+            kill_grace: 5.0,
+            task_heartbeat_timeout: 300.0,
+        }
     }
 }
 

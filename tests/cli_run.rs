@@ -359,8 +359,8 @@ fn db_migrate_and_tasks_test() {
         "let d = DAG(\"t\", #{ schedule: () }); let a = BashOperator(#{ task_id: \"a\", bash_command: \"echo {{ ds }}; echo out\" });",
     )]);
     let o = home.run(&["db", "migrate"]);
-    assert_eq!(stdout(&o), "database rhaiflow.db is at schema version 1 (migrated)\n");
-    assert_eq!(stdout(&home.run(&["db", "migrate"])), "database rhaiflow.db is at schema version 1\n");
+    assert_eq!(stdout(&o), "database rhaiflow.db is at schema version 2 (migrated)\n");
+    assert_eq!(stdout(&home.run(&["db", "migrate"])), "database rhaiflow.db is at schema version 2\n");
     let o = home.run(&["tasks", "test", "t", "a", "2024-06-01"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("2024-06-01\nout\n"), "{}", stdout(&o));

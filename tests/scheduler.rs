@@ -36,7 +36,8 @@ fn fixture(src: &str, parallelism: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
     store.write(|tx| rhaiflow::scheduler::record_dags(tx, &versions, &[], at(0, 0))).unwrap();
-    let settings = SchedulerSettings { parallelism, alert_defaults: AlertDefaults::default() };
+    let settings =
+        SchedulerSettings { parallelism, owner: "test-runner".into(), alert_defaults: AlertDefaults::default() };
     let mut scheduler = Scheduler::new(store.clone(), settings, Scope::All);
     scheduler.set_dags(&versions);
     Fixture { _dir: dir, store, scheduler }

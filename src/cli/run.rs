@@ -2,10 +2,10 @@
 //! `tasks test|clear|states-for-run|logs`, `runs list`, `scheduler`, `db migrate`.
 
 use super::{Context, Outcome, Output, fmt_time, table};
-use crate::app::{Progress, pinned_for};
-use crate::model::{DagRunState, QueuedTask, RunInfo, RunType, TaskState, TiKey};
+use crate::app::{ClearRequest, Progress};
+use crate::model::{DagRunState, QueuedTask, RunInfo, RunType, TiKey};
 use crate::scheduler::{DagVersion, PinnedDag};
-use crate::store::{Store, TiChange};
+use crate::store::Store;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::io::IsTerminal;
@@ -26,23 +26,6 @@ pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
     bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339")
 }
 
-/// Loads the folder into the store and returns the pinned current version of `dag_id`.
-fn load_dag(ctx: &Context, store: &Store, dag_id: &str) -> anyhow::Result<(Vec<DagVersion>, Arc<PinnedDag>)> {
-    let (versions, bag) = ctx.app.sync_dags(store, ctx.now)?;
-    match pinned_for(&versions, dag_id) {
-        Some(p) => Ok((versions, p)),
-        None => {
-            let broken = bag.import_errors.len();
-            let hint = if broken > 0 {
-                format!(" ({broken} file(s) failed to load; see `rhaiflow dags list-import-errors`)")
-            } else {
-                String::new()
-            };
-            bail!("no DAG `{dag_id}` in the dags folder{hint}")
-        }
-    }
-}
-
 fn fmt_opt(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into())
 }
@@ -53,39 +36,29 @@ fn secs(d: Option<f64>) -> String {
 
 /// `dags test ID [DATE]`: one run now, in this process, with a live line per task.
 pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
-    let store = ctx.app.open_store()?;
-    let (versions, dag) = load_dag(ctx, &store, dag_id)?;
-    let logical = match date {
-        Some(d) => parse_date(d)?,
-        None => ctx.now,
-    };
-    let run = match ctx.app.create_run(&store, &dag, RunType::Manual, logical, serde_json::json!({}), ctx.now)? {
-        Some(run) => run,
-        None => {
-            // Re-testing a date reruns it, as Airflow's `dags test` does.
-            let existing = store.read(|tx| tx.dag_runs(dag_id))?;
-            let Some(run) = existing.into_iter().find(|r| r.logical_date == logical) else {
-                bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
-            };
-            let retries = |t: &str| dag.spec.task(t).map(|t| t.retries);
-            clear_run(&store, &run.dag_id, &run.run_id, run.state, retries, ctx.now)?;
-            run
-        }
-    };
-    println!("dags test {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date));
+    let logical = date.map(parse_date).transpose()?;
     let started = Instant::now();
-    let mut final_state = DagRunState::Running;
-    ctx.app.run_to_completion(&store, &versions, &[(run.dag_id.clone(), run.run_id.clone())], &mut |p| match p {
+    let mut spec = None;
+    let (run, final_state) = ctx.app.test_dag(dag_id, logical, ctx.now, &mut |p| match p {
+        Progress::RunCreated(run) => {
+            println!("dags test {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date))
+        }
         Progress::Started(key, try_number) => println!("  {:<24} running (try {try_number})", key.task_id),
         Progress::Finished(key, state, duration) => println!("  {:<24} {state} ({duration:.2}s)", key.task_id),
-        Progress::RunFinished(_, _, state) => final_state = state,
+        Progress::RunFinished(..) => {}
     })?;
+    let store = ctx.app.open_store()?;
     let tis = store.read(|tx| tx.task_instances_of_run(&run.dag_id, &run.run_id))?;
-    let rows: Vec<Vec<String>> = dag
-        .spec
-        .tasks
+    if let Some(json) = store.read(|tx| tx.dag_version_json(&run.version_hash))? {
+        spec = serde_json::from_str::<crate::model::DagSpec>(&json).ok();
+    }
+    let order: Vec<String> = match &spec {
+        Some(spec) => spec.tasks.iter().map(|t| t.task_id.clone()).collect(),
+        None => tis.iter().map(|t| t.key.task_id.clone()).collect(),
+    };
+    let rows: Vec<Vec<String>> = order
         .iter()
-        .filter_map(|t| tis.iter().find(|ti| ti.key.task_id == t.task_id))
+        .filter_map(|t| tis.iter().find(|ti| &ti.key.task_id == t))
         .map(|ti| vec![ti.key.task_id.clone(), ti.state.to_string(), ti.try_number.to_string(), secs(ti.duration)])
         .collect();
     println!();
@@ -177,16 +150,8 @@ pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&st
     if !conf.is_object() {
         bail!("`--conf` must be a JSON object, like '{{\"key\": 1}}'");
     }
-    let store = ctx.app.open_store()?;
-    let (_, dag) = load_dag(ctx, &store, dag_id)?;
-    let logical = match date {
-        Some(d) => parse_date(d)?,
-        None => ctx.now,
-    };
-    let Some(run) = ctx.app.create_run(&store, &dag, RunType::Manual, logical, conf, ctx.now)? else {
-        bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
-    };
-    ctx.app.wake_scheduler();
+    let logical = date.map(parse_date).transpose()?;
+    let run = ctx.app.trigger(dag_id, conf, logical, ctx.now)?;
     if ctx.output == Output::Json {
         println!(
             "{}",
@@ -199,45 +164,39 @@ pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&st
 }
 
 pub fn pause(ctx: &Context, dag_id: &str, paused: bool) -> anyhow::Result<Outcome> {
-    let store = ctx.app.open_store()?;
-    load_dag(ctx, &store, dag_id)?;
-    store.write(|tx| tx.set_paused(dag_id, paused))?;
-    ctx.app.wake_scheduler();
+    ctx.app.set_paused(dag_id, paused, ctx.now)?;
     println!("{} {dag_id}", if paused { "paused" } else { "unpaused" });
     Ok(Outcome::Ok)
 }
 
-/// `dags backfill ID --start-date D --end-date D`: every interval in the range, run here.
+/// `dags backfill ID --start-date D --end-date D`: every interval in the range, run here; runs a
+/// stopped backfill left are resumed.
 pub fn backfill(ctx: &Context, dag_id: &str, start: &str, end: &str) -> anyhow::Result<Outcome> {
     let (start, end) = (parse_date(start)?, parse_date(end)?);
-    if end < start {
-        bail!("`--end-date` is before `--start-date`");
-    }
     let store = ctx.app.open_store()?;
-    let (versions, dag) = load_dag(ctx, &store, dag_id)?;
-    let Some(tt) = dag.timetable() else { bail!("DAG `{dag_id}` has no schedule to backfill") };
-    let restriction = crate::schedule::Restriction { earliest: Some(start), latest: Some(end), catchup: true };
-    let mut runs = Vec::new();
-    let mut last = None;
-    while let Some(info) = tt.next_dagrun_info(last, restriction, ctx.now) {
-        if last == Some(info.data_interval) {
-            break;
-        }
-        last = Some(info.data_interval);
-        let run = crate::scheduler::new_run(
-            &dag,
-            RunType::Backfill,
-            info.logical_date,
-            info.data_interval,
-            serde_json::json!({}),
-            ctx.now,
-        );
-        if store.write(|tx| crate::scheduler::insert_run(tx, &dag, &run))? {
-            runs.push((run.dag_id, run.run_id));
-        } else {
-            println!("skipping {}: a run for that logical date exists", fmt_time(&info.logical_date));
-        }
+    let (versions, dag) = ctx.app.load_dag(&store, dag_id, ctx.now)?;
+    let runner = ctx.app.register_runner(&store, "backfill")?;
+    let result = backfill_as(ctx, &store, &runner, (&versions, &dag), (start, end));
+    let _ = runner.stop(&store, chrono::Utc::now());
+    result
+}
+
+fn backfill_as(
+    ctx: &Context,
+    store: &Store,
+    runner: &crate::worker::Runner,
+    (versions, dag): (&[DagVersion], &Arc<PinnedDag>),
+    range: (DateTime<Utc>, DateTime<Utc>),
+) -> anyhow::Result<Outcome> {
+    let dag_id = dag.spec.dag_id.as_str();
+    let plan = ctx.app.plan_backfill(store, runner, dag, range, ctx.now)?;
+    for date in &plan.skipped {
+        println!("skipping {}: a run for that logical date exists", fmt_time(date));
     }
+    for (_, run_id) in &plan.resumed {
+        println!("resuming {run_id}: left unfinished by a backfill that stopped");
+    }
+    let runs: Vec<(String, String)> = plan.created.iter().chain(&plan.resumed).cloned().collect();
     if runs.is_empty() {
         println!("nothing to backfill");
         return Ok(Outcome::Ok);
@@ -254,7 +213,7 @@ pub fn backfill(ctx: &Context, dag_id: &str, start: &str, end: &str) -> anyhow::
         indicatif::ProgressBar::hidden()
     };
     let (mut ok, mut failed) = (0, 0);
-    ctx.app.run_to_completion(&store, &versions, &runs, &mut |p| match p {
+    ctx.app.run_to_completion(store, runner, versions, &runs, &mut |p| match p {
         Progress::Finished(_, state, _) if state.is_finished() => bar.inc(1),
         Progress::RunFinished(_, run_id, state) => {
             if state == DagRunState::Success {
@@ -268,41 +227,13 @@ pub fn backfill(ctx: &Context, dag_id: &str, start: &str, end: &str) -> anyhow::
         _ => {}
     })?;
     bar.finish_and_clear();
+    let unfinished = runs.len() - ok - failed;
+    if unfinished > 0 {
+        println!("backfill {dag_id}: stopped with {unfinished} run(s) unfinished; run it again to resume");
+        return Ok(Outcome::Failed);
+    }
     println!("backfill {dag_id}: {ok} run(s) succeeded, {failed} failed");
     Ok(if failed == 0 { Outcome::Ok } else { Outcome::Failed })
-}
-
-/// Sets matching task instances of a run back to `none` and the run back to `queued`.
-fn clear_run(
-    store: &Store,
-    dag_id: &str,
-    run_id: &str,
-    run_state: DagRunState,
-    retries_if_selected: impl Fn(&str) -> Option<u32>,
-    now: DateTime<Utc>,
-) -> anyhow::Result<usize> {
-    let cleared = store.write(|tx| -> Result<usize, crate::store::StoreError> {
-        // The run's state is read in this transaction: a run finishing meanwhile is not stranded.
-        let run_state = tx.dag_run(dag_id, run_id)?.map_or(run_state, |r| r.state);
-        let mut n = 0;
-        for ti in tx.task_instances_of_run(dag_id, run_id)? {
-            let Some(retries) = retries_if_selected(&ti.key.task_id) else { continue };
-            if matches!(ti.state, TaskState::Running | TaskState::Queued) {
-                continue;
-            }
-            // As Airflow: a cleared task gets its full retries again on top of the tries made.
-            let change =
-                TiChange { max_tries: Some(ti.try_number + retries), reset_times: true, ..TiChange::default() };
-            if tx.set_ti_state(&ti.key, ti.state, TaskState::None, &change)? {
-                n += 1;
-            }
-        }
-        if n > 0 && run_state.is_finished() {
-            tx.set_run_state(dag_id, run_id, run_state, DagRunState::Queued, now)?;
-        }
-        Ok(n)
-    })?;
-    Ok(cleared)
 }
 
 pub struct ClearArgs<'a> {
@@ -315,38 +246,14 @@ pub struct ClearArgs<'a> {
 
 /// `tasks clear ID [--task-regex RE] [--downstream] [--start-date D --end-date D]`.
 pub fn clear(ctx: &Context, args: ClearArgs) -> anyhow::Result<Outcome> {
-    let store = ctx.app.open_store()?;
-    let (_, dag) = load_dag(ctx, &store, args.dag_id)?;
-    let re = match args.task_regex {
-        Some(r) => {
-            Some(regex::Regex::new(r).with_context(|| format!("`--task-regex` `{r}` is not a regular expression"))?)
-        }
-        None => None,
+    let req = ClearRequest {
+        dag_id: args.dag_id.to_string(),
+        task_regex: args.task_regex.map(str::to_owned),
+        downstream: args.downstream,
+        start: args.start.map(parse_date).transpose()?,
+        end: args.end.map(parse_date).transpose()?,
     };
-    let (start, end) = (args.start.map(parse_date).transpose()?, args.end.map(parse_date).transpose()?);
-    let mut selected: Vec<String> = dag
-        .spec
-        .tasks
-        .iter()
-        .filter(|t| re.as_ref().is_none_or(|re| re.is_match(&t.task_id)))
-        .map(|t| t.task_id.clone())
-        .collect();
-    if args.downstream {
-        let graph = crate::graph::TaskGraph::build(&dag.spec)?;
-        let extra: Vec<String> = selected.iter().flat_map(|t| graph.downstream_of(t)).map(str::to_owned).collect();
-        selected.extend(extra);
-        selected.sort();
-        selected.dedup();
-    }
-    let runs = store.read(|tx| tx.dag_runs(args.dag_id))?;
-    let mut total = 0;
-    for run in
-        runs.iter().filter(|r| start.is_none_or(|s| r.logical_date >= s) && end.is_none_or(|e| r.logical_date <= e))
-    {
-        let retries = |t: &str| selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries));
-        total += clear_run(&store, &run.dag_id, &run.run_id, run.state, retries, ctx.now)?;
-    }
-    ctx.app.wake_scheduler();
+    let total = ctx.app.clear(&req, ctx.now)?;
     println!("cleared {total} task instance(s) of {}", args.dag_id);
     Ok(Outcome::Ok)
 }

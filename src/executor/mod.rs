@@ -3,7 +3,10 @@
 //!
 //! No state decisions here: the worker turns an outcome into a task state.
 
+mod process;
 pub mod template;
+
+pub use process::{is_same_process, process_token, read_status, status_path};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

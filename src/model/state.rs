@@ -122,6 +122,8 @@ pub enum TiEvent {
     Remove,
     /// An operator with nothing to run (`EmptyOperator`) succeeds as soon as it is ready.
     Noop,
+    /// Its owner is gone before it started: it goes back to be queued again.
+    Requeue,
 }
 
 /// The one state machine of task instances: `Some(next)` when `event` is allowed in `from`.
@@ -135,7 +137,8 @@ pub fn transition(from: TaskState, event: TiEvent) -> Option<TaskState> {
         (S::Running, E::Succeed) => S::Success,
         (S::Running | S::Queued, E::Fail { can_retry: true }) => S::UpForRetry,
         (S::Running | S::Queued, E::Fail { can_retry: false }) => S::Failed,
-        (S::None | S::Scheduled | S::Queued | S::Running, E::Skip) => S::Skipped,
+        (S::None | S::Scheduled | S::Queued | S::Running | S::UpForRetry, E::Skip) => S::Skipped,
+        (S::Queued, E::Requeue) => S::Scheduled,
         (S::None | S::Scheduled, E::UpstreamFailed) => S::UpstreamFailed,
         (S::Running, E::Reschedule) => S::UpForReschedule,
         (S::UpForRetry | S::UpForReschedule, E::Wake) => S::Scheduled,

@@ -87,6 +87,8 @@ pub enum Scope {
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
     pub parallelism: u32,
+    /// The runner (this process) that owns the task instances this scheduler queues.
+    pub owner: String,
     /// Channels told of every failure / retry / success (`[alerts]`), besides the task's own flags.
     pub alert_defaults: AlertDefaults,
 }
@@ -175,6 +177,7 @@ pub fn new_run(
         queued_at: now,
         start_date: None,
         end_date: None,
+        owner: None,
     }
 }
 
@@ -422,8 +425,9 @@ impl Scheduler {
             .active_runs()?
             .into_iter()
             .filter(|r| self.in_scope(&r.dag_id, &r.run_id) && !paused.contains(&r.dag_id))
-            // As Airflow's scheduler: backfill runs belong to the `dags backfill` that created them.
-            .filter(|r| !(matches!(self.scope, Scope::All) && r.run_type == RunType::Backfill))
+            // As Airflow's scheduler: backfill runs belong to the `dags backfill` that created them,
+            // and a `dags test` run to its `dags test` (the run's owner).
+            .filter(|r| !(matches!(self.scope, Scope::All) && (r.run_type == RunType::Backfill || r.owner.is_some())))
             .collect();
         let mut tis_by_run: HashMap<(String, String), Vec<TiStateRow>> = HashMap::new();
         for ti in tx.task_states_of_active_runs()? {
@@ -582,7 +586,8 @@ impl Scheduler {
                 continue;
             }
             let Some(row) = &view.rows[ti] else { continue };
-            let fields = TiChange { queued_at: Some(out.now), ..TiChange::default() };
+            let fields =
+                TiChange { queued_at: Some(out.now), owner: Some(self.settings.owner.clone()), ..TiChange::default() };
             if !tx.set_ti_state(&row.key, TaskState::Scheduled, TaskState::Queued, &fields)? {
                 continue;
             }
@@ -626,7 +631,8 @@ impl Scheduler {
             let Some(row) = row else { continue };
             if matches!(*state, TaskState::None | TaskState::Scheduled | TaskState::UpForRetry | TaskState::Queued) {
                 let fields = TiChange { end_date: Some(out.now), ..TiChange::default() };
-                if tx.set_ti_state(&row.key, *state, TaskState::Skipped, &fields)? {
+                let Some(to) = transition(*state, TiEvent::Skip) else { continue };
+                if tx.set_ti_state(&row.key, *state, to, &fields)? {
                     *state = TaskState::Skipped;
                     out.pass.decided.push((row.key.clone(), TaskState::Skipped));
                 }

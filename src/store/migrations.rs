@@ -1,10 +1,11 @@
 //! Versioned schema migrations, applied in order on open and by `rhaiflow db migrate`.
 
 /// `(version, description, SQL)`. Append only: never edit a migration that has shipped.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "dags, versions, runs, task instances, xcom, import errors, pools, alert outbox",
-    r#"
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "dags, versions, runs, task instances, xcom, import errors, pools, alert outbox",
+        r#"
 CREATE TABLE dag (
     dag_id              TEXT PRIMARY KEY,
     is_paused           INTEGER NOT NULL DEFAULT 0,
@@ -93,4 +94,25 @@ CREATE TABLE alert_outbox (
     last_error   TEXT
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "process ownership: runners, task instance and run owners",
+        r#"
+CREATE TABLE runner (
+    runner_id    TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    hostname     TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    pid_token    TEXT,
+    started_at   TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at   TEXT
+);
+ALTER TABLE task_instance ADD COLUMN owner TEXT;
+ALTER TABLE task_instance ADD COLUMN pid_token TEXT;
+ALTER TABLE dag_run ADD COLUMN owner TEXT;
+CREATE INDEX task_instance_claimed ON task_instance (owner) WHERE state IN ('queued', 'running');
+"#,
+    ),
+];

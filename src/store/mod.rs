@@ -70,6 +70,9 @@ pub struct DagRunRow {
     pub queued_at: DateTime<Utc>,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
+    /// The runner (`dags test`, `dags backfill`) that drives this run itself; `None` for runs the
+    /// scheduler drives.
+    pub owner: Option<String>,
 }
 
 /// A new task instance row, written with its run.
@@ -100,6 +103,23 @@ pub struct TiRow {
     pub end_date: Option<DateTime<Utc>>,
     pub duration: Option<f64>,
     pub next_try_at: Option<DateTime<Utc>>,
+    /// The runner that queued or claimed this try.
+    pub owner: Option<String>,
+    pub pid_token: Option<String>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// A process that runs task instances (`scheduler`, `dags test`, `dags backfill`), as recorded.
+#[derive(Debug, Clone)]
+pub struct RunnerRow {
+    pub runner_id: String,
+    pub kind: String,
+    pub hostname: String,
+    pub pid: i64,
+    pub pid_token: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
 /// What the scheduler reads of a task instance: enough to decide, nothing more.
@@ -127,6 +147,14 @@ pub struct TiChange {
     pub pid: Option<i64>,
     /// Clears start/end/duration/pid/next_try (for `tasks clear`).
     pub reset_times: bool,
+    /// Sets the owner (the runner that queues or claims the try). Moving to `none`, `scheduled` or
+    /// `up_for_retry` clears it: nobody owns a try that is not queued or running.
+    pub owner: Option<String>,
+    /// The exec-proof identity of the process group leader, set with `pid`.
+    pub pid_token: Option<String>,
+    /// Applies the change only while the row is owned by this runner (a try taken over by
+    /// recovery is no longer its old owner's to finish).
+    pub guard_owner: Option<String>,
 }
 
 /// An alert written in the same transaction as the state change that causes it.
@@ -157,7 +185,7 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(text: String) -> rusqlite::Res
 }
 
 const TI_COLUMNS: &str = "dag_id, run_id, task_id, state, try_number, max_tries, priority_weight, pool, pool_slots, \
-     operator, hostname, pid, queued_at, start_date, end_date, duration, next_try_at";
+     operator, hostname, pid, queued_at, start_date, end_date, duration, next_try_at, owner, pid_token, heartbeat_at";
 
 fn ti_row(r: &rusqlite::Row) -> rusqlite::Result<TiRow> {
     Ok(TiRow {
@@ -176,11 +204,14 @@ fn ti_row(r: &rusqlite::Row) -> rusqlite::Result<TiRow> {
         end_date: r.get(14)?,
         duration: r.get(15)?,
         next_try_at: r.get(16)?,
+        owner: r.get(17)?,
+        pid_token: r.get(18)?,
+        heartbeat_at: r.get(19)?,
     })
 }
 
 const RUN_COLUMNS: &str = "dag_id, run_id, logical_date, data_interval_start, data_interval_end, run_type, state, conf, \
-     version_hash, queued_at, start_date, end_date";
+     version_hash, queued_at, start_date, end_date, owner";
 
 fn run_row(r: &rusqlite::Row) -> rusqlite::Result<DagRunRow> {
     let conf: String = r.get(7)?;
@@ -197,6 +228,7 @@ fn run_row(r: &rusqlite::Row) -> rusqlite::Result<DagRunRow> {
         queued_at: r.get(9)?,
         start_date: r.get(10)?,
         end_date: r.get(11)?,
+        owner: r.get(12)?,
     })
 }
 
@@ -344,7 +376,8 @@ impl Tx<'_> {
     ) -> StoreResult<()> {
         self.tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO dag_version (version_hash, dag_id, spec_json, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO dag_version (version_hash, dag_id, spec_json, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?
             .execute(params![version_hash, dag_id, spec_json, now])?;
         Ok(())
@@ -396,9 +429,10 @@ impl Tx<'_> {
         let n = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO dag_run (dag_id, run_id, logical_date, data_interval_start, data_interval_end,
-                     run_type, state, conf, version_hash, queued_at, start_date, end_date)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO dag_run (dag_id, run_id, logical_date, data_interval_start, data_interval_end,
+                     run_type, state, conf, version_hash, queued_at, start_date, end_date, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 run.dag_id,
@@ -412,7 +446,8 @@ impl Tx<'_> {
                 run.version_hash,
                 run.queued_at,
                 run.start_date,
-                run.end_date
+                run.end_date,
+                run.owner
             ])?;
         Ok(n == 1)
     }
@@ -488,8 +523,9 @@ impl Tx<'_> {
 
     pub fn insert_task_instances(&self, dag_id: &str, run_id: &str, tis: &[NewTaskInstance]) -> StoreResult<()> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO task_instance (dag_id, run_id, task_id, state, max_tries, priority_weight, pool, pool_slots, operator)
-             VALUES (?1, ?2, ?3, 'none', ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO task_instance (dag_id, run_id, task_id, state, max_tries, priority_weight, pool, pool_slots, operator)
+             VALUES (?1, ?2, ?3, 'none', ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT DO NOTHING",
         )?;
         for ti in tis {
             stmt.execute(params![
@@ -561,8 +597,12 @@ impl Tx<'_> {
                      duration = CASE WHEN ?15 THEN NULL ELSE COALESCE(?12, duration) END,
                      next_try_at = CASE WHEN ?15 THEN NULL ELSE ?13 END,
                      pid = CASE WHEN ?15 OR ?14 THEN NULL ELSE COALESCE(?16, pid) END,
-                     heartbeat_at = CASE WHEN ?16 IS NULL THEN heartbeat_at ELSE ?10 END
-                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4",
+                     pid_token = CASE WHEN ?15 OR ?14 THEN NULL ELSE COALESCE(?18, pid_token) END,
+                     heartbeat_at = CASE WHEN ?16 IS NULL THEN heartbeat_at ELSE ?10 END,
+                     owner = CASE WHEN ?5 IN ('none', 'scheduled', 'up_for_retry') THEN NULL
+                                  ELSE COALESCE(?17, owner) END
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4
+                   AND (?19 IS NULL OR owner = ?19)",
             )?
             .execute(params![
                 key.dag_id,
@@ -581,7 +621,30 @@ impl Tx<'_> {
                 to.is_finished() || to == TaskState::UpForRetry,
                 change.reset_times,
                 change.pid,
+                change.owner,
+                change.pid_token,
+                change.guard_owner,
             ])?;
+        Ok(n == 1)
+    }
+
+    /// Moves a claimed try from a gone owner to `new_owner` (state unchanged); `false` when its
+    /// state or owner changed meanwhile.
+    pub fn take_over_ti(
+        &self,
+        key: &TiKey,
+        state: TaskState,
+        old_owner: Option<&str>,
+        new_owner: &str,
+    ) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET owner = ?6
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4
+                   AND (owner = ?5 OR (owner IS NULL AND ?5 IS NULL))",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, state.as_str(), old_owner, new_owner])?;
         Ok(n == 1)
     }
 
@@ -603,6 +666,82 @@ impl Tx<'_> {
             .query_row([dag_id, run_id, task_id], |r| r.get(0))
             .optional()?;
         text.map(|t| t.parse::<TaskState>().map_err(StoreError::Corrupt)).transpose()
+    }
+
+    // ---- runners ----------------------------------------------------------------------------
+
+    pub fn insert_runner(&self, runner: &RunnerRow) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO runner (runner_id, kind, hostname, pid, pid_token, started_at, heartbeat_at, stopped_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                runner.runner_id,
+                runner.kind,
+                runner.hostname,
+                runner.pid,
+                runner.pid_token,
+                runner.started_at,
+                runner.heartbeat_at,
+                runner.stopped_at
+            ])?;
+        Ok(())
+    }
+
+    /// Records that a runner is alive; `false` when it is unknown or marked stopped.
+    pub fn runner_heartbeat(&self, runner_id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached("UPDATE runner SET heartbeat_at = ?2 WHERE runner_id = ?1 AND stopped_at IS NULL")?
+            .execute(params![runner_id, now])?;
+        Ok(n == 1)
+    }
+
+    pub fn stop_runner(&self, runner_id: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx
+            .prepare_cached("UPDATE runner SET stopped_at = ?2 WHERE runner_id = ?1")?
+            .execute(params![runner_id, now])?;
+        Ok(())
+    }
+
+    /// Forgets runners that stopped before `before` and own nothing any more.
+    pub fn prune_runners(&self, before: DateTime<Utc>) -> StoreResult<usize> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "DELETE FROM runner WHERE stopped_at IS NOT NULL AND stopped_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM task_instance ti WHERE ti.owner = runner.runner_id
+                               AND ti.state IN ('queued', 'running'))",
+            )?
+            .execute(params![before])?)
+    }
+
+    pub fn runners(&self) -> StoreResult<Vec<RunnerRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT runner_id, kind, hostname, pid, pid_token, started_at, heartbeat_at, stopped_at FROM runner",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunnerRow {
+                runner_id: r.get(0)?,
+                kind: r.get(1)?,
+                hostname: r.get(2)?,
+                pid: r.get(3)?,
+                pid_token: r.get(4)?,
+                started_at: r.get(5)?,
+                heartbeat_at: r.get(6)?,
+                stopped_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Gives runs to a runner (`dags test`, `dags backfill` resuming what a dead one left).
+    pub fn set_run_owner(&self, dag_id: &str, run_id: &str, owner: Option<&str>) -> StoreResult<()> {
+        self.tx
+            .prepare_cached("UPDATE dag_run SET owner = ?3 WHERE dag_id = ?1 AND run_id = ?2")?
+            .execute(params![dag_id, run_id, owner])?;
+        Ok(())
     }
 
     // ---- XCom -------------------------------------------------------------------------------
@@ -710,6 +849,7 @@ mod tests {
             queued_at: at,
             start_date: None,
             end_date: None,
+            owner: None,
         }
     }
 

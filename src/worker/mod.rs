@@ -3,15 +3,21 @@
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
 use crate::executor::template::{TemplateContext, TemplateError, render};
-use crate::executor::{BashRun, Exit, RunningBash, is_task_group, kill_group, log_line, spawn_bash};
-use crate::model::{Event, Operator, QueuedTask, TaskState, TiEvent, TiKey, retry_delay, transition};
-use crate::store::{NewAlert, Store, StoreError, TiChange};
+use crate::executor::{
+    BashRun, Exit, RunningBash, is_same_process, kill_group, log_line, process_token, read_status, spawn_bash,
+};
+use crate::model::{DagSpec, Event, Operator, QueuedTask, RunInfo, TaskState, TiEvent, TiKey, retry_delay, transition};
+use crate::store::{NewAlert, Store, StoreError, TiChange, TiRow};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod owner;
+
+pub use owner::{Liveness, Runner};
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -26,6 +32,10 @@ pub struct WorkerSettings {
     pub on_failure: Vec<String>,
     pub on_retry: Vec<String>,
     pub on_success: Vec<String>,
+    /// The runner (this process) that owns what this worker claims.
+    pub owner: String,
+    /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).
+    pub heartbeat_timeout: Duration,
 }
 
 impl WorkerSettings {
@@ -108,6 +118,11 @@ impl Worker {
         });
     }
 
+    /// Tells the loop to look at the store again.
+    pub fn wake(&self) {
+        let _ = self.events.send(Event::Wake);
+    }
+
     /// Task instances launched whose outcome event is not sent yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
@@ -156,6 +171,9 @@ impl Worker {
             hostname: Some(self.settings.hostname.clone()),
             start_date: Some(started),
             pid,
+            pid_token: pid.and_then(|p| u32::try_from(p).ok()).and_then(process_token),
+            owner: Some(self.settings.owner.clone()),
+            guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
         let claim_key = key.clone();
@@ -200,6 +218,20 @@ impl Worker {
                 bash_ending(&task, outcome.exit, outcome.last_line)
             }
         };
+        self.finish(&task, ending, started, &log_path).await
+    }
+
+    /// Writes a try's outcome — state (retries with their delay), XCom, alert-outbox rows — in one
+    /// transaction, guarded by this runner's ownership, then tells the loop.
+    async fn finish(
+        &self,
+        task: &QueuedTask,
+        ending: Ending,
+        started: DateTime<Utc>,
+        log_path: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let key = task.key.clone();
+        let try_number = task.try_number;
         let finished = now();
         let duration = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         let (state, message) = match &ending {
@@ -212,19 +244,24 @@ impl Worker {
                 (state, format!("{why}; marking task as {verb}"))
             }
         };
-        log_line(&log_path, &format!("[rhaiflow] {message}")).await;
+        log_line(log_path, &format!("[rhaiflow] {message}")).await;
         let next_try_at = (state == TaskState::UpForRetry).then(|| {
             let delay = retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono();
             finished.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
         });
-        let alerts = self.alerts(&task, state, &ending, &log_path);
+        let alerts = self.alerts(task, state, &ending, log_path);
         let write_key = key.clone();
         let xcom = match ending {
             Ending::Success { xcom } => xcom,
             _ => None,
         };
-        let change =
-            TiChange { end_date: Some(finished), duration: Some(duration), next_try_at, ..TiChange::default() };
+        let change = TiChange {
+            end_date: Some(finished),
+            duration: Some(duration),
+            next_try_at,
+            guard_owner: Some(self.settings.owner.clone()),
+            ..TiChange::default()
+        };
         self.store
             .write_async(move |tx| {
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
@@ -440,42 +477,130 @@ pub fn bash_ending(task: &QueuedTask, exit: Exit, last_line: Option<String>) -> 
     }
 }
 
-/// Kills what a dead scheduler left behind: `running` task instances whose process group is still
-/// alive are killed, then counted as a failed try (retried by their own `retries`); `queued` ones
-/// never started and go back to `scheduled`. Returns the keys it changed.
-pub async fn recover_orphans(store: &Store, settings: &WorkerSettings) -> Result<Vec<(TiKey, TaskState)>, StoreError> {
-    let orphans = store.read_async(|tx| tx.unfinished_claimed_task_instances()).await?;
-    let mut changed = Vec::new();
-    for ti in orphans {
-        let at = now();
-        if ti.state == TaskState::Queued {
-            let key = ti.key.clone();
-            let moved = store
-                .write_async(move |tx| {
-                    tx.set_ti_state(&key, TaskState::Queued, TaskState::Scheduled, &TiChange::default())
-                })
-                .await?;
-            if moved {
-                changed.push((ti.key, TaskState::Scheduled));
+/// Which claimed tries a takeover looks at.
+#[derive(Debug, Clone)]
+pub enum TakeOver {
+    /// Every try whose owner is gone (the scheduler).
+    All,
+    /// Only tries of these runs (`dags test`, `dags backfill` resuming their runs).
+    Runs(HashSet<(String, String)>),
+}
+
+impl Worker {
+    /// Takes over the `queued`/`running` tries whose owner is gone (stopped, silent past
+    /// `task_heartbeat_timeout`, or its process dead on this host), and only those: a `queued`
+    /// try goes back to `scheduled`; a `running` one whose process group still runs here is killed
+    /// and fails; one that finished while its owner was dead keeps the outcome it recorded beside
+    /// its log. A failed try waits its `retry_delay` like any other. Returns what it changed.
+    pub async fn take_over(&self, which: TakeOver) -> Result<Vec<(TiKey, TaskState)>, StoreError> {
+        let (claimed, runners) =
+            self.store.read_async(|tx| Ok((tx.unfinished_claimed_task_instances()?, tx.runners()?))).await?;
+        let liveness = Liveness {
+            hostname: self.settings.hostname.clone(),
+            heartbeat_timeout: chrono::TimeDelta::from_std(self.settings.heartbeat_timeout)
+                .unwrap_or(chrono::TimeDelta::MAX),
+            now: now(),
+        };
+        let me = self.settings.owner.clone();
+        let mut changed = Vec::new();
+        for ti in claimed {
+            if ti.owner.as_deref() == Some(me.as_str()) || !liveness.is_gone(ti.owner.as_deref(), &runners) {
+                continue;
             }
-            continue;
+            if let TakeOver::Runs(runs) = &which
+                && !runs.contains(&(ti.key.dag_id.clone(), ti.key.run_id.clone()))
+            {
+                continue;
+            }
+            let (key, state, old, new) = (ti.key.clone(), ti.state, ti.owner.clone(), me.clone());
+            let taken = self.store.write_async(move |tx| tx.take_over_ti(&key, state, old.as_deref(), &new)).await?;
+            if !taken {
+                continue;
+            }
+            let who = Liveness::describe(ti.owner.as_deref(), &runners);
+            if let Some(state) = self.take_over_one(ti, &who).await? {
+                changed.push(state);
+            }
         }
-        if let Some(pid) = ti.pid.and_then(|p| u32::try_from(p).ok())
-            && is_task_group(pid)
-        {
-            kill_group(pid, settings.kill_grace).await;
-        }
-        let can_retry = ti.try_number <= ti.max_tries;
-        let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
-        let log = settings.log_path(&ti.key, ti.try_number.max(1));
-        log_line(&log, "[rhaiflow] the scheduler running this try stopped; its process group was killed and the try counts as failed").await;
-        let next_try_at = (state == TaskState::UpForRetry).then_some(at);
-        let change = TiChange { end_date: Some(at), next_try_at, ..TiChange::default() };
-        let key = ti.key.clone();
-        let moved = store.write_async(move |tx| tx.set_ti_state(&key, TaskState::Running, state, &change)).await?;
-        if moved {
-            changed.push((ti.key, state));
-        }
+        Ok(changed)
     }
-    Ok(changed)
+
+    async fn take_over_one(&self, ti: TiRow, who: &str) -> Result<Option<(TiKey, TaskState)>, StoreError> {
+        let key = ti.key.clone();
+        if ti.state == TaskState::Queued {
+            let Some(to) = transition(TaskState::Queued, TiEvent::Requeue) else { return Ok(None) };
+            let change = TiChange { guard_owner: Some(self.settings.owner.clone()), ..TiChange::default() };
+            let k = key.clone();
+            let moved = self.store.write_async(move |tx| tx.set_ti_state(&k, TaskState::Queued, to, &change)).await?;
+            return Ok(moved.then_some((key, to)));
+        }
+        let Some(task) = self.task_of(&ti).await? else {
+            // Its DAG version is unreadable: fail it without the spec's retry policy.
+            let change = TiChange {
+                end_date: Some(now()),
+                guard_owner: Some(self.settings.owner.clone()),
+                ..TiChange::default()
+            };
+            let k = key.clone();
+            let moved = self
+                .store
+                .write_async(move |tx| tx.set_ti_state(&k, TaskState::Running, TaskState::Failed, &change))
+                .await?;
+            return Ok(moved.then_some((key, TaskState::Failed)));
+        };
+        let log_path = self.settings.log_path(&key, task.try_number);
+        let pid = ti.pid.and_then(|p| u32::try_from(p).ok());
+        let here = ti.hostname.as_deref() == Some(self.settings.hostname.as_str());
+        let alive = here && pid.is_some_and(|p| ti.pid_token.is_some() && is_same_process(p, ti.pid_token.as_deref()));
+        let ending = if alive {
+            let pgid = pid.unwrap_or_default();
+            kill_group(pgid, self.settings.kill_grace).await;
+            Ending::Failed(format!(
+                "its owner, {who}, stopped; the try's process group {pgid} was killed and the try counts as failed"
+            ))
+        } else {
+            match read_status(&log_path) {
+                Some(outcome) => bash_ending(&task, outcome.exit, outcome.last_line),
+                None => Ending::Failed(format!(
+                    "its owner, {who}, stopped, and the try's process ended without recording an outcome"
+                )),
+            }
+        };
+        log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
+        let started = ti.start_date.unwrap_or_else(now);
+        self.finish(&task, ending, started, &log_path).await?;
+        let state = self.store.read_async(move |tx| tx.task_instance(&key)).await?;
+        Ok(state.map(|t| (t.key, t.state)))
+    }
+
+    /// The queued-task view of a stored try, from its run and the DAG version the run is pinned to.
+    async fn task_of(&self, ti: &TiRow) -> Result<Option<QueuedTask>, StoreError> {
+        let (dag_id, run_id) = (ti.key.dag_id.clone(), ti.key.run_id.clone());
+        let found = self
+            .store
+            .read_async(move |tx| {
+                let Some(run) = tx.dag_run(&dag_id, &run_id)? else { return Ok(None) };
+                let json = tx.dag_version_json(&run.version_hash)?;
+                Ok(json.map(|j| (run, j)))
+            })
+            .await?;
+        let Some((run, json)) = found else { return Ok(None) };
+        let Ok(spec) = serde_json::from_str::<DagSpec>(&json) else { return Ok(None) };
+        let Some(task_index) = spec.tasks.iter().position(|t| t.task_id == ti.key.task_id) else { return Ok(None) };
+        Ok(Some(QueuedTask {
+            key: ti.key.clone(),
+            dag: Arc::new(spec),
+            task_index,
+            run: RunInfo {
+                run_id: run.run_id,
+                run_type: run.run_type,
+                logical_date: run.logical_date,
+                data_interval_start: run.data_interval_start,
+                data_interval_end: run.data_interval_end,
+                conf: run.conf,
+            },
+            try_number: ti.try_number.max(1),
+            max_tries: ti.max_tries,
+        }))
+    }
 }

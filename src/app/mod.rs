@@ -1,5 +1,9 @@
 //! Wiring: turns the one `Config` into the parts (loader, store, scheduler, worker), drives the
-//! event loop that connects them, and owns shutdown.
+//! event loop that connects them, and owns shutdown. `service` holds the rules the front ends share.
+
+mod service;
+
+pub use service::{BackfillPlan, ClearRequest, clear_run};
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};
@@ -10,7 +14,7 @@ use crate::scheduler::{
 };
 use crate::script::{EvalContext, ScriptLimits};
 use crate::store::{DagRunRow, Store};
-use crate::worker::{Worker, WorkerSettings, recover_orphans};
+use crate::worker::{Runner, TakeOver, Worker, WorkerSettings};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -27,6 +31,7 @@ pub struct App {
 
 /// What the event loop reports as it goes, for live output.
 pub enum Progress<'a> {
+    RunCreated(&'a DagRunRow),
     Started(&'a TiKey, u32),
     Finished(&'a TiKey, TaskState, f64),
     RunFinished(&'a str, &'a str, DagRunState),
@@ -89,9 +94,10 @@ impl App {
         Ok((versions, bag))
     }
 
-    fn scheduler_settings(&self) -> SchedulerSettings {
+    fn scheduler_settings(&self, runner: &Runner) -> SchedulerSettings {
         SchedulerSettings {
             parallelism: self.config.core.parallelism,
+            owner: runner.id.clone(),
             alert_defaults: AlertDefaults {
                 on_failure: self.config.alerts.on_failure.clone(),
                 on_retry: self.config.alerts.on_retry.clone(),
@@ -100,8 +106,10 @@ impl App {
         }
     }
 
+    /// What a worker needs; `owner` is the runner it claims for (empty outside the store:
+    /// `tasks test`, log paths).
     pub fn worker_settings(&self) -> WorkerSettings {
-        let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default();
+        let hostname = hostname();
         WorkerSettings {
             log_folder: self.config.logging.base_log_folder.clone(),
             max_log_bytes: self.config.logging.max_log_bytes,
@@ -118,7 +126,36 @@ impl App {
             on_failure: self.config.alerts.on_failure.clone(),
             on_retry: self.config.alerts.on_retry.clone(),
             on_success: self.config.alerts.on_success.clone(),
+            owner: String::new(),
+            heartbeat_timeout: Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
         }
+    }
+
+    fn worker_settings_for(&self, runner: &Runner) -> WorkerSettings {
+        WorkerSettings { owner: runner.id.clone(), ..self.worker_settings() }
+    }
+
+    /// Records this process as a runner of task instances (`scheduler`, `dags test`, `backfill`).
+    pub fn register_runner(&self, store: &Store, kind: &str) -> anyhow::Result<Runner> {
+        Ok(Runner::register(store, kind, &hostname(), Utc::now())?)
+    }
+
+    /// How often a runner heartbeats and looks for tries whose owner is gone: well inside the
+    /// heartbeat timeout, and at least every 10 s.
+    fn heartbeat_every(&self) -> Duration {
+        Duration::from_secs_f64((self.config.scheduler.task_heartbeat_timeout / 3.0).clamp(0.05, 10.0))
+    }
+
+    /// Takes over the tries of `runs` whose owner is gone, so they can be cleared or run again.
+    pub fn take_over_runs(&self, store: &Store, runner: &Runner, runs: &[(String, String)]) -> anyhow::Result<()> {
+        let runtime = runtime()?;
+        let (tx, _rx) = std::sync::mpsc::channel::<Event>();
+        let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx, runtime.handle().clone());
+        let which = TakeOver::Runs(runs.iter().cloned().collect());
+        for (key, state) in runtime.block_on(worker.take_over(which))? {
+            tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
+        }
+        Ok(())
     }
 
     /// The socket a running scheduler listens on, so other commands can wake it.
@@ -136,81 +173,143 @@ impl App {
         }
     }
 
-    /// Creates a run of `dag` (manual or backfill) pinned to its current version.
-    pub fn create_run(
+    /// Creates a manual run of `dag` pinned to its current version; `None` when its logical date
+    /// is taken. With `owner`, the run is that runner's to drive (`dags test`).
+    pub fn create_manual_run(
         &self,
         store: &Store,
         dag: &PinnedDag,
-        run_type: RunType,
         logical_date: DateTime<Utc>,
         conf: serde_json::Value,
+        owner: Option<&Runner>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<DagRunRow>> {
         use chrono::SubsecRound;
         // Airflow keeps microseconds; so do run ids and the unique (dag_id, logical_date).
         let logical_date = logical_date.trunc_subsecs(6);
-        let interval = match (run_type, dag.timetable()) {
-            (RunType::Manual, Some(tt)) => tt.infer_manual_data_interval(logical_date),
-            (_, Some(tt)) => tt
-                .next_dagrun_info(
-                    None,
-                    crate::schedule::Restriction { earliest: Some(logical_date), latest: None, catchup: true },
-                    now,
-                )
-                .map(|i| i.data_interval)
-                .unwrap_or(DataInterval { start: logical_date, end: logical_date }),
-            (_, None) => DataInterval { start: logical_date, end: logical_date },
+        let interval = match dag.timetable() {
+            Some(tt) => tt.infer_manual_data_interval(logical_date),
+            None => DataInterval { start: logical_date, end: logical_date },
         };
-        let run = new_run(dag, run_type, logical_date, interval, conf, now);
+        let mut run = new_run(dag, RunType::Manual, logical_date, interval, conf, now);
+        run.owner = owner.map(|r| r.id.clone());
         let inserted = store.write(|tx| insert_run(tx, dag, &run))?;
         Ok(inserted.then_some(run))
     }
 
     /// `rhaiflow scheduler`: until SIGINT/SIGTERM.
     pub fn run_scheduler(&self) -> anyhow::Result<()> {
-        let store = self.open_store()?;
-        let _lock = SchedulerLock::take(&self.database_path()?.with_extension("lock"))?;
+        // Signals first: a SIGTERM while the folder loads stops the start-up cleanly.
         let runtime = runtime()?;
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
-        let worker = Worker::new(store.clone(), self.worker_settings(), tx.clone(), runtime.handle().clone());
-        let recovered = runtime.block_on(recover_orphans(&store, &self.worker_settings()))?;
-        for (key, state) in &recovered {
-            tracing::warn!(task = %key, state = %state, "recovered a task instance left by a stopped scheduler");
-        }
-        let (versions, bag) = self.sync_dags(&store, Utc::now())?;
-        for e in &bag.import_errors {
-            tracing::warn!(file = %e.file, "DAG file failed to load; see `rhaiflow dags list-import-errors`");
-        }
-        let mut scheduler = Scheduler::new(store, self.scheduler_settings(), Scope::All);
-        scheduler.set_dags(&versions);
-        let socket = self.wake_socket()?;
-        runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
         runtime.spawn(forward_signals(tx.clone()));
-        eprintln!("rhaiflow scheduler: {} DAG(s) from {}", versions.len(), self.config.core.dags_folder.display());
-        let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
-        let result = drive(&mut scheduler, &worker, &rx, None, grace, &mut |_| {});
-        let _ = std::fs::remove_file(&socket);
+        let store = self.open_store()?;
+        let _lock = SchedulerLock::take(&self.database_path()?.with_extension("lock"))?;
+        let runner = self.register_runner(&store, "scheduler")?;
+        let worker =
+            Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
+        let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
+        let _ = runner.stop(&store, Utc::now());
         drop(runtime);
         result
     }
 
-    /// Runs the given runs to completion in this process (`dags test`, `backfill`).
+    fn schedule_until_shutdown(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        store: &Store,
+        runner: &Runner,
+        worker: &Worker,
+        (tx, rx): (Sender<Event>, Receiver<Event>),
+    ) -> anyhow::Result<()> {
+        for (key, state) in runtime.block_on(worker.take_over(TakeOver::All))? {
+            tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
+        }
+        let (versions, bag) = self.sync_dags(store, Utc::now())?;
+        for e in &bag.import_errors {
+            tracing::warn!(file = %e.file, "DAG file failed to load; see `rhaiflow dags list-import-errors`");
+        }
+        if shutdown_requested(&rx) {
+            eprintln!("rhaiflow scheduler: stopped during start-up");
+            return Ok(());
+        }
+        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::All);
+        scheduler.set_dags(&versions);
+        let socket = self.wake_socket()?;
+        runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
+        runtime.spawn(keep_alive(store.clone(), runner.clone(), worker.clone(), self.heartbeat_every(), TakeOver::All));
+        eprintln!("rhaiflow scheduler: {} DAG(s) from {}", versions.len(), self.config.core.dags_folder.display());
+        let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
+        let result = drive(&mut scheduler, worker, &rx, None, grace, &mut |_| {});
+        let _ = std::fs::remove_file(&socket);
+        result
+    }
+
+    /// Runs the given runs to completion in this process (`dags test`, `backfill`), as `runner`.
     pub fn run_to_completion(
         &self,
         store: &Store,
+        runner: &Runner,
         versions: &[DagVersion],
         runs: &[(String, String)],
         report: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<()> {
         let runtime = runtime()?;
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
-        let worker = Worker::new(store.clone(), self.worker_settings(), tx.clone(), runtime.handle().clone());
-        let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
-        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(), Scope::Runs(scope.clone()));
-        scheduler.set_dags(versions);
         runtime.spawn(forward_signals(tx.clone()));
+        let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx.clone(), runtime.handle().clone());
+        let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
+        runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
+        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));
+        scheduler.set_dags(versions);
+        let keep = runtime.spawn(keep_alive(
+            store.clone(),
+            runner.clone(),
+            worker.clone(),
+            self.heartbeat_every(),
+            TakeOver::Runs(scope.clone()),
+        ));
         let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
-        drive(&mut scheduler, &worker, &rx, Some(scope), grace, report)
+        let result = drive(&mut scheduler, &worker, &rx, Some(scope), grace, report);
+        keep.abort();
+        result
+    }
+}
+
+/// This host's name, as runners record it.
+fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+/// Whether a SIGINT/SIGTERM arrived (other events are dropped: nothing runs yet).
+fn shutdown_requested(rx: &Receiver<Event>) -> bool {
+    std::iter::from_fn(|| rx.try_recv().ok()).any(|e| matches!(e, Event::Shutdown))
+}
+
+/// Heartbeats this runner and takes over what gone owners left, every `every`.
+async fn keep_alive(store: Store, runner: Runner, worker: Worker, every: Duration, which: TakeOver) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = store
+            .write_async({
+                let id = runner.id.clone();
+                move |tx| tx.runner_heartbeat(&id, Utc::now())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not record this process's heartbeat");
+        }
+        match worker.take_over(which.clone()).await {
+            Ok(changed) => {
+                for (key, state) in &changed {
+                    tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
+                }
+                if !changed.is_empty() {
+                    worker.wake();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for task instances whose owner is gone"),
+        }
     }
 }
 
@@ -348,6 +447,8 @@ fn drive(
                 Event::Wake => need_pass = true,
                 Event::Shutdown => {
                     if shutdown_at.is_none() {
+                        // Launched tasks that have not started yet do not start now.
+                        worker.close();
                         eprintln!(
                             "rhaiflow: shutting down; waiting up to {grace:?} for {} running task(s)",
                             worker.running()

@@ -1,0 +1,323 @@
+//! The service layer: the rules of trigger, pause, clear, mark, backfill and test, which the CLI
+//! and the web API share. Front ends parse and print; they decide nothing.
+
+use super::{App, Progress, pinned_for};
+use crate::model::{DagRunState, RunType, TaskState, TiEvent, TiKey, transition};
+use crate::scheduler::{DagVersion, PinnedDag, insert_run, new_run};
+use crate::store::{DagRunRow, Store, StoreError, TiChange};
+use crate::worker::{Liveness, Runner};
+use anyhow::bail;
+use chrono::{DateTime, SubsecRound, Utc};
+use std::sync::Arc;
+
+/// `2024-01-01 00:00:00+00:00`, Airflow's way of showing times in messages.
+fn fmt_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S+00:00").to_string()
+}
+
+/// What to clear (`tasks clear`, the API's `clearTaskInstances`).
+#[derive(Debug, Clone, Default)]
+pub struct ClearRequest {
+    pub dag_id: String,
+    /// Only tasks whose id matches (a regular expression).
+    pub task_regex: Option<String>,
+    /// Also every task downstream of a selected one.
+    pub downstream: bool,
+    /// Only runs with a logical date in this range (inclusive).
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// A backfill's plan: runs created, runs resumed from a backfill that stopped, dates skipped.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillPlan {
+    pub created: Vec<(String, String)>,
+    pub resumed: Vec<(String, String)>,
+    pub skipped: Vec<DateTime<Utc>>,
+}
+
+impl App {
+    /// Loads the folder into the store and returns the versions and the pinned current `dag_id`.
+    pub fn load_dag(
+        &self,
+        store: &Store,
+        dag_id: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<(Vec<DagVersion>, Arc<PinnedDag>)> {
+        let (versions, bag) = self.sync_dags(store, now)?;
+        match pinned_for(&versions, dag_id) {
+            Some(p) => Ok((versions, p)),
+            None => {
+                let broken = bag.import_errors.len();
+                let hint = if broken > 0 {
+                    format!(" ({broken} file(s) failed to load; see `rhaiflow dags list-import-errors`)")
+                } else {
+                    String::new()
+                };
+                bail!("no DAG `{dag_id}` in the dags folder{hint}")
+            }
+        }
+    }
+
+    /// A manual run (`dags trigger`); a running scheduler is woken to start it at once.
+    pub fn trigger(
+        &self,
+        dag_id: &str,
+        conf: serde_json::Value,
+        logical_date: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<DagRunRow> {
+        if !conf.is_object() {
+            bail!("`conf` must be a JSON object, like '{{\"key\": 1}}'");
+        }
+        let store = self.open_store()?;
+        let (_, dag) = self.load_dag(&store, dag_id, now)?;
+        let logical = logical_date.unwrap_or(now);
+        let Some(run) = self.create_manual_run(&store, &dag, logical, conf, None, now)? else {
+            bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
+        };
+        self.wake_scheduler();
+        Ok(run)
+    }
+
+    /// Pauses or unpauses a DAG.
+    pub fn set_paused(&self, dag_id: &str, paused: bool, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let store = self.open_store()?;
+        self.load_dag(&store, dag_id, now)?;
+        store.write(|tx| tx.set_paused(dag_id, paused))?;
+        self.wake_scheduler();
+        Ok(())
+    }
+
+    /// Clears the selected task instances of the selected runs; returns how many.
+    pub fn clear(&self, req: &ClearRequest, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let store = self.open_store()?;
+        let (_, dag) = self.load_dag(&store, &req.dag_id, now)?;
+        let re = match &req.task_regex {
+            Some(r) => Some(regex::Regex::new(r).map_err(|e| {
+                anyhow::Error::new(e).context(format!("`--task-regex` `{r}` is not a regular expression"))
+            })?),
+            None => None,
+        };
+        let mut selected: Vec<String> = dag
+            .spec
+            .tasks
+            .iter()
+            .filter(|t| re.as_ref().is_none_or(|re| re.is_match(&t.task_id)))
+            .map(|t| t.task_id.clone())
+            .collect();
+        if req.downstream {
+            let graph = crate::graph::TaskGraph::build(&dag.spec)?;
+            let extra: Vec<String> = selected.iter().flat_map(|t| graph.downstream_of(t)).map(str::to_owned).collect();
+            selected.extend(extra);
+            selected.sort();
+            selected.dedup();
+        }
+        let runs = store.read(|tx| tx.dag_runs(&req.dag_id))?;
+        let mut total = 0;
+        for run in runs
+            .iter()
+            .filter(|r| req.start.is_none_or(|s| r.logical_date >= s) && req.end.is_none_or(|e| r.logical_date <= e))
+        {
+            let retries = |t: &str| selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries));
+            total += clear_run(&store, &run.dag_id, &run.run_id, retries, now)?;
+        }
+        self.wake_scheduler();
+        Ok(total)
+    }
+
+    /// Marks one task instance `success`, `failed` or `skipped` by hand (Airflow's "mark"); a running
+    /// try keeps running but its outcome is no longer recorded.
+    pub fn mark_task_instance(&self, key: &TiKey, to: TaskState, now: DateTime<Utc>) -> anyhow::Result<()> {
+        if !matches!(to, TaskState::Success | TaskState::Failed | TaskState::Skipped) {
+            bail!("a task instance can be marked `success`, `failed` or `skipped`, not `{to}`");
+        }
+        let store = self.open_store()?;
+        let marked = store.write(|tx| -> Result<bool, StoreError> {
+            let Some(ti) = tx.task_instance(key)? else { return Ok(false) };
+            if ti.state == to {
+                return Ok(true);
+            }
+            let change = TiChange { end_date: Some(now), ..TiChange::default() };
+            tx.set_ti_state(key, ti.state, to, &change)
+        })?;
+        if !marked {
+            bail!(
+                "no task instance `{}` in run `{}` of DAG `{}` (or it changed meanwhile)",
+                key.task_id,
+                key.run_id,
+                key.dag_id
+            );
+        }
+        self.wake_scheduler();
+        Ok(())
+    }
+
+    /// `dags test ID [DATE]`: one run now, in this process. Re-testing a date reruns it, as
+    /// Airflow's does, taking over tries a stopped `dags test` left.
+    pub fn test_dag(
+        &self,
+        dag_id: &str,
+        logical_date: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        report: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<(DagRunRow, DagRunState)> {
+        let store = self.open_store()?;
+        let (versions, dag) = self.load_dag(&store, dag_id, now)?;
+        let logical = logical_date.unwrap_or(now);
+        let runner = self.register_runner(&store, "dags test")?;
+        let result = self.test_dag_as(&store, &runner, (&versions, &dag), logical, now, report);
+        let _ = runner.stop(&store, Utc::now());
+        result
+    }
+
+    fn test_dag_as(
+        &self,
+        store: &Store,
+        runner: &Runner,
+        (versions, dag): (&[DagVersion], &Arc<PinnedDag>),
+        logical: DateTime<Utc>,
+        now: DateTime<Utc>,
+        report: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<(DagRunRow, DagRunState)> {
+        let dag_id = dag.spec.dag_id.as_str();
+        let run = match self.create_manual_run(store, dag, logical, serde_json::json!({}), Some(runner), now)? {
+            Some(run) => run,
+            None => {
+                let existing = store.read(|tx| tx.dag_runs(dag_id))?;
+                let Some(run) = existing.into_iter().find(|r| r.logical_date == logical.trunc_subsecs(6)) else {
+                    bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
+                };
+                self.claim_run(store, runner, &run)?;
+                let retries = |t: &str| dag.spec.task(t).map(|t| t.retries);
+                clear_run(store, &run.dag_id, &run.run_id, retries, now)?;
+                run
+            }
+        };
+        report(Progress::RunCreated(&run));
+        let ids = [(run.dag_id.clone(), run.run_id.clone())];
+        self.run_to_completion(store, runner, versions, &ids, report)?;
+        let state = store.read(|tx| tx.dag_run(&run.dag_id, &run.run_id))?.map_or(DagRunState::Running, |r| r.state);
+        Ok((run, state))
+    }
+
+    /// Makes an existing run `runner`'s: refused while another live process drives it; tries a
+    /// gone owner left are taken over (killed if still running here).
+    fn claim_run(&self, store: &Store, runner: &Runner, run: &DagRunRow) -> anyhow::Result<()> {
+        let (runners, tis) = store
+            .read(|tx| Ok::<_, StoreError>((tx.runners()?, tx.task_instances_of_run(&run.dag_id, &run.run_id)?)))?;
+        let liveness = self.liveness();
+        let busy_owner = run
+            .owner
+            .iter()
+            .map(String::as_str)
+            .chain(
+                tis.iter()
+                    .filter(|t| matches!(t.state, TaskState::Queued | TaskState::Running))
+                    .filter_map(|t| t.owner.as_deref()),
+            )
+            .find(|o| *o != runner.id && !liveness.is_gone(Some(o), &runners));
+        if let Some(owner) = busy_owner {
+            bail!(
+                "run `{}` of DAG `{}` is being run by {}; wait for it or stop it first",
+                run.run_id,
+                run.dag_id,
+                Liveness::describe(Some(owner), &runners)
+            );
+        }
+        store.write(|tx| tx.set_run_owner(&run.dag_id, &run.run_id, Some(&runner.id)))?;
+        self.take_over_runs(store, runner, &[(run.dag_id.clone(), run.run_id.clone())])
+    }
+
+    fn liveness(&self) -> Liveness {
+        Liveness {
+            hostname: super::hostname(),
+            heartbeat_timeout: chrono::TimeDelta::from_std(std::time::Duration::from_secs_f64(
+                self.config.scheduler.task_heartbeat_timeout,
+            ))
+            .unwrap_or(chrono::TimeDelta::MAX),
+            now: Utc::now(),
+        }
+    }
+
+    /// The runs a backfill of `dag_id` over `[start, end]` needs: new ones for free dates, and the
+    /// unfinished backfill runs a stopped backfill left (resumed).
+    pub fn plan_backfill(
+        &self,
+        store: &Store,
+        runner: &Runner,
+        dag: &PinnedDag,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<BackfillPlan> {
+        if end < start {
+            bail!("`--end-date` is before `--start-date`");
+        }
+        let dag_id = dag.spec.dag_id.as_str();
+        let Some(tt) = dag.timetable() else { bail!("DAG `{dag_id}` has no schedule to backfill") };
+        let restriction = crate::schedule::Restriction { earliest: Some(start), latest: Some(end), catchup: true };
+        let mut plan = BackfillPlan::default();
+        let mut last = None;
+        let mut count = 0usize;
+        while let Some(info) = tt.next_dagrun_info(last, restriction, now) {
+            if last == Some(info.data_interval) {
+                break;
+            }
+            count += 1;
+            if count > 100_000 {
+                bail!("the backfill range holds more than 100,000 runs of `{dag_id}`; backfill a shorter range");
+            }
+            last = Some(info.data_interval);
+            let mut run =
+                new_run(dag, RunType::Backfill, info.logical_date, info.data_interval, serde_json::json!({}), now);
+            run.owner = Some(runner.id.clone());
+            if store.write(|tx| insert_run(tx, dag, &run))? {
+                plan.created.push((run.dag_id, run.run_id));
+                continue;
+            }
+            let existing = store.read(|tx| tx.dag_run(&run.dag_id, &run.run_id))?;
+            match existing {
+                Some(old) if old.run_type == RunType::Backfill && !old.state.is_finished() => {
+                    self.claim_run(store, runner, &old)?;
+                    plan.resumed.push((old.dag_id, old.run_id));
+                }
+                _ => plan.skipped.push(info.logical_date),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Sets matching task instances of a run back to `none` and the run back to `queued`. Task
+/// instances that are `queued` or `running` are left alone (their owner finishes them).
+pub fn clear_run(
+    store: &Store,
+    dag_id: &str,
+    run_id: &str,
+    retries_if_selected: impl Fn(&str) -> Option<u32>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    let cleared = store.write(|tx| -> Result<usize, StoreError> {
+        // The run's state is read in this transaction: a run finishing meanwhile is not stranded.
+        let Some(run_state) = tx.dag_run(dag_id, run_id)?.map(|r| r.state) else { return Ok(0) };
+        let mut n = 0;
+        for ti in tx.task_instances_of_run(dag_id, run_id)? {
+            let Some(retries) = retries_if_selected(&ti.key.task_id) else { continue };
+            let Some(to) = transition(ti.state, TiEvent::Clear) else { continue };
+            if matches!(ti.state, TaskState::Running | TaskState::Queued) {
+                continue;
+            }
+            // As Airflow: a cleared task gets its full retries again on top of the tries made.
+            let change =
+                TiChange { max_tries: Some(ti.try_number + retries), reset_times: true, ..TiChange::default() };
+            if tx.set_ti_state(&ti.key, ti.state, to, &change)? {
+                n += 1;
+            }
+        }
+        if n > 0 && run_state.is_finished() {
+            tx.set_run_state(dag_id, run_id, run_state, DagRunState::Queued, now)?;
+        }
+        Ok(n)
+    })?;
+    Ok(cleared)
+}
