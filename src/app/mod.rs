@@ -269,8 +269,9 @@ impl App {
             self.heartbeat_every(),
             TakeOver::Runs(scope.clone()),
         ));
-        let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
-        let result = drive(&mut scheduler, &worker, &rx, Some(scope), grace, report);
+        // Ctrl-C on a command in the foreground stops it now: running tries are terminated
+        // (SIGTERM, then SIGKILL after `kill_grace`) and recorded as failed.
+        let result = drive(&mut scheduler, &worker, &rx, Some(scope), Duration::ZERO, report);
         keep.abort();
         result
     }

@@ -63,7 +63,8 @@ pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Res
         .collect();
     println!();
     println!("{}", table::render(&["task_id", "state", "tries", "duration"], &rows));
-    println!("\nrun {} {final_state} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
+    let how = if final_state.is_finished() { final_state.to_string() } else { "interrupted".to_string() };
+    println!("\nrun {} {how} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
     Ok(if final_state == DagRunState::Success { Outcome::Ok } else { Outcome::Failed })
 }
 
