@@ -1,7 +1,10 @@
 //! Wiring: turns the one `Config` into the parts (loader, store, scheduler, worker), drives the
 //! event loop that connects them, and owns shutdown. `service` holds the rules the front ends share.
 
+mod event_loop;
 mod service;
+
+pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 
 pub use service::{BackfillPlan, ClearRequest, clear_run};
 
@@ -20,8 +23,8 @@ use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver as Receiver, UnboundedSender as Sender, unbounded_channel};
 
 /// The parts of rhaiflow built from one configuration.
 pub struct App {
@@ -94,7 +97,7 @@ impl App {
         Ok((versions, bag))
     }
 
-    fn scheduler_settings(&self, runner: &Runner) -> SchedulerSettings {
+    pub fn scheduler_settings(&self, runner: &Runner) -> SchedulerSettings {
         SchedulerSettings {
             parallelism: self.config.core.parallelism,
             owner: runner.id.clone(),
@@ -131,7 +134,7 @@ impl App {
         }
     }
 
-    fn worker_settings_for(&self, runner: &Runner) -> WorkerSettings {
+    pub fn worker_settings_for(&self, runner: &Runner) -> WorkerSettings {
         WorkerSettings { owner: runner.id.clone(), ..self.worker_settings() }
     }
 
@@ -149,7 +152,7 @@ impl App {
     /// Takes over the tries of `runs` whose owner is gone, so they can be cleared or run again.
     pub fn take_over_runs(&self, store: &Store, runner: &Runner, runs: &[(String, String)]) -> anyhow::Result<()> {
         let runtime = runtime()?;
-        let (tx, _rx) = std::sync::mpsc::channel::<Event>();
+        let (tx, _rx) = unbounded_channel::<Event>();
         let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx, runtime.handle().clone());
         let which = TakeOver::Runs(runs.iter().cloned().collect());
         for (key, state) in runtime.block_on(worker.take_over(which))? {
@@ -201,7 +204,7 @@ impl App {
     pub fn run_scheduler(&self) -> anyhow::Result<()> {
         // Signals first: a SIGTERM while the folder loads stops the start-up cleanly.
         let runtime = runtime()?;
-        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let (tx, rx) = unbounded_channel::<Event>();
         runtime.spawn(forward_signals(tx.clone()));
         let store = self.open_store()?;
         let _lock = SchedulerLock::take(&self.database_path()?.with_extension("lock"))?;
@@ -220,7 +223,7 @@ impl App {
         store: &Store,
         runner: &Runner,
         worker: &Worker,
-        (tx, rx): (Sender<Event>, Receiver<Event>),
+        (tx, mut rx): (Sender<Event>, Receiver<Event>),
     ) -> anyhow::Result<()> {
         for (key, state) in runtime.block_on(worker.take_over(TakeOver::All))? {
             tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
@@ -229,7 +232,7 @@ impl App {
         for e in &bag.import_errors {
             tracing::warn!(file = %e.file, "DAG file failed to load; see `rhaiflow dags list-import-errors`");
         }
-        if shutdown_requested(&rx) {
+        if shutdown_requested(&mut rx) {
             eprintln!("rhaiflow scheduler: stopped during start-up");
             return Ok(());
         }
@@ -240,7 +243,9 @@ impl App {
         runtime.spawn(keep_alive(store.clone(), runner.clone(), worker.clone(), self.heartbeat_every(), TakeOver::All));
         eprintln!("rhaiflow scheduler: {} DAG(s) from {}", versions.len(), self.config.core.dags_folder.display());
         let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
-        let result = drive(&mut scheduler, worker, &rx, None, grace, &mut |_| {});
+        let parts =
+            LoopParts { scheduler: &mut scheduler, worker, events: rx, clock: &SystemClock, until: None, grace };
+        let result = runtime.block_on(drive(parts, &mut |_| {}));
         let _ = std::fs::remove_file(&socket);
         result
     }
@@ -255,7 +260,7 @@ impl App {
         report: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<()> {
         let runtime = runtime()?;
-        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let (tx, rx) = unbounded_channel::<Event>();
         runtime.spawn(forward_signals(tx.clone()));
         let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx.clone(), runtime.handle().clone());
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
@@ -271,7 +276,15 @@ impl App {
         ));
         // Ctrl-C on a command in the foreground stops it now: running tries are terminated
         // (SIGTERM, then SIGKILL after `kill_grace`) and recorded as failed.
-        let result = drive(&mut scheduler, &worker, &rx, Some(scope), Duration::ZERO, report);
+        let parts = LoopParts {
+            scheduler: &mut scheduler,
+            worker: &worker,
+            events: rx,
+            clock: &SystemClock,
+            until: Some(scope),
+            grace: Duration::ZERO,
+        };
+        let result = runtime.block_on(drive(parts, report));
         keep.abort();
         result
     }
@@ -283,7 +296,7 @@ fn hostname() -> String {
 }
 
 /// Whether a SIGINT/SIGTERM arrived (other events are dropped: nothing runs yet).
-fn shutdown_requested(rx: &Receiver<Event>) -> bool {
+fn shutdown_requested(rx: &mut Receiver<Event>) -> bool {
     std::iter::from_fn(|| rx.try_recv().ok()).any(|e| matches!(e, Event::Shutdown))
 }
 
@@ -321,145 +334,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("rhaiflow-worker")
         .build()
         .context("cannot start the async runtime")
-}
-
-/// The event loop: a scheduling pass, then sleep until the next due time or an event. With `until`,
-/// stops when those runs have finished.
-fn drive(
-    scheduler: &mut Scheduler,
-    worker: &Worker,
-    events: &Receiver<Event>,
-    until: Option<HashSet<(String, String)>>,
-    grace: Duration,
-    report: &mut dyn FnMut(Progress),
-) -> anyhow::Result<()> {
-    let mut pending = until;
-    let mut shutdown_at: Option<std::time::Instant> = None;
-    let mut terminated = false;
-    let mut next_wake: Option<DateTime<Utc>> = None;
-    let mut need_pass = true;
-    loop {
-        let mut wait: Option<Duration> = None;
-        if shutdown_at.is_none() {
-            if need_pass {
-                let started = std::time::Instant::now();
-                let pass = match scheduler.pass(Utc::now()) {
-                    Ok(pass) => pass,
-                    // The long-running scheduler outlives a bad pass (e.g. the store busy beyond its
-                    // timeout); it logs and looks again a second later.
-                    Err(e) if pending.is_none() => {
-                        tracing::error!(error = %e, "scheduling pass failed; retrying in 1 s");
-                        crate::scheduler::Pass {
-                            next_wake: Some(Utc::now() + chrono::TimeDelta::seconds(1)),
-                            ..Default::default()
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                tracing::debug!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    queued = pass.to_run.len(),
-                    "scheduling pass"
-                );
-                for (key, state) in &pass.decided {
-                    report(Progress::Finished(key, *state, 0.0));
-                }
-                for (dag_id, run_id, state) in &pass.finished_runs {
-                    report(Progress::RunFinished(dag_id, run_id, *state));
-                    if let Some(p) = &mut pending {
-                        p.remove(&(dag_id.clone(), run_id.clone()));
-                    }
-                }
-                for task in pass.to_run {
-                    worker.launch(task);
-                }
-                // A run of ours may have been finished by another process (a scheduler running
-                // beside `dags test`): the store says so.
-                if let Some(p) = &mut pending {
-                    let ids: Vec<(String, String)> = p.iter().cloned().collect();
-                    for (dag_id, run_id, state) in scheduler.run_states(&ids)? {
-                        if state.is_finished() {
-                            report(Progress::RunFinished(&dag_id, &run_id, state));
-                            p.remove(&(dag_id, run_id));
-                        }
-                    }
-                }
-                if pending.as_ref().is_some_and(|p| p.is_empty()) {
-                    // Report the events of tasks that finished in the same instant as the run.
-                    while worker.in_flight() > 0 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    for event in std::iter::from_fn(|| events.try_recv().ok()) {
-                        match event {
-                            Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
-                            Event::TaskFinished { key, state, duration, .. } => {
-                                report(Progress::Finished(&key, state, duration))
-                            }
-                            Event::Wake | Event::Shutdown => {}
-                        }
-                    }
-                    return Ok(());
-                }
-                next_wake = pass.next_wake;
-            }
-            wait = next_wake.map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        } else if let Some(at) = shutdown_at {
-            // Every launched task has written its outcome (or, not yet started, stays queued).
-            if worker.in_flight() == 0 {
-                return Ok(());
-            }
-            let left = at.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() && !terminated {
-                eprintln!("rhaiflow: grace period over; terminating {} running task(s)", worker.running());
-                worker.terminate_all();
-                terminated = true;
-            }
-            wait = Some(if terminated { Duration::from_millis(100) } else { left });
-        }
-        let first = match wait {
-            Some(d) => match events.recv_timeout(d) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            },
-            None => match events.recv() {
-                Ok(e) => Some(e),
-                Err(_) => return Ok(()),
-            },
-        };
-        // A timeout means something fell due. Events are coalesced into one pass; a task merely
-        // starting changes nothing the scheduler decides on. While other tasks still run, more
-        // outcomes are due any moment: wait up to 2 ms for them so a wide DAG is not re-read per task.
-        need_pass = first.is_none();
-        let mut batch: Vec<Event> = first.into_iter().collect();
-        if !batch.is_empty() && worker.running() > 0 && shutdown_at.is_none() {
-            let until = std::time::Instant::now() + Duration::from_millis(2);
-            while let Ok(e) = events.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
-                batch.push(e);
-            }
-        }
-        for event in batch.into_iter().chain(std::iter::from_fn(|| events.try_recv().ok())) {
-            match event {
-                Event::TaskStarted { key, try_number } => report(Progress::Started(&key, try_number)),
-                Event::TaskFinished { key, state, duration, .. } => {
-                    report(Progress::Finished(&key, state, duration));
-                    need_pass = true;
-                }
-                Event::Wake => need_pass = true,
-                Event::Shutdown => {
-                    if shutdown_at.is_none() {
-                        // Launched tasks that have not started yet do not start now.
-                        worker.close();
-                        eprintln!(
-                            "rhaiflow: shutting down; waiting up to {grace:?} for {} running task(s)",
-                            worker.running()
-                        );
-                        shutdown_at = Some(std::time::Instant::now() + grace);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// SIGINT / SIGTERM become a `Shutdown` event.

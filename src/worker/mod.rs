@@ -11,7 +11,6 @@ use crate::store::{NewAlert, Store, StoreError, TiChange, TiRow};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,21 +61,24 @@ pub enum Ending {
 pub struct Worker {
     store: Store,
     settings: Arc<WorkerSettings>,
-    events: Sender<Event>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
     runtime: tokio::runtime::Handle,
     running: Arc<Mutex<HashMap<TiKey, u32>>>,
     /// Launched task instances whose final event has not been sent yet.
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Set at shutdown: launched tasks that have not claimed their slot yet do not start.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Told whenever a launched task instance is done.
+    done: Arc<tokio::sync::Notify>,
 }
 
 /// Counts a launched task instance until its task ends, even by panic.
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>, Arc<tokio::sync::Notify>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.1.notify_waiters();
     }
 }
 
@@ -85,7 +87,12 @@ fn now() -> DateTime<Utc> {
 }
 
 impl Worker {
-    pub fn new(store: Store, settings: WorkerSettings, events: Sender<Event>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        store: Store,
+        settings: WorkerSettings,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Worker {
             store,
             settings: Arc::new(settings),
@@ -94,6 +101,7 @@ impl Worker {
             running: Arc::default(),
             in_flight: Arc::default(),
             closing: Arc::default(),
+            done: Arc::default(),
         }
     }
 
@@ -102,25 +110,34 @@ impl Worker {
         use std::sync::atomic::Ordering;
         let worker = self.clone();
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self.in_flight.clone());
+        let guard = InFlight(self.in_flight.clone(), self.done.clone());
         self.runtime.spawn(async move {
             let key = task.key.clone();
             if let Err(e) = worker.run(task).await {
                 tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
                 let _ = worker.events.send(Event::Wake);
             }
+            // A shutting-down loop waits for the count to reach zero (`wait_idle`).
             drop(guard);
-            // A shutting-down loop waits for the count to reach zero; tell it the count changed
-            // (a task that did not start sends no outcome of its own).
-            if worker.closing.load(Ordering::SeqCst) {
-                let _ = worker.events.send(Event::Wake);
-            }
         });
     }
 
     /// Tells the loop to look at the store again.
     pub fn wake(&self) {
         let _ = self.events.send(Event::Wake);
+    }
+
+    /// Returns once no launched task instance is in flight (each has sent its outcome).
+    pub async fn wait_idle(&self) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 
     /// Task instances launched whose outcome event is not sent yet.
