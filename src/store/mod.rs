@@ -19,8 +19,21 @@ pub use migrations::MIGRATIONS;
 pub enum StoreError {
     #[error("cannot open database `{}`: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
+    /// Another process held the database past the busy timeout.
+    #[error("the database is busy (another process holds its write lock): {0}")]
+    Busy(String),
+    /// A row broke a constraint (a bug, or two writers racing on the same key).
+    #[error("database constraint failed: {0}")]
+    Constraint(String),
+    /// The disk is full or unwritable.
+    #[error("cannot write the database: {0}")]
+    Io(String),
+    /// Any other database error.
     #[error("database error: {0}")]
     Sql(String),
+    /// The blocking thread running a store call died.
+    #[error("a store call failed: {0}")]
+    Task(String),
     #[error("database `{}` has schema version {found}, newer than this rhaiflow ({known}); upgrade rhaiflow", path.display())]
     TooNew { path: PathBuf, found: u32, known: u32 },
     #[error("stored value is invalid: {0}")]
@@ -29,18 +42,77 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sql(e.to_string())
+        use rusqlite::ErrorCode as C;
+        let text = e.to_string();
+        match e.sqlite_error_code() {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(text),
+            Some(C::ConstraintViolation) => StoreError::Constraint(text),
+            Some(C::DiskFull | C::SystemIoFailure | C::ReadOnly | C::CannotOpen) => StoreError::Io(text),
+            _ => StoreError::Sql(text),
+        }
+    }
+}
+
+impl StoreError {
+    /// Worth trying again later (the database was busy).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
     }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One page of a list: at most `limit` rows after skipping `offset` (as Airflow's REST API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: u32,
+    pub offset: u64,
+}
+
+impl Page {
+    /// The largest page a caller may ask for.
+    pub const MAX_LIMIT: u32 = 10_000;
+
+    pub fn new(limit: u32, offset: u64) -> Page {
+        Page { limit: limit.clamp(1, Page::MAX_LIMIT), offset: offset.min(i64::MAX as u64) }
+    }
+}
+
 /// A handle on the database; cheap to clone, safe to share between threads.
 #[derive(Clone)]
 pub struct Store {
+    /// The one writing connection: write transactions queue on it.
     conn: Arc<Mutex<Connection>>,
+    /// Connections for reads, so readers never wait on the writer (WAL lets them read meanwhile).
+    readers: Arc<ReadPool>,
     path: PathBuf,
     applied_on_open: Vec<u32>,
+}
+
+/// Idle read connections, opened on demand and kept up to `MAX_IDLE_READERS`.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+const MAX_IDLE_READERS: usize = 4;
+
+impl ReadPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(conn)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
 }
 
 /// One transaction. Every method is one SQL statement.
@@ -244,7 +316,7 @@ impl Store {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match Store::open_once(path) {
-                Err(StoreError::Sql(e) | StoreError::Open { reason: e, .. })
+                Err(StoreError::Busy(e) | StoreError::Sql(e) | StoreError::Open { reason: e, .. })
                     if (e.contains("locked") || e.contains("busy")) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(Duration::from_millis(10));
@@ -262,8 +334,9 @@ impl Store {
         // only a power loss can drop the last transactions.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| open_err(&e))?;
+        let readers = Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
         let mut store =
-            Store { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf(), applied_on_open: Vec::new() };
+            Store { conn: Arc::new(Mutex::new(conn)), readers, path: path.to_path_buf(), applied_on_open: Vec::new() };
         store.applied_on_open = store.migrate()?;
         Ok(store)
     }
@@ -314,13 +387,20 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs `f` in a read transaction.
+    /// Runs `f` in a read transaction (one consistent snapshot), on a pooled read connection: it
+    /// never waits for a write transaction to finish.
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Tx) -> Result<T, E>) -> Result<T, E> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = Tx {
-            tx: conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).map_err(StoreError::from)?,
+        let mut conn = self.readers.take()?;
+        let out = {
+            let tx = Tx {
+                tx: conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                    .map_err(StoreError::from)?,
+            };
+            f(&tx)
         };
-        f(&tx)
+        self.readers.give_back(conn);
+        out
     }
 
     /// `write` on the blocking pool, for async callers.
@@ -329,9 +409,7 @@ impl Store {
         f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write(f))
-            .await
-            .map_err(|e| StoreError::Sql(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || store.write(f)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// `read` on the blocking pool, for async callers.
@@ -340,9 +418,7 @@ impl Store {
         f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read(f))
-            .await
-            .map_err(|e| StoreError::Sql(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || store.read(f)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 
@@ -479,6 +555,21 @@ impl Tx<'_> {
         let mut stmt = self.tx.prepare_cached(&sql)?;
         let rows = stmt.query_map([dag_id], run_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One page of a DAG's runs, newest logical date first, and how many there are in all.
+    pub fn dag_runs_page(&self, dag_id: &str, page: Page) -> StoreResult<(Vec<DagRunRow>, u64)> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 ORDER BY logical_date DESC LIMIT ?2 OFFSET ?3"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![dag_id, page.limit, page.offset as i64], run_row)?;
+        let rows: Vec<DagRunRow> = rows.collect::<Result<_, _>>()?;
+        let total: i64 = self
+            .tx
+            .prepare_cached("SELECT COUNT(*) FROM dag_run WHERE dag_id = ?1")?
+            .query_row([dag_id], |r| r.get(0))?;
+        Ok((rows, u64::try_from(total).unwrap_or_default()))
     }
 
     pub fn dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Option<DagRunRow>> {
@@ -888,6 +979,44 @@ mod tests {
         let lost = store.write(|tx| tx.set_ti_state(&key, TaskState::None, TaskState::Queued, &TiChange::default()));
         assert!(!lost.unwrap(), "a stale `from` state is a lost race");
         assert_eq!(store.read(|tx| tx.task_instance(&key)).unwrap().unwrap().state, TaskState::Scheduled);
+    }
+
+    #[test]
+    fn runs_come_in_pages_newest_first_with_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let base = Utc::now();
+        for i in 0..5 {
+            let r = run("d", &format!("r{i}"), base + chrono::TimeDelta::hours(i));
+            assert!(store.write(|tx| tx.insert_dag_run(&r)).unwrap());
+        }
+        let page = |limit, offset| {
+            let (rows, total) = store.read(|tx| tx.dag_runs_page("d", Page::new(limit, offset))).unwrap();
+            (rows.into_iter().map(|r| r.run_id).collect::<Vec<_>>(), total)
+        };
+        assert_eq!(page(2, 0), (vec!["r4".to_string(), "r3".to_string()], 5));
+        assert_eq!(page(2, 4), (vec!["r0".to_string()], 5));
+        assert_eq!(page(2, 9), (vec![], 5));
+        assert_eq!(Page::new(0, u64::MAX), Page { limit: 1, offset: i64::MAX as u64 }, "bounded");
+    }
+
+    #[test]
+    fn readers_do_not_wait_for_a_write_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let at = Utc::now();
+        assert!(store.write(|tx| tx.insert_dag_run(&run("d", "r1", at))).unwrap());
+        let reader = store.clone();
+        // Inside an open write transaction, another thread's read completes (it would deadlock
+        // on a single shared connection).
+        let seen = store
+            .write(|tx| -> StoreResult<usize> {
+                tx.insert_dag_run(&run("d", "r2", at + chrono::TimeDelta::hours(1)))?;
+                let handle = std::thread::spawn(move || reader.read(|tx| tx.dag_runs("d")).unwrap().len());
+                Ok(handle.join().unwrap())
+            })
+            .unwrap();
+        assert_eq!(seen, 1, "the reader sees the last committed state");
     }
 
     #[test]
