@@ -148,7 +148,8 @@ fn big_strings_copied_into_many_tasks_hit_the_memory_cap() {
                let s = \"\"; s.pad(4000000, 'x');\n\
                for i in 0..300 { BashOperator(#{ task_id: `t${i}`, bash_command: s }); }\n";
     let dir = folder_with(&[("big.rhai", src.into())]);
-    let bag = load(dir.path());
+    let limits = ScriptLimits { deadline: Duration::from_secs(60), ..ScriptLimits::default() };
+    let bag = load_with(dir.path(), limits);
     assert_fine_loads(&bag);
     let e = error_of(&bag, "big.rhai");
     assert!(e.contains("more than 64 MiB"), "{e}");

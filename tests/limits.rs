@@ -3,7 +3,10 @@
 
 mod common;
 
+use rhaiflow::loader::{Loader, LoaderSettings};
+use rhaiflow::script::ScriptLimits;
 use std::fmt::Write;
+use std::time::Duration;
 
 fn folder_with(files: &[(&str, String)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +70,11 @@ fn a_10000_task_dag_built_in_a_loop_loads() {
         }
     "#;
     let dir = folder_with(&[("wide.rhai", src.into())]);
-    let bag = common::load(dir.path());
+    // This is about the size, not the speed: a debug build on a loaded 2-core machine can need more
+    // than the default 1 s deadline for 10,000 tasks, so the deadline here is generous.
+    let limits = ScriptLimits { deadline: Duration::from_secs(60), ..ScriptLimits::default() };
+    let settings = LoaderSettings { dags_folder: dir.path().to_path_buf(), limits, threads: 2 };
+    let bag = Loader::new(settings).unwrap().load_all(&common::eval_context()).unwrap();
     assert!(bag.import_errors.is_empty(), "{:?}", bag.import_errors);
     assert_eq!(bag.dags["wide"].spec.tasks.len(), 10_001);
 }
