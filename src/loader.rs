@@ -128,36 +128,98 @@ impl Loader {
     }
 
     /// Every `*.rhai` file under the dags folder not excluded by `.rhaiflowignore`, sorted.
+    /// Entries that cannot be read (see `scan_entries`) are left out.
     pub fn scan(&self) -> Result<Vec<PathBuf>, LoaderError> {
+        let entries = self.scan_entries()?;
+        Ok(entries.into_iter().filter_map(|e| e.error.is_none().then_some(e.path)).collect())
+    }
+
+    /// Every `*.rhai` entry of the dags folder, sorted, each with why it cannot be loaded if so.
+    ///
+    /// Only the folder itself failing is an error; one bad entry is that entry's error: a dangling
+    /// `*.rhai` symlink, a symlink loop, a `*.rhai` symlink leaving the dags folder (not followed),
+    /// a subfolder that cannot be read. Symlinked folders are not descended into (one inside the
+    /// folder is walked anyway; one outside is left, with a warning). Hidden entries (`.#x.rhai`
+    /// Emacs locks, `.x.rhai.swp`) and editor backups (`x.rhai~`) are skipped.
+    pub fn scan_entries(&self) -> Result<Vec<ScanEntry>, LoaderError> {
         let root = &self.settings.dags_folder;
         if !root.is_dir() {
             return Err(LoaderError::MissingFolder { path: root.clone() });
         }
-        let mut files = Vec::new();
+        let real_root =
+            root.canonicalize().map_err(|e| LoaderError::Walk { path: root.clone(), reason: e.to_string() })?;
+        let mut entries = Vec::new();
         let walker = ignore::WalkBuilder::new(root)
             .standard_filters(false)
             .hidden(true)
             .add_custom_ignore_filename(IGNORE_FILE)
-            .follow_links(true)
+            .follow_links(false)
             .build();
         for entry in walker {
-            let entry = entry.map_err(|e| LoaderError::Walk { path: root.clone(), reason: e.to_string() })?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let path = error_path(&e).unwrap_or_else(|| root.clone());
+                    if path == *root {
+                        return Err(LoaderError::Walk { path: root.clone(), reason: e.to_string() });
+                    }
+                    if path.is_file() && !is_dag_file(&path) {
+                        tracing::warn!(entry = %path.display(), "skipping a dags folder entry: {e}");
+                        continue;
+                    }
+                    entries.push(ScanEntry { path, error: Some(format!("cannot read: {}", strip_path(&e))) });
+                    continue;
+                }
+            };
             let path = entry.path();
-            if entry.file_type().is_some_and(|t| t.is_file()) && path.extension().is_some_and(|e| e == "rhai") {
-                files.push(path.to_path_buf());
+            let Some(file_type) = entry.file_type() else { continue };
+            if file_type.is_file() {
+                if is_dag_file(path) {
+                    entries.push(ScanEntry { path: path.to_path_buf(), error: None });
+                }
+            } else if file_type.is_symlink()
+                && let Some(e) = symlink_entry(path, &real_root)
+            {
+                entries.push(e);
             }
         }
-        files.sort();
-        Ok(files)
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(entries)
     }
 
     /// Loads the whole folder. Never fails as a whole once the folder can be listed: a broken file
-    /// is an import error, every other DAG still loads.
+    /// or folder entry is an import error, every other DAG still loads.
     pub fn load_all(&self, ctx: &EvalContext) -> Result<DagBag, LoaderError> {
-        let files = self.scan()?;
-        let results: Vec<FileResult> =
-            self.pool.install(|| files.par_iter().map(|path| self.load_file(path, ctx)).collect());
+        let entries = self.scan_entries()?;
+        let results: Vec<FileResult> = self.pool.install(|| {
+            entries
+                .par_iter()
+                .map(|entry| match &entry.error {
+                    Some(message) => self.entry_error(&entry.path, message.clone()),
+                    None => self.load_file_guarded(&entry.path, ctx),
+                })
+                .collect()
+        });
         Ok(self.assemble(results))
+    }
+
+    fn entry_error(&self, path: &Path, message: String) -> FileResult {
+        let shown = path.to_string_lossy().to_string();
+        FileResult {
+            rel: self.rel(path),
+            content_hash: String::new(),
+            dags: Vec::new(),
+            diagnostics: vec![Diagnostic::new(&shown, None, message)],
+        }
+    }
+
+    /// `load_file`, with a panic (a bug) turned into this file's import error.
+    fn load_file_guarded(&self, path: &Path, ctx: &EvalContext) -> FileResult {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_file(path, ctx))).unwrap_or_else(|_| {
+            let mut r = self.entry_error(path, "internal error while loading this file".into());
+            r.diagnostics[0].help = Some("this is a bug in rhaiflow; please report it with the file".into());
+            r
+        })
     }
 
     fn rel(&self, path: &Path) -> String {
@@ -229,6 +291,71 @@ impl Loader {
             }
         }
         bag
+    }
+}
+
+/// One `*.rhai` entry found in the dags folder.
+#[derive(Debug, Clone)]
+pub struct ScanEntry {
+    pub path: PathBuf,
+    /// Why the entry cannot be loaded, if so (it becomes the entry's import error).
+    pub error: Option<String>,
+}
+
+/// A DAG file by name: `*.rhai`, not an editor's lock, swap or backup file.
+fn is_dag_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
+    let editor = name.starts_with(".#") || name.starts_with('#') || name.ends_with('~') || name.ends_with(".swp");
+    !editor && path.extension().is_some_and(|e| e == "rhai")
+}
+
+/// A symlink in the dags folder: a `*.rhai` link to a file inside the folder loads; any other
+/// `*.rhai` link is that entry's error; links to folders and other files are skipped.
+fn symlink_entry(path: &Path, real_root: &Path) -> Option<ScanEntry> {
+    let dag_named = is_dag_file(path);
+    let broken = |error: String| dag_named.then(|| ScanEntry { path: path.to_path_buf(), error: Some(error) });
+    let target = match path.canonicalize() {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return broken("symlink loop".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return broken(format!("dangling symlink to `{}`", link_text(path)));
+        }
+        Err(e) => return broken(format!("cannot follow symlink: {e}")),
+    };
+    if !target.starts_with(real_root) {
+        if !dag_named && target.is_dir() {
+            tracing::warn!(link = %path.display(), target = %target.display(), "not following a symlinked folder outside the dags folder");
+        }
+        return broken(format!(
+            "symlink to `{}`, outside the dags folder; links that leave the dags folder are not followed",
+            target.display()
+        ));
+    }
+    if target.is_file() { dag_named.then(|| ScanEntry { path: path.to_path_buf(), error: None }) } else { None }
+}
+
+fn link_text(path: &Path) -> String {
+    std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default()
+}
+
+/// The path an `ignore` walk error is about.
+fn error_path(e: &ignore::Error) -> Option<PathBuf> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path.clone()),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => error_path(err),
+        ignore::Error::Loop { child, .. } => Some(child.clone()),
+        ignore::Error::Partial(errs) => errs.iter().find_map(error_path),
+        _ => None,
+    }
+}
+
+/// An `ignore` error's reason without the path it repeats (the diagnostic names the entry).
+fn strip_path(e: &ignore::Error) -> String {
+    match e {
+        ignore::Error::WithPath { err, .. }
+        | ignore::Error::WithDepth { err, .. }
+        | ignore::Error::WithLineNumber { err, .. } => strip_path(err),
+        other => other.to_string(),
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! A scheduled run covers `[start, end)` and is due at `end`; its logical date is `start`.
 //! Cron schedules are evaluated in the DAG's time zone (DST-aware, via croner and chrono-tz).
+//! All date arithmetic is checked: a run that would fall outside the calendar is "no next run".
 
-use crate::model::{DagSpec, ScheduleSpec, Seconds};
-use chrono::{DateTime, TimeZone, Utc};
+use crate::model::{DagSpec, ScheduleSpec, Seconds, TimeZoneSpec};
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds as CronSeconds, Year as CronYear};
@@ -104,6 +105,39 @@ impl CronCache {
     }
 }
 
+/// The zone a cron schedule is evaluated in: an IANA zone, or a fixed offset such as `+05:30`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Named(Tz),
+    Fixed(FixedOffset),
+}
+
+impl Zone {
+    /// The zone a spec names; an unknown name (not produced by the loader) reads as UTC.
+    pub fn of(spec: &TimeZoneSpec) -> Zone {
+        match spec {
+            TimeZoneSpec::Named(n) => Zone::Named(n.parse().unwrap_or(chrono_tz::UTC)),
+            TimeZoneSpec::Offset(secs) => FixedOffset::east_opt(*secs).map_or(Zone::Named(chrono_tz::UTC), Zone::Fixed),
+        }
+    }
+}
+
+/// Finds the cron occurrence after (or before) `at`, read in `zone`.
+fn occurrence(cron: &Cron, zone: Zone, at: DateTime<Utc>, inclusive: bool, forward: bool) -> Option<DateTime<Utc>> {
+    fn find<Z: TimeZone>(cron: &Cron, local: DateTime<Z>, inclusive: bool, forward: bool) -> Option<DateTime<Utc>> {
+        let found = if forward {
+            cron.find_next_occurrence(&local, inclusive)
+        } else {
+            cron.find_previous_occurrence(&local, inclusive)
+        };
+        found.ok().map(|t| t.to_utc())
+    }
+    match zone {
+        Zone::Named(tz) => find(cron, tz.from_utc_datetime(&at.naive_utc()), inclusive, forward),
+        Zone::Fixed(off) => find(cron, off.from_utc_datetime(&at.naive_utc()), inclusive, forward),
+    }
+}
+
 /// A DAG's schedule, ready to compute runs.
 #[derive(Debug, Clone)]
 pub enum Timetable {
@@ -112,7 +146,7 @@ pub enum Timetable {
     Once,
     Cron {
         cron: Box<Cron>,
-        tz: Tz,
+        tz: Zone,
     },
     Delta {
         every: Seconds,
@@ -136,7 +170,9 @@ impl Timetable {
         let tt = match &spec.schedule {
             ScheduleSpec::None => Timetable::None,
             ScheduleSpec::Once => Timetable::Once,
-            ScheduleSpec::Cron { expr, .. } => Timetable::Cron { cron: Box::new(parse(expr)?), tz: spec.timezone.tz() },
+            ScheduleSpec::Cron { expr, .. } => {
+                Timetable::Cron { cron: Box::new(parse(expr)?), tz: Zone::of(&spec.timezone) }
+            }
             ScheduleSpec::Interval { every } => Timetable::Delta { every: *every },
         };
         if !matches!(tt, Timetable::None) && spec.start_date.is_none() {
@@ -180,10 +216,12 @@ impl Timetable {
                     None => restriction.earliest?,
                     Some(last) => last.end,
                 };
-                if !restriction.catchup {
-                    start = start.max(now - every);
+                if !restriction.catchup
+                    && let Some(latest) = now.checked_sub_signed(every)
+                {
+                    start = start.max(latest);
                 }
-                DagRunInfo::interval(start, start + every)
+                DagRunInfo::interval(start, start.checked_add_signed(every)?)
             }
         };
         match restriction.latest {
@@ -200,7 +238,10 @@ impl Timetable {
                 let start = self.prev_tick(end).unwrap_or(end);
                 DataInterval { start, end }
             }
-            Timetable::Delta { every } => DataInterval { start: run_after - every.as_chrono(), end: run_after },
+            Timetable::Delta { every } => DataInterval {
+                start: run_after.checked_sub_signed(every.as_chrono()).unwrap_or(run_after),
+                end: run_after,
+            },
             Timetable::None | Timetable::Once => DataInterval { start: run_after, end: run_after },
         }
     }
@@ -225,7 +266,7 @@ impl Timetable {
         out
     }
 
-    fn cron(&self) -> Option<(&Cron, Tz)> {
+    fn cron(&self) -> Option<(&Cron, Zone)> {
         match self {
             Timetable::Cron { cron, tz } => Some((cron, *tz)),
             _ => None,
@@ -233,23 +274,23 @@ impl Timetable {
     }
 
     fn next_tick(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.cron()?;
-        cron.find_next_occurrence(&tz.from_utc_datetime(&after.naive_utc()), false).ok().map(|t| t.to_utc())
+        let (cron, zone) = self.cron()?;
+        occurrence(cron, zone, after, false, true)
     }
 
     fn prev_tick(&self, before: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.cron()?;
-        cron.find_previous_occurrence(&tz.from_utc_datetime(&before.naive_utc()), false).ok().map(|t| t.to_utc())
+        let (cron, zone) = self.cron()?;
+        occurrence(cron, zone, before, false, false)
     }
 
     fn align_to_next(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.cron()?;
-        cron.find_next_occurrence(&tz.from_utc_datetime(&t.naive_utc()), true).ok().map(|t| t.to_utc())
+        let (cron, zone) = self.cron()?;
+        occurrence(cron, zone, t, true, true)
     }
 
     fn align_to_prev(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let (cron, tz) = self.cron()?;
-        cron.find_previous_occurrence(&tz.from_utc_datetime(&t.naive_utc()), true).ok().map(|t| t.to_utc())
+        let (cron, zone) = self.cron()?;
+        occurrence(cron, zone, t, true, false)
     }
 }
 
@@ -263,7 +304,7 @@ mod tests {
     }
 
     fn cron(expr: &str, tz: Tz) -> Timetable {
-        Timetable::Cron { cron: Box::new(parse_cron(expr).unwrap()), tz }
+        Timetable::Cron { cron: Box::new(parse_cron(expr).unwrap()), tz: Zone::Named(tz) }
     }
 
     #[test]
@@ -335,6 +376,32 @@ mod tests {
         let info = once.next_dagrun_info(None, r, utc(2024, 1, 2, 0, 0)).unwrap();
         assert_eq!(info.run_after, utc(2024, 1, 1, 0, 30));
         assert!(once.next_dagrun_info(Some(info.data_interval), r, utc(2024, 1, 2, 0, 0)).is_none());
+    }
+
+    #[test]
+    fn cron_in_a_fixed_offset_zone_fires_at_local_times() {
+        // +05:30: 06:00 local is 00:30 UTC.
+        let off = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+        let tt = Timetable::Cron { cron: Box::new(parse_cron("0 6 * * *").unwrap()), tz: Zone::Fixed(off) };
+        assert_eq!(tt.next_tick(utc(2024, 1, 1, 0, 0)), Some(utc(2024, 1, 1, 0, 30)));
+        assert_eq!(Zone::of(&TimeZoneSpec::Offset(19_800)), Zone::Fixed(off));
+        assert_eq!(TimeZoneSpec::Offset(19_800).to_string(), "+05:30");
+        assert_eq!(TimeZoneSpec::Offset(-12_600).to_string(), "-03:30");
+    }
+
+    #[test]
+    fn intervals_past_the_calendar_are_no_next_run_not_a_panic() {
+        let huge = Timetable::Delta { every: Seconds::from_secs(100_000_000 * 86_400) };
+        let r = Restriction { earliest: Some(utc(2024, 1, 1, 0, 0)), latest: None, catchup: false };
+        assert_eq!(huge.next_dagrun_info(None, r, utc(2026, 1, 1, 0, 0)), None);
+        assert_eq!(huge.upcoming(None, r, utc(2026, 1, 1, 0, 0), 5), Vec::new());
+        let di = huge.infer_manual_data_interval(utc(2026, 1, 1, 0, 0));
+        assert_eq!(di.end, utc(2026, 1, 1, 0, 0));
+        let late = Restriction { earliest: Some(DateTime::<Utc>::MAX_UTC), latest: None, catchup: true };
+        let hourly = Timetable::Delta { every: Seconds::from_secs(3600) };
+        assert_eq!(hourly.next_dagrun_info(None, late, utc(2026, 1, 1, 0, 0)), None);
+        let daily = cron("0 0 * * *", chrono_tz::UTC);
+        assert_eq!(daily.next_dagrun_info(None, late, utc(2026, 1, 1, 0, 0)), None);
     }
 
     #[test]

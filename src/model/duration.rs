@@ -13,6 +13,33 @@ pub struct Seconds {
 impl Seconds {
     pub const ZERO: Seconds = Seconds { millis: 0 };
 
+    /// The longest span a DAG file may give (100 years of 365.25 days): far beyond any real
+    /// schedule or timeout, and far inside what date arithmetic can add to a date.
+    pub const MAX: Seconds = Seconds { millis: 3_155_760_000_000 };
+
+    /// Whole seconds, or `None` past `Seconds::MAX`.
+    pub fn checked_from_secs(secs: u64) -> Option<Self> {
+        secs.checked_mul(1000).map(Seconds::from_millis).filter(|d| *d <= Seconds::MAX)
+    }
+
+    /// Fractional seconds, or `None` when negative, not finite, or past `Seconds::MAX`.
+    pub fn checked_from_secs_f64(secs: f64) -> Option<Self> {
+        let millis = (secs * 1000.0).round();
+        (millis.is_finite() && millis >= 0.0 && millis <= Seconds::MAX.millis as f64)
+            .then_some(Seconds { millis: millis as u64 })
+    }
+
+    /// The sum, or `None` past `Seconds::MAX`.
+    pub fn checked_add(self, other: Seconds) -> Option<Self> {
+        self.millis.checked_add(other.millis).map(Seconds::from_millis).filter(|d| *d <= Seconds::MAX)
+    }
+
+    /// `n` times this span, or `None` when `n` is negative or the product is past `Seconds::MAX`.
+    pub fn checked_mul(self, n: i64) -> Option<Self> {
+        let n = u64::try_from(n).ok()?;
+        self.millis.checked_mul(n).map(Seconds::from_millis).filter(|d| *d <= Seconds::MAX)
+    }
+
     pub fn from_millis(millis: u64) -> Self {
         Seconds { millis }
     }
@@ -87,6 +114,20 @@ mod tests {
         assert_eq!(Seconds::from_secs(300).to_string(), "0:05:00");
         assert_eq!(Seconds::from_secs(90_061).to_string(), "1 day, 1:01:01");
         assert_eq!(Seconds::from_millis(1500).to_string(), "0:00:01.500");
+    }
+
+    #[test]
+    fn checked_constructors_refuse_what_dates_cannot_hold() {
+        assert_eq!(Seconds::checked_from_secs(60), Some(Seconds::from_secs(60)));
+        assert_eq!(Seconds::checked_from_secs(100_000_000 * 86_400), None);
+        assert_eq!(Seconds::checked_from_secs(u64::MAX), None);
+        assert_eq!(Seconds::checked_from_secs_f64(1.5), Some(Seconds::from_millis(1500)));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            assert_eq!(Seconds::checked_from_secs_f64(bad), None, "{bad}");
+        }
+        assert_eq!(Seconds::from_secs(10).checked_mul(-1), None);
+        assert_eq!(Seconds::MAX.checked_add(Seconds::from_millis(1)), None);
+        assert_eq!(Seconds::from_secs(1).checked_mul(3), Some(Seconds::from_secs(3)));
     }
 
     #[test]

@@ -45,17 +45,14 @@ impl fmt::Display for ScheduleSpec {
 pub enum TimeZoneSpec {
     /// An IANA name such as `Asia/Shanghai` (DST-aware).
     Named(String),
+    /// A fixed offset east of UTC in seconds, kept from a `start_date` such as
+    /// `2024-01-01T00:00:00+05:30` that no IANA zone holds (serialised as a number).
+    Offset(i32),
 }
 
 impl TimeZoneSpec {
     pub fn utc() -> Self {
         TimeZoneSpec::Named("UTC".into())
-    }
-
-    pub fn tz(&self) -> chrono_tz::Tz {
-        match self {
-            TimeZoneSpec::Named(n) => n.parse().unwrap_or(chrono_tz::UTC),
-        }
     }
 }
 
@@ -63,6 +60,15 @@ impl fmt::Display for TimeZoneSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TimeZoneSpec::Named(n) => f.write_str(n),
+            TimeZoneSpec::Offset(secs) => {
+                let sign = if *secs < 0 { '-' } else { '+' };
+                let abs = secs.unsigned_abs();
+                write!(f, "{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60)?;
+                if abs % 60 != 0 {
+                    write!(f, ":{:02}", abs % 60)?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -44,7 +44,7 @@ fn with_state<T>(
 }
 
 /// Finds `key:` in the source at or after `from`, to put the caret on a bad key.
-fn locate_key(source: &str, from: SourcePos, key: &str) -> Option<SourcePos> {
+pub(super) fn locate_key(source: &str, from: SourcePos, key: &str) -> Option<SourcePos> {
     for (i, line) in source.lines().enumerate().skip(from.line.saturating_sub(1)).take(200) {
         let line_no = i + 1;
         let start = if line_no == from.line {
@@ -237,7 +237,7 @@ pub fn register(engine: &mut Engine) {
     }
 
     engine.register_fn("days_ago", |ctx: NativeCallContext, n: rhai::INT| {
-        with_state(&ctx, |s, _| Ok(super::values::days_ago(s.ctx.now, n)))
+        with_state(&ctx, |s, _| super::values::days_ago(s.ctx.now, n))
     });
 
     engine.register_fn("cross_downstream", |ctx: NativeCallContext, from: Array, to: Array| {

@@ -72,6 +72,45 @@ pub enum Value {
     Map(Map),
 }
 
+impl Value {
+    fn approx_bytes(&self) -> usize {
+        const SLOT: usize = 24;
+        SLOT + match self {
+            Value::Str(s) => s.len(),
+            Value::StrList(l) => l.iter().map(|s| SLOT + s.len()).sum(),
+            Value::IntList(l) => l.len() * 8,
+            Value::StrMap(m) => m.iter().map(|(k, v)| 2 * SLOT + k.len() + v.len()).sum(),
+            Value::Json(j) => json_bytes(j),
+            Value::Schedule(Some(ScheduleArg::Text(t))) => t.len(),
+            Value::Map(m) => m.iter().map(|(k, v)| SLOT + k.len() + dynamic_bytes(v)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+fn json_bytes(j: &serde_json::Value) -> usize {
+    use serde_json::Value as J;
+    32 + match j {
+        J::String(s) => s.len(),
+        J::Array(a) => a.iter().map(json_bytes).sum(),
+        J::Object(o) => o.iter().map(|(k, v)| k.len() + json_bytes(v)).sum(),
+        _ => 0,
+    }
+}
+
+fn dynamic_bytes(v: &Dynamic) -> usize {
+    if let Ok(s) = v.as_immutable_string_ref() {
+        return s.len();
+    }
+    if let Some(a) = v.read_lock::<Array>() {
+        return a.iter().map(|x| 16 + dynamic_bytes(x)).sum();
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        return m.iter().map(|(k, x)| 16 + k.len() + dynamic_bytes(x)).sum();
+    }
+    16
+}
+
 #[derive(Debug, Clone)]
 pub enum ScheduleArg {
     Text(String),
@@ -316,6 +355,11 @@ impl Args {
         }
     }
 
+    /// Roughly the bytes these values hold once copied into a spec (their text and containers).
+    pub fn approx_bytes(&self) -> usize {
+        self.values.iter().map(|(k, v)| k.len() + v.approx_bytes()).sum()
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)
     }
@@ -433,7 +477,7 @@ fn convert(raw: &Dynamic, kind: Kind, key: &str, owner: &str) -> ScriptResult<Va
         Kind::Str => Value::Str(raw.clone().into_string().map_err(|_| fail())?),
         Kind::Int => Value::Int(raw.as_int().map_err(|_| fail())?),
         Kind::Bool => Value::Bool(raw.as_bool().map_err(|_| fail())?),
-        Kind::Duration => Value::Duration(duration(raw).ok_or_else(fail)?),
+        Kind::Duration => Value::Duration(duration(raw, key, owner)?.ok_or_else(fail)?),
         Kind::DateTime => {
             if let Some(dt) = raw.clone().try_cast::<DateTimeValue>() {
                 Value::DateTime(dt)
@@ -485,14 +529,25 @@ fn convert(raw: &Dynamic, kind: Kind, key: &str, owner: &str) -> ScriptResult<Va
     Ok(value)
 }
 
-fn duration(raw: &Dynamic) -> Option<Seconds> {
+/// A duration, `None` when the value is not one (a type error), an error when it is out of range.
+fn duration(raw: &Dynamic, key: &str, owner: &str) -> ScriptResult<Option<Seconds>> {
     if let Some(d) = raw.clone().try_cast::<TimeDelta>() {
-        return Some(d.0);
+        return Ok(Some(d.0));
     }
+    let out_of_range = |shown: String| {
+        ScriptError::new(format!(
+            "`{key}` in `{owner}`: {shown} seconds is out of range: durations are limited to 100 years"
+        ))
+        .at_key(key)
+    };
     if let Ok(i) = raw.as_int() {
-        return (i >= 0).then(|| Seconds::from_secs(i as u64));
+        let Ok(secs) = u64::try_from(i) else { return Ok(None) };
+        return Seconds::checked_from_secs(secs).map(Some).ok_or_else(|| out_of_range(i.to_string()));
     }
-    raw.as_float().ok().filter(|f| *f >= 0.0).map(Seconds::from_secs_f64)
+    match raw.as_float() {
+        Ok(f) if f >= 0.0 => Seconds::checked_from_secs_f64(f).map(Some).ok_or_else(|| out_of_range(f.to_string())),
+        _ => Ok(None),
+    }
 }
 
 fn scalar_text(v: &Dynamic) -> Option<String> {

@@ -12,6 +12,8 @@ pub struct ScriptError {
     pub pos: Option<SourcePos>,
     /// The map key this error is about, so the caret can point at it.
     pub key: Option<String>,
+    /// A limit was hit: the file stops here, and `try`/`catch` in the file cannot swallow it.
+    pub fatal: bool,
 }
 
 pub type ScriptResult<T> = Result<T, ScriptError>;
@@ -23,7 +25,18 @@ pub fn lift<T>(r: ScriptResult<T>) -> Result<T, Box<EvalAltResult>> {
 
 impl ScriptError {
     pub fn new(message: impl Into<String>) -> Self {
-        ScriptError { message: message.into(), help: None, pos: None, key: None }
+        ScriptError { message: message.into(), help: None, pos: None, key: None, fatal: false }
+    }
+
+    /// An error that ends the file's evaluation (a cap or the deadline); scripts cannot catch it.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        ScriptError { fatal: true, ..ScriptError::new(message) }
+    }
+
+    /// The wall-clock deadline passed inside a native call.
+    pub fn deadline(limit_ms: u64) -> Self {
+        ScriptError::fatal(format!("evaluation took longer than the {limit_ms} ms limit"))
+            .with_help("a DAG file only declares DAGs; look for an endless loop, or raise `[core] dag_file_timeout`")
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -49,6 +62,10 @@ impl ScriptError {
 
 /// The closest of `known` to `word`, if any is close enough to be a likely typo.
 pub fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    // Similarity is quadratic in the word's length; a typo is short.
+    if word.len() > 64 {
+        return None;
+    }
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(word, k), *k))
@@ -59,7 +76,11 @@ pub fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
 
 impl From<ScriptError> for Box<EvalAltResult> {
     fn from(e: ScriptError) -> Self {
-        EvalAltResult::ErrorRuntime(Dynamic::from(e), Position::NONE).into()
+        if e.fatal {
+            EvalAltResult::ErrorTerminated(Dynamic::from(e), Position::NONE).into()
+        } else {
+            EvalAltResult::ErrorRuntime(Dynamic::from(e), Position::NONE).into()
+        }
     }
 }
 
@@ -68,9 +89,13 @@ pub fn to_pos(p: Position) -> Option<SourcePos> {
 }
 
 /// Converts a parse error to a diagnostic at its place in the file.
-pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError) -> Diagnostic {
+pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits: &LimitNames) -> Diagnostic {
     let (kind, pos) = (&*err.0, err.1);
     let (message, help) = match kind {
+        ParseErrorType::BadInput(rhai::LexError::Runtime(token)) if token == DEADLINE_TOKEN => (
+            format!("compiling took longer than the {} ms limit", limits.deadline_ms),
+            Some("split this file, or raise `[core] dag_file_timeout`".to_string()),
+        ),
         ParseErrorType::ExprTooDeep => (
             "expression nested too deeply".to_string(),
             Some("split long `a >> b >> c ...` chains: use `chain([...])` or a loop".to_string()),
@@ -79,7 +104,8 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError) -> Dia
         ParseErrorType::VariableUndefined(name) => {
             let declared = declared_names(source);
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
-            let message = match nearest(name, &known) {
+            let others: Vec<&str> = known.into_iter().filter(|k| *k != name.as_str()).collect();
+            let message = match nearest(name, &others) {
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
                 None => format!("unknown variable `{name}`"),
             };
@@ -132,10 +158,17 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
             }
             None => format!("error thrown: {value}"),
         },
-        EvalAltResult::ErrorTerminated(_, _) => {
-            help = Some("a DAG file only declares DAGs; look for an endless loop".into());
-            format!("evaluation took longer than the {} ms limit", limits.deadline_ms)
-        }
+        EvalAltResult::ErrorTerminated(value, _) => match value.clone().try_cast::<ScriptError>() {
+            Some(e) => {
+                help = e.help;
+                inner_pos = e.pos;
+                e.message
+            }
+            None => {
+                help = Some("a DAG file only declares DAGs; look for an endless loop".into());
+                format!("evaluation took longer than the {} ms limit", limits.deadline_ms)
+            }
+        },
         EvalAltResult::ErrorTooManyOperations(_) => {
             help = Some("a DAG file only declares DAGs; look for an endless loop".into());
             format!("evaluation exceeded the limit of {} operations", limits.max_operations)

@@ -6,9 +6,11 @@
 mod api;
 mod args;
 mod error;
+mod sandbox;
 mod state;
 mod values;
 
+use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
 
 use crate::model::Diagnostic;
@@ -40,7 +42,15 @@ pub struct ScriptLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    /// Wall-clock limit on compiling and running one file (`[core] dag_file_timeout`).
     pub deadline: Duration,
+    /// Tasks one DAG may declare (`[core] max_tasks_per_dag`).
+    pub max_tasks_per_dag: usize,
+    /// Dependencies (edges) one DAG may declare (`[core] max_edges_per_dag`).
+    pub max_edges_per_dag: usize,
+    /// Bytes one file's declarations may hold: their text plus a fixed cost per DAG, task and
+    /// edge (`[core] max_dag_file_memory_mib`, in MiB).
+    pub max_declared_bytes: usize,
 }
 
 impl Default for ScriptLimits {
@@ -53,6 +63,9 @@ impl Default for ScriptLimits {
             max_array_size: 100_000,
             max_map_size: 100_000,
             deadline: Duration::from_secs(1),
+            max_tasks_per_dag: 20_000,
+            max_edges_per_dag: 100_000,
+            max_declared_bytes: 64 << 20,
         }
     }
 }
@@ -131,6 +144,7 @@ impl ScriptHost {
         engine.on_debug(|text, _, pos| tracing::debug!(target: "rhaiflow::dag_file", "{pos:?} {text}"));
         api::register(&mut engine);
         values::register(&mut engine);
+        sandbox::register(&mut engine);
         engine
     }
 
@@ -142,9 +156,22 @@ impl ScriptHost {
         let base = Instant::now();
         let deadline = Arc::new(AtomicU64::new(u64::MAX));
         let watched = deadline.clone();
+        // Reading the clock costs ~25 ns; every 64 operations keeps that under a few per cent while
+        // a slow native (a 4 MiB string copy) can overshoot the deadline by only a few dozen ms.
         engine.on_progress(move |ops| {
-            let late = ops % 1024 == 0 && base.elapsed().as_nanos() as u64 > watched.load(Ordering::Relaxed);
+            let late = ops % 64 == 0 && elapsed_ns(base) > watched.load(Ordering::Relaxed);
             late.then(|| Dynamic::from(DEADLINE_TOKEN))
+        });
+        // Compiling cannot be interrupted from outside, and some sources compile in quadratic time
+        // (tens of thousands of top-level `let`s); the tokenizer reads the same deadline per token.
+        let watched = deadline.clone();
+        #[allow(deprecated)] // "volatile", not deprecated: the only hook into Rhai's parser
+        engine.on_parse_token(move |token, _, _| {
+            if elapsed_ns(base) > watched.load(Ordering::Relaxed) {
+                rhai::Token::LexError(Box::new(rhai::LexError::Runtime(DEADLINE_TOKEN.into())))
+            } else {
+                token
+            }
         });
         FileEngine { engine, base, deadline, limits: self.limits.clone() }
     }
@@ -155,13 +182,16 @@ impl ScriptHost {
     }
 }
 
+fn elapsed_ns(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn compile_module(engine: &Engine, file: &str, source: &str) -> Result<SharedModule, Diagnostic> {
-    let mut ast = engine.compile(source).map_err(|e| parse_diagnostic(file, source, &e))?;
+    let limits = LimitNames { max_operations: 0, deadline_ms: 0 };
+    let mut ast = engine.compile(source).map_err(|e| parse_diagnostic(file, source, &e, &limits))?;
     ast.set_source(file);
-    let module = Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| {
-        let limits = LimitNames { max_operations: 0, deadline_ms: 0 };
-        eval_diagnostic(file, source, &e, &limits)
-    })?;
+    let module =
+        Module::eval_ast_as_new(Scope::new(), &ast, engine).map_err(|e| eval_diagnostic(file, source, &e, &limits))?;
     Ok(module.into())
 }
 
@@ -190,27 +220,39 @@ impl FileEngine {
     fn evaluate_inner(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
         let fail = |d: Diagnostic| FileOutcome { dags: Vec::new(), diagnostics: vec![d], program: None };
         let shared_source: Arc<str> = Arc::from(source);
-        let cell = FileCell(Arc::new(Mutex::new(FileState::new(file.to_string(), shared_source, ctx.clone()))));
-        let limit_ns = self.base.elapsed().as_nanos() as u64 + self.limits.deadline.as_nanos() as u64;
+        let started = Instant::now();
+        let deadline_ms = u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX);
+        let budget = Budget {
+            deadline: started.checked_add(self.limits.deadline).unwrap_or(started + Duration::from_secs(86_400)),
+            deadline_ms,
+            max_tasks_per_dag: self.limits.max_tasks_per_dag,
+            max_edges_per_dag: self.limits.max_edges_per_dag,
+            max_declared_bytes: self.limits.max_declared_bytes,
+        };
+        let state = FileState::new(file.to_string(), shared_source, ctx.clone(), budget);
+        let cell = FileCell(Arc::new(Mutex::new(state)));
+        let limit_ns =
+            elapsed_ns(self.base).saturating_add(u64::try_from(self.limits.deadline.as_nanos()).unwrap_or(u64::MAX));
         self.deadline.store(limit_ns, Ordering::Relaxed);
-        let ast = match self.engine.compile(source) {
+        let names = LimitNames { max_operations: self.limits.max_operations, deadline_ms };
+        let compiled = self.engine.compile(source);
+        let ast = match compiled {
             Ok(ast) => ast,
-            Err(e) => return fail(parse_diagnostic(file, source, &e)),
+            Err(e) => {
+                self.deadline.store(u64::MAX, Ordering::Relaxed);
+                return fail(parse_diagnostic(file, source, &e, &names));
+            }
         };
         self.engine.set_default_tag(Dynamic::from(cell.clone()));
         let result = self.engine.run_ast_with_scope(&mut Scope::new(), &ast);
         self.engine.set_default_tag(Dynamic::UNIT);
         self.deadline.store(u64::MAX, Ordering::Relaxed);
         if let Err(e) = result {
-            let names = LimitNames {
-                max_operations: self.limits.max_operations,
-                deadline_ms: self.limits.deadline.as_millis() as u64,
-            };
             return fail(eval_diagnostic(file, source, &e, &names));
         }
         let state = {
             let mut guard = cell.0.lock().unwrap_or_else(|p| p.into_inner());
-            let empty = FileState::new(String::new(), Arc::from(""), ctx.clone());
+            let empty = FileState::new(String::new(), Arc::from(""), ctx.clone(), Budget::unlimited());
             std::mem::replace(&mut *guard, empty)
         };
         let callbacks = state.callbacks.clone();

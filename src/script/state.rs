@@ -10,6 +10,7 @@ use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Where each DAG, task and edge of a DAG was declared, for graph errors found after evaluation.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +52,35 @@ pub struct DagDecl {
     edge_set: HashSet<(usize, usize)>,
 }
 
+/// What one file may spend: a wall-clock deadline and caps on what it declares, checked inside
+/// the DAG API as tasks and edges are added (so a huge cross product stops early).
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub deadline: Instant,
+    pub deadline_ms: u64,
+    pub max_tasks_per_dag: usize,
+    pub max_edges_per_dag: usize,
+    pub max_declared_bytes: usize,
+}
+
+impl Budget {
+    /// No caps and a far deadline (for the empty state left behind after a file finishes).
+    pub fn unlimited() -> Self {
+        Budget {
+            deadline: Instant::now() + std::time::Duration::from_secs(86_400 * 365),
+            deadline_ms: u64::MAX,
+            max_tasks_per_dag: usize::MAX,
+            max_edges_per_dag: usize::MAX,
+            max_declared_bytes: usize::MAX,
+        }
+    }
+}
+
+/// What a declaration costs against `Budget::max_declared_bytes`, beyond the text it holds.
+const TASK_OVERHEAD: usize = 512;
+const DAG_OVERHEAD: usize = 1024;
+const EDGE_OVERHEAD: usize = 64;
+
 /// The state behind the DAG API during one file's evaluation.
 pub struct FileState {
     pub file: String,
@@ -58,6 +88,11 @@ pub struct FileState {
     pub ctx: EvalContext,
     pub dags: Vec<DagDecl>,
     pub callbacks: BTreeMap<String, FnPtr>,
+    budget: Budget,
+    /// Bytes held by the declarations so far (their text plus a fixed cost per DAG, task and edge).
+    declared_bytes: usize,
+    /// Edges added since the deadline was last read.
+    since_clock: u32,
 }
 
 /// The handle the engine's tag carries so native functions find their file's state.
@@ -77,8 +112,41 @@ fn check_id(kind: &str, id: &str) -> ScriptResult<()> {
 }
 
 impl FileState {
-    pub fn new(file: String, source: Arc<str>, ctx: EvalContext) -> Self {
-        FileState { file, source, ctx, dags: Vec::new(), callbacks: BTreeMap::new() }
+    pub fn new(file: String, source: Arc<str>, ctx: EvalContext, budget: Budget) -> Self {
+        FileState {
+            file,
+            source,
+            ctx,
+            dags: Vec::new(),
+            callbacks: BTreeMap::new(),
+            budget,
+            declared_bytes: 0,
+            since_clock: 0,
+        }
+    }
+
+    /// Fails once the file's wall-clock deadline has passed (natives call this; Rhai's progress
+    /// hook only runs between script operations).
+    pub fn check_deadline(&self) -> ScriptResult<()> {
+        if Instant::now() > self.budget.deadline {
+            return Err(ScriptError::deadline(self.budget.deadline_ms));
+        }
+        Ok(())
+    }
+
+    fn spend(&mut self, bytes: usize) -> ScriptResult<()> {
+        self.declared_bytes = self.declared_bytes.saturating_add(bytes);
+        if self.declared_bytes > self.budget.max_declared_bytes {
+            let mib = self.budget.max_declared_bytes >> 20;
+            return Err(ScriptError::fatal(format!(
+                "this file's DAGs hold more than {mib} MiB (`[core] max_dag_file_memory_mib`)"
+            ))
+            .with_help(
+                "keep large text out of DAG files (read it at run time, or share one copy through `default_args`), \
+                 or raise `max_dag_file_memory_mib` under `[core]` in rhaiflow.toml",
+            ));
+        }
+        Ok(())
     }
 
     fn location(&self, pos: Option<SourcePos>) -> String {
@@ -96,6 +164,8 @@ impl FileState {
         pos: Option<SourcePos>,
     ) -> ScriptResult<usize> {
         check_id("dag_id", &dag_id)?;
+        self.check_deadline()?;
+        self.spend(DAG_OVERHEAD + args.approx_bytes() + default_args.approx_bytes())?;
         if let Some(other) = self.dags.iter().find(|d| d.dag_id == dag_id) {
             return Err(ScriptError::new(format!(
                 "DAG `{dag_id}` is declared twice in this file; first at {}",
@@ -153,7 +223,17 @@ impl FileState {
             ))
             .with_help("every task of a DAG needs its own `task_id`"));
         }
+        if dag.tasks.len() >= self.budget.max_tasks_per_dag {
+            let max = self.budget.max_tasks_per_dag;
+            return Err(ScriptError::fatal(format!(
+                "DAG `{}` has more than {max} tasks (`[core] max_tasks_per_dag`)",
+                dag.dag_id
+            ))
+            .with_help("split it into several DAGs, or raise `max_tasks_per_dag` under `[core]` in rhaiflow.toml"));
+        }
         let scope = format!("{}.{task_id}", dag.dag_id);
+        self.check_deadline()?;
+        self.spend(TASK_OVERHEAD + args.approx_bytes())?;
         let spec = self.task_spec(op, &args, task_id.clone(), &scope)?;
         let dag = &mut self.dags[dag_idx];
         let task_idx = dag.tasks.len();
@@ -170,7 +250,7 @@ impl FileState {
     }
 
     fn task_spec(&mut self, op: &OperatorDef, args: &Args, task_id: String, scope: &str) -> ScriptResult<TaskSpec> {
-        let retries = non_negative(args.int("retries").unwrap_or(0), "retries")? as u32;
+        let retries = counted(non_negative(args.int("retries").unwrap_or(0), "retries")?, "retries")?;
         let trigger_rule = match args.str("trigger_rule") {
             None => TriggerRule::AllSuccess,
             Some(text) => TriggerRule::parse(&text).ok_or_else(|| {
@@ -195,8 +275,8 @@ impl FileState {
             trigger_rule,
             depends_on_past: args.bool("depends_on_past").unwrap_or(false),
             pool: args.str("pool").unwrap_or_else(|| "default_pool".into()),
-            pool_slots: positive(args.int("pool_slots").unwrap_or(1), "pool_slots")? as u32,
-            priority_weight: args.int("priority_weight").unwrap_or(1),
+            pool_slots: counted(positive(args.int("pool_slots").unwrap_or(1), "pool_slots")?, "pool_slots")?,
+            priority_weight: priority_weight(args.int("priority_weight").unwrap_or(1))?,
             queue: args.str("queue").unwrap_or_else(|| "default".into()),
             email: args.str_list("email").unwrap_or_default(),
             email_on_failure: args.bool("email_on_failure").unwrap_or(true),
@@ -226,8 +306,8 @@ impl FileState {
                     .int_list("skip_on_exit_code")
                     .unwrap_or_else(|| vec![99])
                     .into_iter()
-                    .map(|c| c as i32)
-                    .collect(),
+                    .map(exit_code)
+                    .collect::<ScriptResult<_>>()?,
             },
             "RhaiOperator" | "BranchOperator" | "ShortCircuitOperator" => {
                 let f = args.closure("callable").or_else(|| args.closure("python_callable"));
@@ -322,11 +402,29 @@ impl FileState {
         if up == down {
             return Err(ScriptError::new(format!("task `{}` cannot depend on itself", name(up))));
         }
-        let dag = &mut self.dags[up.dag];
-        if dag.edge_set.insert((up.task, down.task)) {
-            dag.edges.push((up.task, down.task, pos));
+        self.since_clock += 1;
+        if self.since_clock >= 256 {
+            self.since_clock = 0;
+            self.check_deadline()?;
         }
-        Ok(())
+        let max = self.budget.max_edges_per_dag;
+        let dag = &mut self.dags[up.dag];
+        if dag.edge_set.contains(&(up.task, down.task)) {
+            return Ok(());
+        }
+        if dag.edges.len() >= max {
+            return Err(ScriptError::fatal(format!(
+                "DAG `{}` has more than {max} dependencies (`[core] max_edges_per_dag`)",
+                dag.dag_id
+            ))
+            .with_help(
+                "join two large groups through one `EmptyOperator` instead of every pair, \
+                 or raise `max_edges_per_dag` under `[core]` in rhaiflow.toml",
+            ));
+        }
+        dag.edge_set.insert((up.task, down.task));
+        dag.edges.push((up.task, down.task, pos));
+        self.spend(EDGE_OVERHEAD)
     }
 
     pub fn task_label(&self, h: TaskHandle) -> String {
@@ -346,7 +444,12 @@ impl FileState {
             match self.build_dag(decl) {
                 Ok(d) => dags.push(d),
                 Err(e) => {
-                    let mut d = Diagnostic::new(&self.file, decl.pos, e.message).with_source(&self.source);
+                    let key_pos = match (&e.key, decl.pos) {
+                        (Some(key), Some(from)) => super::api::locate_key(&self.source, from, key),
+                        _ => None,
+                    };
+                    let pos = e.pos.or(key_pos).or(decl.pos);
+                    let mut d = Diagnostic::new(&self.file, pos, e.message).with_source(&self.source);
                     d.help = e.help;
                     diagnostics.push(d);
                 }
@@ -364,20 +467,26 @@ impl FileState {
         let default_tz = self.ctx.default_timezone;
         let start = args.datetime("start_date").or_else(|| decl.default_args.datetime("start_date"));
         let end = args.datetime("end_date").or_else(|| decl.default_args.datetime("end_date"));
+        // A fixed offset no IANA zone holds (`+05:30`) is kept as that offset.
         let timezone = match args.str("timezone") {
-            Some(name) => parse_timezone(&name)?,
+            Some(name) => TimeZoneSpec::Named(parse_timezone(&name)?.name().to_string()),
             None => match start.and_then(|s| s.offset) {
-                Some(off) => offset_zone(off).unwrap_or(default_tz),
-                None => default_tz,
+                Some(off) => match offset_zone(off) {
+                    Some(tz) => TimeZoneSpec::Named(tz.name().to_string()),
+                    None => TimeZoneSpec::Offset(off.local_minus_utc()),
+                },
+                None => TimeZoneSpec::Named(default_tz.name().to_string()),
             },
         };
         let resolve = |v: Option<super::values::DateTimeValue>, key: &str| -> ScriptResult<Option<DateTime<Utc>>> {
-            match v {
-                None => Ok(None),
-                Some(v) => v.resolve(timezone).map(Some).ok_or_else(|| {
-                    ScriptError::new(format!("`{key}` does not exist in time zone `{timezone}` (a DST gap?)"))
-                }),
-            }
+            let Some(v) = v else { return Ok(None) };
+            let at = match &timezone {
+                TimeZoneSpec::Named(name) => v.resolve(&name.parse::<chrono_tz::Tz>().unwrap_or(default_tz)),
+                TimeZoneSpec::Offset(secs) => chrono::FixedOffset::east_opt(*secs).and_then(|off| v.resolve(&off)),
+            };
+            at.map(Some).ok_or_else(|| {
+                ScriptError::new(format!("`{key}` does not exist in time zone `{timezone}` (a DST gap?)")).at_key(key)
+            })
         };
         let schedule = match args.get("schedule").or_else(|| args.get("schedule_interval")) {
             None => ScheduleSpec::Cron { expr: "0 0 * * *".into(), preset: Some("@daily".into()) },
@@ -409,11 +518,17 @@ impl FileState {
             schedule,
             start_date: resolve(start, "start_date")?,
             end_date: resolve(end, "end_date")?,
-            timezone: TimeZoneSpec::Named(timezone.name().to_string()),
+            timezone,
             catchup: args.bool("catchup").unwrap_or(self.ctx.catchup_by_default),
             tags: args.str_list("tags").unwrap_or_default(),
-            max_active_runs: positive(args.int("max_active_runs").unwrap_or(16), "max_active_runs")? as u32,
-            max_active_tasks: positive(args.int("max_active_tasks").unwrap_or(16), "max_active_tasks")? as u32,
+            max_active_runs: counted(
+                positive(args.int("max_active_runs").unwrap_or(16), "max_active_runs")?,
+                "max_active_runs",
+            )?,
+            max_active_tasks: counted(
+                positive(args.int("max_active_tasks").unwrap_or(16), "max_active_tasks")?,
+                "max_active_tasks",
+            )?,
             params: json_object(args.json("params"), "params")?,
             dagrun_timeout: args.duration("dagrun_timeout"),
             on_failure_callback: self.callback_ref(&decl.dag_id, "on_failure_callback"),
@@ -516,16 +631,38 @@ fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<St
 
 fn non_negative(n: i64, key: &str) -> ScriptResult<i64> {
     if n < 0 {
-        return Err(ScriptError::new(format!("`{key}` must be zero or more, not {n}")));
+        return Err(ScriptError::new(format!("`{key}` must be zero or more, not {n}")).at_key(key));
     }
     Ok(n)
 }
 
 fn positive(n: i64, key: &str) -> ScriptResult<i64> {
     if n < 1 {
-        return Err(ScriptError::new(format!("`{key}` must be at least 1, not {n}")));
+        return Err(ScriptError::new(format!("`{key}` must be at least 1, not {n}")).at_key(key));
     }
     Ok(n)
+}
+
+/// A count stored as `u32`: out of range is an error at the key, never a wrapped value.
+fn counted(n: i64, key: &str) -> ScriptResult<u32> {
+    u32::try_from(n).map_err(|_| ScriptError::new(format!("`{key}` must be at most {}, not {n}", u32::MAX)).at_key(key))
+}
+
+/// Airflow keeps priority weights in 32 bits; so do we, so sums over a DAG cannot overflow.
+fn priority_weight(n: i64) -> ScriptResult<i64> {
+    if i32::try_from(n).is_err() {
+        let message = format!("`priority_weight` must be between {} and {}, not {n}", i32::MIN, i32::MAX);
+        return Err(ScriptError::new(message).at_key("priority_weight"));
+    }
+    Ok(n)
+}
+
+fn exit_code(code: i64) -> ScriptResult<i32> {
+    match i32::try_from(code) {
+        Ok(c) if (0..=255).contains(&c) => Ok(c),
+        _ => Err(ScriptError::new(format!("`skip_on_exit_code` holds {code}, which is not an exit code (0 to 255)"))
+            .at_key("skip_on_exit_code")),
+    }
 }
 
 fn json_object(value: Option<serde_json::Value>, key: &str) -> ScriptResult<BTreeMap<String, serde_json::Value>> {

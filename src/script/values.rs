@@ -2,7 +2,7 @@
 
 use super::error::{ScriptError, ScriptResult, lift};
 use crate::model::Seconds;
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use rhai::{Dynamic, Engine, INT, Map};
 
 /// `timedelta(#{ minutes: 5 })` in a DAG file.
@@ -22,7 +22,7 @@ impl DateTimeValue {
     }
 
     /// The instant, reading a naive value in `tz` (the DAG's time zone).
-    pub fn resolve(&self, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    pub fn resolve<Z: TimeZone>(&self, tz: &Z) -> Option<DateTime<Utc>> {
         match self.offset {
             Some(off) => off.from_local_datetime(&self.naive).single().map(|d| d.with_timezone(&Utc)),
             None => tz.from_local_datetime(&self.naive).earliest().map(|d| d.with_timezone(&Utc)),
@@ -39,6 +39,22 @@ const TIMEDELTA_KEYS: [(&str, f64); 7] = [
     ("milliseconds", 0.001),
     ("microseconds", 0.000_001),
 ];
+
+/// Dates a DAG file may name: years 1 to 9999, so every later step (adding intervals, printing
+/// RFC 3339, storing) stays inside what chrono and the store can hold.
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
+fn in_range(value: DateTimeValue, what: impl FnOnce() -> String) -> ScriptResult<DateTimeValue> {
+    if YEARS.contains(&value.naive.year()) {
+        Ok(value)
+    } else {
+        Err(ScriptError::new(format!("{} is out of range: dates run from year 1 to 9999", what())))
+    }
+}
+
+fn too_long(what: impl std::fmt::Display) -> ScriptError {
+    ScriptError::new(format!("{what} is out of range: durations are limited to 100 years"))
+}
 
 fn number(value: &Dynamic) -> Option<f64> {
     value.as_int().map(|i| i as f64).ok().or_else(|| value.as_float().ok())
@@ -59,47 +75,78 @@ fn timedelta(map: Map) -> ScriptResult<TimeDelta> {
     if total < 0.0 {
         return Err(ScriptError::new("a negative `timedelta` is not supported"));
     }
-    Ok(TimeDelta(Seconds::from_secs_f64(total)))
+    let shown = || {
+        let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        format!("`timedelta(#{{ {} }})`", parts.join(", "))
+    };
+    Seconds::checked_from_secs_f64(total).map(TimeDelta).ok_or_else(|| too_long(shown()))
 }
 
-fn scaled(n: f64, unit: f64) -> ScriptResult<TimeDelta> {
+fn scaled(n: f64, unit: f64, name: &str) -> ScriptResult<TimeDelta> {
     if n < 0.0 || !n.is_finite() {
         return Err(ScriptError::new(format!("a duration must be zero or more, not {n}")));
     }
-    Ok(TimeDelta(Seconds::from_secs_f64(n * unit)))
+    Seconds::checked_from_secs_f64(n * unit).map(TimeDelta).ok_or_else(|| too_long(format!("`{name}({n})`")))
 }
 
 fn ymd_hms(y: INT, m: INT, d: INT, h: INT, mi: INT, s: INT) -> ScriptResult<DateTimeValue> {
-    let date = NaiveDate::from_ymd_opt(y as i32, m as u32, d as u32)
-        .ok_or_else(|| ScriptError::new(format!("`datetime({y}, {m}, {d})` is not a date")))?;
-    let naive = date
-        .and_hms_opt(h as u32, mi as u32, s as u32)
-        .ok_or_else(|| ScriptError::new(format!("`{h}:{mi}:{s}` is not a time of day")))?;
-    Ok(DateTimeValue { naive, offset: None })
+    let not_a_date = || ScriptError::new(format!("`datetime({y}, {m}, {d})` is not a date"));
+    let date = match (i32::try_from(y), u32::try_from(m), u32::try_from(d)) {
+        (Ok(y), Ok(m), Ok(d)) => NaiveDate::from_ymd_opt(y, m, d).ok_or_else(not_a_date)?,
+        _ => return Err(not_a_date()),
+    };
+    let not_a_time = || ScriptError::new(format!("`{h}:{mi}:{s}` is not a time of day"));
+    let naive = match (u32::try_from(h), u32::try_from(mi), u32::try_from(s)) {
+        (Ok(h), Ok(mi), Ok(s)) => date.and_hms_opt(h, mi, s).ok_or_else(not_a_time)?,
+        _ => return Err(not_a_time()),
+    };
+    in_range(DateTimeValue { naive, offset: None }, || format!("`datetime({y}, {m}, {d})`"))
 }
 
 /// Parses RFC 3339 (`2024-01-01T00:00:00+08:00`) or a naive `2024-01-01[ T]HH:MM[:SS]` / `2024-01-01`.
 pub fn parse_datetime(text: &str) -> ScriptResult<DateTimeValue> {
     let text = text.trim();
+    let shown = || format!("`datetime(\"{text}\")`");
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(DateTimeValue { naive: at.naive_local(), offset: Some(*at.offset()) });
+        return in_range(DateTimeValue { naive: at.naive_local(), offset: Some(*at.offset()) }, shown);
     }
     for format in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(DateTimeValue { naive, offset: None });
+            return in_range(DateTimeValue { naive, offset: None }, shown);
         }
     }
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(DateTimeValue { naive: date.and_time(chrono::NaiveTime::MIN), offset: None });
+        return in_range(DateTimeValue { naive: date.and_time(chrono::NaiveTime::MIN), offset: None }, shown);
     }
     Err(ScriptError::new(format!("`{text}` is not a date-time"))
         .with_help("write `2024-01-01`, `2024-01-01T06:00:00` or `2024-01-01T06:00:00+08:00`"))
 }
 
 /// `days_ago(n)`: midnight UTC `n` days before `now`, as Airflow's helper.
-pub fn days_ago(now: DateTime<Utc>, n: INT) -> DateTimeValue {
+pub fn days_ago(now: DateTime<Utc>, n: INT) -> ScriptResult<DateTimeValue> {
     let midnight = now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc();
-    DateTimeValue::utc(midnight - chrono::TimeDelta::days(n))
+    let shown = || format!("`days_ago({n})`");
+    let at = chrono::TimeDelta::try_days(n).and_then(|d| midnight.checked_sub_signed(d));
+    let at =
+        at.ok_or_else(|| ScriptError::new(format!("{} is out of range: dates run from year 1 to 9999", shown())))?;
+    in_range(DateTimeValue::utc(at), shown)
+}
+
+fn shift(a: DateTimeValue, d: TimeDelta, sign: i32) -> ScriptResult<DateTimeValue> {
+    let delta = d.0.as_chrono() * sign;
+    let what = || format!("`{} {} {}`", show(&a), if sign > 0 { '+' } else { '-' }, d.0);
+    let naive = a
+        .naive
+        .checked_add_signed(delta)
+        .ok_or_else(|| ScriptError::new(format!("{} is out of range: dates run from year 1 to 9999", what())))?;
+    in_range(DateTimeValue { naive, ..a }, what)
+}
+
+fn show(d: &DateTimeValue) -> String {
+    match d.offset {
+        Some(off) => off.from_local_datetime(&d.naive).single().map(|t| t.to_rfc3339()).unwrap_or_default(),
+        None => d.naive.format("%Y-%m-%dT%H:%M:%S").to_string(),
+    }
 }
 
 /// Registers the time constructors (`days_ago` lives with the DAG API: it reads the evaluation's clock).
@@ -111,14 +158,17 @@ pub fn register(engine: &mut Engine) {
     for (name, unit) in
         [("seconds", 1.0), ("minutes", 60.0), ("hours", 3_600.0), ("days", 86_400.0), ("weeks", 604_800.0)]
     {
-        engine.register_fn(name, move |n: INT| lift(scaled(n as f64, unit)));
-        engine.register_fn(name, move |n: f64| lift(scaled(n, unit)));
+        engine.register_fn(name, move |n: INT| lift(scaled(n as f64, unit, name)));
+        engine.register_fn(name, move |n: f64| lift(scaled(n, unit, name)));
     }
     engine.register_fn("+", |a: TimeDelta, b: TimeDelta| {
-        TimeDelta(Seconds::from_millis(a.0.as_millis() + b.0.as_millis()))
+        lift(a.0.checked_add(b.0).map(TimeDelta).ok_or_else(|| too_long(format!("`{} + {}`", a.0, b.0))))
     });
     engine.register_fn("*", |a: TimeDelta, n: INT| {
-        TimeDelta(Seconds::from_millis(a.0.as_millis().saturating_mul(n.max(0) as u64)))
+        if n < 0 {
+            return lift(Err(ScriptError::new(format!("a duration must be zero or more, not {} * {n}", a.0))));
+        }
+        lift(a.0.checked_mul(n).map(TimeDelta).ok_or_else(|| too_long(format!("`{} * {n}`", a.0))))
     });
     engine.register_fn("to_string", |d: &mut TimeDelta| d.0.to_string());
     engine.register_fn("to_debug", |d: &mut TimeDelta| format!("timedelta({})", d.0));
@@ -129,10 +179,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT| lift(ymd_hms(y, m, d, h, 0, 0)));
     engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT| lift(ymd_hms(y, m, d, h, mi, 0)));
     engine.register_fn("datetime", |y: INT, m: INT, d: INT, h: INT, mi: INT, s: INT| lift(ymd_hms(y, m, d, h, mi, s)));
-    engine.register_fn("+", |a: DateTimeValue, d: TimeDelta| DateTimeValue { naive: a.naive + d.0.as_chrono(), ..a });
-    engine.register_fn("-", |a: DateTimeValue, d: TimeDelta| DateTimeValue { naive: a.naive - d.0.as_chrono(), ..a });
-    engine.register_fn("to_string", |d: &mut DateTimeValue| match d.offset {
-        Some(off) => off.from_local_datetime(&d.naive).single().map(|t| t.to_rfc3339()).unwrap_or_default(),
-        None => d.naive.format("%Y-%m-%dT%H:%M:%S").to_string(),
-    });
+    engine.register_fn("+", |a: DateTimeValue, d: TimeDelta| lift(shift(a, d, 1)));
+    engine.register_fn("-", |a: DateTimeValue, d: TimeDelta| lift(shift(a, d, -1)));
+    engine.register_fn("to_string", |d: &mut DateTimeValue| show(d));
 }
