@@ -5,7 +5,8 @@
 //! value came from; secret values never appear in messages or `Debug` output.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -35,12 +36,82 @@ impl fmt::Display for Origin {
 pub enum ConfigError {
     #[error("cannot read {}: {reason}", path.display())]
     Read { path: PathBuf, reason: String },
-    #[error("{}: {reason}", path.display())]
-    Syntax { path: PathBuf, reason: String },
+    /// A TOML syntax error: where and what, never the line's text (it may hold a secret).
+    #[error("{}: line {line}, column {column}: {reason}", path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, reason: String },
     #[error("config key `{key}` (from {origin}): {reason}")]
     Key { key: String, origin: String, reason: String },
     #[error("config key `{key}` (from {origin}) names environment variable `{var}`, which is not set")]
     MissingSecretEnv { key: String, origin: String, var: String },
+    #[error("config key `{key}` (from {origin}) names environment variable `{var}`, which is not valid UTF-8")]
+    SecretEnvNotUtf8 { key: String, origin: String, var: String },
+    #[error("environment variable `{var}` is not valid UTF-8; set it to UTF-8 text or unset it")]
+    EnvNotUtf8 { var: String },
+}
+
+/// Inclusive bounds of one number in the config (README's configuration section lists them too).
+struct Bound {
+    key: &'static str,
+    min: f64,
+    max: f64,
+    /// The minimum itself is not allowed (a timeout of 0 would fail every file).
+    above_min: bool,
+    unit: &'static str,
+}
+
+/// Every number in the config. A value outside its bounds is an error naming the key and source.
+const BOUNDS: &[Bound] = &[
+    Bound { key: "core.parallelism", min: 1.0, max: 10_000.0, above_min: false, unit: "" },
+    Bound { key: "core.dag_file_timeout", min: 0.0, max: 3_600.0, above_min: true, unit: " seconds" },
+    Bound { key: "core.parse_threads", min: 0.0, max: 256.0, above_min: false, unit: " (0: one per core)" },
+    Bound { key: "scheduler.shutdown_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
+    Bound { key: "scheduler.kill_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
+    Bound { key: "logging.max_log_bytes", min: 0.0, max: (1u64 << 40) as f64, above_min: false, unit: " bytes" },
+];
+
+impl Bound {
+    fn of(key: &str) -> Option<&'static Bound> {
+        BOUNDS.iter().find(|b| b.key == key)
+    }
+
+    fn describe(&self) -> String {
+        let (min, max, unit) = (show_number(self.min), show_number(self.max), self.unit);
+        if self.above_min {
+            format!("must be above {min} and at most {max}{unit}")
+        } else {
+            format!("must be between {min} and {max}{unit}")
+        }
+    }
+
+    fn admits(&self, v: f64) -> bool {
+        let above = if self.above_min { v > self.min } else { v >= self.min };
+        above && v <= self.max
+    }
+}
+
+/// A number as a person reads it: `NaN`, `inf`, `1e300`, `86400`, `0.5`.
+fn show_number(v: f64) -> String {
+    if v.is_finite() && v != 0.0 && !(1e-6..1e16).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
+}
+
+/// Keys whose values are secrets: errors about them never show the value.
+fn is_secret_key(path: &str) -> bool {
+    let mut parts = path.split('.');
+    let last = parts.next_back().unwrap_or_default();
+    matches!(last, "password" | "webhook" | "secret" | "uri") || path.split('.').any(|p| p == "headers")
+}
+
+/// Drops every `quoted` piece (serde quotes the offending value) from a message about a secret.
+fn redact(reason: &str) -> String {
+    let mut out = String::new();
+    let mut pieces = reason.split('`');
+    while let Some(outside) = pieces.next() {
+        out.push_str(outside);
+        if pieces.next().is_some() && out.ends_with(' ') {
+            out.pop();
+        }
+    }
+    out
 }
 
 /// A secret value: never printed.
@@ -245,36 +316,86 @@ pub struct Flags {
     pub database_url: Option<String>,
 }
 
+/// The process environment as config reads it: UTF-8 variables, and the names of those that are not.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    /// Variables with a UTF-8 name and a value that is not UTF-8.
+    not_utf8: BTreeSet<String>,
+    /// `RHAIFLOW_HOME` as the OS gave it: a path need not be UTF-8.
+    home: Option<PathBuf>,
+}
+
+impl Env {
+    /// Sorts OS variables into UTF-8 ones and the rest; a name that is not UTF-8 is no variable
+    /// rhaiflow reads, so it is dropped.
+    pub fn from_os(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Env {
+        let mut env = Env::default();
+        for (name, value) in vars {
+            if name == HOME_VAR {
+                env.home = Some(PathBuf::from(&value));
+            }
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => {
+                    env.vars.insert(name, value);
+                }
+                (Ok(name), Err(_)) => {
+                    env.not_utf8.insert(name);
+                }
+                (Err(_), _) => {}
+            }
+        }
+        env
+    }
+}
+
+impl From<BTreeMap<String, String>> for Env {
+    fn from(vars: BTreeMap<String, String>) -> Env {
+        let home = vars.get(HOME_VAR).map(PathBuf::from);
+        Env { vars, not_utf8: BTreeSet::new(), home }
+    }
+}
+
 impl Config {
     /// Loads from the real environment: `RHAIFLOW_HOME` (or `--home`, or the current directory).
     pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
-        Config::load_from(flags, std::env::vars().collect())
+        Config::load_env(flags, Env::from_os(std::env::vars_os()))
     }
 
     /// Loads with an explicit environment (tests pass their own).
     pub fn load_from(flags: &Flags, env: BTreeMap<String, String>) -> Result<Config, ConfigError> {
-        let home =
-            flags.home.clone().or_else(|| env.get(HOME_VAR).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."));
+        Config::load_env(flags, Env::from(env))
+    }
+
+    /// Loads with an environment that may hold variables that are not UTF-8.
+    pub fn load_env(flags: &Flags, env: Env) -> Result<Config, ConfigError> {
+        if let Some(var) = env.not_utf8.iter().find(|v| v.starts_with(ENV_PREFIX)) {
+            return Err(ConfigError::EnvNotUtf8 { var: var.clone() });
+        }
+        let home = flags.home.clone().or_else(|| env.home.clone()).unwrap_or_else(|| PathBuf::from("."));
         let file = home.join(CONFIG_FILE);
         let mut tree = toml::Table::new();
         let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
         if file.exists() {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| ConfigError::Read { path: file.clone(), reason: e.to_string() })?;
-            tree = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-                path: file.clone(),
-                reason: e.to_string().trim_end().to_string(),
-            })?;
+            let shown = if home == Path::new(".") { Path::new(CONFIG_FILE) } else { file.as_path() };
+            tree = text.parse::<toml::Table>().map_err(|e| syntax_error(shown, &text, &e))?;
             record_origins(&tree, "", &Origin::File(file.clone()), &mut origins);
         }
-        for (var, raw) in &env {
+        for (var, raw) in &env.vars {
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            set_path(&mut tree, &path, env_value(raw));
-            origins.insert(path.join("."), Origin::Env(var.clone()));
+            let key = path.join(".");
+            // A secret from the environment is text even when it looks like a number.
+            let value = if is_secret_key(&key) { toml::Value::String(raw.clone()) } else { env_value(raw) };
+            set_path(&mut tree, &path, value);
+            origins.insert(key, Origin::Env(var.clone()));
         }
+        // `--dags-folder` replaces the file's and the environment's value here, and its path is set
+        // after deserialising: a path need not be UTF-8.
         let flag_values = [
-            ("core.dags_folder", "--dags-folder", flags.dags_folder.as_ref().map(|p| p.to_string_lossy().to_string())),
+            ("core.dags_folder", "--dags-folder", flags.dags_folder.as_ref().map(|_| String::new())),
             ("database.url", "--database-url", flags.database_url.clone()),
         ];
         for (key, flag, value) in flag_values {
@@ -293,19 +414,41 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
             let key = e.path().to_string();
             let origin = origin_of(&origins, &key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into());
-            ConfigError::Key { key, origin, reason: explain(e.inner().to_string()) }
+            let reason = e.inner().message().trim_end().to_string();
+            let reason = if is_secret_key(&key) {
+                redact(&reason)
+            } else if let Some(bound) = Bound::of(&key) {
+                format!("{}, got {}", bound.describe(), got(&reason))
+            } else {
+                explain(reason)
+            };
+            ConfigError::Key { key, origin, reason }
         })?;
+        if let Some(dags_folder) = &flags.dags_folder {
+            config.core.dags_folder = dags_folder.clone();
+        }
         config.home = home.clone();
         config.resolve(&origins, &env)?;
         Ok(config)
     }
 
+    /// Every number with bounds, as (key, value, value as written).
+    fn numbers(&self) -> [(&'static str, f64, String); 6] {
+        let int = |v: u64| (v as f64, v.to_string());
+        let float = |v: f64| (v, show_number(v));
+        let rows = [
+            ("core.parallelism", int(self.core.parallelism.into())),
+            ("core.dag_file_timeout", float(self.core.dag_file_timeout)),
+            ("core.parse_threads", int(self.core.parse_threads as u64)),
+            ("scheduler.shutdown_grace", float(self.scheduler.shutdown_grace)),
+            ("scheduler.kill_grace", float(self.scheduler.kill_grace)),
+            ("logging.max_log_bytes", int(self.logging.max_log_bytes)),
+        ];
+        rows.map(|(key, (v, shown))| (key, v, shown))
+    }
+
     /// Validates values and resolves relative paths and `*_env` secrets.
-    fn resolve(
-        &mut self,
-        origins: &BTreeMap<String, Origin>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<(), ConfigError> {
+    fn resolve(&mut self, origins: &BTreeMap<String, Origin>, env: &Env) -> Result<(), ConfigError> {
         let key_error = |key: &str, reason: String| ConfigError::Key {
             key: key.into(),
             origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into()),
@@ -320,11 +463,11 @@ impl Config {
                 ),
             ));
         }
-        if self.core.parallelism == 0 {
-            return Err(key_error("core.parallelism", "must be at least 1".into()));
-        }
-        if self.core.dag_file_timeout.is_nan() || self.core.dag_file_timeout <= 0.0 {
-            return Err(key_error("core.dag_file_timeout", "must be a number of seconds above 0".into()));
+        for (key, value, shown) in self.numbers() {
+            let Some(bound) = Bound::of(key) else { continue };
+            if !bound.admits(value) {
+                return Err(key_error(key, format!("{}, got {shown}", bound.describe())));
+            }
         }
         if !matches!(self.logging.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
             return Err(key_error(
@@ -342,9 +485,13 @@ impl Config {
         self.logging.base_log_folder = self.under_home(&self.logging.base_log_folder);
         let secret = |key: &str, var: &Option<String>, value: &mut Option<Secret>| -> Result<(), ConfigError> {
             if let Some(var) = var {
-                let found = env.get(var).ok_or_else(|| ConfigError::MissingSecretEnv {
+                let origin = origin_of(origins, key).map(|o| o.to_string()).unwrap_or_default();
+                if env.not_utf8.contains(var) {
+                    return Err(ConfigError::SecretEnvNotUtf8 { key: key.into(), origin, var: var.clone() });
+                }
+                let found = env.vars.get(var).ok_or_else(|| ConfigError::MissingSecretEnv {
                     key: key.into(),
-                    origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_default(),
+                    origin,
                     var: var.clone(),
                 })?;
                 *value = Some(Secret(found.clone()));
@@ -439,18 +586,31 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
     table.insert(last.clone(), value);
 }
 
+/// A TOML syntax error with its line and column, and what is wrong, but not the line's text.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    ConfigError::Syntax { path: path.to_path_buf(), line, column, reason: e.message().trim_end().to_string() }
+}
+
+/// What serde found, from "invalid type: string \"x\", expected u32" (or the whole message).
+fn got(reason: &str) -> &str {
+    let found = reason.strip_prefix("invalid type: ").or_else(|| reason.strip_prefix("invalid value: "));
+    match found {
+        Some(rest) => rest.split_once(", expected").map_or(rest, |(what, _)| what),
+        None => reason,
+    }
+}
+
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
 fn explain(reason: String) -> String {
     let Some(rest) = reason.strip_prefix("unknown field `") else { return reason };
     let Some((field, expected)) = rest.split_once('`') else { return reason };
     let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    let best = known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(field, k), *k))
-        .filter(|(s, _)| *s >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((_, k)) => format!("unknown key `{field}` — did you mean `{k}`?"),
+    match crate::model::suggest::nearest(field, &known) {
+        Some(k) => format!("unknown key `{field}` — did you mean `{k}`?"),
         None => format!("unknown key `{field}`; known keys: {}", known.join(", ")),
     }
 }

@@ -24,9 +24,9 @@ pub enum DagsCommand {
     /// The next runs of a DAG's timetable.
     NextRuns {
         dag_id: String,
-        /// How many runs to show.
-        #[arg(short = 'n', long = "num", default_value_t = 5)]
-        n: usize,
+        /// How many runs to show (1 to 1000).
+        #[arg(short = 'n', long = "num", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        n: u64,
     },
     /// The files that failed to load, with their errors.
     ListImportErrors,
@@ -36,7 +36,7 @@ pub enum DagsCommand {
     Trigger {
         dag_id: String,
         /// JSON object for `dag_run.conf` (and `params` overrides).
-        #[arg(long, short = 'c')]
+        #[arg(long, short = 'c', value_parser = ConfArg)]
         conf: Option<String>,
         #[arg(long, short = 'l')]
         logical_date: Option<String>,
@@ -53,6 +53,33 @@ pub enum DagsCommand {
         #[arg(long, short = 'e')]
         end_date: String,
     },
+}
+
+/// `--conf`, checked while parsing arguments so that a bad value is reported without echoing it
+/// (it can be long, and it can hold what its author would rather not see in a terminal log).
+#[derive(Debug, Clone)]
+struct ConfArg;
+
+impl clap::builder::TypedValueParser for ConfArg {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let fail = |reason: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{reason}\n")).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| fail("`--conf` is not valid UTF-8".into()))?;
+        let conf: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| fail(format!("`--conf` is not JSON: {e}")))?;
+        if !conf.is_object() {
+            return Err(fail("`--conf` must be a JSON object, like '{\"key\": 1}'".into()));
+        }
+        Ok(text.to_string())
+    }
 }
 
 pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
@@ -74,7 +101,7 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
         DagsCommand::List => list(ctx, &bag),
         DagsCommand::Show { dag_id, dot } => show(ctx, &bag, &dag_id, dot),
         DagsCommand::Check => check(ctx, &bag),
-        DagsCommand::NextRuns { dag_id, n } => next_runs(ctx, &bag, &dag_id, n),
+        DagsCommand::NextRuns { dag_id, n } => next_runs(ctx, &bag, &dag_id, n as usize),
         DagsCommand::ListImportErrors => import_errors(ctx, &bag),
         _ => Ok(Outcome::Ok),
     }
@@ -85,13 +112,8 @@ fn find<'a>(bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
         return Ok(d);
     }
     let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
-    let best = known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(dag_id, k), *k))
-        .filter(|(s, _)| *s >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((_, k)) => bail!("no DAG `{dag_id}` — did you mean `{k}`?"),
+    match crate::model::suggest::nearest(dag_id, &known) {
+        Some(k) => bail!("no DAG `{dag_id}` — did you mean `{k}`?"),
         None if bag.import_errors.is_empty() => bail!("no DAG `{dag_id}` in the dags folder"),
         None => bail!(
             "no DAG `{dag_id}` in the dags folder ({} file(s) failed to load; see `rhaiflow dags list-import-errors`)",

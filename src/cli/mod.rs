@@ -1,5 +1,6 @@
 //! The command line: argument parsing, printing, and the one funnel from error to exit code.
 
+mod crash;
 mod dags;
 mod run;
 mod table;
@@ -31,7 +32,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Pretend the current time is this (RFC 3339); for reproducible output.
-    #[arg(long, global = true, hide = true, value_name = "TIME")]
+    #[arg(long, global = true, hide = true, value_name = "TIME", value_parser = parse_now)]
     pub now: Option<DateTime<Utc>>,
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +65,12 @@ pub enum Command {
     Db(DbCommand),
     /// Print the version.
     Version,
+    /// Panic on purpose (hidden): how the tests drive the panic hook.
+    #[command(name = "__panic", hide = true)]
+    Panic {
+        #[arg(long = "in", value_enum, default_value_t = crash::Place::Main)]
+        place: crash::Place,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,7 +99,7 @@ pub enum TasksCommand {
         run_id: String,
         task_id: String,
         /// The try to show (default: the latest).
-        #[arg(long = "try")]
+        #[arg(long = "try", value_parser = clap::value_parser!(u32).range(1..=100_000))]
         try_number: Option<u32>,
     },
 }
@@ -108,7 +115,13 @@ pub enum PoolsCommand {
     /// Every pool with its slots.
     List,
     /// Create a pool or change its slots.
-    Set { name: String, slots: u32, description: Option<String> },
+    Set {
+        name: String,
+        /// How many slots (0 to 1000000).
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=MAX_POOL_SLOTS))]
+        slots: u32,
+        description: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,8 +137,29 @@ pub enum Outcome {
     Failed,
 }
 
+/// The most slots `pools set` gives a pool.
+pub const MAX_POOL_SLOTS: i64 = 1_000_000;
+
+/// `--now`: RFC 3339 with a four-digit year, as every other date argument (later ones overflow
+/// date arithmetic).
+fn parse_now(text: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(text).map_err(|e| format!("not an RFC 3339 time: {e}"))?;
+    let t = t.with_timezone(&Utc);
+    if !(0..=9999).contains(&chrono::Datelike::year(&t)) {
+        return Err("the year must be between 0 and 9999".into());
+    }
+    Ok(t)
+}
+
 /// Parses arguments, runs the command, and returns the process exit code.
+///
+/// Installs the panic hook first: any panic from here on is "internal error (a bug)", exit 2.
 pub fn main() -> i32 {
+    crash::install();
+    crash::guard(parse_and_run)
+}
+
+fn parse_and_run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -145,9 +179,16 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    if let Command::Version = cli.command {
-        println!("rhaiflow {}", env!("CARGO_PKG_VERSION"));
-        return Ok(Outcome::Ok);
+    match cli.command {
+        Command::Version => {
+            println!("rhaiflow {}", env!("CARGO_PKG_VERSION"));
+            return Ok(Outcome::Ok);
+        }
+        Command::Panic { place } => {
+            crash::panic_on_purpose(place);
+            return Ok(Outcome::Ok);
+        }
+        _ => {}
     }
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
     let config = Config::load(&flags)?;
@@ -180,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Scheduler => run::scheduler(&ctx),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
-        Command::Version => Ok(Outcome::Ok),
+        Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }
 }
 

@@ -6,6 +6,7 @@ mod diagnostic;
 mod duration;
 mod spec;
 mod state;
+pub mod suggest;
 mod work;
 
 pub use diagnostic::{Diagnostic, SourcePos};
