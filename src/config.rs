@@ -66,6 +66,7 @@ const BOUNDS: &[Bound] = &[
     Bound { key: "core.parse_threads", min: 0.0, max: 256.0, above_min: false, unit: " (0: one per core)" },
     Bound { key: "scheduler.shutdown_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
     Bound { key: "scheduler.kill_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
+    Bound { key: "scheduler.task_heartbeat_timeout", min: 0.0, max: 604_800.0, above_min: true, unit: " seconds" },
     Bound { key: "logging.max_log_bytes", min: 0.0, max: (1u64 << 40) as f64, above_min: false, unit: " bytes" },
 ];
 
@@ -433,7 +434,7 @@ impl Config {
     }
 
     /// Every number with bounds, as (key, value, value as written).
-    fn numbers(&self) -> [(&'static str, f64, String); 6] {
+    fn numbers(&self) -> Vec<(&'static str, f64, String)> {
         let int = |v: u64| (v as f64, v.to_string());
         let float = |v: f64| (v, show_number(v));
         let rows = [
@@ -442,9 +443,10 @@ impl Config {
             ("core.parse_threads", int(self.core.parse_threads as u64)),
             ("scheduler.shutdown_grace", float(self.scheduler.shutdown_grace)),
             ("scheduler.kill_grace", float(self.scheduler.kill_grace)),
+            ("scheduler.task_heartbeat_timeout", float(self.scheduler.task_heartbeat_timeout)),
             ("logging.max_log_bytes", int(self.logging.max_log_bytes)),
         ];
-        rows.map(|(key, (v, shown))| (key, v, shown))
+        rows.into_iter().map(|(key, (v, shown))| (key, v, shown)).collect()
     }
 
     /// Validates values and resolves relative paths and `*_env` secrets.

@@ -49,6 +49,11 @@ fn durations_from_the_file_are_finite_non_negative_and_bounded() {
         ("[scheduler]\nkill_grace = nan\n", "scheduler.kill_grace", "must be between 0 and 86400 seconds, got NaN"),
         ("[scheduler]\nkill_grace = inf\n", "scheduler.kill_grace", "must be between 0 and 86400 seconds, got inf"),
         (
+            "[scheduler]\ntask_heartbeat_timeout = 0\n",
+            "scheduler.task_heartbeat_timeout",
+            "must be above 0 and at most 604800 seconds, got 0",
+        ),
+        (
             "[scheduler]\nshutdown_grace = -5\n",
             "scheduler.shutdown_grace",
             "must be between 0 and 86400 seconds, got -5",
