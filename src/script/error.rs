@@ -60,18 +60,13 @@ impl ScriptError {
     }
 }
 
-/// The closest of `known` to `word`, if any is close enough to be a likely typo.
+/// The closest of `known` to `word` (`model::suggest`), for words short enough to be a typo:
+/// similarity is quadratic in length, and a DAG file can hand in a 4 MiB key.
 pub fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    // Similarity is quadratic in the word's length; a typo is short.
     if word.len() > 64 {
         return None;
     }
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(word, k), *k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+    crate::model::suggest::nearest(word, known)
 }
 
 impl From<ScriptError> for Box<EvalAltResult> {
@@ -104,8 +99,7 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits
         ParseErrorType::VariableUndefined(name) => {
             let declared = declared_names(source);
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
-            let others: Vec<&str> = known.into_iter().filter(|k| *k != name.as_str()).collect();
-            let message = match nearest(name, &others) {
+            let message = match nearest(name, &known) {
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
                 None => format!("unknown variable `{name}`"),
             };
