@@ -157,6 +157,22 @@ fn big_strings_copied_into_many_tasks_hit_the_memory_cap() {
 }
 
 #[test]
+fn big_strings_held_in_variables_hit_the_measured_memory_cap() {
+    // Each `let` holds its own 4 MB copy: 3,000 of them would be 12 GB.
+    let mut src = String::from("let s = \"\"; s.pad(4000000, 'x');\n");
+    for i in 0..3000 {
+        writeln!(src, "let v{i} = s + \"{i}\";").unwrap();
+    }
+    let dir = folder_with(&[("held.rhai", src)]);
+    let limits = ScriptLimits { deadline: Duration::from_secs(120), ..ScriptLimits::default() };
+    let bag = load_with(dir.path(), limits);
+    assert_fine_loads(&bag);
+    let e = error_of(&bag, "held.rhai");
+    assert!(e.contains("held more than 256 MiB of memory"), "{e}");
+    assert!(e.contains("max_dag_file_memory_mib"), "{e}");
+}
+
+#[test]
 fn a_file_that_compiles_too_slowly_is_stopped_at_the_deadline() {
     // Rhai checks each new `let` against every variable before it: 100,000 lets take minutes.
     let mut src = String::from("let x0 = 1;\n");

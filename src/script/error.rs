@@ -131,10 +131,22 @@ fn declared_names(source: &str) -> Vec<String> {
 /// What the deadline hook returns to stop an evaluation.
 pub const DEADLINE_TOKEN: &str = "rhaiflow:deadline";
 
+/// What the progress hook returns when the file holds too much memory.
+pub const MEMORY_TOKEN: &str = "rhaiflow:memory";
+
 /// Limits to quote in messages about runaway scripts.
 pub struct LimitNames {
     pub max_operations: u64,
     pub deadline_ms: u64,
+    pub memory_mib: usize,
+}
+
+/// The message when one file's evaluation holds more memory than its cap.
+pub fn memory_error(mib: usize) -> ScriptError {
+    ScriptError::fatal(format!(
+        "evaluating this file held more than {mib} MiB of memory (4 × `[core] max_dag_file_memory_mib`)"
+    ))
+    .with_help("keep large text out of DAG files, or raise `max_dag_file_memory_mib` under `[core]` in rhaiflow.toml")
 }
 
 /// Converts an evaluation error, keeping the outermost position in the user's file and the innermost cause.
@@ -156,6 +168,11 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
             Some(e) => {
                 help = e.help;
                 inner_pos = e.pos;
+                e.message
+            }
+            None if value.clone().into_string().is_ok_and(|t| t == MEMORY_TOKEN) => {
+                let e = memory_error(limits.memory_mib);
+                help = e.help;
                 e.message
             }
             None => {
