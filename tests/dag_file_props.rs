@@ -17,6 +17,21 @@ use std::time::Duration;
 /// Far past the deadline: reaching it means a hang, not a slow machine.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
+/// Small files that load, so most mutations of them still evaluate (not just fail to parse).
+const GOOD: &[&str] = &[
+    "let dag = DAG(\"a\", #{ start_date: datetime(2024, 1, 1), schedule: \"0 6 * * *\", max_active_runs: 2 });\n\
+     let t = BashOperator(#{ task_id: \"t\", bash_command: \"true\", retries: 3, retry_delay: minutes(5) });\n\
+     let u = EmptyOperator(#{ task_id: \"u\", priority_weight: 10 });\nt >> u;\n",
+    "let dag = DAG(\"b\", #{ start_date: datetime(\"2024-01-01T00:00:00+05:30\"), schedule: hours(6), catchup: false,\n\
+       default_args: #{ retries: 1, execution_timeout: seconds(30) } });\n\
+     let s = TimeDeltaSensor(#{ task_id: \"wait\", delta: timedelta(#{ minutes: 10 }), poke_interval: 60 });\n\
+     let ts = []; for i in 0..20 { ts.push(EmptyOperator(#{ task_id: `t${i}` })); }\n\
+     s >> ts;\nchain(ts[0], ts[1], [ts[2], ts[3]], ts[4]);\n",
+    "let dag = DAG(\"c\", #{ start_date: days_ago(2), schedule: \"@hourly\", end_date: days_ago(1), timezone: \"Asia/Kolkata\" });\n\
+     let a = []; let b = [];\nfor i in 0..30 { a.push(EmptyOperator(#{ task_id: `a${i}` })); b.push(EmptyOperator(#{ task_id: `b${i}` })); }\n\
+     cross_downstream(a, b);\nlet k = BashOperator(#{ task_id: \"k\", bash_command: \"exit 3\", skip_on_exit_code: [3, 99] });\n",
+];
+
 fn seeds() -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
@@ -29,8 +44,30 @@ fn seeds() -> Vec<String> {
         }
     }
     files.sort();
-    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+    let mut seeds: Vec<String> = files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    // Weight the files that load: the examples and the inline ones, several times each.
+    for _ in 0..4 {
+        seeds.extend(
+            files.iter().filter(|p| p.starts_with(root.join("examples"))).map(|p| std::fs::read_to_string(p).unwrap()),
+        );
+        seeds.extend(GOOD.iter().map(|s| s.to_string()));
+    }
+    seeds
 }
+
+/// Whole statements inserted at the start of a line.
+const STATEMENTS: &[&str] = &[
+    "sleep(100000);",
+    "Fn(\"sleep\").call(100000);",
+    "loop {}",
+    "let s = \"\"; s.pad(4000000, 'x'); s.replace(\"x\", s);",
+    "let q = []; for i in 0..3000 { q.push(EmptyOperator(#{ task_id: `q${i}` })); } cross_downstream(q, q);",
+    "for i in 0..1000000 { try { EmptyOperator(#{ task_id: `z${i}` }); } catch {} }",
+    "fn f(n) { f(n + 1) } f(0);",
+    "let big = \"\"; big.pad(4000000, 'y'); for i in 0..100 { BashOperator(#{ task_id: `big${i}`, bash_command: big }); }",
+    "throw \"boom\";",
+    "exit();",
+];
 
 /// Text spliced into a file: numbers at the edges, huge values, hostile calls.
 const SPLICES: &[&str] = &[
@@ -72,6 +109,10 @@ const SPLICES: &[&str] = &[
 
 #[derive(Debug, Clone)]
 enum Mutation {
+    /// Replace the value after the n-th `key:` with a splice.
+    Value { nth: usize, what: usize },
+    /// Insert a statement at the start of a line.
+    Statement { line: usize, what: usize },
     /// Insert a splice at a relative position.
     Splice { at: f64, what: usize },
     /// Replace the n-th number literal with a splice.
@@ -86,11 +127,13 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        (0.0..1.0f64, 0..SPLICES.len()).prop_map(|(at, what)| Mutation::Splice { at, what }),
-        (0..40usize, 0..SPLICES.len()).prop_map(|(nth, what)| Mutation::Number { nth, what }),
-        (0.0..1.0f64, 1..80usize).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (0.0..1.0f64, "[ -~\\n]{1,12}").prop_map(|(at, text)| Mutation::Chars { at, text }),
-        (0.0..1.0f64, 1..60usize, 2..40usize).prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
+        5 => (0..40usize, 0..SPLICES.len()).prop_map(|(nth, what)| Mutation::Value { nth, what }),
+        4 => (0..40usize, 0..SPLICES.len()).prop_map(|(nth, what)| Mutation::Number { nth, what }),
+        3 => (0..60usize, 0..STATEMENTS.len()).prop_map(|(line, what)| Mutation::Statement { line, what }),
+        1 => (0.0..1.0f64, 0..SPLICES.len()).prop_map(|(at, what)| Mutation::Splice { at, what }),
+        1 => (0.0..1.0f64, 1..80usize).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        1 => (0.0..1.0f64, "[ -~\\n]{1,12}").prop_map(|(at, text)| Mutation::Chars { at, text }),
+        1 => (0.0..1.0f64, 1..60usize, 2..40usize).prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
     ]
 }
 
@@ -105,6 +148,17 @@ fn boundary(text: &str, at: f64) -> usize {
 
 fn apply(text: &mut String, m: &Mutation) {
     match m {
+        Mutation::Value { nth, what } => {
+            let values = value_spans(text);
+            if let Some(&(start, end)) = values.get(nth % values.len().max(1)) {
+                text.replace_range(start..end, SPLICES[*what]);
+            }
+        }
+        Mutation::Statement { line, what } => {
+            let starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+            let at = starts[line % starts.len()];
+            text.insert_str(at, &format!("{}\n", STATEMENTS[*what]));
+        }
         Mutation::Splice { at, what } => {
             let i = boundary(text, *at);
             text.insert_str(i, SPLICES[*what]);
@@ -131,6 +185,35 @@ fn apply(text: &mut String, m: &Mutation) {
             text.insert_str(end, &span);
         }
     }
+}
+
+/// The spans of values after `key:` in object maps: up to the next `,` or closing bracket at depth 0.
+fn value_spans(text: &str) -> Vec<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut spans = Vec::new();
+    for (colon, _) in text.match_indices(": ") {
+        let key_end = text[..colon].trim_end();
+        if !key_end.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let start = colon + 2;
+        let mut depth = 0i32;
+        let mut end = start;
+        while end < bytes.len() {
+            match bytes[end] {
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' if depth == 0 => break,
+                b')' | b']' | b'}' => depth -= 1,
+                b',' | b'\n' if depth == 0 => break,
+                _ => {}
+            }
+            end += 1;
+        }
+        if end > start {
+            spans.push((start, end));
+        }
+    }
+    spans
 }
 
 fn number_spans(text: &str) -> Vec<(usize, usize)> {
@@ -173,7 +256,9 @@ fn mutated_dag_files_give_dags_or_diagnostics_never_a_panic_or_hang() {
     let limits = ScriptLimits { deadline: Duration::from_millis(250), ..ScriptLimits::default() };
     let settings = LoaderSettings { dags_folder: dir.path().to_path_buf(), limits, threads: 1 };
     let loader = Arc::new(Loader::new(settings).unwrap());
-    let mut runner = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    // 96 cases keep `cargo test` fast; `PROPTEST_CASES=5000` runs a longer hunt.
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { Config::default().cases } else { 96 };
+    let mut runner = Config { cases, failure_persistence: None, ..Config::default() };
     runner.max_shrink_iters = 64;
     let mut runner = TestRunner::new(runner);
     let strategy = (0..seeds.len(), proptest::collection::vec(mutation(), 1..5));

@@ -81,6 +81,25 @@ fn sleeping_is_refused_directly_and_through_function_pointers() {
 }
 
 #[test]
+fn std_natives_that_allocate_by_a_number_are_bounded() {
+    // Rhai checks these against the size limits before allocating; kept here as a guard.
+    let dir = folder_with(&[
+        ("pad.rhai", "let s = \"x\"; s.pad(9223372036854775807, 'x');\n".into()),
+        ("blob.rhai", "let b = blob(9223372036854775807);\n".into()),
+        ("array_pad.rhai", "let a = [1]; a.pad(9223372036854775807, 0);\n".into()),
+        ("range.rhai", "let n = 0;\nfor i in range(0, 9223372036854775807, 1) { n += 1; }\n".into()),
+    ]);
+    let bag = load(dir.path());
+    assert_fine_loads(&bag);
+    for file in ["pad.rhai", "blob.rhai", "array_pad.rhai"] {
+        let e = error_of(&bag, file);
+        assert!(e.contains("exceeds the size limit"), "{file}: {e}");
+    }
+    let e = error_of(&bag, "range.rhai");
+    assert!(e.contains("longer than the") || e.contains("operations"), "{e}");
+}
+
+#[test]
 fn a_replace_that_would_explode_is_refused_before_it_allocates() {
     // 4 MiB of "x", each replaced by the 4 MiB string itself: 16 TiB if built.
     let src = "let s = \"\";\ns.pad(4000000, 'x');\ns.replace(\"x\", s);\n";
@@ -153,6 +172,22 @@ fn big_strings_copied_into_many_tasks_hit_the_memory_cap() {
     assert_fine_loads(&bag);
     let e = error_of(&bag, "big.rhai");
     assert!(e.contains("more than 64 MiB"), "{e}");
+    assert!(e.contains("max_dag_file_memory_mib"), "{e}");
+}
+
+#[test]
+fn big_strings_held_in_variables_hit_the_measured_memory_cap() {
+    // Each `let` holds its own 4 MB copy: 3,000 of them would be 12 GB.
+    let mut src = String::from("let s = \"\"; s.pad(4000000, 'x');\n");
+    for i in 0..3000 {
+        writeln!(src, "let v{i} = s + \"{i}\";").unwrap();
+    }
+    let dir = folder_with(&[("held.rhai", src)]);
+    let limits = ScriptLimits { deadline: Duration::from_secs(120), ..ScriptLimits::default() };
+    let bag = load_with(dir.path(), limits);
+    assert_fine_loads(&bag);
+    let e = error_of(&bag, "held.rhai");
+    assert!(e.contains("held more than 256 MiB of memory"), "{e}");
     assert!(e.contains("max_dag_file_memory_mib"), "{e}");
 }
 

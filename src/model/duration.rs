@@ -66,7 +66,8 @@ impl Seconds {
     }
 
     pub fn as_chrono(self) -> chrono::TimeDelta {
-        chrono::TimeDelta::milliseconds(self.millis.min(i64::MAX as u64) as i64)
+        let millis = i64::try_from(self.millis).unwrap_or(i64::MAX);
+        chrono::TimeDelta::try_milliseconds(millis).unwrap_or(chrono::TimeDelta::MAX)
     }
 }
 

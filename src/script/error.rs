@@ -60,18 +60,13 @@ impl ScriptError {
     }
 }
 
-/// The closest of `known` to `word`, if any is close enough to be a likely typo.
+/// The closest of `known` to `word` (`model::suggest`), for words short enough to be a typo:
+/// similarity is quadratic in length, and a DAG file can hand in a 4 MiB key.
 pub fn nearest<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    // Similarity is quadratic in the word's length; a typo is short.
     if word.len() > 64 {
         return None;
     }
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(word, k), *k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+    crate::model::suggest::nearest(word, known)
 }
 
 impl From<ScriptError> for Box<EvalAltResult> {
@@ -104,8 +99,7 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits
         ParseErrorType::VariableUndefined(name) => {
             let declared = declared_names(source);
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
-            let others: Vec<&str> = known.into_iter().filter(|k| *k != name.as_str()).collect();
-            let message = match nearest(name, &others) {
+            let message = match nearest(name, &known) {
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
                 None => format!("unknown variable `{name}`"),
             };
@@ -137,10 +131,22 @@ fn declared_names(source: &str) -> Vec<String> {
 /// What the deadline hook returns to stop an evaluation.
 pub const DEADLINE_TOKEN: &str = "rhaiflow:deadline";
 
+/// What the progress hook returns when the file holds too much memory.
+pub const MEMORY_TOKEN: &str = "rhaiflow:memory";
+
 /// Limits to quote in messages about runaway scripts.
 pub struct LimitNames {
     pub max_operations: u64,
     pub deadline_ms: u64,
+    pub memory_mib: usize,
+}
+
+/// The message when one file's evaluation holds more memory than its cap.
+pub fn memory_error(mib: usize) -> ScriptError {
+    ScriptError::fatal(format!(
+        "evaluating this file held more than {mib} MiB of memory (4 × `[core] max_dag_file_memory_mib`)"
+    ))
+    .with_help("keep large text out of DAG files, or raise `max_dag_file_memory_mib` under `[core]` in rhaiflow.toml")
 }
 
 /// Converts an evaluation error, keeping the outermost position in the user's file and the innermost cause.
@@ -162,6 +168,11 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
             Some(e) => {
                 help = e.help;
                 inner_pos = e.pos;
+                e.message
+            }
+            None if value.clone().into_string().is_ok_and(|t| t == MEMORY_TOKEN) => {
+                let e = memory_error(limits.memory_mib);
+                help = e.help;
                 e.message
             }
             None => {

@@ -6,6 +6,7 @@
 mod api;
 mod args;
 mod error;
+mod memory;
 mod sandbox;
 mod state;
 mod values;
@@ -14,7 +15,7 @@ use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
 
 use crate::model::Diagnostic;
-use error::{DEADLINE_TOKEN, LimitNames, eval_diagnostic, parse_diagnostic};
+use error::{DEADLINE_TOKEN, LimitNames, MEMORY_TOKEN, eval_diagnostic, parse_diagnostic};
 use rhai::module_resolvers::StaticModuleResolver;
 use rhai::{AST, Dynamic, Engine, FnPtr, Module, Scope, Shared};
 
@@ -22,7 +23,7 @@ type SharedModule = Shared<Module>;
 use state::{FileCell, FileState};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ pub struct ScriptLimits {
     /// Bytes one file's declarations may hold: their text plus a fixed cost per DAG, task and
     /// edge (`[core] max_dag_file_memory_mib`, in MiB).
     pub max_declared_bytes: usize,
+    /// Bytes the evaluating thread may hold while one file runs, measured by the counting
+    /// allocator (Rhai values in variables included); 4 × `max_declared_bytes` by default.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for ScriptLimits {
@@ -66,6 +70,7 @@ impl Default for ScriptLimits {
             max_tasks_per_dag: 20_000,
             max_edges_per_dag: 100_000,
             max_declared_bytes: 64 << 20,
+            max_memory_bytes: 256 << 20,
         }
     }
 }
@@ -156,11 +161,20 @@ impl ScriptHost {
         let base = Instant::now();
         let deadline = Arc::new(AtomicU64::new(u64::MAX));
         let watched = deadline.clone();
+        let memory_base = Arc::new(AtomicIsize::new(0));
+        let base_bytes = memory_base.clone();
+        let max_memory = isize::try_from(self.limits.max_memory_bytes).unwrap_or(isize::MAX);
         // Reading the clock costs ~25 ns; every 64 operations keeps that under a few per cent while
         // a slow native (a 4 MiB string copy) can overshoot the deadline by only a few dozen ms.
         engine.on_progress(move |ops| {
-            let late = ops % 64 == 0 && elapsed_ns(base) > watched.load(Ordering::Relaxed);
-            late.then(|| Dynamic::from(DEADLINE_TOKEN))
+            if ops % 64 != 0 {
+                return None;
+            }
+            if elapsed_ns(base) > watched.load(Ordering::Relaxed) {
+                return Some(Dynamic::from(DEADLINE_TOKEN));
+            }
+            let held = memory::live_bytes().saturating_sub(base_bytes.load(Ordering::Relaxed));
+            (held > max_memory).then(|| Dynamic::from(MEMORY_TOKEN))
         });
         // Compiling cannot be interrupted from outside, and some sources compile in quadratic time
         // (tens of thousands of top-level `let`s); the tokenizer reads the same deadline per token.
@@ -173,7 +187,7 @@ impl ScriptHost {
                 token
             }
         });
-        FileEngine { engine, base, deadline, limits: self.limits.clone() }
+        FileEngine { engine, base, deadline, memory_base, limits: self.limits.clone() }
     }
 
     /// Evaluates one file with a fresh engine (convenient; the loader reuses engines per thread).
@@ -187,7 +201,7 @@ fn elapsed_ns(base: Instant) -> u64 {
 }
 
 fn compile_module(engine: &Engine, file: &str, source: &str) -> Result<SharedModule, Diagnostic> {
-    let limits = LimitNames { max_operations: 0, deadline_ms: 0 };
+    let limits = LimitNames { max_operations: 0, deadline_ms: 0, memory_mib: 0 };
     let mut ast = engine.compile(source).map_err(|e| parse_diagnostic(file, source, &e, &limits))?;
     ast.set_source(file);
     let module =
@@ -200,6 +214,8 @@ pub struct FileEngine {
     engine: Engine,
     base: Instant,
     deadline: Arc<AtomicU64>,
+    /// The thread's live bytes when the current file started.
+    memory_base: Arc<AtomicIsize>,
     limits: ScriptLimits,
 }
 
@@ -222,7 +238,11 @@ impl FileEngine {
         let shared_source: Arc<str> = Arc::from(source);
         let started = Instant::now();
         let deadline_ms = u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX);
+        let memory_base = memory::live_bytes();
+        self.memory_base.store(memory_base, Ordering::Relaxed);
         let budget = Budget {
+            memory_base,
+            max_memory: isize::try_from(self.limits.max_memory_bytes).unwrap_or(isize::MAX),
             deadline: started.checked_add(self.limits.deadline).unwrap_or(started + Duration::from_secs(86_400)),
             deadline_ms,
             max_tasks_per_dag: self.limits.max_tasks_per_dag,
@@ -234,7 +254,11 @@ impl FileEngine {
         let limit_ns =
             elapsed_ns(self.base).saturating_add(u64::try_from(self.limits.deadline.as_nanos()).unwrap_or(u64::MAX));
         self.deadline.store(limit_ns, Ordering::Relaxed);
-        let names = LimitNames { max_operations: self.limits.max_operations, deadline_ms };
+        let names = LimitNames {
+            max_operations: self.limits.max_operations,
+            deadline_ms,
+            memory_mib: self.limits.max_memory_bytes >> 20,
+        };
         let compiled = self.engine.compile(source);
         let ast = match compiled {
             Ok(ast) => ast,

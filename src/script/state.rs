@@ -56,6 +56,9 @@ pub struct DagDecl {
 /// the DAG API as tasks and edges are added (so a huge cross product stops early).
 #[derive(Debug, Clone)]
 pub struct Budget {
+    /// The thread's live bytes when the file started, and how many more it may hold.
+    pub memory_base: isize,
+    pub max_memory: isize,
     pub deadline: Instant,
     pub deadline_ms: u64,
     pub max_tasks_per_dag: usize,
@@ -67,6 +70,8 @@ impl Budget {
     /// No caps and a far deadline (for the empty state left behind after a file finishes).
     pub fn unlimited() -> Self {
         Budget {
+            memory_base: 0,
+            max_memory: isize::MAX,
             deadline: Instant::now() + std::time::Duration::from_secs(86_400 * 365),
             deadline_ms: u64::MAX,
             max_tasks_per_dag: usize::MAX,
@@ -130,6 +135,11 @@ impl FileState {
     pub fn check_deadline(&self) -> ScriptResult<()> {
         if Instant::now() > self.budget.deadline {
             return Err(ScriptError::deadline(self.budget.deadline_ms));
+        }
+        let held = super::memory::live_bytes().saturating_sub(self.budget.memory_base);
+        if held > self.budget.max_memory {
+            let mib = usize::try_from(self.budget.max_memory >> 20).unwrap_or(usize::MAX);
+            return Err(super::error::memory_error(mib));
         }
         Ok(())
     }
