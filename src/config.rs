@@ -63,6 +63,9 @@ struct Bound {
 const BOUNDS: &[Bound] = &[
     Bound { key: "core.parallelism", min: 1.0, max: 10_000.0, above_min: false, unit: "" },
     Bound { key: "core.dag_file_timeout", min: 0.0, max: 3_600.0, above_min: true, unit: " seconds" },
+    Bound { key: "core.max_tasks_per_dag", min: 1.0, max: 1_000_000.0, above_min: false, unit: "" },
+    Bound { key: "core.max_edges_per_dag", min: 1.0, max: 10_000_000.0, above_min: false, unit: "" },
+    Bound { key: "core.max_dag_file_memory_mib", min: 1.0, max: 4_096.0, above_min: false, unit: " MiB" },
     Bound { key: "core.parse_threads", min: 0.0, max: 256.0, above_min: false, unit: " (0: one per core)" },
     Bound { key: "scheduler.shutdown_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
     Bound { key: "scheduler.kill_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
@@ -149,6 +152,12 @@ pub struct CoreConfig {
     pub dag_file_timeout: f64,
     /// Threads that evaluate DAG files; 0 means one per core.
     pub parse_threads: usize,
+    /// Tasks one DAG may declare.
+    pub max_tasks_per_dag: u64,
+    /// Dependencies (edges) one DAG may declare.
+    pub max_edges_per_dag: u64,
+    /// MiB a DAG file's declarations may hold (the evaluation itself may use 4 × this).
+    pub max_dag_file_memory_mib: u64,
 }
 
 impl Default for CoreConfig {
@@ -160,6 +169,9 @@ impl Default for CoreConfig {
             default_owner: "rhaiflow".into(),
             dag_file_timeout: 1.0,
             parse_threads: 0,
+            max_tasks_per_dag: 20_000,
+            max_edges_per_dag: 100_000,
+            max_dag_file_memory_mib: 64,
         }
     }
 }
@@ -441,6 +453,9 @@ impl Config {
             ("core.parallelism", int(self.core.parallelism.into())),
             ("core.dag_file_timeout", float(self.core.dag_file_timeout)),
             ("core.parse_threads", int(self.core.parse_threads as u64)),
+            ("core.max_tasks_per_dag", int(self.core.max_tasks_per_dag)),
+            ("core.max_edges_per_dag", int(self.core.max_edges_per_dag)),
+            ("core.max_dag_file_memory_mib", int(self.core.max_dag_file_memory_mib)),
             ("scheduler.shutdown_grace", float(self.scheduler.shutdown_grace)),
             ("scheduler.kill_grace", float(self.scheduler.kill_grace)),
             ("scheduler.task_heartbeat_timeout", float(self.scheduler.task_heartbeat_timeout)),

@@ -266,3 +266,25 @@ fn a_home_and_a_dags_folder_that_are_not_utf8_are_used_as_given() {
         .unwrap();
     assert_eq!(stderr(&o), "");
 }
+
+#[test]
+fn the_per_dag_caps_come_from_the_config() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("dags")).unwrap();
+    std::fs::write(
+        home.path().join("dags/wide.rhai"),
+        r#"let d = DAG("wide", #{ schedule: () }); for i in 0..5 { EmptyOperator(#{ task_id: `t${i}` }); }"#,
+    )
+    .unwrap();
+    std::fs::write(home.path().join("rhaiflow.toml"), "[core]\nmax_tasks_per_dag = 3\n").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rhaiflow"))
+        .args(["dags", "check"])
+        .current_dir(home.path())
+        .env_remove("RHAIFLOW_HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(format!("{stdout}{stderr}").contains("max_tasks_per_dag"), "{stdout}{stderr}");
+}

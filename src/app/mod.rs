@@ -42,8 +42,14 @@ pub enum Progress<'a> {
 
 impl App {
     pub fn new(config: Config) -> anyhow::Result<App> {
-        let limits =
-            ScriptLimits { deadline: Duration::from_secs_f64(config.core.dag_file_timeout), ..ScriptLimits::default() };
+        let limits = ScriptLimits {
+            deadline: Duration::from_secs_f64(config.core.dag_file_timeout),
+            max_tasks_per_dag: config.core.max_tasks_per_dag as usize,
+            max_edges_per_dag: config.core.max_edges_per_dag as usize,
+            max_declared_bytes: (config.core.max_dag_file_memory_mib as usize) << 20,
+            max_memory_bytes: (config.core.max_dag_file_memory_mib as usize * 4) << 20,
+            ..ScriptLimits::default()
+        };
         let settings =
             LoaderSettings { dags_folder: config.core.dags_folder.clone(), limits, threads: config.core.parse_threads };
         let loader = Loader::new(settings).context("cannot start the DAG loader")?;
