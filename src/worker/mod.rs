@@ -197,7 +197,8 @@ impl Worker {
         let claimed = self
             .store
             .write_async(move |tx| {
-                let ok = tx.set_ti_state(&claim_key, TaskState::Queued, TaskState::Running, &claim)?;
+                let running = transition(TaskState::Queued, TiEvent::Start).unwrap_or(TaskState::Running);
+                let ok = tx.set_ti_state(&claim_key, TaskState::Queued, running, &claim)?;
                 if ok {
                     tx.clear_xcoms(&claim_key)?;
                 }
@@ -252,8 +253,14 @@ impl Worker {
         let finished = now();
         let duration = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         let (state, message) = match &ending {
-            Ending::Success { .. } => (TaskState::Success, "Marking task as SUCCESS".to_string()),
-            Ending::Skipped(why) => (TaskState::Skipped, format!("{why}; marking task as SKIPPED")),
+            Ending::Success { .. } => (
+                transition(TaskState::Running, TiEvent::Succeed).unwrap_or(TaskState::Success),
+                "Marking task as SUCCESS".to_string(),
+            ),
+            Ending::Skipped(why) => (
+                transition(TaskState::Running, TiEvent::Skip).unwrap_or(TaskState::Skipped),
+                format!("{why}; marking task as SKIPPED"),
+            ),
             Ending::Failed(why) => {
                 let can_retry = try_number <= task.max_tries;
                 let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
