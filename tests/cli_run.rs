@@ -259,7 +259,7 @@ fn kill_9_mid_run_then_restart_finishes_the_run_without_overlap() {
     let dag = format!(
         r#"let dag = DAG("crash", #{{ {MANUAL} }});
         let a = BashOperator(#{{ task_id: "a", retries: 1, retry_delay: seconds(0),
-            bash_command: "echo start-$AIRFLOW_CTX_TRY_NUMBER >> $HOME_DIR/trace; sleep 1; echo end-$AIRFLOW_CTX_TRY_NUMBER >> $HOME_DIR/trace" }});
+            bash_command: "echo start-$AIRFLOW_CTX_TRY_NUMBER >> $HOME_DIR/trace; while [ ! -e $HOME_DIR/go ]; do sleep 0.02; done; echo end-$AIRFLOW_CTX_TRY_NUMBER >> $HOME_DIR/trace" }});
         let b = BashOperator(#{{ task_id: "b", bash_command: "echo b >> $HOME_DIR/trace" }});
         a >> b;"#
     );
@@ -269,6 +269,10 @@ fn kill_9_mid_run_then_restart_finishes_the_run_without_overlap() {
     wait_until("task a to start", || home.file("trace").contains("start-1").then_some(()));
     first.kill_9();
     let second = home.scheduler();
+    // Try 1 outlived its scheduler; the new one kills it before try 2 starts. Only then may the
+    // tries finish (no fixed sleep to race against).
+    wait_until("try 2 to start", || home.file("trace").contains("start-2").then_some(()));
+    std::fs::write(home.path().join("go"), "").unwrap();
     let run = home.wait_for_run("crash");
     assert_eq!(run["state"], "success");
     // Try 1 was killed with its scheduler (no `end-1`), try 2 ran alone, then b.
