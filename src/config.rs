@@ -580,7 +580,9 @@ fn origin_of<'a>(origins: &'a BTreeMap<String, Origin>, key: &str) -> Option<&'a
 
 /// An environment value as TOML when it reads as a number, bool or array; otherwise a string.
 fn env_value(raw: &str) -> toml::Value {
-    let parsed = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
+    // Exactly one key: a value with a newline cannot smuggle in other keys or tables.
+    let parsed =
+        format!("v = {raw}").parse::<toml::Table>().ok().filter(|t| t.len() == 1).and_then(|mut t| t.remove("v"));
     match parsed {
         Some(
             v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) | toml::Value::Array(_)),
@@ -613,13 +615,20 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 /// What serde found, from "invalid type: string \"x\", expected u32" (or the whole message).
-fn got(reason: &str) -> &str {
+/// Long values are cut to their first [`GOT_CHARS`] characters.
+fn got(reason: &str) -> String {
     let found = reason.strip_prefix("invalid type: ").or_else(|| reason.strip_prefix("invalid value: "));
-    match found {
+    let what = match found {
         Some(rest) => rest.split_once(", expected").map_or(rest, |(what, _)| what),
         None => reason,
+    };
+    match what.char_indices().nth(GOT_CHARS) {
+        Some((cut, _)) => format!("{}…", &what[..cut]),
+        None => what.to_string(),
     }
 }
+
+const GOT_CHARS: usize = 60;
 
 /// Turns serde's "unknown field `x`, expected one of `a`, `b`" into a suggestion.
 fn explain(reason: String) -> String {
@@ -694,6 +703,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown time zone `Mars/Base`"), "{err}");
+    }
+
+    #[test]
+    fn an_env_value_cannot_smuggle_in_other_keys_and_long_values_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__PARALLELISM", "4\n[core]\nparse_threads = 9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("must be between 1 and 10000, got string \"4\\n[core]\\nparse_threads = 9\""), "{err}");
+        let long = "x".repeat(100_000);
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__PARALLELISM", &long)])).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(err.ends_with(&format!("got string \"{}…", "x".repeat(52))), "{err}");
     }
 
     #[test]
