@@ -174,6 +174,7 @@ const NUMBERS: &[(&str, &str, bool, f64, f64, bool)] = &[
     ("core", "parse_threads", true, 0.0, 256.0, false),
     ("scheduler", "shutdown_grace", false, 0.0, 86_400.0, false),
     ("scheduler", "kill_grace", false, 0.0, 86_400.0, false),
+    ("scheduler", "task_heartbeat_timeout", false, 0.0, 604_800.0, true),
     ("logging", "max_log_bytes", true, 0.0, (1u64 << 40) as f64, false),
 ];
 
