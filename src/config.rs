@@ -176,10 +176,17 @@ impl Default for CoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
+    /// May hold a password (`postgres://user:password@host/db`): `Debug` hides it.
     pub url: String,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig").field("url", &without_password(&self.url)).finish()
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -492,10 +499,14 @@ impl Config {
                 format!("must be error, warn, info, debug or trace, not `{}`", self.logging.level),
             ));
         }
-        if self.database_path().is_none() && !self.database.url.starts_with("postgres") {
+        let postgres = ["postgres://", "postgresql://"].iter().any(|p| self.database.url.starts_with(p));
+        if self.database_path().is_none() && !postgres {
             return Err(key_error(
                 "database.url",
-                format!("`{}` is not a database URL; use `sqlite://PATH` or `postgres://...`", self.database.url),
+                format!(
+                    "`{}` is not a database URL; use `sqlite://PATH` or `postgres://...`",
+                    without_password(&self.database.url)
+                ),
             ));
         }
         self.core.dags_folder = self.under_home(&self.core.dags_folder);
@@ -603,6 +614,17 @@ fn set_path(tree: &mut toml::Table, path: &[String], value: toml::Value) {
         table = t;
     }
     table.insert(last.clone(), value);
+}
+
+/// A URL with the password of `scheme://user:password@host` replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
 }
 
 /// A TOML syntax error with its line and column, and what is wrong, but not the line's text.
@@ -717,6 +739,20 @@ mod tests {
         let err = Config::load_from(&flags, env(&[("RHAIFLOW__CORE__PARALLELISM", &long)])).unwrap_err().to_string();
         assert!(err.len() < 300, "{err}");
         assert!(err.ends_with(&format!("got string \"{}…", "x".repeat(52))), "{err}");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_shown_without_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
+        let url = "postgress://ops:hunter2@127.0.0.1:5432/rhaiflow";
+        let good = Config::load_from(&flags, env(&[("RHAIFLOW__DATABASE__URL", "postgres://ops:hunter2@127.0.0.1/r")]));
+        assert!(!format!("{:?}", good.unwrap()).contains("hunter2"));
+        let err = Config::load_from(&flags, env(&[("RHAIFLOW__DATABASE__URL", url)])).unwrap_err().to_string();
+        assert!(err.contains("`postgress://ops:***@127.0.0.1:5432/rhaiflow` is not a database URL"), "{err}");
+        assert_eq!(without_password("mysql://a@b/c"), "mysql://a@b/c");
+        assert_eq!(without_password("x://u:p@h/p@q"), "x://u:***@h/p@q");
+        assert_eq!(without_password("nonsense"), "nonsense");
     }
 
     #[test]
