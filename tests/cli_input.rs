@@ -177,3 +177,19 @@ fn the_panic_command_is_hidden() {
     let o = rhaiflow(Path::new("/"), &["--help"]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("panic"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_as_sigpipe_would() {
+    let dir = home();
+    // The reader is gone before the process starts, so every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = command(dir.path())
+        .args(["dags", "next-runs", "good", "-n", "1000", "--now", NOW])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&o), "");
+    assert_eq!(o.status.code(), Some(141));
+}

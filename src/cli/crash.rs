@@ -7,6 +7,9 @@
 //! ever, so the hook ends the process there at once. Anywhere else the hook only records the
 //! report: code that catches panics on purpose (DAG file evaluation turns one into that file's
 //! error) keeps working, and prints nothing here.
+//!
+//! Printing to a closed pipe is no bug: the process exits with 141, as if killed by SIGPIPE,
+//! saying nothing.
 
 use super::EXIT_ERROR;
 use std::any::Any;
@@ -19,12 +22,20 @@ static LAST: Mutex<Option<String>> = Mutex::new(None);
 
 const PREFIX: &str = "rhaiflow: internal error (a bug)";
 
+/// 128 + SIGPIPE: what a shell shows for a process killed by SIGPIPE.
+pub const EXIT_CLOSED_STDOUT: i32 = 141;
+
 /// Replaces the default panic message (a backtrace hint aimed at Rust developers) with ours.
 pub fn install() {
     std::panic::set_hook(Box::new(|info| {
+        if is_closed_stdout(info.payload()) {
+            // `rhaiflow dags list | head -1`: the reader left, which is no bug. Exit as a process
+            // killed by SIGPIPE shows in a shell, saying nothing.
+            std::process::exit(EXIT_CLOSED_STDOUT);
+        }
         let report = report(info);
         if tokio::runtime::Handle::try_current().is_ok() {
-            eprintln!("{PREFIX}: {report}");
+            say(&report);
             std::process::exit(EXIT_ERROR);
         }
         *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
@@ -38,10 +49,16 @@ pub fn guard(body: impl FnOnce() -> i32) -> i32 {
         Err(payload) => {
             let recorded = LAST.lock().unwrap_or_else(|e| e.into_inner()).take();
             let report = recorded.unwrap_or_else(|| format!("{} at an unknown place", message(payload.as_ref())));
-            eprintln!("{PREFIX}: {report}");
+            say(&report);
             EXIT_ERROR
         }
     }
+}
+
+/// Writes the report to stderr; a closed stderr is ignored (`eprintln!` would panic inside the hook).
+fn say(report: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{PREFIX}: {report}");
 }
 
 fn report(info: &PanicHookInfo<'_>) -> String {
@@ -53,6 +70,12 @@ fn report(info: &PanicHookInfo<'_>) -> String {
         report.push_str(&format!("\n{trace}"));
     }
     report
+}
+
+/// `println!` panics when stdout is a pipe whose reader has gone (Rust ignores SIGPIPE).
+fn is_closed_stdout(payload: &(dyn Any + Send)) -> bool {
+    let text = message(payload);
+    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
 }
 
 fn message(payload: &(dyn Any + Send)) -> String {

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// Exit codes (DESIGN.md §4): 0 ok, 1 what you asked about failed, 2 usage, config or internal error.
+/// Exit codes (DESIGN.md §4): 0 ok, 1 what you asked about failed, 2 usage, config or internal error
+/// (and 141 when stdout's reader has gone, see `crash.rs`).
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
