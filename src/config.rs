@@ -742,6 +742,14 @@ mod tests {
     }
 
     #[test]
+    fn every_number_has_bounds_and_every_bound_a_number() {
+        let config = Config::default();
+        let checked: BTreeSet<&str> = config.numbers().iter().map(|(key, ..)| *key).collect();
+        let bounded: BTreeSet<&str> = BOUNDS.iter().map(|b| b.key).collect();
+        assert_eq!(checked, bounded);
+    }
+
+    #[test]
     fn a_bad_database_url_is_shown_without_its_password() {
         let dir = tempfile::tempdir().unwrap();
         let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
