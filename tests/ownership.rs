@@ -186,3 +186,15 @@ fn sigterm_during_start_up_stops_the_scheduler_cleanly() {
     assert!(err.contains("stopped during start-up"), "{err}");
     assert!(home.runs("own").is_empty(), "nothing was scheduled");
 }
+
+#[test]
+fn a_backfill_over_a_huge_range_is_refused_before_anything_is_written() {
+    let dag = r#"let d = DAG("hourly", #{ schedule: "@hourly", start_date: datetime(2000, 1, 1), catchup: false });
+let t = EmptyOperator(#{ task_id: "a" });"#;
+    let home = Home::new(&[("hourly.rhai", dag)]);
+    let o = home.run(&["dags", "backfill", "hourly", "--start-date", "2000-01-01", "--end-date", "9999-12-31"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("the range holds more than 10000 runs of `hourly`; backfill a shorter range"), "{err}");
+    assert!(home.runs("hourly").is_empty(), "nothing was created");
+}

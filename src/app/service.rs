@@ -28,6 +28,9 @@ pub struct ClearRequest {
     pub end: Option<DateTime<Utc>>,
 }
 
+/// The most runs one backfill creates: a longer range is refused before anything is written.
+pub const MAX_BACKFILL_RUNS: usize = 10_000;
+
 /// A backfill's plan: runs created, runs resumed from a backfill that stopped, dates skipped.
 #[derive(Debug, Clone, Default)]
 pub struct BackfillPlan {
@@ -256,18 +259,21 @@ impl App {
         let dag_id = dag.spec.dag_id.as_str();
         let Some(tt) = dag.timetable() else { bail!("DAG `{dag_id}` has no schedule to backfill") };
         let restriction = crate::schedule::Restriction { earliest: Some(start), latest: Some(end), catchup: true };
-        let mut plan = BackfillPlan::default();
+        // The intervals first, bounded, so a huge range is refused before anything is written.
+        let mut intervals = Vec::new();
         let mut last = None;
-        let mut count = 0usize;
         while let Some(info) = tt.next_dagrun_info(last, restriction, now) {
             if last == Some(info.data_interval) {
                 break;
             }
-            count += 1;
-            if count > 100_000 {
-                bail!("the backfill range holds more than 100,000 runs of `{dag_id}`; backfill a shorter range");
+            if intervals.len() >= MAX_BACKFILL_RUNS {
+                bail!("the range holds more than {MAX_BACKFILL_RUNS} runs of `{dag_id}`; backfill a shorter range");
             }
             last = Some(info.data_interval);
+            intervals.push(info);
+        }
+        let mut plan = BackfillPlan::default();
+        for info in intervals {
             let mut run =
                 new_run(dag, RunType::Backfill, info.logical_date, info.data_interval, serde_json::json!({}), now);
             run.owner = Some(runner.id.clone());
