@@ -145,7 +145,7 @@ pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>
 /// `dags trigger ID [--conf JSON] [--logical-date D]`.
 pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&str>) -> anyhow::Result<Outcome> {
     let conf: serde_json::Value = match conf {
-        Some(text) => serde_json::from_str(text).with_context(|| format!("`--conf` is not JSON: {text}"))?,
+        Some(text) => serde_json::from_str(text).context("`--conf` is not JSON")?,
         None => serde_json::json!({}),
     };
     if !conf.is_object() {
