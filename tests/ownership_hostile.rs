@@ -317,3 +317,56 @@ fn a_second_scheduler_through_a_symlinked_database_path_refuses_to_start() {
         .unwrap();
     assert!(code.is_some(), "a second scheduler runs on the same database ({runners} live scheduler runners)");
 }
+
+// ---- a tiny heartbeat timeout ---------------------------------------------------------------------
+
+fn scheduler_runner(home: &Home) -> (String, chrono::DateTime<chrono::Utc>) {
+    let (id, at): (String, String) = home
+        .db()
+        .query_row(
+            "SELECT runner_id, heartbeat_at FROM runner WHERE kind = 'scheduler' AND stopped_at IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (id, chrono::DateTime::parse_from_rfc3339(&at).unwrap().with_timezone(&chrono::Utc))
+}
+
+#[test]
+#[ignore = "defect: a runner's heartbeat waits behind its takeover's kill_grace, so a live scheduler is judged gone and its running try killed"]
+fn a_scheduler_busy_killing_an_orphan_still_owns_its_running_try() {
+    let home = Home::new(&[("live.rhai", &dag("live", "()", 0, false)), ("orph.rhai", &dag("orph", "()", 0, true))]);
+    config(&home, "[scheduler]\ntask_heartbeat_timeout = 0.5\nkill_grace = 60\n");
+    let _scheduler = spawn_scheduler(&home);
+    assert!(home.run(&["dags", "trigger", "live", "--logical-date", "2024-01-02"]).status.success());
+    let live = wait_for_pids(&home, "live", 1)[0];
+    // A `dags test` whose try ignores SIGTERM dies: the scheduler takes the orphan over and
+    // waits up to `kill_grace` for it to die.
+    let mut test = home.spawn(&["dags", "test", "orph", "2024-01-02"]);
+    let orphan = wait_for_pids(&home, "orph", 1)[0];
+    test.kill_9();
+    let (sched_id, _) = scheduler_runner(&home);
+    wait_until("the scheduler to take the orphan over", || {
+        ti(&home, "orph", "work").first().filter(|t| t.2.as_deref() == Some(sched_id.as_str())).cloned()
+    });
+    // The scheduler is alive and well, only busy; its heartbeat has stopped meanwhile.
+    let stale = wait_for(20, || {
+        let (_, at) = scheduler_runner(&home);
+        (chrono::Utc::now() - at > chrono::TimeDelta::seconds(2)).then_some(())
+    });
+    let mut second = spawn_logged(&home, "test-live", &["dags", "test", "live", "2024-01-02"]);
+    let refused = wait_until("the `dags test` of the live run to refuse or kill", || {
+        if let Some(child) = second.0.as_mut()
+            && child.try_wait().ok().flatten().is_some()
+        {
+            return Some(true);
+        }
+        (!process_alive(live)).then_some(false)
+    });
+    let err = home.file("test-live.err");
+    let out = home.file("test-live.out");
+    std::fs::write(home.path().join("go"), "").unwrap();
+    assert!(refused, "`dags test` killed the live scheduler's running try (pid {live}):\n{out}{err}");
+    assert!(stale.is_none(), "the live scheduler stopped heartbeating while it waited for the orphan to die");
+    assert!(err.contains("is being run by scheduler"), "{out}{err}");
+}
