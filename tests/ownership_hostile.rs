@@ -343,7 +343,7 @@ fn a_scheduler_busy_killing_an_orphan_still_owns_its_running_try() {
     // A `dags test` whose try ignores SIGTERM dies: the scheduler takes the orphan over and
     // waits up to `kill_grace` for it to die.
     let mut test = home.spawn(&["dags", "test", "orph", "2024-01-02"]);
-    let orphan = wait_for_pids(&home, "orph", 1)[0];
+    wait_for_pids(&home, "orph", 1);
     test.kill_9();
     let (sched_id, _) = scheduler_runner(&home);
     wait_until("the scheduler to take the orphan over", || {
