@@ -17,10 +17,20 @@ use std::time::{Duration, Instant};
 /// outlives a killed owner (no SIGPIPE).
 fn task_cmd(task: &str, trap_term: bool) -> String {
     let trap = if trap_term { "trap '' TERM; " } else { "" };
+    let check = overlap_check(&format!("pids-{task}"), task);
     format!(
-        "{trap}for p in $(cat $HOME_DIR/pids-{task} 2>/dev/null); do if kill -0 $p 2>/dev/null; then echo overlap {task} $p >> $HOME_DIR/trace; fi; done; \
+        "{trap}{} \
          echo $$ >> $HOME_DIR/pids-{task}; echo start {task} $$ >> $HOME_DIR/trace; \
-         while [ ! -e $HOME_DIR/go-{task} ] && [ ! -e $HOME_DIR/go ] && [ -d $HOME_DIR/dags ]; do sleep 0.02; done; echo end {task} $$ >> $HOME_DIR/trace"
+         while [ ! -e $HOME_DIR/go-{task} ] && [ ! -e $HOME_DIR/go ] && [ -d $HOME_DIR/dags ]; do sleep 0.02; done; echo end {task} $$ >> $HOME_DIR/trace",
+        check
+    )
+}
+
+/// Shell that writes `overlap LABEL PID` to `trace` when a pid listed in `pid_file` still runs
+/// (zombies excluded: this machine's init reaps orphans a second late).
+fn overlap_check(pid_file: &str, label: &str) -> String {
+    format!(
+        "for p in $(cat $HOME_DIR/{pid_file} 2>/dev/null); do if [ -e /proc/$p ] && ! grep -q zombie /proc/$p/status 2>/dev/null; then echo overlap {label} $p >> $HOME_DIR/trace; fi; done;"
     )
 }
 
@@ -369,4 +379,133 @@ fn a_scheduler_busy_killing_an_orphan_still_owns_its_running_try() {
     assert!(refused, "`dags test` killed the live scheduler's running try (pid {live}):\n{out}{err}");
     assert!(stale.is_none(), "the live scheduler stopped heartbeating while it waited for the orphan to die");
     assert!(err.contains("is being run by scheduler"), "{out}{err}");
+}
+
+// ---- output while the owner dies ------------------------------------------------------------------
+
+#[test]
+fn a_try_writing_lots_of_output_when_its_scheduler_dies_is_retried_once_and_never_overlaps() {
+    let noisy = r#"let d = DAG("noisy", #{ schedule: (), start_date: datetime(2024, 1, 1) });
+let t = BashOperator(#{ task_id: "work", retries: 1, retry_delay: seconds(0),
+    bash_command: "OVERLAP_CHECK echo $$ >> $HOME_DIR/pids-noisy; echo start noisy $$ >> $HOME_DIR/trace; i=0; while [ ! -e $HOME_DIR/go ] && [ -d $HOME_DIR/dags ]; do i=$((i+1)); echo line $i of a task that talks a lot; echo err $i >&2; done; echo end noisy $$ >> $HOME_DIR/trace" });"#;
+    let noisy = noisy.replace("OVERLAP_CHECK", &overlap_check("pids-noisy", "noisy"));
+    let home = Home::new(&[("noisy.rhai", &noisy)]);
+    let mut scheduler = spawn_scheduler(&home);
+    assert!(home.run(&["dags", "trigger", "noisy", "--logical-date", "2024-01-02"]).status.success());
+    let first = wait_for_pids(&home, "noisy", 1)[0];
+    let log = home.path().join("logs/dag_id=noisy/run_id=manual__2024-01-02T00:00:00+00:00/task_id=work/attempt=1.log");
+    wait_until("the task to talk", || (std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 100_000).then_some(()));
+    scheduler.kill_9();
+    let _again = spawn_scheduler(&home);
+    let second = wait_for_pids(&home, "noisy", 2)[1];
+    assert!(!process_alive(first), "try 1 is gone before try 2 runs");
+    assert!(process_alive(second) || home.file("trace").contains(&format!("end noisy {second}")));
+    std::fs::write(home.path().join("go"), "").unwrap();
+    wait_until("the run to succeed", || run_states(&home, "noisy").first().filter(|r| r.1 == "success").cloned());
+    assert_eq!(pids(&home, "noisy").len(), 2, "one retry, no more");
+    assert_no_overlap(&home);
+}
+
+// ---- everything at once, killed at awkward moments ------------------------------------------------
+
+/// A tiny deterministic generator, so a failing round can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// A DAG of three short tasks (each a trace line pair, overlap-checked) for the chaos rounds.
+fn short_dag(dag_id: &str) -> String {
+    let cmd = |t: &str| {
+        format!(
+            "{} echo $$ >> $HOME_DIR/pids-{dag_id}-{t}-$RHAIFLOW_CTX_RUN_ID; echo start $$ {dag_id} {t} $RHAIFLOW_CTX_RUN_ID try $RHAIFLOW_CTX_TRY_NUMBER >> $HOME_DIR/trace; sleep 0.3; echo end $$ >> $HOME_DIR/trace",
+            overlap_check(&format!("pids-{dag_id}-{t}-$RHAIFLOW_CTX_RUN_ID"), &format!("{dag_id} {t}"))
+        )
+    };
+    format!(
+        r#"let d = DAG("{dag_id}", #{{ schedule: "@daily", start_date: datetime(2024, 1, 1), end_date: datetime(2024, 1, 4), catchup: true }});
+let a = BashOperator(#{{ task_id: "a", retries: 2, retry_delay: seconds(0), bash_command: "{}" }});
+let b = BashOperator(#{{ task_id: "b", retries: 2, retry_delay: seconds(0), bash_command: "{}" }});
+let c = BashOperator(#{{ task_id: "c", retries: 2, retry_delay: seconds(0), bash_command: "{}" }});
+a >> [b, c];"#,
+        cmd("a"),
+        cmd("b"),
+        cmd("c")
+    )
+}
+
+/// Task instances still claimed (`queued`/`running`) in the store.
+fn claimed(home: &Home) -> Vec<(String, String, String, String)> {
+    let db = home.db();
+    let mut stmt = db
+        .prepare("SELECT dag_id, run_id, task_id, state FROM task_instance WHERE state IN ('queued', 'running')")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn scheduler_test_and_backfill_on_one_database_killed_at_random_never_overlap_or_strand_a_try() {
+    let home = Home::new(&[("c1.rhai", &short_dag("c1")), ("c2.rhai", &short_dag("c2"))]);
+    config(&home, "[scheduler]\nkill_grace = 0.5\nshutdown_grace = 1\n");
+    let mut rng = Lcg(0x5eed);
+    for round in 0..4 {
+        let mut procs = [
+            home.spawn(&["scheduler"]),
+            home.spawn(&["dags", "backfill", "c1", "--start-date", "2024-01-01", "--end-date", "2024-01-04"]),
+            home.spawn(&["dags", "test", "c2", "2024-01-03"]),
+            home.spawn(&["dags", "backfill", "c2", "--start-date", "2024-01-01", "--end-date", "2024-01-04"]),
+        ];
+        // Let some tries start, then kill -9 a random subset at a random moment.
+        let starts = home.file("trace").matches("start").count();
+        let target = starts + 1 + rng.next(6) as usize;
+        let _ = wait_for(20, || (home.file("trace").matches("start").count() >= target).then_some(()));
+        for p in procs.iter_mut() {
+            if rng.next(2) == 0 {
+                p.kill_9();
+            } else {
+                p.signal(Signal::SIGTERM);
+            }
+        }
+        for (i, p) in procs.iter_mut().enumerate() {
+            if p.0.is_some() {
+                let (code, out, err) = p.finish();
+                if std::env::var_os("CHAOS_DEBUG").is_some() {
+                    eprintln!("round {round} proc {i}: {code:?}\n{out}{err}");
+                }
+            }
+        }
+        if let Some(keep) = std::env::var_os("CHAOS_KEEP")
+            && home.file("trace").contains("overlap")
+        {
+            let _ = std::process::Command::new("cp").arg("-r").arg(home.path()).arg(&keep).status();
+        }
+        assert_no_overlap(&home);
+    }
+    // Every process has stopped; one scheduler restarted takes over what they left, and backfills
+    // run again resume theirs.
+    let _scheduler = spawn_scheduler(&home);
+    for dag_id in ["c1", "c2"] {
+        let o = home.run(&["dags", "backfill", dag_id, "--start-date", "2024-01-01", "--end-date", "2024-01-04"]);
+        assert!(o.status.code().is_some(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let left = wait_for(60, || Some(claimed(&home)).filter(|c| c.is_empty()));
+    assert!(left.is_some(), "claimed for ever: {:?}", claimed(&home));
+    let dup: i64 = home
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT dag_id, logical_date FROM dag_run GROUP BY 1, 2 HAVING COUNT(*) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dup, 0, "a logical date got two runs");
+    assert_no_overlap(&home);
+    if std::env::var_os("CHAOS_DEBUG").is_some() {
+        let states: Vec<_> = ["c1", "c2"].iter().flat_map(|d| run_states(&home, d)).collect();
+        panic!("trace:\n{}\nruns: {states:?}", home.file("trace"));
+    }
 }
