@@ -11,16 +11,16 @@ use common::{Home, Running, process_alive, wait_until};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 
-/// A task command: refuses to overlap an earlier try of `task` (writes `overlap`), records its pid,
+/// A task command: refuses to overlap an earlier try of `task` in its run (writes `overlap`), records its pid,
 /// waits for the file `go-<task>` (or `go`, or the home to vanish: no task outlives its test), then
 /// writes `end`. Writes nothing on stdout, so it
 /// outlives a killed owner (no SIGPIPE).
 fn task_cmd(task: &str, trap_term: bool) -> String {
     let trap = if trap_term { "trap '' TERM; " } else { "" };
-    let check = overlap_check(&format!("pids-{task}"), task);
+    let check = overlap_check(&format!("run-pids-{task}-$RHAIFLOW_CTX_RUN_ID"), task);
     format!(
         "{trap}{} \
-         echo $$ >> $HOME_DIR/pids-{task}; echo start {task} $$ >> $HOME_DIR/trace; \
+         echo $$ >> $HOME_DIR/pids-{task}; echo $$ >> $HOME_DIR/run-pids-{task}-$RHAIFLOW_CTX_RUN_ID; echo start {task} $$ >> $HOME_DIR/trace; \
          while [ ! -e $HOME_DIR/go-{task} ] && [ ! -e $HOME_DIR/go ] && [ -d $HOME_DIR/dags ]; do sleep 0.02; done; echo end {task} $$ >> $HOME_DIR/trace",
         check
     )
