@@ -558,3 +558,21 @@ fn a_backfill_interrupted_by_ctrl_c_resumes_its_interrupted_try() {
     assert_eq!(pids(&home, "ci").len(), 2, "the interrupted try is run again:\n{out}");
     assert!(out.contains("1 run(s) succeeded, 0 failed"), "{out}");
 }
+
+/// (`claim_run` checks the owner and sets it in two transactions: a narrow race not seen here.)
+#[test]
+fn two_backfills_resuming_one_range_at_once_one_refuses() {
+    let home = Home::new(&[("rr.rhai", &dag("rr", "\"@daily\"", 2, false))]);
+    let args = ["dags", "backfill", "rr", "--start-date", "2024-01-01", "--end-date", "2024-01-04"];
+    let mut first = home.spawn(&args);
+    wait_for_pids(&home, "rr", 4);
+    first.kill_9();
+    let mut both = [home.spawn(&args), home.spawn(&args)];
+    go(&home, "rr");
+    let results: Vec<(Option<i32>, String, String)> = both.iter_mut().map(|b| b.finish()).collect();
+    let resumed = results.iter().filter(|r| r.1.contains("resuming")).count();
+    let refused = results.iter().filter(|r| r.2.contains("is being run by")).count();
+    assert_no_overlap(&home);
+    assert_eq!((resumed, refused), (1, 1), "one resumes, the other refuses: {results:#?}");
+    assert_eq!(run_states(&home, "rr").iter().filter(|r| r.1 == "success").count(), 4);
+}
