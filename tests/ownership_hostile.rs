@@ -139,7 +139,6 @@ fn a_try_that_succeeds_while_its_scheduler_is_dead_keeps_its_success() {
 // ---- runs a dead `dags test` / refused backfill leave ---------------------------------------------
 
 #[test]
-#[ignore = "defect: a kill -9'd `dags test` leaves its run `running` for ever: the scheduler skips runs with an owner, gone or not"]
 fn a_run_of_a_killed_dags_test_does_not_stay_running_beside_a_scheduler() {
     let home = Home::new(&[("kt.rhai", &dag("kt", "()", 0, false))]);
     let _scheduler = spawn_scheduler(&home);
@@ -157,7 +156,6 @@ fn a_run_of_a_killed_dags_test_does_not_stay_running_beside_a_scheduler() {
 }
 
 #[test]
-#[ignore = "defect: a backfill refused because another one runs a date has already created the runs of earlier dates, stranded `queued`"]
 fn a_refused_backfill_creates_no_runs() {
     let home = Home::new(&[("bf.rhai", &dag("bf", "\"@daily\"", 0, false))]);
     let mut first = home.spawn(&["dags", "backfill", "bf", "--start-date", "2024-01-02", "--end-date", "2024-01-02"]);
@@ -249,7 +247,6 @@ fn a_task_that_ignores_sigterm_is_killed_after_the_shutdown_grace_and_recorded()
 }
 
 #[test]
-#[ignore = "defect: a second SIGINT/SIGTERM during the shutdown grace is ignored; only kill -9 (which orphans the tasks) stops the scheduler"]
 fn a_second_sigint_during_the_shutdown_grace_stops_the_scheduler_now() {
     let home = Home::new(&[("two.rhai", &dag("two", "()", 0, false))]);
     config(&home, "[scheduler]\nshutdown_grace = 3600\nkill_grace = 1\n");
@@ -306,7 +303,6 @@ fn a_second_scheduler_on_the_same_database_refuses_to_start() {
 }
 
 #[test]
-#[ignore = "defect: the one-scheduler lock is keyed on the path given, so a symlinked path to the same database starts a second scheduler"]
 fn a_second_scheduler_through_a_symlinked_database_path_refuses_to_start() {
     let home = Home::new(&[("one.rhai", &dag("one", "()", 0, false))]);
     let _first = spawn_scheduler(&home);
@@ -343,7 +339,6 @@ fn scheduler_runner(home: &Home) -> (String, chrono::DateTime<chrono::Utc>) {
 }
 
 #[test]
-#[ignore = "defect: a runner's heartbeat waits behind its takeover's kill_grace, so a live scheduler is judged gone and its running try killed"]
 fn a_scheduler_busy_killing_an_orphan_still_owns_its_running_try() {
     let home = Home::new(&[("live.rhai", &dag("live", "()", 0, false)), ("orph.rhai", &dag("orph", "()", 0, true))]);
     config(&home, "[scheduler]\ntask_heartbeat_timeout = 0.5\nkill_grace = 60\n");
@@ -540,7 +535,6 @@ let t = BashOperator(#{{ task_id: "work", bash_command: "{cmd}" }});"#
 }
 
 #[test]
-#[ignore = "defect: a backfill stopped by Ctrl-C says `run it again to resume`, but running it again fails the interrupted run without re-running its try"]
 fn a_backfill_interrupted_by_ctrl_c_resumes_its_interrupted_try() {
     let home = Home::new(&[("ci.rhai", &dag("ci", "\"@daily\"", 0, false))]);
     let args = ["dags", "backfill", "ci", "--start-date", "2024-01-02", "--end-date", "2024-01-02"];

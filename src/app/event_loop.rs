@@ -210,7 +210,15 @@ async fn shut_down(
                 worker.terminate_all();
                 terminated = true;
             }
-            Some(event) = events.recv() => report_event(&event, report),
+            Some(event) = events.recv() => {
+                report_event(&event, report);
+                // A second SIGINT/SIGTERM: the grace is over now.
+                if matches!(event, Event::Shutdown) && !terminated {
+                    eprintln!("rhaiflow: asked again; terminating {} running task(s) now", worker.running());
+                    worker.terminate_all();
+                    terminated = true;
+                }
+            }
         }
     }
     while let Ok(event) = events.try_recv() {

@@ -17,7 +17,7 @@ use crate::scheduler::{
 };
 use crate::script::{EvalContext, ScriptLimits};
 use crate::store::{DagRunRow, Store};
-use crate::worker::{Runner, TakeOver, Worker, WorkerSettings};
+use crate::worker::{Liveness, Runner, TakeOver, Worker, WorkerSettings};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -146,13 +146,31 @@ impl App {
 
     /// Records this process as a runner of task instances (`scheduler`, `dags test`, `backfill`).
     pub fn register_runner(&self, store: &Store, kind: &str) -> anyhow::Result<Runner> {
-        Ok(Runner::register(store, kind, &hostname(), Utc::now())?)
+        let mut runner = Runner::register(store, kind, &hostname(), Utc::now())?;
+        runner.start_heartbeat(store, self.heartbeat_every());
+        Ok(runner)
     }
 
     /// How often a runner heartbeats and looks for tries whose owner is gone: well inside the
     /// heartbeat timeout, and at least every 10 s.
     fn heartbeat_every(&self) -> Duration {
         Duration::from_secs_f64((self.config.scheduler.task_heartbeat_timeout / 3.0).clamp(0.05, 10.0))
+    }
+
+    /// One scheduler per database: another live scheduler runner (on any host, or through another
+    /// path to the same file) refuses this one.
+    fn refuse_a_second_scheduler(&self, store: &Store) -> anyhow::Result<()> {
+        let runners = store.read(|tx| tx.runners())?;
+        let liveness = self.liveness();
+        if let Some(other) =
+            runners.iter().find(|r| r.kind == "scheduler" && !liveness.is_gone(Some(&r.runner_id), &runners))
+        {
+            bail!(
+                "another scheduler is running on this database ({})",
+                Liveness::describe(Some(&other.runner_id), &runners)
+            );
+        }
+        Ok(())
     }
 
     /// Takes over the tries of `runs` whose owner is gone, so they can be cleared or run again.
@@ -213,7 +231,11 @@ impl App {
         let (tx, rx) = unbounded_channel::<Event>();
         runtime.spawn(forward_signals(tx.clone()));
         let store = self.open_store()?;
-        let _lock = SchedulerLock::take(&self.database_path()?.with_extension("lock"))?;
+        // The lock follows the database file, not the path given (a symlink is the same database).
+        let db = self.database_path()?;
+        let db = std::fs::canonicalize(&db).unwrap_or(db);
+        let _lock = SchedulerLock::take(&db.with_extension("lock"))?;
+        self.refuse_a_second_scheduler(&store)?;
         let runner = self.register_runner(&store, "scheduler")?;
         let worker =
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
@@ -246,7 +268,7 @@ impl App {
         scheduler.set_dags(&versions);
         let socket = self.wake_socket()?;
         runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
-        runtime.spawn(keep_alive(store.clone(), runner.clone(), worker.clone(), self.heartbeat_every(), TakeOver::All));
+        runtime.spawn(take_over_periodically(worker.clone(), self.heartbeat_every(), TakeOver::All));
         eprintln!("rhaiflow scheduler: {} DAG(s) from {}", versions.len(), self.config.core.dags_folder.display());
         let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
         let parts =
@@ -273,9 +295,7 @@ impl App {
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
         let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));
         scheduler.set_dags(versions);
-        let keep = runtime.spawn(keep_alive(
-            store.clone(),
-            runner.clone(),
+        let keep = runtime.spawn(take_over_periodically(
             worker.clone(),
             self.heartbeat_every(),
             TakeOver::Runs(scope.clone()),
@@ -306,19 +326,10 @@ fn shutdown_requested(rx: &mut Receiver<Event>) -> bool {
     std::iter::from_fn(|| rx.try_recv().ok()).any(|e| matches!(e, Event::Shutdown))
 }
 
-/// Heartbeats this runner and takes over what gone owners left, every `every`.
-async fn keep_alive(store: Store, runner: Runner, worker: Worker, every: Duration, which: TakeOver) {
+/// Takes over what gone owners left, every `every` (the heartbeat runs on its own thread).
+async fn take_over_periodically(worker: Worker, every: Duration, which: TakeOver) {
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = store
-            .write_async({
-                let id = runner.id.clone();
-                move |tx| tx.runner_heartbeat(&id, Utc::now())
-            })
-            .await
-        {
-            tracing::warn!(error = %e, "could not record this process's heartbeat");
-        }
         match worker.take_over(which.clone()).await {
             Ok(changed) => {
                 for (key, state) in &changed {

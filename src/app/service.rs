@@ -4,7 +4,7 @@
 use super::{App, Progress, pinned_for};
 use crate::model::{DagRunState, RunType, TaskState, TiEvent, TiKey, transition};
 use crate::scheduler::{DagVersion, PinnedDag, insert_run, new_run};
-use crate::store::{DagRunRow, Store, StoreError, TiChange};
+use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow};
 use crate::worker::{Liveness, Runner};
 use anyhow::bail;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -122,7 +122,10 @@ impl App {
             .iter()
             .filter(|r| req.start.is_none_or(|s| r.logical_date >= s) && req.end.is_none_or(|e| r.logical_date <= e))
         {
-            let retries = |t: &str| selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries));
+            let retries = |ti: &TiRow| {
+                let t = ti.key.task_id.as_str();
+                selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries))
+            };
             total += clear_run(&store, &run.dag_id, &run.run_id, retries, now)?;
         }
         self.wake_scheduler();
@@ -192,7 +195,7 @@ impl App {
                     bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
                 };
                 self.claim_run(store, runner, &run)?;
-                let retries = |t: &str| dag.spec.task(t).map(|t| t.retries);
+                let retries = |ti: &TiRow| dag.spec.task(&ti.key.task_id).map(|t| t.retries);
                 clear_run(store, &run.dag_id, &run.run_id, retries, now)?;
                 run
             }
@@ -207,6 +210,13 @@ impl App {
     /// Makes an existing run `runner`'s: refused while another live process drives it; tries a
     /// gone owner left are taken over (killed if still running here).
     fn claim_run(&self, store: &Store, runner: &Runner, run: &DagRunRow) -> anyhow::Result<()> {
+        self.ensure_free(store, runner, run)?;
+        store.write(|tx| tx.set_run_owner(&run.dag_id, &run.run_id, Some(&runner.id)))?;
+        self.take_over_runs(store, runner, &[(run.dag_id.clone(), run.run_id.clone())])
+    }
+
+    /// Refuses a run that another live process drives (its owner, or the owner of a try of it).
+    fn ensure_free(&self, store: &Store, runner: &Runner, run: &DagRunRow) -> anyhow::Result<()> {
         let (runners, tis) = store
             .read(|tx| Ok::<_, StoreError>((tx.runners()?, tx.task_instances_of_run(&run.dag_id, &run.run_id)?)))?;
         let liveness = self.liveness();
@@ -228,11 +238,10 @@ impl App {
                 Liveness::describe(Some(owner), &runners)
             );
         }
-        store.write(|tx| tx.set_run_owner(&run.dag_id, &run.run_id, Some(&runner.id)))?;
-        self.take_over_runs(store, runner, &[(run.dag_id.clone(), run.run_id.clone())])
+        Ok(())
     }
 
-    fn liveness(&self) -> Liveness {
+    pub(super) fn liveness(&self) -> Liveness {
         Liveness {
             hostname: super::hostname(),
             heartbeat_timeout: chrono::TimeDelta::from_std(std::time::Duration::from_secs_f64(
@@ -272,23 +281,40 @@ impl App {
             last = Some(info.data_interval);
             intervals.push(info);
         }
+        // Every date a live backfill is running is refused before anything is written.
         let mut plan = BackfillPlan::default();
+        let mut new_runs = Vec::new();
+        let mut resume = Vec::new();
         for info in intervals {
             let mut run =
                 new_run(dag, RunType::Backfill, info.logical_date, info.data_interval, serde_json::json!({}), now);
             run.owner = Some(runner.id.clone());
+            let existing = store.read(|tx| tx.dag_run_at(&run.dag_id, run.logical_date))?;
+            match existing {
+                None => new_runs.push(run),
+                Some(old) if old.run_type == RunType::Backfill && !old.state.is_finished() => {
+                    self.ensure_free(store, runner, &old)?;
+                    resume.push(old);
+                }
+                Some(_) => plan.skipped.push(info.logical_date),
+            }
+        }
+        for run in new_runs {
             if store.write(|tx| insert_run(tx, dag, &run))? {
                 plan.created.push((run.dag_id, run.run_id));
-                continue;
+            } else {
+                plan.skipped.push(run.logical_date);
             }
-            let existing = store.read(|tx| tx.dag_run(&run.dag_id, &run.run_id))?;
-            match existing {
-                Some(old) if old.run_type == RunType::Backfill && !old.state.is_finished() => {
-                    self.claim_run(store, runner, &old)?;
-                    plan.resumed.push((old.dag_id, old.run_id));
-                }
-                _ => plan.skipped.push(info.logical_date),
-            }
+        }
+        for old in resume {
+            self.claim_run(store, runner, &old)?;
+            // Tries that failed when the stopped backfill was interrupted run again.
+            let retries = |ti: &TiRow| {
+                matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed)
+                    .then(|| dag.spec.task(&ti.key.task_id).map_or(0, |t| t.retries))
+            };
+            clear_run(store, &old.dag_id, &old.run_id, retries, now)?;
+            plan.resumed.push((old.dag_id, old.run_id));
         }
         Ok(plan)
     }
@@ -300,7 +326,7 @@ pub fn clear_run(
     store: &Store,
     dag_id: &str,
     run_id: &str,
-    retries_if_selected: impl Fn(&str) -> Option<u32>,
+    retries_if_selected: impl Fn(&TiRow) -> Option<u32>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let cleared = store.write(|tx| -> Result<usize, StoreError> {
@@ -308,7 +334,7 @@ pub fn clear_run(
         let Some(run_state) = tx.dag_run(dag_id, run_id)?.map(|r| r.state) else { return Ok(0) };
         let mut n = 0;
         for ti in tx.task_instances_of_run(dag_id, run_id)? {
-            let Some(retries) = retries_if_selected(&ti.key.task_id) else { continue };
+            let Some(retries) = retries_if_selected(&ti) else { continue };
             let Some(to) = transition(ti.state, TiEvent::Clear) else { continue };
             if matches!(ti.state, TaskState::Running | TaskState::Queued) {
                 continue;

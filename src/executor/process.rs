@@ -12,6 +12,10 @@ pub fn process_token(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 (start time); the command name in field 2 may hold spaces and parentheses.
     let after_name = &stat[stat.rfind(')')? + 1..];
+    // A zombie has ended: it only waits to be reaped (late, by PID 1, for an orphan).
+    if after_name.split_whitespace().next()? == "Z" {
+        return None;
+    }
     let start_time = after_name.split_whitespace().nth(19)?;
     Some(format!("{}:{start_time}", boot_id.trim()))
 }

@@ -572,6 +572,12 @@ impl Tx<'_> {
         Ok((rows, u64::try_from(total).unwrap_or_default()))
     }
 
+    /// The run of a DAG at a logical date, whatever its run id.
+    pub fn dag_run_at(&self, dag_id: &str, logical_date: DateTime<Utc>) -> StoreResult<Option<DagRunRow>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 AND logical_date = ?2");
+        Ok(self.tx.prepare_cached(&sql)?.query_row(params![dag_id, logical_date], run_row).optional()?)
+    }
+
     pub fn dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Option<DagRunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 AND run_id = ?2");
         Ok(self.tx.prepare_cached(&sql)?.query_row([dag_id, run_id], run_row).optional()?)
@@ -825,6 +831,25 @@ impl Tx<'_> {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Unfinished runs that a runner drives itself: `(dag_id, run_id, run_type, owner)`.
+    pub fn owned_unfinished_runs(&self) -> StoreResult<Vec<(String, String, RunType, String)>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT dag_id, run_id, run_type, owner FROM dag_run
+             WHERE owner IS NOT NULL AND state IN ('queued', 'running')",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, parse_enum(r.get(2)?)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Hands a run back to the scheduler; `false` when its owner changed meanwhile.
+    pub fn release_run(&self, dag_id: &str, run_id: &str, old_owner: &str) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached("UPDATE dag_run SET owner = NULL WHERE dag_id = ?1 AND run_id = ?2 AND owner = ?3")?
+            .execute(params![dag_id, run_id, old_owner])?;
+        Ok(n == 1)
     }
 
     /// Gives runs to a runner (`dags test`, `dags backfill` resuming what a dead one left).

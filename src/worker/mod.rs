@@ -286,10 +286,11 @@ impl Worker {
             guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
-        self.store
+        let recorded = self
+            .store
             .write_async(move |tx| {
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
-                    return Ok(());
+                    return Ok(false);
                 }
                 if let Some(value) = &xcom {
                     tx.set_xcom(&write_key, "return_value", value, finished)?;
@@ -297,10 +298,16 @@ impl Worker {
                 for alert in &alerts {
                     tx.insert_alert(alert, finished)?;
                 }
-                Ok(())
+                Ok(true)
             })
             .await?;
-        let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
+        if recorded {
+            let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
+        } else {
+            // Another process took the try over (or it was marked by hand): its state is theirs.
+            log_line(log_path, "[rhaiflow] this outcome was not recorded: the try is no longer this process's").await;
+            let _ = self.events.send(Event::Wake);
+        }
         Ok(())
     }
 
@@ -526,7 +533,11 @@ impl Worker {
             now: now(),
         };
         let me = self.settings.owner.clone();
+        if matches!(which, TakeOver::All) {
+            self.adopt_runs_of_gone_owners(&liveness, &runners).await?;
+        }
         let mut changed = Vec::new();
+        let mut kills = tokio::task::JoinSet::new();
         for ti in claimed {
             if ti.owner.as_deref() == Some(me.as_str()) || !liveness.is_gone(ti.owner.as_deref(), &runners) {
                 continue;
@@ -542,11 +553,39 @@ impl Worker {
                 continue;
             }
             let who = Liveness::describe(ti.owner.as_deref(), &runners);
-            if let Some(state) = self.take_over_one(ti, &who).await? {
-                changed.push(state);
+            // Each takeover may wait out a `kill_grace`: they run side by side.
+            let worker = self.clone();
+            kills.spawn(async move { worker.take_over_one(ti, &who).await });
+        }
+        while let Some(joined) = kills.join_next().await {
+            match joined {
+                Ok(Ok(Some(state))) => changed.push(state),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(StoreError::Task(e.to_string())),
             }
         }
         Ok(changed)
+    }
+
+    /// Runs a `dags test` drove whose runner is gone become the scheduler's (a stopped backfill's
+    /// runs wait for that backfill to be run again, as in Airflow).
+    async fn adopt_runs_of_gone_owners(
+        &self,
+        liveness: &Liveness,
+        runners: &[crate::store::RunnerRow],
+    ) -> Result<(), StoreError> {
+        let owned = self.store.read_async(|tx| tx.owned_unfinished_runs()).await?;
+        for (dag_id, run_id, run_type, owner) in owned {
+            if run_type == crate::model::RunType::Backfill || !liveness.is_gone(Some(&owner), runners) {
+                continue;
+            }
+            let adopted = self.store.write_async(move |tx| tx.release_run(&dag_id, &run_id, &owner)).await?;
+            if adopted {
+                self.wake();
+            }
+        }
+        Ok(())
     }
 
     async fn take_over_one(&self, ti: TiRow, who: &str) -> Result<Option<(TiKey, TaskState)>, StoreError> {

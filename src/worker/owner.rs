@@ -5,6 +5,8 @@
 use crate::executor::{is_same_process, process_token};
 use crate::store::{RunnerRow, Store, StoreResult};
 use chrono::{DateTime, TimeDelta, Utc};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// This process, as the store knows it.
 #[derive(Debug, Clone)]
@@ -13,7 +15,13 @@ pub struct Runner {
     pub kind: String,
     pub hostname: String,
     pub pid: u32,
+    /// Dropping the last clone (or `stop`) ends the heartbeat thread.
+    heartbeat: Option<Arc<HeartbeatStop>>,
 }
+
+/// Ends a heartbeat thread when dropped.
+#[derive(Debug)]
+struct HeartbeatStop(std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>);
 
 impl Runner {
     /// Records this process as a runner of `kind` (`scheduler`, `dags test`, `backfill`).
@@ -36,7 +44,24 @@ impl Runner {
             tx.prune_runners(now - TimeDelta::days(1))?;
             Ok(())
         })?;
-        Ok(Runner { id, kind: kind.to_string(), hostname: hostname.to_string(), pid })
+        Ok(Runner { id, kind: kind.to_string(), hostname: hostname.to_string(), pid, heartbeat: None })
+    }
+
+    /// Heartbeats every `every` on a thread of its own, so nothing this process does (a long
+    /// start-up, a takeover waiting out a `kill_grace`) can make it look gone.
+    pub fn start_heartbeat(&mut self, store: &Store, every: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (store, id) = (store.clone(), self.id.clone());
+        let spawned = std::thread::Builder::new().name("rhaiflow-heartbeat".into()).spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(every) {
+                if let Err(e) = store.write(|tx| tx.runner_heartbeat(&id, Utc::now())) {
+                    tracing::warn!(error = %e, "could not record this process's heartbeat");
+                }
+            }
+        });
+        if spawned.is_ok() {
+            self.heartbeat = Some(Arc::new(HeartbeatStop(std::sync::Mutex::new(Some(tx)))));
+        }
     }
 
     /// Says this runner is alive. `false` when the store says it stopped (taken over).
@@ -46,6 +71,11 @@ impl Runner {
 
     /// Marks this runner stopped: whatever it still owns is free for others at once.
     pub fn stop(&self, store: &Store, now: DateTime<Utc>) -> StoreResult<()> {
+        if let Some(h) = &self.heartbeat
+            && let Ok(mut sender) = h.0.lock()
+        {
+            sender.take();
+        }
         store.write(|tx| tx.stop_runner(&self.id, now))
     }
 }
