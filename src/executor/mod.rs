@@ -22,6 +22,8 @@ pub enum ExecError {
     Log { path: PathBuf, reason: String },
     #[error("cannot start `bash`: {0}")]
     Spawn(String),
+    #[error("the task's `cwd` `{}` is not a directory: {reason}; create it or fix `cwd`", path.display())]
+    Cwd { path: PathBuf, reason: String },
 }
 
 /// One `bash -c` to run.
@@ -77,6 +79,13 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     let log_err = |e: std::io::Error| ExecError::Log { path: run.log_path.clone(), reason: e.to_string() };
     if let Some(dir) = run.log_path.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
+    }
+    if let Some(cwd) = &run.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ExecError::Cwd { path: cwd.clone(), reason: "it is a file".into() }),
+            Err(e) => return Err(ExecError::Cwd { path: cwd.clone(), reason: e.to_string() }),
+        }
     }
     let log = tokio::fs::OpenOptions::new().create(true).append(true).open(&run.log_path).await.map_err(log_err)?;
     let mut cmd = Command::new("bash");

@@ -94,17 +94,43 @@ impl Object for TaskInstanceObject {
     }
 }
 
-fn ds_add(ds: String, days: i64) -> Result<String, minijinja::Error> {
-    let date = NaiveDate::parse_from_str(&ds, "%Y-%m-%d")
-        .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, format!("`{ds}` is not a YYYY-MM-DD date")))?;
-    Ok((date + chrono::TimeDelta::days(days)).format("%Y-%m-%d").to_string())
+fn template_fail(reason: String) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, reason)
 }
 
+/// `macros.ds_add('2024-01-01', 5)`: checked, so a date past chrono's range is an error.
+fn ds_add(ds: String, days: i64) -> Result<String, minijinja::Error> {
+    let date = NaiveDate::parse_from_str(&ds, "%Y-%m-%d")
+        .map_err(|_| template_fail(format!("`{ds}` is not a YYYY-MM-DD date")))?;
+    chrono::TimeDelta::try_days(days)
+        .and_then(|delta| date.checked_add_signed(delta))
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .ok_or_else(|| template_fail(format!("`macros.ds_add({ds}, {days})` is outside the supported dates")))
+}
+
+/// `macros.ds_format(ds, input, output)`: an output format the date cannot fill (`%H` of a date) or
+/// a malformed one is an error, not a panic.
 fn ds_format(ds: String, input: String, output: String) -> Result<String, minijinja::Error> {
-    let date = NaiveDate::parse_from_str(&ds, &input).map_err(|e| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, format!("`{ds}` does not match `{input}`: {e}"))
-    })?;
-    Ok(date.format(&output).to_string())
+    use std::fmt::Write as _;
+    let date = NaiveDate::parse_from_str(&ds, &input)
+        .map_err(|e| template_fail(format!("`{ds}` does not match `{input}`: {e}")))?;
+    let items: Vec<chrono::format::Item<'_>> = chrono::format::StrftimeItems::new(&output).collect();
+    if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
+        return Err(template_fail(format!("`{output}` is not a valid date format")));
+    }
+    let mut out = String::new();
+    write!(out, "{}", date.format_with_items(items.into_iter()))
+        .map_err(|_| template_fail(format!("`{output}` asks for fields a date does not have (use %Y, %m, %d, ...)")))?;
+    Ok(out)
+}
+
+/// `{{ x | shell_quote }}`: POSIX single-quoting, so a value is one shell word whatever it holds.
+fn shell_quote(value: Value) -> String {
+    let text = match value.as_str() {
+        Some(s) => s.to_string(),
+        None => value.to_string(),
+    };
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Renders one templated field.
@@ -114,6 +140,7 @@ pub fn render(field: &str, template: &str, ctx: &TemplateContext) -> Result<Stri
     }
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_filter("shell_quote", shell_quote);
     let fail = |e: minijinja::Error| TemplateError {
         field: field.to_string(),
         line: e.line(),
@@ -206,5 +233,31 @@ mod tests {
         assert!(err.to_string().starts_with("template error in `bash_command` at line 2:"), "{err}");
         let syntax = render("bash_command", "{{ ds ", &ctx()).unwrap_err();
         assert_eq!(syntax.line, Some(1));
+    }
+
+    #[test]
+    fn macros_out_of_range_are_errors_not_panics() {
+        for bad in [
+            "{{ macros.ds_add(ds, 1e9) }}",
+            "{{ macros.ds_add(ds, 1000000000) }}",
+            "{{ macros.ds_add(ds, -9223372036854775807) }}",
+            "{{ macros.ds_format(ds, '%Y-%m-%d', '%H') }}",
+            "{{ macros.ds_format(ds, '%Y-%m-%d', '%Q') }}",
+            "{{ macros.ds_format(ds, '%Y-%m-%d', '%') }}",
+        ] {
+            let err = render("bash_command", bad, &ctx()).unwrap_err();
+            assert!(err.to_string().starts_with("template error in `bash_command`"), "{bad}: {err}");
+        }
+        assert_eq!(render("f", "{{ macros.ds_format(ds, '%Y-%m-%d', '%d/%m/%Y') }}", &ctx()).unwrap(), "09/03/2024");
+    }
+
+    #[test]
+    fn shell_quote_makes_one_word() {
+        let mut c = ctx();
+        c.conf = serde_json::json!({ "x": "a'b; rm -rf / $(id)", "n": 3 });
+        let out = render("f", "{{ dag_run.conf.x | shell_quote }} {{ dag_run.conf.n | shell_quote }}", &c).unwrap();
+        assert_eq!(out, "'a'\\''b; rm -rf / $(id)' '3'");
+        let o = std::process::Command::new("bash").arg("-c").arg(format!("printf '%s|' {out}")).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "a'b; rm -rf / $(id)|3|");
     }
 }

@@ -113,7 +113,21 @@ impl Worker {
         let guard = InFlight(self.in_flight.clone(), self.done.clone());
         self.runtime.spawn(async move {
             let key = task.key.clone();
-            if let Err(e) = worker.run(task).await {
+            // `run` on a task of its own, so a panic anywhere in it (a bug) is caught here and the
+            // try fails through the normal path instead of staying claimed for ever.
+            let inner = {
+                let (worker, task) = (worker.clone(), task.clone());
+                tokio::spawn(async move { worker.run(task).await })
+            };
+            let result = match inner.await {
+                Ok(result) => result,
+                Err(join) => {
+                    let reason = format!("internal error while running the task (a bug): {}", panic_message(join));
+                    tracing::error!(task = %key, "{reason}");
+                    worker.fail_stranded(&task, &reason).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::error!(task = %key, error = %e, "could not record a task instance's outcome");
                 let _ = worker.events.send(Event::Wake);
             }
@@ -311,6 +325,29 @@ impl Worker {
         Ok(())
     }
 
+    /// Fails a try whose `run` panicked, from `queued` (claiming it first) or `running`, through
+    /// the normal failure path (retries apply), guarded by this runner's ownership.
+    async fn fail_stranded(&self, task: &QueuedTask, reason: &str) -> Result<(), StoreError> {
+        let at = now();
+        let claim = TiChange {
+            try_number: Some(task.try_number),
+            hostname: Some(self.settings.hostname.clone()),
+            start_date: Some(at),
+            owner: Some(self.settings.owner.clone()),
+            guard_owner: Some(self.settings.owner.clone()),
+            ..TiChange::default()
+        };
+        let key = task.key.clone();
+        self.store
+            .write_async(move |tx| {
+                let running = transition(TaskState::Queued, TiEvent::Start).unwrap_or(TaskState::Running);
+                tx.set_ti_state(&key, TaskState::Queued, running, &claim)
+            })
+            .await?;
+        let log_path = self.settings.log_path(&task.key, task.try_number);
+        self.finish(task, Ending::Failed(reason.to_string()), at, &log_path).await
+    }
+
     /// Gets the operator ready: for `BashOperator`, renders its templates and starts the gated
     /// process; `Ok(None)` for an operator with nothing to run; `Err` for one that cannot run.
     async fn prepare(&self, task: &QueuedTask, log_path: &std::path::Path) -> Result<Option<RunningBash>, Ending> {
@@ -320,7 +357,9 @@ impl Worker {
                 let pulls_xcom = bash_command.contains("xcom_pull") || env.values().any(|v| v.contains("xcom_pull"));
                 let xcoms = if pulls_xcom {
                     let (dag_id, run_id) = (task.key.dag_id.clone(), task.key.run_id.clone());
-                    self.store.read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id)).await.unwrap_or_default()
+                    self.store.read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id)).await.map_err(|e| {
+                        Ending::Failed(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id))
+                    })?
                 } else {
                     Vec::new()
                 };
@@ -505,6 +544,18 @@ pub fn bash_ending(task: &QueuedTask, exit: Exit, last_line: Option<String>) -> 
             "execution_timeout of {} exceeded",
             task.task().execution_timeout.unwrap_or_default()
         )),
+    }
+}
+
+/// The message of a panicked task, for the try's log.
+fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(join) => join.to_string(),
     }
 }
 
