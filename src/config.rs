@@ -14,6 +14,16 @@ pub const CONFIG_FILE: &str = "rhaiflow.toml";
 pub const HOME_VAR: &str = "RHAIFLOW_HOME";
 const ENV_PREFIX: &str = "RHAIFLOW__";
 
+/// The arguments after `__task-supervisor` when this process is a task supervisor (see
+/// `executor::supervisor`); read here because only this module reads the process environment.
+pub fn task_supervisor_args() -> Option<Vec<std::ffi::OsString>> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != "__task-supervisor" {
+        return None;
+    }
+    Some(args.collect())
+}
+
 /// Where a setting's value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -158,6 +168,8 @@ pub struct CoreConfig {
     pub max_edges_per_dag: u64,
     /// MiB a DAG file's declarations may hold (the evaluation itself may use 4 × this).
     pub max_dag_file_memory_mib: u64,
+    /// The largest XCom value a task may return, in bytes; a bigger one fails the task.
+    pub max_xcom_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -172,6 +184,7 @@ impl Default for CoreConfig {
             max_tasks_per_dag: 20_000,
             max_edges_per_dag: 100_000,
             max_dag_file_memory_mib: 64,
+            max_xcom_bytes: 1 << 20,
         }
     }
 }
@@ -326,6 +339,9 @@ pub struct Config {
     pub variables: BTreeMap<String, toml::Value>,
     #[serde(skip)]
     pub home: PathBuf,
+    /// `RHAIFLOW__…` variables of the environment that set a secret key.
+    #[serde(skip)]
+    secret_env_overrides: Vec<String>,
 }
 
 /// Values given on the command line; they win over the file and the environment.
@@ -403,10 +419,14 @@ impl Config {
             tree = text.parse::<toml::Table>().map_err(|e| syntax_error(shown, &text, &e))?;
             record_origins(&tree, "", &Origin::File(file.clone()), &mut origins);
         }
+        let mut secret_env_overrides = Vec::new();
         for (var, raw) in &env.vars {
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             let key = path.join(".");
+            if is_secret_key(&key) || key == "webserver.auth" || (key == "database.url" && raw.contains('@')) {
+                secret_env_overrides.push(var.clone());
+            }
             // A secret from the environment is text even when it looks like a number.
             let value = if is_secret_key(&key) { toml::Value::String(raw.clone()) } else { env_value(raw) };
             set_path(&mut tree, &path, value);
@@ -448,6 +468,7 @@ impl Config {
             config.core.dags_folder = dags_folder.clone();
         }
         config.home = home.clone();
+        config.secret_env_overrides = secret_env_overrides;
         config.resolve(&origins, &env)?;
         Ok(config)
     }
@@ -554,6 +575,26 @@ impl Config {
     pub fn database_path(&self) -> Option<PathBuf> {
         let rest = self.database.url.strip_prefix("sqlite://")?;
         Some(self.under_home(Path::new(rest)))
+    }
+
+    /// The environment variables rhaiflow reads secrets from: every `*_env` key's variable, and
+    /// `RHAIFLOW__…` variables that set a secret key. Tasks do not inherit them unless their `env`
+    /// names them.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let mut names = self.secret_env_overrides.clone();
+        if let Some(email) = &self.alerts.email {
+            names.extend(email.password_env.clone());
+        }
+        for d in self.alerts.dingtalk.values() {
+            names.extend(d.webhook_env.clone());
+            names.extend(d.secret_env.clone());
+        }
+        names.extend(self.alerts.slack.values().filter_map(|s| s.webhook_env.clone()));
+        names.extend(self.alerts.webhook.values().filter_map(|w| w.secret_env.clone()));
+        names.extend(self.connections.values().filter_map(|c| c.uri_env.clone()));
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// `[variables]` as strings, for `{{ var.value.NAME }}`.
@@ -774,5 +815,20 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         let err = Config::load_from(&flags, env(&[("DING_URL", "x")])).unwrap_err().to_string();
         assert!(err.contains("DING_SECRET") && err.contains("not set"), "{err}");
+    }
+
+    #[test]
+    fn secret_env_names_cover_env_keys_and_secret_overrides() {
+        let dir =
+            home_with("[alerts.dingtalk.ops]\nwebhook_env = \"DING_URL\"\n[connections.db]\nuri_env = \"DB_URI\"\n");
+        let flags = Flags { home: Some(dir.path().into()), ..Flags::default() };
+        let e = env(&[
+            ("DING_URL", "http://127.0.0.1/x"),
+            ("DB_URI", "postgres://u:p@h/d"),
+            ("RHAIFLOW__ALERTS__EMAIL__PASSWORD", "pw"),
+            ("RHAIFLOW__CORE__PARALLELISM", "4"),
+        ]);
+        let c = Config::load_from(&flags, e).unwrap();
+        assert_eq!(c.secret_env_names(), ["DB_URI", "DING_URL", "RHAIFLOW__ALERTS__EMAIL__PASSWORD"]);
     }
 }

@@ -122,6 +122,9 @@ impl App {
         WorkerSettings {
             log_folder: self.config.logging.base_log_folder.clone(),
             max_log_bytes: self.config.logging.max_log_bytes,
+            max_xcom_bytes: self.config.core.max_xcom_bytes,
+            withheld_env: self.config.secret_env_names(),
+            supervisor: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rhaiflow")),
             kill_grace: Duration::from_secs_f64(self.config.scheduler.kill_grace),
             heartbeat: Duration::from_secs(10),
             hostname,

@@ -111,7 +111,7 @@ pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>
                         Err(e) => Ending::Failed(e.to_string()),
                         Ok(b) => {
                             let out = b.wait().await;
-                            bash_ending(&task, out.exit, out.last_line)
+                            bash_ending(&task, out, settings.max_xcom_bytes)
                         }
                     },
                 }

@@ -2,7 +2,7 @@
 //! successor can know whether a recorded pid is still the process that was recorded, and the
 //! outcome a finished try left beside its log.
 
-use super::{BashOutcome, Exit};
+use super::{BashOutcome, Exit, StatusFile};
 use std::path::{Path, PathBuf};
 
 /// `"{boot_id}:{start_time}"` of a live process: stays the same across `exec`, differs for a
@@ -37,18 +37,17 @@ pub fn status_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("status")
 }
 
-/// The outcome recorded beside a try's log, if the try finished (`{"exit_code": 0, "last_line": …}`
-/// or `{"signal": 9}`).
+/// The outcome recorded beside a try's log by its supervisor, if the try finished
+/// (`{"exit_code": 0, "last_line": …, "last_line_bytes": …}` or `{"signal": 9}`).
 pub fn read_status(log_path: &Path) -> Option<BashOutcome> {
-    let text = std::fs::read_to_string(status_path(log_path)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let exit = match (v.get("exit_code").and_then(|c| c.as_i64()), v.get("signal").and_then(|s| s.as_i64())) {
-        (Some(code), _) => Exit::Code(i32::try_from(code).ok()?),
-        (None, Some(sig)) => Exit::Signal(i32::try_from(sig).ok()?),
-        _ => return None,
+    let text = std::fs::read(status_path(log_path)).ok()?;
+    let status: StatusFile = serde_json::from_slice(&text).ok()?;
+    let exit = match (status.exit_code, status.signal) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => return None,
     };
-    let last_line = v.get("last_line").and_then(|l| l.as_str()).map(str::to_owned);
-    Some(BashOutcome { exit, last_line })
+    Some(BashOutcome { exit, last_line: status.last_line, last_line_bytes: status.last_line_bytes })
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 
 use crate::executor::template::{TemplateContext, TemplateError, render};
 use crate::executor::{
-    BashRun, Exit, RunningBash, is_same_process, kill_group, log_line, process_token, read_status, spawn_bash,
+    BashOutcome, BashRun, Exit, RunningBash, is_same_process, kill_group, log_line, process_token, read_status,
+    spawn_bash,
 };
 use crate::model::{DagSpec, Event, Operator, QueuedTask, RunInfo, TaskState, TiEvent, TiKey, retry_delay, transition};
 use crate::store::{NewAlert, Store, StoreError, TiChange, TiRow};
@@ -22,6 +23,12 @@ pub use owner::{Liveness, Runner};
 pub struct WorkerSettings {
     pub log_folder: PathBuf,
     pub max_log_bytes: u64,
+    /// `[core] max_xcom_bytes`: a bigger `return_value` fails the task.
+    pub max_xcom_bytes: u64,
+    /// Variables tasks do not inherit (`Config::secret_env_names`) unless their `env` names them.
+    pub withheld_env: Vec<String>,
+    /// The rhaiflow binary, which supervises each task (`executor::supervisor`).
+    pub supervisor: PathBuf,
     pub kill_grace: Duration,
     pub heartbeat: Duration,
     pub hostname: String,
@@ -247,7 +254,7 @@ impl Worker {
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
                 }
-                bash_ending(&task, outcome.exit, outcome.last_line)
+                bash_ending(&task, outcome, self.settings.max_xcom_bytes)
             }
         };
         self.finish(&task, ending, started, &log_path).await
@@ -523,18 +530,28 @@ pub fn bash_run(
         cwd,
         log_path: log_path.to_path_buf(),
         max_log_bytes: settings.max_log_bytes,
+        max_xcom_bytes: settings.max_xcom_bytes,
+        remove_env: settings.withheld_env.iter().filter(|name| !env.contains_key(*name)).cloned().collect(),
+        supervisor: settings.supervisor.clone(),
         timeout: task.task().execution_timeout.map(|t| t.as_std()),
         kill_grace: settings.kill_grace,
     })
 }
 
-/// Exit 0 succeeds (last stdout line is the XCom), `skip_on_exit_code` skips, anything else fails.
-pub fn bash_ending(task: &QueuedTask, exit: Exit, last_line: Option<String>) -> Ending {
+/// Exit 0 succeeds (last stdout line is the XCom, up to `max_xcom_bytes`), `skip_on_exit_code`
+/// skips, anything else fails.
+pub fn bash_ending(task: &QueuedTask, outcome: BashOutcome, max_xcom_bytes: u64) -> Ending {
     let Operator::BashOperator { skip_on_exit_code, .. } = &task.task().operator else {
         return Ending::Failed("not a BashOperator".into());
     };
-    match exit {
-        Exit::Code(0) => Ending::Success { xcom: last_line.map(serde_json::Value::String) },
+    match outcome.exit {
+        Exit::Code(0) if outcome.last_line_bytes > max_xcom_bytes => Ending::Failed(format!(
+            "XCom `return_value` of task `{}` is {}, over `core.max_xcom_bytes` ({})",
+            task.key.task_id,
+            size(outcome.last_line_bytes),
+            size(max_xcom_bytes)
+        )),
+        Exit::Code(0) => Ending::Success { xcom: outcome.last_line.map(serde_json::Value::String) },
         Exit::Code(code) if skip_on_exit_code.contains(&code) => {
             Ending::Skipped(format!("bash command exited with code {code}"))
         }
@@ -545,6 +562,18 @@ pub fn bash_ending(task: &QueuedTask, exit: Exit, last_line: Option<String>) -> 
             task.task().execution_timeout.unwrap_or_default()
         )),
     }
+}
+
+/// A byte count for people: `3 MiB`, `1.5 KiB`, `12 bytes`.
+fn size(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, scale) in units {
+        if bytes >= scale {
+            let value = bytes as f64 / scale as f64;
+            return if value.fract() == 0.0 { format!("{value} {unit}") } else { format!("{value:.1} {unit}") };
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 /// The message of a panicked task, for the try's log.
@@ -674,7 +703,7 @@ impl Worker {
             ))
         } else {
             match read_status(&log_path) {
-                Some(outcome) => bash_ending(&task, outcome.exit, outcome.last_line),
+                Some(outcome) => bash_ending(&task, outcome, self.settings.max_xcom_bytes),
                 None => Ending::Failed(format!(
                     "its owner, {who}, stopped, and the try's process ended without recording an outcome"
                 )),

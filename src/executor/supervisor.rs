@@ -1,0 +1,126 @@
+//! The task supervisor: the rhaiflow binary re-executed as `rhaiflow __task-supervisor LOG
+//! MAX_LOG_BYTES MAX_XCOM_BYTES COMMAND`, the leader of a task's process group.
+//!
+//! It waits for the gate (one line on stdin; EOF means never run), runs `bash -c COMMAND` as its
+//! child in the same group, reads the child's stdout and stderr itself into the capped log (so the
+//! task does not depend on the process that started it: kill -9 of the scheduler leaves it
+//! running, writing and finishing), then writes `attempt=N.status` beside the log (JSON, atomically
+//! by rename) and exits. It is never exec-replaced, so its argv marks the group as a task's for as
+//! long as the group lives. Std threads only; no runtime, config or tracing.
+
+use super::capture::{Limits, MAX_LINE_BYTES, capture};
+use super::{StatusFile, TASK_SHELL_NAME, status_path};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The argv[1] that selects the supervisor; also how a task's process group is recognised.
+pub const SUPERVISOR_ARG: &str = "__task-supervisor";
+
+/// Exit code when the gate closed without a go-ahead: nothing ran.
+const GATE_CLOSED: i32 = 97;
+
+extern "C" fn ignore_signal(_: nix::libc::c_int) {}
+
+/// Runs the supervisor with the arguments after `__task-supervisor`; returns its exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let [log, max_log, max_xcom, command] = match <[OsString; 4]>::try_from(args) {
+        Ok(a) => a,
+        Err(_) => {
+            eprintln!("rhaiflow: `{SUPERVISOR_ARG}` is internal; it takes LOG MAX_LOG_BYTES MAX_XCOM_BYTES COMMAND");
+            return 2;
+        }
+    };
+    let number = |s: &OsString| s.to_str().and_then(|s| s.parse::<u64>().ok());
+    let (Some(max_log_bytes), Some(max_xcom_bytes)) = (number(&max_log), number(&max_xcom)) else {
+        eprintln!("rhaiflow: `{SUPERVISOR_ARG}`: MAX_LOG_BYTES and MAX_XCOM_BYTES must be numbers");
+        return 2;
+    };
+    let log = PathBuf::from(log);
+    // SIGTERM to the group (a timeout, a shutdown) is for the command: the supervisor stays to
+    // record how it ended. A handler, not SIG_IGN, so the child starts with the default action.
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(ignore_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action) };
+    if !gate_opened() {
+        return GATE_CLOSED;
+    }
+    let log_file = match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rhaiflow: cannot open the task log `{}`: {e}", log.display());
+            return 1;
+        }
+    };
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(&command).arg(TASK_SHELL_NAME);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(&log_file, "[rhaiflow] cannot start `bash`: {e}");
+            let status = StatusFile { exit_code: Some(127), ..StatusFile::default() };
+            write_status(&log, &status);
+            return 127;
+        }
+    };
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return 1;
+    };
+    let limits = Limits { max_log_bytes, max_line_bytes: MAX_LINE_BYTES, max_xcom_bytes };
+    let (out, err) = (std::os::fd::OwnedFd::from(out), std::os::fd::OwnedFd::from(err));
+    let last = capture(out.into(), err.into(), log_file, limits);
+    let (exit_code, signal) = match child.wait() {
+        Ok(s) => (s.code(), s.signal()),
+        Err(_) => (Some(-1), None),
+    };
+    let status = StatusFile { exit_code, signal, last_line: last.text, last_line_bytes: last.bytes };
+    write_status(&log, &status);
+    match (exit_code, signal) {
+        (Some(code), _) => code & 0xff,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    }
+}
+
+/// Waits for one line on stdin; `false` when stdin closes first (the owner died before the claim).
+fn gate_opened() -> bool {
+    let mut stdin = std::io::stdin().lock();
+    let mut byte = [0u8; 1];
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => return false,
+            Ok(_) if byte[0] == b'\n' => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Writes the status beside the log: to a temporary file, then renamed over, so a reader sees all
+/// of it or nothing.
+fn write_status(log: &std::path::Path, status: &StatusFile) {
+    let path = status_path(log);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let Ok(text) = serde_json::to_vec(status) else { return };
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&text));
+    if written.is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}

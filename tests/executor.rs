@@ -1,0 +1,172 @@
+//! The executor through the real binary as task supervisor: exit codes, output and last line,
+//! timeouts that kill the whole group, gating, bounded output (split long lines, capped logs that
+//! keep a line's head, the XCom's full size), the status file, and process tokens.
+
+use rhaiflow::executor::{
+    BashRun, Exit, group_alive, is_same_process, is_task_group, process_token, read_status, spawn_bash,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn run(dir: &Path, command: &str) -> BashRun {
+    BashRun {
+        command: command.into(),
+        env: vec![("GREETING".into(), "hi".into())],
+        replace_env: false,
+        remove_env: Vec::new(),
+        cwd: None,
+        log_path: dir.join("attempt=1.log"),
+        max_log_bytes: 1 << 20,
+        max_xcom_bytes: 1 << 20,
+        timeout: None,
+        kill_grace: Duration::from_millis(200),
+        supervisor: PathBuf::from(env!("CARGO_BIN_EXE_rhaiflow")),
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("attempt=1.log")).unwrap()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn exit_codes_output_and_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        spawn_bash(run(dir.path(), "echo $GREETING; echo oops >&2; echo last; exit 3")).await.unwrap().wait().await;
+    assert_eq!(out.exit, Exit::Code(3));
+    assert_eq!(out.last_line.as_deref(), Some("last"));
+    let log = log_of(dir.path());
+    assert!(log.contains("hi\n") && log.contains("oops\n") && log.contains("last\n"), "{log}");
+    assert_eq!(read_status(&dir.path().join("attempt=1.log")), Some(out), "the supervisor recorded the outcome");
+}
+
+#[tokio::test]
+async fn a_killed_command_is_reported_by_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_bash(run(dir.path(), "echo before; kill -9 $$")).await.unwrap().wait().await;
+    assert_eq!(out.exit, Exit::Signal(9));
+    assert_eq!(out.last_line.as_deref(), Some("before"));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("child.pid");
+    let mut r = run(dir.path(), &format!("sleep 30 & echo $! > {}; wait", marker.display()));
+    r.timeout = Some(Duration::from_millis(300));
+    let bash = spawn_bash(r).await.unwrap();
+    let pgid = bash.pid();
+    let out = bash.wait().await;
+    assert_eq!(out.exit, Exit::TimedOut);
+    wait_for("the group to die", || !group_alive(pgid)).await;
+}
+
+#[tokio::test]
+async fn output_that_is_not_utf8_is_logged_and_does_not_kill_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_bash(run(dir.path(), "printf 'caf\\xe9\\n' >&2; for i in $(seq 1 2000); do echo line-$i; done"))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(out.exit, Exit::Code(0));
+    let log = log_of(dir.path());
+    assert!(log.contains("caf\u{fffd}\n") && log.contains("line-2000\n"), "{log}");
+}
+
+#[tokio::test]
+async fn task_groups_are_recognised_even_after_exec_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "exec sleep 5");
+    r.timeout = Some(Duration::from_secs(3));
+    let bash = spawn_bash(r).await.unwrap();
+    let pid = bash.pid();
+    // The kernel finishes setting up a new program's argv a moment after `spawn` returns.
+    wait_for("the supervisor's argv", || is_task_group(pid)).await;
+    let token = process_token(pid).expect("a live process has a token");
+    assert!(is_same_process(pid, Some(&token)));
+    assert!(!is_same_process(std::process::id(), Some(&token)));
+    assert!(!is_task_group(std::process::id()), "this test process is nobody's task");
+    let mut bash = bash;
+    bash.release().await;
+    // The command replaced its shell with `sleep`; the group is still recognisably a task's.
+    wait_for("`sleep` in the group", || group_has(pid, "sleep")).await;
+    assert!(is_task_group(pid), "`exec` in the command must not hide the group");
+    bash.wait().await;
+    assert!(!is_same_process(pid, Some(&token)), "a finished process is not the same process");
+}
+
+/// Whether a process named `comm` is in process group `pgid`.
+fn group_has(pgid: u32, comm: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+        let pgrp = stat[close + 1..].split_whitespace().nth(2);
+        &stat[open + 1..close] == comm && pgrp == Some(pgid.to_string().as_str())
+    })
+}
+
+#[tokio::test]
+async fn an_aborted_gated_command_never_runs_and_leaves_no_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let bash = spawn_bash(run(dir.path(), &format!("touch {}", marker.display()))).await.unwrap();
+    let pgid = bash.pid();
+    bash.abort().await;
+    assert!(!group_alive(pgid));
+    assert!(!marker.exists(), "the gated command must not run");
+}
+
+#[tokio::test]
+async fn logs_are_capped_and_keep_the_head_of_the_line_that_crosses_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "for i in $(seq 1 1000); do echo line-$i; done");
+    r.max_log_bytes = 100;
+    let out = spawn_bash(r).await.unwrap().wait().await;
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(out.last_line.as_deref(), Some("line-1000"), "output past the cap still counts for XCom");
+    let log = log_of(dir.path());
+    assert!(log.len() < 200, "{} bytes", log.len());
+    assert!(log.ends_with("[rhaiflow] log truncated at 100 bytes\n"), "{log}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "echo short; head -c 5000 /dev/zero | tr '\\0' x; echo");
+    r.max_log_bytes = 1000;
+    spawn_bash(r).await.unwrap().wait().await;
+    let log = log_of(dir.path());
+    assert!(log.starts_with(&format!("short\n{}\n[rhaiflow] log truncated", "x".repeat(993))), "{log}");
+}
+
+#[tokio::test]
+async fn a_line_without_newline_is_split_and_the_xcom_reports_its_full_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "head -c 3000000 /dev/zero | tr '\\0' y");
+    r.max_xcom_bytes = 1000;
+    r.max_log_bytes = 10 << 20;
+    let out = spawn_bash(r).await.unwrap().wait().await;
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(out.last_line_bytes, 3_000_000);
+    assert_eq!(out.last_line.map(|l| l.len()), Some(1000), "only the head is kept");
+    let log = log_of(dir.path());
+    let lines: Vec<usize> = log.lines().map(str::len).collect();
+    assert_eq!(lines.len(), 3_000_000 / (64 * 1024) + 1, "split at 64 KiB");
+    assert!(lines.iter().all(|l| *l <= 64 * 1024));
+    assert_eq!(lines.iter().sum::<usize>(), 3_000_000);
+}
+
+#[tokio::test]
+async fn a_missing_cwd_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "true");
+    r.cwd = Some(dir.path().join("nowhere"));
+    let err = spawn_bash(r).await.err().expect("a missing cwd cannot start").to_string();
+    assert!(err.contains("`cwd`") && err.contains("nowhere"), "{err}");
+}
