@@ -66,18 +66,18 @@ impl Home {
 }
 
 fn run_with_deadline(mut cmd: Command, what: &[&str]) -> Output {
-    let mut child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rhaiflow runs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rhaiflow runs");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.expect("rhaiflow runs"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            panic!("{what:?} did not finish within 120 s");
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!("{what:?} did not finish within 120 s: {}", stdout(&o));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -137,4 +137,169 @@ fn a_failed_xcom_read_fails_the_task_instead_of_rendering_nothing() {
     assert_eq!(states["b"].0, "failed");
     let log = home.log("pull", RUN_ID, "b");
     assert!(log.contains("cannot read the XComs of run") && !log.contains("got="), "{log}");
+}
+
+/// A process killed (SIGKILL) when the test ends, even by a failed assertion.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The log folder of a task in the DAG's only run.
+fn task_log_dir(home: &Home, dag_id: &str, task_id: &str) -> std::path::PathBuf {
+    let dag_dir = home.path().join("logs").join(format!("dag_id={dag_id}"));
+    let run_dir = std::fs::read_dir(&dag_dir).ok().and_then(|mut d| d.next()).and_then(|e| e.ok()).map(|e| e.path());
+    run_dir.unwrap_or_else(|| dag_dir.join("run_id=none")).join(format!("task_id={task_id}"))
+}
+
+#[test]
+fn an_xcom_over_the_cap_fails_the_task_with_its_size() {
+    let dag = format!(
+        r#"let dag = DAG("big", #{{ {MANUAL} }});
+        let t = BashOperator(#{{ task_id: "t", bash_command: "head -c 3145728 /dev/zero | tr '\\0' x; echo" }});
+        let small = BashOperator(#{{ task_id: "small", bash_command: "echo fine" }});"#
+    );
+    let home = Home::new(&[("big.rhai", &dag)]);
+    let o = home.run(&["dags", "test", "big", "2024-03-09"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let states = home.states("big", RUN_ID);
+    assert_eq!(states["t"].0, "failed");
+    assert_eq!(states["small"].0, "success");
+    let log = home.log("big", RUN_ID, "t");
+    assert!(
+        log.contains("XCom `return_value` of task `t` is 3 MiB, over `core.max_xcom_bytes` (1 MiB)"),
+        "{}",
+        &log[log.len().saturating_sub(400)..]
+    );
+    assert!(log.lines().all(|l| l.len() <= 64 * 1024), "a line with no newline is split at 64 KiB");
+}
+
+#[test]
+fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
+    let dag = r#"let dag = DAG("survivor", #{ start_date: datetime(2024, 3, 9), schedule: "@once" });
+        let t = BashOperator(#{ task_id: "t", bash_command: "echo started; while [ ! -e $HOME_DIR/go ]; do sleep 0.05; done; for i in $(seq 1 5000); do echo line-$i; done; echo finished" });"#;
+    let home = Home::new(&[("survivor.rhai", dag)]);
+    let mut scheduler =
+        Killed(home.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let log = || task_log_dir(&home, "survivor", "t").join("attempt=1.log");
+    wait_until("the task to start", || std::fs::read_to_string(log()).unwrap_or_default().contains("started\n"));
+    let (dir, log) = (task_log_dir(&home, "survivor", "t"), log());
+    scheduler.0.kill().unwrap();
+    scheduler.0.wait().unwrap();
+    // The owner is gone; the task now writes 5,000 lines (the pipe a dead owner read from would
+    // have killed it with SIGPIPE) and records how it ended.
+    std::fs::write(home.path().join("go"), "").unwrap();
+    let status = dir.join("attempt=1.status");
+    wait_until("the status file", || status.exists());
+    let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
+    assert_eq!(recorded["exit_code"], 0, "{recorded}");
+    assert_eq!(recorded["last_line"], "finished", "{recorded}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("line-5000\nfinished\n"), "the log is complete");
+}
+
+#[test]
+fn tasks_do_not_inherit_the_variables_rhaiflow_reads_secrets_from() {
+    let dag = format!(
+        r#"let dag = DAG("env", #{{ {MANUAL} }});
+        let plain = BashOperator(#{{ task_id: "plain", bash_command: "echo uri=${{DB_URI:-unset}} pw=${{RHAIFLOW__ALERTS__EMAIL__PASSWORD:-unset}} other=${{OTHER_VAR:-unset}}" }});
+        let asks = BashOperator(#{{ task_id: "asks", append_env: true, env: #{{ DB_URI: "{{{{ conn.db }}}}" }},
+            bash_command: "echo uri=${{DB_URI:-unset}} other=${{OTHER_VAR:-unset}}" }});"#
+    );
+    let home = Home::new(&[("env.rhai", &dag)]);
+    std::fs::write(home.path().join("rhaiflow.toml"), "[connections.db]\nuri_env = \"DB_URI\"\n").unwrap();
+    let mut cmd = home.command(&["dags", "test", "env", "2024-03-09"]);
+    cmd.env("DB_URI", "sqlite://dummy-value")
+        .env("RHAIFLOW__ALERTS__EMAIL__PASSWORD", "dummy-pw")
+        .env("OTHER_VAR", "kept");
+    let o = run_with_deadline(cmd, &["dags", "test"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    // Read directly: other commands would need the secret variables set to load the config.
+    let log = |task: &str| std::fs::read_to_string(task_log_dir(&home, "env", task).join("attempt=1.log")).unwrap();
+    let plain = log("plain");
+    assert!(plain.contains("uri=unset pw=unset other=kept\n"), "{plain}");
+    let asks = log("asks");
+    assert!(asks.contains("uri=sqlite://dummy-value other=kept\n"), "a task that names the variable gets it: {asks}");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[test]
+fn the_database_its_wal_and_the_logs_are_private_whatever_the_umask() {
+    let dag = r#"let dag = DAG("priv", #{ start_date: datetime(2024, 3, 9), schedule: "@once" });
+        let t = BashOperator(#{ task_id: "t", bash_command: "echo hello" });"#;
+    let home = Home::new(&[("priv.rhai", dag)]);
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("umask 000; exec {} scheduler", env!("CARGO_BIN_EXE_rhaiflow")))
+        .current_dir(home.path())
+        .env_remove("RHAIFLOW_HOME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _scheduler = Killed(cmd.spawn().unwrap());
+    wait_until("the task to finish", || task_log_dir(&home, "priv", "t").join("attempt=1.status").exists());
+    let status = task_log_dir(&home, "priv", "t").join("attempt=1.status");
+    let db = home.path().join("rhaiflow.db");
+    for file in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    let dir = task_log_dir(&home, "priv", "t");
+    assert_eq!(mode(&dir.join("attempt=1.log")), 0o600);
+    assert_eq!(mode(&status), 0o600);
+    for d in [home.path().join("logs"), dir.parent().unwrap().parent().unwrap().to_path_buf(), dir.clone()] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+}
+
+#[test]
+fn a_database_that_is_not_rhaiflows_is_refused_and_an_old_one_is_adopted() {
+    let home = Home::new(&[]);
+    let foreign = home.path().join("other.db");
+    let db = rusqlite::Connection::open(&foreign).unwrap();
+    db.execute_batch("CREATE TABLE accounts (id INTEGER); INSERT INTO accounts VALUES (1);").unwrap();
+    drop(db);
+    let other = |home: &Home| {
+        let mut cmd = home.command(&["db", "migrate"]);
+        cmd.env("RHAIFLOW__DATABASE__URL", "sqlite://other.db");
+        run_with_deadline(cmd, &["db", "migrate"])
+    };
+    let o = other(&home);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not a rhaiflow database (application_id 0); refusing to use it"), "{err}");
+    let db = rusqlite::Connection::open(&foreign).unwrap();
+    let tables: i64 = db.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 1, "nothing was added to the foreign database");
+    let mode: String = db.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete", "its journal mode was left alone");
+    db.execute_batch("PRAGMA application_id = 1234").unwrap();
+    drop(db);
+    let err = String::from_utf8_lossy(&other(&home).stderr).to_string();
+    assert!(err.contains("(application_id 1234)"), "{err}");
+
+    // A database made before application_id was set: adopted and stamped.
+    assert!(home.run(&["db", "migrate"]).status.success());
+    let ours = home.path().join("rhaiflow.db");
+    let db = rusqlite::Connection::open(&ours).unwrap();
+    db.execute_batch("PRAGMA application_id = 0").unwrap();
+    drop(db);
+    assert!(home.run(&["db", "migrate"]).status.success());
+    let db = rusqlite::Connection::open(&ours).unwrap();
+    let id: i64 = db.query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
+    assert_eq!(id, 0x5248_4146);
 }

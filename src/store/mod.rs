@@ -38,7 +38,12 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: u32, known: u32 },
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    #[error("`{}` is not a rhaiflow database (application_id {id}); refusing to use it", path.display())]
+    NotOurs { path: PathBuf, id: i64 },
 }
+
+/// SQLite `PRAGMA application_id` of a rhaiflow database: "RHAF".
+pub const APPLICATION_ID: i64 = 0x5248_4146;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -328,8 +333,21 @@ impl Store {
 
     fn open_once(path: &Path) -> StoreResult<Store> {
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        // Created private (0600 whatever the umask); SQLite gives its -wal, -shm and -journal
+        // files the database file's mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(&e))?;
+        }
         let conn = Connection::open(path).map_err(|e| open_err(&e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_err(&e))?;
+        Store::claim_file(&conn, path)?;
         // WAL: readers never block the writer. NORMAL: durable across a process crash (kill -9);
         // only a power loss can drop the last transactions.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
@@ -339,6 +357,33 @@ impl Store {
             Store { conn: Arc::new(Mutex::new(conn)), readers, path: path.to_path_buf(), applied_on_open: Vec::new() };
         store.applied_on_open = store.migrate()?;
         Ok(store)
+    }
+
+    /// Refuses a database that is not rhaiflow's, before anything in it changes: ours carries
+    /// `APPLICATION_ID`; an empty file, or one an earlier rhaiflow made (`schema_migration` and
+    /// application_id 0), is stamped.
+    fn claim_file(conn: &Connection, path: &Path) -> StoreResult<()> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let checked = (|| {
+            let id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+            if id == APPLICATION_ID {
+                return Ok(());
+            }
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master")?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            if id != 0 || !(names.is_empty() || names.iter().any(|n| n == "schema_migration")) {
+                return Err(StoreError::NotOurs { path: path.to_path_buf(), id });
+            }
+            conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))?;
+            Ok(())
+        })();
+        match checked {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(StoreError::from),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// The migrations `open` applied.
