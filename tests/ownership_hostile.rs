@@ -114,7 +114,6 @@ fn spawn_scheduler(home: &Home) -> Running {
 // ---- a try's real outcome -----------------------------------------------------------------------
 
 #[test]
-#[ignore = "defect: nothing writes `attempt=N.status`, so a try that succeeded while its owner was dead is counted failed"]
 fn a_try_that_succeeds_while_its_scheduler_is_dead_keeps_its_success() {
     let home = Home::new(&[("fin.rhai", &dag("fin", "()", 0, false))]);
     let mut scheduler = spawn_scheduler(&home);

@@ -34,7 +34,9 @@ pub fn install() {
             std::process::exit(EXIT_CLOSED_STDOUT);
         }
         let report = report(info);
-        if tokio::runtime::Handle::try_current().is_ok() {
+        // Inside tokio a panic would leave the process waiting for ever, unless the code around it
+        // catches it (a task's run fails the try; a store call becomes an error).
+        if tokio::runtime::Handle::try_current().is_ok() && !crate::model::caught::is_caught() {
             say(&report);
             std::process::exit(EXIT_ERROR);
         }

@@ -1,7 +1,9 @@
 //! Plain data shared by every layer: DAG and task specs, operators, schedules, states, diagnostics.
 //!
-//! Nothing here does I/O, runs async code, or knows about Rhai or SQL.
+//! Nothing here does I/O or knows about Rhai or SQL. `caught` marks the code whose panics its caller
+//! catches (a future wrapper, but no runtime), for the panic hook.
 
+pub mod caught;
 mod diagnostic;
 mod duration;
 mod spec;

@@ -454,7 +454,9 @@ impl Store {
         f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write(f)).await.map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || crate::model::caught::caught(|| store.write(f)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// `read` on the blocking pool, for async callers.
@@ -463,7 +465,9 @@ impl Store {
         f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read(f)).await.map_err(|e| StoreError::Task(e.to_string()))?
+        tokio::task::spawn_blocking(move || crate::model::caught::caught(|| store.read(f)))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
 

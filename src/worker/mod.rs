@@ -124,7 +124,7 @@ impl Worker {
             // try fails through the normal path instead of staying claimed for ever.
             let inner = {
                 let (worker, task) = (worker.clone(), task.clone());
-                tokio::spawn(async move { worker.run(task).await })
+                tokio::spawn(crate::model::caught::Caught::new(async move { worker.run(task).await }))
             };
             let result = match inner.await {
                 Ok(result) => result,
