@@ -542,19 +542,15 @@ impl Scheduler {
         mut scheduled: Vec<(usize, usize)>,
         out: &mut PassOut,
     ) -> SchedulerResult<()> {
-        let busy = |s: TaskState| matches!(s, TaskState::Queued | TaskState::Running);
+        // Every claimed task instance in the store counts, whoever claimed it (a `dags backfill`
+        // beside the scheduler, a paused DAG's running tasks), not only what this pass sees.
         let mut total_busy = 0u32;
-        let mut busy_per_dag: HashMap<&str, u32> = HashMap::new();
+        let mut busy_per_dag: HashMap<String, u32> = HashMap::new();
         let mut pool_used: HashMap<String, u32> = HashMap::new();
-        for view in views {
-            for (ti, s) in view.states.iter().enumerate() {
-                if busy(*s) {
-                    total_busy += 1;
-                    *busy_per_dag.entry(view.run.dag_id.as_str()).or_default() += 1;
-                    let t = &view.dag.spec.tasks[ti];
-                    *pool_used.entry(t.pool.clone()).or_default() += t.pool_slots;
-                }
-            }
+        for b in tx.busy_task_counts()? {
+            total_busy = total_busy.saturating_add(b.tasks);
+            *busy_per_dag.entry(b.dag_id).or_default() += b.tasks;
+            *pool_used.entry(b.pool).or_default() += b.pool_slots;
         }
         let pools: HashMap<String, u32> = tx.pools()?.into_iter().collect();
         let task_of = |(ri, ti): (usize, usize)| &views[ri].dag.spec.tasks[ti];
@@ -571,7 +567,7 @@ impl Scheduler {
             }
             let view = &views[ri];
             let task = &view.dag.spec.tasks[ti];
-            let dag_busy = busy_per_dag.entry(view.run.dag_id.as_str()).or_default();
+            let dag_busy = busy_per_dag.entry(view.run.dag_id.clone()).or_default();
             if *dag_busy >= view.dag.spec.max_active_tasks {
                 continue;
             }
