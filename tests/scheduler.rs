@@ -397,3 +397,112 @@ fn running_tasks_of_a_paused_dag_count_toward_parallelism_and_pools() {
         "`tiny` has 1 slot left: {queued:?}"
     );
 }
+
+/// `n` DAGs `d0..d{n-1}` of one `true` task each.
+fn many_dags(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"let d = DAG("d{i}", #{{ start_date: datetime(2024, 1, 1), schedule: () }});
+                   let a = BashOperator(#{{ task_id: "a", bash_command: "true" }});"#
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn freed_slots_are_filled_in_the_pass_that_sees_the_tasks_finish() {
+    let srcs = many_dags(30);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 8);
+    for i in 0..30 {
+        f.manual_run(&format!("d{i}"), at(1, 0));
+    }
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.to_run.len(), 8, "every slot is used after one pass");
+    let mut running = pass.to_run;
+    // Three finish: the next pass rolls their runs up and fills all three slots.
+    for t in running.drain(..3) {
+        f.finish(&t.key, TaskState::Success, at(1, 1), None);
+    }
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.finished_runs.len(), 3);
+    assert_eq!(pass.to_run.len(), 3, "the freed slots are filled in the same pass");
+    let busy: u32 = f.store.read(|tx| tx.busy_task_counts()).unwrap().iter().map(|b| b.tasks).sum();
+    assert_eq!(busy, 8);
+    // And so on until every run has run, one pass per batch of outcomes.
+    running.extend(pass.to_run);
+    let mut passes = 0;
+    while !running.is_empty() {
+        for t in running.drain(..) {
+            f.finish(&t.key, TaskState::Success, at(1, 2), None);
+        }
+        running = f.scheduler.pass(at(1, 2)).unwrap().to_run;
+        passes += 1;
+        assert!(passes < 10, "30 runs at 8 slots drain in a few passes");
+    }
+    let succeeded = (0..30).filter(|i| f.runs(&format!("d{i}"))[0].state == DagRunState::Success).count();
+    assert_eq!(succeeded, 30);
+}
+
+#[test]
+fn a_pass_after_one_task_finishes_does_not_re_decide_unrelated_runs() {
+    let srcs = many_dags(40);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    for i in 0..40 {
+        f.manual_run(&format!("d{i}"), at(1, 0));
+    }
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 40, "the first pass reads everything");
+    assert_eq!(pass.to_run.len(), 40);
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 0, "nothing changed: its own writes are not news to the scheduler");
+    f.finish(
+        &TiKey { dag_id: "d7".into(), run_id: f.runs("d7")[0].run_id.clone(), task_id: "a".into() },
+        TaskState::Success,
+        at(1, 1),
+        None,
+    );
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.runs_examined, 1, "only the run whose task finished");
+    assert_eq!(pass.finished_runs, vec![("d7".to_string(), f.runs("d7")[0].run_id.clone(), DagRunState::Success)]);
+    // Another process triggers a run (`dags trigger`): the next pass reads that run only.
+    f.manual_run("d3", at(2, 0));
+    let pass = f.scheduler.pass(at(2, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 1);
+    assert_eq!(pass.to_run.len(), 1);
+}
+
+#[test]
+fn pausing_in_another_process_holds_the_dags_runs_until_unpaused() {
+    let srcs = many_dags(2);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    f.scheduler.pass(at(1, 0)).unwrap();
+    assert!(f.store.write(|tx| tx.set_paused("d0", true)).unwrap());
+    f.manual_run("d0", at(1, 0));
+    f.manual_run("d1", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(Fixture::queued_ids(&pass), ["d1.a"]);
+    assert!(f.store.write(|tx| tx.set_paused("d0", false)).unwrap());
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(Fixture::queued_ids(&pass), ["d0.a"]);
+}
+
+#[test]
+fn a_scheduler_that_missed_pruned_changes_reads_everything_again() {
+    let srcs = many_dags(2);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    let run = f.manual_run("d0", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    f.finish(&pass.to_run[0].key, TaskState::Success, at(1, 1), None);
+    // Another scheduler pruned the log past this one's position, the finish included.
+    f.store
+        .write(|tx| {
+            let (_, newest) = tx.change_log_bounds()?;
+            tx.prune_change_log(newest)
+        })
+        .unwrap();
+    f.manual_run("d1", at(1, 1));
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.finished_runs, vec![("d0".to_string(), run.run_id, DagRunState::Success)]);
+    assert_eq!(Fixture::queued_ids(&pass), ["d1.a"]);
+}
