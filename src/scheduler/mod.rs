@@ -45,7 +45,8 @@ pub struct PinnedDag {
     pub spec: Arc<DagSpec>,
     pub hash: String,
     order: Vec<usize>,
-    index: HashMap<String, usize>,
+    /// Task indices sorted by task id (a binary search finds a task without a copy of its id).
+    by_id: Vec<u32>,
     upstream: Vec<Vec<usize>>,
     leaves: Vec<usize>,
     timetable: Option<Timetable>,
@@ -55,13 +56,19 @@ pub struct PinnedDag {
 
 impl PinnedDag {
     pub fn new(spec: Arc<DagSpec>, hash: String) -> Self {
-        let index: HashMap<String, usize> =
-            spec.tasks.iter().enumerate().map(|(i, t)| (t.task_id.clone(), i)).collect();
+        let mut by_id: Vec<u32> = (0..spec.tasks.len() as u32).collect();
+        by_id.sort_by(|a, b| spec.tasks[*a as usize].task_id.cmp(&spec.tasks[*b as usize].task_id));
+        let find = |id: &str| {
+            by_id
+                .binary_search_by(|i| spec.tasks[*i as usize].task_id.as_str().cmp(id))
+                .ok()
+                .map(|pos| by_id[pos] as usize)
+        };
         let order = TaskGraph::build(&spec)
-            .map(|g| g.topological_order().into_iter().filter_map(|id| index.get(id).copied()).collect())
+            .map(|g| g.topological_order().into_iter().filter_map(find).collect())
             .unwrap_or_else(|_| (0..spec.tasks.len()).collect());
         let upstream: Vec<Vec<usize>> =
-            spec.tasks.iter().map(|t| t.upstream.iter().filter_map(|u| index.get(u).copied()).collect()).collect();
+            spec.tasks.iter().map(|t| t.upstream.iter().filter_map(|u| find(u)).collect()).collect();
         let mut has_downstream = vec![false; spec.tasks.len()];
         for ups in &upstream {
             for u in ups {
@@ -71,11 +78,20 @@ impl PinnedDag {
         let leaves = (0..spec.tasks.len()).filter(|i| !has_downstream[*i]).collect();
         let timetable = Timetable::new(&spec).ok();
         let depends_on_past = spec.tasks.iter().any(|t| t.depends_on_past);
-        PinnedDag { spec, hash, order, index, upstream, leaves, timetable, depends_on_past }
+        PinnedDag { spec, hash, order, by_id, upstream, leaves, timetable, depends_on_past }
     }
 
     pub fn timetable(&self) -> Option<&Timetable> {
         self.timetable.as_ref()
+    }
+
+    /// The index of a task in `spec.tasks`.
+    fn task_index(&self, task_id: &str) -> Option<usize> {
+        let tasks = &self.spec.tasks;
+        self.by_id
+            .binary_search_by(|i| tasks[*i as usize].task_id.as_str().cmp(task_id))
+            .ok()
+            .map(|p| self.by_id[p] as usize)
     }
 }
 
@@ -295,14 +311,15 @@ impl Scheduler {
     }
 
     /// The DAGs the loader found; timetables create runs from these versions. The next pass reads
-    /// the store afresh.
+    /// the store afresh. Each spec is copied: the copies sit together in memory instead of among
+    /// the loader's freed parse garbage, so the caller can drop the loader's and return that memory.
     pub fn set_dags(&mut self, dags: &[DagVersion]) {
         self.latest.clear();
         for d in dags {
             let pinned = self
                 .pinned
                 .entry(d.hash.clone())
-                .or_insert_with(|| Arc::new(PinnedDag::new(d.spec.clone(), d.hash.clone())))
+                .or_insert_with(|| Arc::new(PinnedDag::new(Arc::new(DagSpec::clone(&d.spec)), d.hash.clone())))
                 .clone();
             self.latest.insert(d.spec.dag_id.clone(), pinned);
         }
@@ -516,7 +533,7 @@ impl Scheduler {
         let dag = self.pinned(tx, &run.dag_id, &run.version_hash)?;
         let mut rows: Vec<Option<TiStateRow>> = vec![None; dag.spec.tasks.len()];
         for ti in tis {
-            if let Some(&i) = dag.index.get(&ti.key.task_id) {
+            if let Some(i) = dag.task_index(&ti.key.task_id) {
                 rows[i] = Some(ti);
             }
         }
@@ -712,7 +729,7 @@ impl Scheduler {
             }
             if c.to == TaskState::Scheduled {
                 if let Some(view) = self.views.get(&key)
-                    && let Some(&i) = view.dag.index.get(&c.key.task_id)
+                    && let Some(i) = view.dag.task_index(&c.key.task_id)
                 {
                     self.ready.insert(ready_key(&view.dag, &view.run, i));
                 }
