@@ -44,11 +44,14 @@ pub struct DagVersion {
 pub struct PinnedDag {
     pub spec: Arc<DagSpec>,
     pub hash: String,
-    order: Vec<usize>,
+    /// Task indices in topological order.
+    order: Vec<u32>,
     /// Task indices sorted by task id (a binary search finds a task without a copy of its id).
     by_id: Vec<u32>,
-    upstream: Vec<Vec<usize>>,
-    leaves: Vec<usize>,
+    /// The upstream task indices of task `i` are `upstream[upstream_at[i]..upstream_at[i + 1]]`.
+    upstream_at: Vec<u32>,
+    upstream: Vec<u32>,
+    leaves: Vec<u32>,
     timetable: Option<Timetable>,
     /// Some task waits for its previous run: any change to a run of the DAG re-decides its runs.
     depends_on_past: bool,
@@ -65,24 +68,33 @@ impl PinnedDag {
                 .map(|pos| by_id[pos] as usize)
         };
         let order = TaskGraph::build(&spec)
-            .map(|g| g.topological_order().into_iter().filter_map(find).collect())
-            .unwrap_or_else(|_| (0..spec.tasks.len()).collect());
-        let upstream: Vec<Vec<usize>> =
-            spec.tasks.iter().map(|t| t.upstream.iter().filter_map(|u| find(u)).collect()).collect();
+            .map(|g| g.topological_order().into_iter().filter_map(find).map(|i| i as u32).collect())
+            .unwrap_or_else(|_| (0..spec.tasks.len() as u32).collect());
+        let mut upstream_at: Vec<u32> = Vec::with_capacity(spec.tasks.len() + 1);
+        let mut upstream: Vec<u32> = Vec::new();
         let mut has_downstream = vec![false; spec.tasks.len()];
-        for ups in &upstream {
-            for u in ups {
-                has_downstream[*u] = true;
+        for t in &spec.tasks {
+            upstream_at.push(upstream.len() as u32);
+            for u in t.upstream.iter().filter_map(|u| find(u)) {
+                upstream.push(u as u32);
+                has_downstream[u] = true;
             }
         }
-        let leaves = (0..spec.tasks.len()).filter(|i| !has_downstream[*i]).collect();
+        upstream_at.push(upstream.len() as u32);
+        upstream.shrink_to_fit();
+        let leaves = (0..spec.tasks.len() as u32).filter(|i| !has_downstream[*i as usize]).collect();
         let timetable = Timetable::new(&spec).ok();
         let depends_on_past = spec.tasks.iter().any(|t| t.depends_on_past);
-        PinnedDag { spec, hash, order, by_id, upstream, leaves, timetable, depends_on_past }
+        PinnedDag { spec, hash, order, by_id, upstream_at, upstream, leaves, timetable, depends_on_past }
     }
 
     pub fn timetable(&self) -> Option<&Timetable> {
         self.timetable.as_ref()
+    }
+
+    fn upstream_of(&self, task: usize) -> impl Iterator<Item = usize> + '_ {
+        let (from, to) = (self.upstream_at[task] as usize, self.upstream_at[task + 1] as usize);
+        self.upstream[from..to].iter().map(|u| *u as usize)
     }
 
     /// The index of a task in `spec.tasks`.
@@ -174,6 +186,8 @@ pub struct Scheduler {
     ready: BTreeSet<ReadyKey>,
     /// When a run must be looked at again without any change (a retry wakes, a `dagrun_timeout`).
     timers: BinaryHeap<Reverse<(DateTime<Utc>, RunKey)>>,
+    /// The entries of `timers`, so a run re-decided often does not add the same timer again.
+    timer_set: HashSet<(DateTime<Utc>, RunKey)>,
     /// When each DAG's timetable must be looked at again; `due` holds the same as a heap (entries
     /// that disagree with `next_due` are stale and skipped).
     next_due: HashMap<String, DateTime<Utc>>,
@@ -304,6 +318,7 @@ impl Scheduler {
             start_dags: HashSet::new(),
             ready: BTreeSet::new(),
             timers: BinaryHeap::new(),
+            timer_set: HashSet::new(),
             next_due: HashMap::new(),
             due: BinaryHeap::new(),
             blocked: HashSet::new(),
@@ -370,6 +385,18 @@ impl Scheduler {
         Ok(p)
     }
 
+    fn add_timer(&mut self, at: DateTime<Utc>, key: &RunKey) {
+        if self.timer_set.insert((at, key.clone())) {
+            self.timers.push(Reverse((at, key.clone())));
+        }
+    }
+
+    fn pop_timer(&mut self) -> Option<(DateTime<Utc>, RunKey)> {
+        let Reverse((at, key)) = self.timers.pop()?;
+        self.timer_set.remove(&(at, key.clone()));
+        Some((at, key))
+    }
+
     fn set_due(&mut self, dag_id: String, at: DateTime<Utc>) {
         self.next_due.insert(dag_id.clone(), at);
         self.due.push(Reverse((at, dag_id)));
@@ -387,6 +414,7 @@ impl Scheduler {
         self.start_dags.clear();
         self.ready.clear();
         self.timers.clear();
+        self.timer_set.clear();
         self.next_due.clear();
         self.due.clear();
         self.blocked.clear();
@@ -686,7 +714,7 @@ impl Scheduler {
             self.load_all(tx, now)?;
         }
         while self.timers.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-            let Some(Reverse((_, key))) = self.timers.pop() else { break };
+            let Some((_, key)) = self.pop_timer() else { break };
             if self.views.contains_key(&key) {
                 self.dirty.insert(key);
             }
@@ -707,7 +735,7 @@ impl Scheduler {
                 (Some(timeout), Some(start)) if view.run.state == DagRunState::Running => {
                     let deadline = start.checked_add_signed(timeout.as_chrono()).unwrap_or(DateTime::<Utc>::MAX_UTC);
                     if now < deadline {
-                        self.timers.push(Reverse((deadline, key.clone())));
+                        self.add_timer(deadline, key);
                     }
                     now >= deadline
                 }
@@ -756,7 +784,7 @@ impl Scheduler {
             out.pass.next_wake = earliest(out.pass.next_wake, now);
         }
         while self.timers.peek().is_some_and(|Reverse((_, key))| !self.views.contains_key(key)) {
-            self.timers.pop();
+            self.pop_timer();
         }
         if let Some(Reverse((at, _))) = self.timers.peek() {
             out.pass.next_wake = earliest(out.pass.next_wake, *at);
@@ -783,7 +811,7 @@ impl Scheduler {
             return Ok(());
         }
         let RunView { run, dag, rows, states: st } = view;
-        for &i in &dag.order {
+        for i in dag.order.iter().map(|i| *i as usize) {
             let Some(row) = &rows[i] else { continue };
             let key = &row.key;
             let current = st[i];
@@ -791,7 +819,7 @@ impl Scheduler {
                 match row.next_try_at {
                     Some(at) if at > out.now => {
                         out.pass.next_wake = earliest(out.pass.next_wake, at);
-                        self.timers.push(Reverse((at, run_key.clone())));
+                        self.add_timer(at, run_key);
                     }
                     _ => {
                         st[i] = TaskState::Scheduled;
@@ -810,7 +838,7 @@ impl Scheduler {
             }
             let task = &dag.spec.tasks[i];
             let mut counts = UpstreamCounts::default();
-            for &u in &dag.upstream[i] {
+            for u in dag.upstream_of(i) {
                 counts.add(st[u]);
             }
             let event = match readiness(task.trigger_rule, counts) {
@@ -941,8 +969,11 @@ impl Scheduler {
         if !view.states.iter().all(|s| s.is_finished()) {
             return Ok(());
         }
-        let failed =
-            view.dag.leaves.iter().any(|&i| matches!(view.states[i], TaskState::Failed | TaskState::UpstreamFailed));
+        let failed = view
+            .dag
+            .leaves
+            .iter()
+            .any(|&i| matches!(view.states[i as usize], TaskState::Failed | TaskState::UpstreamFailed));
         let to = if failed { DagRunState::Failed } else { DagRunState::Success };
         self.finish_run(tx, view, to, None, out)
     }
