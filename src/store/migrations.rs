@@ -120,7 +120,7 @@ CREATE INDEX task_instance_claimed ON task_instance (owner) WHERE state IN ('que
         "change log the scheduler follows, so a pass reads only the runs and DAGs that changed",
         r#"
 CREATE TABLE change_log (
-    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq    INTEGER PRIMARY KEY,
     dag_id TEXT NOT NULL,
     run_id TEXT
 );

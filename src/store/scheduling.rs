@@ -53,9 +53,12 @@ impl Tx<'_> {
     }
 
     /// Forgets change log entries up to `seq`. A reader that had not seen them notices the gap
-    /// (`change_log_bounds`) and reads everything again.
+    /// (`change_log_bounds`) and reads everything again. The newest entry is always kept: a new
+    /// entry's `seq` is one more than the largest left, so `seq` never goes back.
     pub fn prune_change_log(&self, seq: i64) -> StoreResult<()> {
-        self.tx.prepare_cached("DELETE FROM change_log WHERE seq <= ?1")?.execute([seq])?;
+        self.tx
+            .prepare_cached("DELETE FROM change_log WHERE seq <= ?1 AND seq < (SELECT MAX(seq) FROM change_log)")?
+            .execute([seq])?;
         Ok(())
     }
 
