@@ -129,8 +129,8 @@ CREATE TRIGGER change_log_ti_state AFTER UPDATE OF state ON task_instance
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
 CREATE TRIGGER change_log_run_insert AFTER INSERT ON dag_run
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
-CREATE TRIGGER change_log_run_state AFTER UPDATE OF state ON dag_run
-    WHEN OLD.state IS NOT NEW.state
+CREATE TRIGGER change_log_run_state AFTER UPDATE OF state, owner ON dag_run
+    WHEN OLD.state IS NOT NEW.state OR OLD.owner IS NOT NEW.owner
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
 CREATE TRIGGER change_log_run_delete AFTER DELETE ON dag_run
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (OLD.dag_id, OLD.run_id); END;
