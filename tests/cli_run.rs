@@ -363,8 +363,9 @@ fn db_migrate_and_tasks_test() {
         "let d = DAG(\"t\", #{ schedule: () }); let a = BashOperator(#{ task_id: \"a\", bash_command: \"echo {{ ds }}; echo out\" });",
     )]);
     let o = home.run(&["db", "migrate"]);
-    assert_eq!(stdout(&o), "database rhaiflow.db is at schema version 2 (migrated)\n");
-    assert_eq!(stdout(&home.run(&["db", "migrate"])), "database rhaiflow.db is at schema version 2\n");
+    let latest = rhaiflow::store::MIGRATIONS.last().map_or(0, |m| m.0);
+    assert_eq!(stdout(&o), format!("database rhaiflow.db is at schema version {latest} (migrated)\n"));
+    assert_eq!(stdout(&home.run(&["db", "migrate"])), format!("database rhaiflow.db is at schema version {latest}\n"));
     let o = home.run(&["tasks", "test", "t", "a", "2024-06-01"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("2024-06-01\nout\n"), "{}", stdout(&o));

@@ -22,17 +22,21 @@ struct Fixture {
 }
 
 fn fixture(src: &str, parallelism: u32) -> Fixture {
+    fixture_files(&[src], parallelism)
+}
+
+/// One DAG file per source.
+fn fixture_files(srcs: &[&str], parallelism: u32) -> Fixture {
     let host = ScriptHost::new(ScriptLimits::default()).unwrap();
-    let out = host.evaluate("test.rhai", src, &common::eval_context());
-    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
-    let versions: Vec<DagVersion> = out
-        .dags
-        .into_iter()
-        .map(|d| {
+    let mut versions: Vec<DagVersion> = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        let out = host.evaluate(&format!("test{i}.rhai"), src, &common::eval_context());
+        assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+        versions.extend(out.dags.into_iter().map(|d| {
             let json = d.spec.to_json();
             DagVersion { hash: format!("h-{}", d.spec.dag_id), json: json.into(), spec: Arc::new(d.spec) }
-        })
-        .collect();
+        }));
+    }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
     store.write(|tx| rhaiflow::scheduler::record_dags(tx, &versions, &[], at(0, 0))).unwrap();
@@ -58,6 +62,43 @@ impl Fixture {
         );
         assert!(self.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap());
         run
+    }
+
+    /// A run of `dag_id` in `state` whose task instances `claimed` are `running`, as another process
+    /// (a `dags backfill` beside the scheduler) leaves them.
+    fn claimed_elsewhere(&self, dag_id: &str, logical_date: DateTime<Utc>, claimed: &[&str]) {
+        let dag = self.scheduler.latest(dag_id).unwrap().clone();
+        let interval = rhaiflow::schedule::DataInterval { start: logical_date, end: logical_date };
+        let mut run = rhaiflow::scheduler::new_run(
+            &dag,
+            rhaiflow::model::RunType::Backfill,
+            logical_date,
+            interval,
+            serde_json::json!({}),
+            logical_date,
+        );
+        run.state = DagRunState::Running;
+        assert!(self.store.write(|tx| rhaiflow::scheduler::insert_run(tx, &dag, &run)).unwrap());
+        for task_id in claimed {
+            self.set_running(&TiKey {
+                dag_id: dag_id.into(),
+                run_id: run.run_id.clone(),
+                task_id: task_id.to_string(),
+            });
+        }
+    }
+
+    /// Moves a task instance that has not started to `running`, as another process's worker does.
+    fn set_running(&self, key: &TiKey) {
+        let change = TiChange { try_number: Some(1), ..TiChange::default() };
+        let from = self.store.read(|tx| tx.task_instance(key)).unwrap().unwrap().state;
+        assert!(self.store.write(|tx| tx.set_ti_state(key, from, TaskState::Running, &change)).unwrap());
+    }
+
+    fn queued_ids(pass: &rhaiflow::scheduler::Pass) -> Vec<String> {
+        let mut ids: Vec<String> = pass.to_run.iter().map(|t| format!("{}.{}", t.key.dag_id, t.key.task_id)).collect();
+        ids.sort();
+        ids
     }
 
     fn runs(&self, dag_id: &str) -> Vec<rhaiflow::store::DagRunRow> {
@@ -281,4 +322,187 @@ fn a_cleared_run_gets_its_full_dagrun_timeout_again() {
     assert_eq!(pass.to_run.len(), 1, "the cleared task runs again");
     let pass = f.scheduler.pass(at(5, 1)).unwrap();
     assert!(pass.finished_runs.is_empty(), "not timed out by the first start four hours ago");
+}
+
+/// Five `true` tasks `w0..w4` (the two in pool `tiny` first by priority), for the counting tests.
+const WORK: &str = r#"let d = DAG("work", #{ start_date: datetime(2024, 1, 1), schedule: (), max_active_tasks: 4 });
+    for i in 0..3 { let t = BashOperator(#{ task_id: "w" + i, bash_command: "true" }); }
+    for i in 3..5 { let t = BashOperator(#{ task_id: "w" + i, bash_command: "true", pool: "tiny", priority_weight: 10 }); }"#;
+
+#[test]
+fn tasks_claimed_by_another_process_count_toward_parallelism() {
+    let mut f = fixture_files(
+        &[
+            WORK,
+            r#"let d = DAG("busy", #{ start_date: datetime(2024, 1, 1), schedule: () });
+               let a = BashOperator(#{ task_id: "a", bash_command: "sleep 60" });
+               let b = BashOperator(#{ task_id: "b", bash_command: "sleep 60" });"#,
+        ],
+        4,
+    );
+    f.store.write(|tx| tx.set_pool("tiny", 8, "")).unwrap();
+    f.claimed_elsewhere("busy", at(0, 0), &["a", "b"]);
+    f.manual_run("work", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(
+        pass.to_run.len(),
+        2,
+        "parallelism 4 with 2 tasks of a backfill running: {:?}",
+        Fixture::queued_ids(&pass)
+    );
+}
+
+#[test]
+fn tasks_claimed_by_another_process_count_toward_max_active_tasks_and_pools() {
+    let mut f = fixture_files(&[WORK], 32);
+    f.store.write(|tx| tx.set_pool("tiny", 2, "")).unwrap();
+    // A backfill of `work` runs w0 (default pool) and w3 (pool `tiny`, 1 of its 2 slots).
+    f.claimed_elsewhere("work", at(0, 0), &["w0", "w3"]);
+    f.manual_run("work", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    let queued = Fixture::queued_ids(&pass);
+    assert_eq!(queued.len(), 2, "max_active_tasks 4 with 2 running in the backfill: {queued:?}");
+    assert_eq!(
+        queued.iter().filter(|t| *t == "work.w3" || *t == "work.w4").count(),
+        1,
+        "one slot of `tiny` is left: {queued:?}"
+    );
+}
+
+#[test]
+fn running_tasks_of_a_paused_dag_count_toward_parallelism_and_pools() {
+    let mut f = fixture_files(
+        &[
+            WORK,
+            r#"let d = DAG("sleepy", #{ start_date: datetime(2024, 1, 1), schedule: () });
+               let a = BashOperator(#{ task_id: "a", bash_command: "sleep 60", pool: "tiny" });
+               let b = BashOperator(#{ task_id: "b", bash_command: "sleep 60" });"#,
+        ],
+        4,
+    );
+    f.store.write(|tx| tx.set_pool("tiny", 2, "")).unwrap();
+    f.manual_run("sleepy", at(0, 0));
+    let pass = f.scheduler.pass(at(0, 0)).unwrap();
+    assert_eq!(pass.to_run.len(), 2);
+    for t in &pass.to_run {
+        f.set_running(&t.key);
+    }
+    assert!(f.store.write(|tx| tx.set_paused("sleepy", true)).unwrap());
+    f.manual_run("work", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    let queued = Fixture::queued_ids(&pass);
+    assert_eq!(queued.len(), 2, "parallelism 4 with 2 tasks of a paused DAG running: {queued:?}");
+    assert!(
+        queued.iter().filter(|t| *t == "work.w3" || *t == "work.w4").count() <= 1,
+        "`tiny` has 1 slot left: {queued:?}"
+    );
+}
+
+/// `n` DAGs `d0..d{n-1}` of one `true` task each.
+fn many_dags(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"let d = DAG("d{i}", #{{ start_date: datetime(2024, 1, 1), schedule: () }});
+                   let a = BashOperator(#{{ task_id: "a", bash_command: "true" }});"#
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn freed_slots_are_filled_in_the_pass_that_sees_the_tasks_finish() {
+    let srcs = many_dags(30);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 8);
+    for i in 0..30 {
+        f.manual_run(&format!("d{i}"), at(1, 0));
+    }
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.to_run.len(), 8, "every slot is used after one pass");
+    let mut running = pass.to_run;
+    // Three finish: the next pass rolls their runs up and fills all three slots.
+    for t in running.drain(..3) {
+        f.finish(&t.key, TaskState::Success, at(1, 1), None);
+    }
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.finished_runs.len(), 3);
+    assert_eq!(pass.to_run.len(), 3, "the freed slots are filled in the same pass");
+    let busy: u32 = f.store.read(|tx| tx.busy_task_counts()).unwrap().iter().map(|b| b.tasks).sum();
+    assert_eq!(busy, 8);
+    // And so on until every run has run, one pass per batch of outcomes.
+    running.extend(pass.to_run);
+    let mut passes = 0;
+    while !running.is_empty() {
+        for t in running.drain(..) {
+            f.finish(&t.key, TaskState::Success, at(1, 2), None);
+        }
+        running = f.scheduler.pass(at(1, 2)).unwrap().to_run;
+        passes += 1;
+        assert!(passes < 10, "30 runs at 8 slots drain in a few passes");
+    }
+    let succeeded = (0..30).filter(|i| f.runs(&format!("d{i}"))[0].state == DagRunState::Success).count();
+    assert_eq!(succeeded, 30);
+}
+
+#[test]
+fn a_pass_after_one_task_finishes_does_not_re_decide_unrelated_runs() {
+    let srcs = many_dags(40);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    for i in 0..40 {
+        f.manual_run(&format!("d{i}"), at(1, 0));
+    }
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 40, "the first pass reads everything");
+    assert_eq!(pass.to_run.len(), 40);
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 0, "nothing changed: its own writes are not news to the scheduler");
+    f.finish(
+        &TiKey { dag_id: "d7".into(), run_id: f.runs("d7")[0].run_id.clone(), task_id: "a".into() },
+        TaskState::Success,
+        at(1, 1),
+        None,
+    );
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.runs_examined, 1, "only the run whose task finished");
+    assert_eq!(pass.finished_runs, vec![("d7".to_string(), f.runs("d7")[0].run_id.clone(), DagRunState::Success)]);
+    // Another process triggers a run (`dags trigger`): the next pass reads that run only.
+    f.manual_run("d3", at(2, 0));
+    let pass = f.scheduler.pass(at(2, 0)).unwrap();
+    assert_eq!(pass.runs_examined, 1);
+    assert_eq!(pass.to_run.len(), 1);
+}
+
+#[test]
+fn pausing_in_another_process_holds_the_dags_runs_until_unpaused() {
+    let srcs = many_dags(2);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    f.scheduler.pass(at(1, 0)).unwrap();
+    assert!(f.store.write(|tx| tx.set_paused("d0", true)).unwrap());
+    f.manual_run("d0", at(1, 0));
+    f.manual_run("d1", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    assert_eq!(Fixture::queued_ids(&pass), ["d1.a"]);
+    assert!(f.store.write(|tx| tx.set_paused("d0", false)).unwrap());
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(Fixture::queued_ids(&pass), ["d0.a"]);
+}
+
+#[test]
+fn a_scheduler_that_missed_pruned_changes_reads_everything_again() {
+    let srcs = many_dags(2);
+    let mut f = fixture_files(&srcs.iter().map(String::as_str).collect::<Vec<_>>(), 64);
+    let run = f.manual_run("d0", at(1, 0));
+    let pass = f.scheduler.pass(at(1, 0)).unwrap();
+    f.finish(&pass.to_run[0].key, TaskState::Success, at(1, 1), None);
+    // Another scheduler pruned the log past this one's position, the finish included.
+    f.store
+        .write(|tx| {
+            let (_, newest) = tx.change_log_bounds()?;
+            tx.prune_change_log(newest)
+        })
+        .unwrap();
+    f.manual_run("d1", at(1, 1));
+    let pass = f.scheduler.pass(at(1, 1)).unwrap();
+    assert_eq!(pass.finished_runs, vec![("d0".to_string(), run.run_id, DagRunState::Success)]);
+    assert_eq!(Fixture::queued_ids(&pass), ["d1.a"]);
 }

@@ -115,4 +115,33 @@ ALTER TABLE dag_run ADD COLUMN owner TEXT;
 CREATE INDEX task_instance_claimed ON task_instance (owner) WHERE state IN ('queued', 'running');
 "#,
     ),
+    (
+        3,
+        "change log the scheduler follows, so a pass reads only the runs and DAGs that changed",
+        r#"
+CREATE TABLE change_log (
+    seq    INTEGER PRIMARY KEY,
+    dag_id TEXT NOT NULL,
+    run_id TEXT
+);
+CREATE TRIGGER change_log_ti_state AFTER UPDATE OF state ON task_instance
+    WHEN OLD.state IS NOT NEW.state
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
+CREATE TRIGGER change_log_run_insert AFTER INSERT ON dag_run
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
+CREATE TRIGGER change_log_run_state AFTER UPDATE OF state, owner ON dag_run
+    WHEN OLD.state IS NOT NEW.state OR OLD.owner IS NOT NEW.owner
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NEW.run_id); END;
+CREATE TRIGGER change_log_run_delete AFTER DELETE ON dag_run
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (OLD.dag_id, OLD.run_id); END;
+CREATE TRIGGER change_log_dag_insert AFTER INSERT ON dag
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NULL); END;
+CREATE TRIGGER change_log_dag_update AFTER UPDATE ON dag
+    WHEN OLD.is_paused IS NOT NEW.is_paused OR OLD.is_active IS NOT NEW.is_active
+        OR OLD.latest_version_hash IS NOT NEW.latest_version_hash
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (NEW.dag_id, NULL); END;
+CREATE TRIGGER change_log_dag_delete AFTER DELETE ON dag
+    BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (OLD.dag_id, NULL); END;
+"#,
+    ),
 ];

@@ -5,6 +5,7 @@
 //! added behind it.
 
 mod migrations;
+mod scheduling;
 
 use crate::model::{DagRunState, RunType, TaskState, TiKey};
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use migrations::MIGRATIONS;
+pub use scheduling::{BusyCount, ChangeRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
