@@ -4,7 +4,7 @@
 //! Cron schedules are evaluated in the DAG's time zone (DST-aware, via croner and chrono-tz).
 //! All date arithmetic is checked: a run that would fall outside the calendar is "no next run".
 
-use crate::model::{DagSpec, ScheduleSpec, Seconds, TimeZoneSpec};
+use crate::model::{DagSpec, ScheduleSpec, TimeSpan, TimeZoneSpec};
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
@@ -149,7 +149,7 @@ pub enum Timetable {
         tz: Zone,
     },
     Delta {
-        every: Seconds,
+        every: TimeSpan,
     },
 }
 
@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn intervals_and_once() {
-        let every = Timetable::Delta { every: Seconds::from_secs(3600) };
+        let every = Timetable::Delta { every: TimeSpan::from_secs(3600) };
         let r = Restriction { earliest: Some(utc(2024, 1, 1, 0, 30)), latest: None, catchup: true };
         let first = every.next_dagrun_info(None, r, utc(2024, 1, 2, 0, 0)).unwrap();
         assert_eq!(first.data_interval, DataInterval { start: utc(2024, 1, 1, 0, 30), end: utc(2024, 1, 1, 1, 30) });
@@ -391,14 +391,14 @@ mod tests {
 
     #[test]
     fn intervals_past_the_calendar_are_no_next_run_not_a_panic() {
-        let huge = Timetable::Delta { every: Seconds::from_secs(100_000_000 * 86_400) };
+        let huge = Timetable::Delta { every: TimeSpan::from_secs(100_000_000 * 86_400) };
         let r = Restriction { earliest: Some(utc(2024, 1, 1, 0, 0)), latest: None, catchup: false };
         assert_eq!(huge.next_dagrun_info(None, r, utc(2026, 1, 1, 0, 0)), None);
         assert_eq!(huge.upcoming(None, r, utc(2026, 1, 1, 0, 0), 5), Vec::new());
         let di = huge.infer_manual_data_interval(utc(2026, 1, 1, 0, 0));
         assert_eq!(di.end, utc(2026, 1, 1, 0, 0));
         let late = Restriction { earliest: Some(DateTime::<Utc>::MAX_UTC), latest: None, catchup: true };
-        let hourly = Timetable::Delta { every: Seconds::from_secs(3600) };
+        let hourly = Timetable::Delta { every: TimeSpan::from_secs(3600) };
         assert_eq!(hourly.next_dagrun_info(None, late, utc(2026, 1, 1, 0, 0)), None);
         let daily = cron("0 0 * * *", chrono_tz::UTC);
         assert_eq!(daily.next_dagrun_info(None, late, utc(2026, 1, 1, 0, 0)), None);

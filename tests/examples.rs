@@ -56,7 +56,7 @@ fn mcwork_matches_its_airflow_original() {
 fn ding_seed_keeps_its_alert_flags() {
     let bag = common::load(Path::new("examples/dags"));
     let dag = &bag.dags["daily_reporter_airflow_2"].spec;
-    assert_eq!(dag.schedule, ScheduleSpec::Interval { every: rhaiflow::model::Seconds::from_secs(86_400) });
+    assert_eq!(dag.schedule, ScheduleSpec::Interval { every: rhaiflow::model::TimeSpan::from_secs(86_400) });
     for t in &dag.tasks {
         assert!(t.ding_on_failure && t.ding_on_retry && t.email_on_failure && t.email_on_retry);
         assert_eq!(t.email, ["ops@example.com"]);

@@ -12,7 +12,7 @@ pub mod suggest;
 mod work;
 
 pub use diagnostic::{Diagnostic, SourcePos};
-pub use duration::Seconds;
+pub use duration::TimeSpan;
 pub use spec::{
     CallbackRef, DagSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec, TimeZoneSpec,
     TriggerRule,

@@ -2,7 +2,7 @@
 //!
 //! `DagSpec` is stable JSON (maps are ordered) so its hash identifies a DAG version; runs pin it.
 
-use super::Seconds;
+use super::TimeSpan;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ pub enum ScheduleSpec {
     /// A 5-field cron expression; `preset` keeps the `@daily` spelling when one was used.
     Cron { expr: String, preset: Option<String> },
     /// A fixed interval from `start_date` (`schedule: hours(6)`).
-    Interval { every: Seconds },
+    Interval { every: TimeSpan },
 }
 
 impl fmt::Display for ScheduleSpec {
@@ -143,10 +143,10 @@ pub enum SensorKind {
         external_dag_id: String,
         external_task_id: Option<String>,
         allowed_states: Vec<String>,
-        execution_delta: Option<Seconds>,
+        execution_delta: Option<TimeSpan>,
     },
     TimeDelta {
-        delta: Seconds,
+        delta: TimeSpan,
     },
     DateTime {
         target_time: String,
@@ -158,8 +158,8 @@ pub enum SensorKind {
 pub struct SensorSpec {
     #[serde(flatten)]
     pub kind: SensorKind,
-    pub poke_interval: Seconds,
-    pub timeout: Seconds,
+    pub poke_interval: TimeSpan,
+    pub timeout: TimeSpan,
     pub mode: SensorMode,
     pub soft_fail: bool,
 }
@@ -216,7 +216,7 @@ pub enum Operator {
         trigger_dag_id: String,
         conf: serde_json::Value,
         wait_for_completion: bool,
-        poke_interval: Seconds,
+        poke_interval: TimeSpan,
     },
     Sensor(SensorSpec),
 }
@@ -254,10 +254,10 @@ pub struct TaskSpec {
     pub operator: Operator,
     pub owner: String,
     pub retries: u32,
-    pub retry_delay: Seconds,
+    pub retry_delay: TimeSpan,
     pub retry_exponential_backoff: bool,
-    pub max_retry_delay: Option<Seconds>,
-    pub execution_timeout: Option<Seconds>,
+    pub max_retry_delay: Option<TimeSpan>,
+    pub execution_timeout: Option<TimeSpan>,
     pub trigger_rule: TriggerRule,
     pub depends_on_past: bool,
     pub pool: String,
@@ -294,7 +294,7 @@ pub struct DagSpec {
     pub max_active_runs: u32,
     pub max_active_tasks: u32,
     pub params: BTreeMap<String, serde_json::Value>,
-    pub dagrun_timeout: Option<Seconds>,
+    pub dagrun_timeout: Option<TimeSpan>,
     pub on_failure_callback: Option<CallbackRef>,
     pub on_success_callback: Option<CallbackRef>,
     pub doc_md: Option<String>,

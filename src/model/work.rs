@@ -1,6 +1,6 @@
 //! What flows between the scheduler, the worker and the app: task instances to run, and events.
 
-use super::{DagSpec, RunType, Seconds, TaskSpec, TaskState};
+use super::{DagSpec, RunType, TaskSpec, TaskState, TimeSpan};
 use chrono::{DateTime, Utc};
 use sha1::{Digest, Sha1};
 use std::sync::Arc;
@@ -63,7 +63,7 @@ pub enum Event {
 
 /// Airflow's retry delay: `retry_delay`, or with `retry_exponential_backoff` the doubling delay with a
 /// deterministic per-try jitter, capped by `max_retry_delay`. `try_number` is the try that failed.
-pub fn retry_delay(task: &TaskSpec, dag_id: &str, logical_date: DateTime<Utc>, try_number: u32) -> Seconds {
+pub fn retry_delay(task: &TaskSpec, dag_id: &str, logical_date: DateTime<Utc>, try_number: u32) -> TimeSpan {
     let base = task.retry_delay;
     let delay = if task.retry_exponential_backoff {
         let exponent = try_number.saturating_sub(1).min(30);
@@ -71,7 +71,7 @@ pub fn retry_delay(task: &TaskSpec, dag_id: &str, logical_date: DateTime<Utc>, t
         let seed = format!("{dag_id}#{}#{}#{try_number}", task.task_id, logical_date.to_rfc3339());
         let digest = Sha1::digest(seed.as_bytes());
         let hash = u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]));
-        Seconds::from_secs(min_backoff + hash % min_backoff)
+        TimeSpan::from_secs(min_backoff + hash % min_backoff)
     } else {
         base
     };
@@ -87,13 +87,13 @@ mod tests {
     use crate::model::{Operator, TriggerRule};
     use chrono::TimeZone;
 
-    fn task(backoff: bool, max: Option<Seconds>) -> TaskSpec {
+    fn task(backoff: bool, max: Option<TimeSpan>) -> TaskSpec {
         TaskSpec {
             task_id: "t".into(),
             operator: Operator::EmptyOperator,
             owner: "o".into(),
             retries: 5,
-            retry_delay: Seconds::from_secs(60),
+            retry_delay: TimeSpan::from_secs(60),
             retry_exponential_backoff: backoff,
             max_retry_delay: max,
             execution_timeout: None,
@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn retry_delay_follows_airflow() {
         let at = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
-        assert_eq!(retry_delay(&task(false, None), "d", at, 3), Seconds::from_secs(60));
+        assert_eq!(retry_delay(&task(false, None), "d", at, 3), TimeSpan::from_secs(60));
         // Backoff: between 60·2^(n-1) and twice that, deterministic for the same try.
         for n in 1..=4u32 {
             let d = retry_delay(&task(true, None), "d", at, n).as_millis() / 1000;
@@ -128,7 +128,7 @@ mod tests {
             assert!((floor..2 * floor).contains(&d), "try {n}: {d}s");
             assert_eq!(retry_delay(&task(true, None), "d", at, n).as_millis() / 1000, d);
         }
-        let capped = retry_delay(&task(true, Some(Seconds::from_secs(90))), "d", at, 4);
-        assert_eq!(capped, Seconds::from_secs(90));
+        let capped = retry_delay(&task(true, Some(TimeSpan::from_secs(90))), "d", at, 4);
+        assert_eq!(capped, TimeSpan::from_secs(90));
     }
 }

@@ -2,7 +2,7 @@
 
 use super::error::{ScriptError, ScriptResult};
 use super::values::{DateTimeValue, TimeDelta};
-use crate::model::Seconds;
+use crate::model::TimeSpan;
 use rhai::{Array, Dynamic, FnPtr, Map};
 use std::collections::BTreeMap;
 
@@ -59,7 +59,7 @@ pub enum Value {
     Str(String),
     Int(i64),
     Bool(bool),
-    Duration(Seconds),
+    Duration(TimeSpan),
     DateTime(DateTimeValue),
     StrList(Vec<String>),
     IntList(Vec<i64>),
@@ -114,7 +114,7 @@ fn dynamic_bytes(v: &Dynamic) -> usize {
 #[derive(Debug, Clone)]
 pub enum ScheduleArg {
     Text(String),
-    Every(Seconds),
+    Every(TimeSpan),
 }
 
 /// A DAG handle in a script: the index of a DAG declared in this file.
@@ -393,7 +393,7 @@ impl Args {
         }
     }
 
-    pub fn duration(&self, key: &str) -> Option<Seconds> {
+    pub fn duration(&self, key: &str) -> Option<TimeSpan> {
         match self.get(key) {
             Some(Value::Duration(d)) => Some(*d),
             _ => None,
@@ -530,7 +530,7 @@ fn convert(raw: &Dynamic, kind: Kind, key: &str, owner: &str) -> ScriptResult<Va
 }
 
 /// A duration, `None` when the value is not one (a type error), an error when it is out of range.
-fn duration(raw: &Dynamic, key: &str, owner: &str) -> ScriptResult<Option<Seconds>> {
+fn duration(raw: &Dynamic, key: &str, owner: &str) -> ScriptResult<Option<TimeSpan>> {
     if let Some(d) = raw.clone().try_cast::<TimeDelta>() {
         return Ok(Some(d.0));
     }
@@ -542,10 +542,10 @@ fn duration(raw: &Dynamic, key: &str, owner: &str) -> ScriptResult<Option<Second
     };
     if let Ok(i) = raw.as_int() {
         let Ok(secs) = u64::try_from(i) else { return Ok(None) };
-        return Seconds::checked_from_secs(secs).map(Some).ok_or_else(|| out_of_range(i.to_string()));
+        return TimeSpan::checked_from_secs(secs).map(Some).ok_or_else(|| out_of_range(i.to_string()));
     }
     match raw.as_float() {
-        Ok(f) if f >= 0.0 => Seconds::checked_from_secs_f64(f).map(Some).ok_or_else(|| out_of_range(f.to_string())),
+        Ok(f) if f >= 0.0 => TimeSpan::checked_from_secs_f64(f).map(Some).ok_or_else(|| out_of_range(f.to_string())),
         _ => Ok(None),
     }
 }

@@ -3,8 +3,8 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, Seconds, SensorKind, SensorMode, SensorSpec, SourcePos,
-    TaskSpec, TimeZoneSpec, TriggerRule,
+    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, SourcePos, TaskSpec,
+    TimeSpan, TimeZoneSpec, TriggerRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -278,7 +278,7 @@ impl FileState {
             operator,
             owner: args.str("owner").unwrap_or_else(|| self.ctx.default_owner.clone()),
             retries,
-            retry_delay: args.duration("retry_delay").unwrap_or(Seconds::from_secs(300)),
+            retry_delay: args.duration("retry_delay").unwrap_or(TimeSpan::from_secs(300)),
             retry_exponential_backoff: args.bool("retry_exponential_backoff").unwrap_or(false),
             max_retry_delay: args.duration("max_retry_delay"),
             execution_timeout: args.duration("execution_timeout"),
@@ -359,7 +359,7 @@ impl FileState {
                 trigger_dag_id: s("trigger_dag_id"),
                 conf: args.json("conf").unwrap_or(serde_json::Value::Null),
                 wait_for_completion: args.bool("wait_for_completion").unwrap_or(false),
-                poke_interval: args.duration("poke_interval").unwrap_or(Seconds::from_secs(60)),
+                poke_interval: args.duration("poke_interval").unwrap_or(TimeSpan::from_secs(60)),
             },
             sensor => {
                 let kind = match sensor {
@@ -386,8 +386,8 @@ impl FileState {
                 };
                 Operator::Sensor(SensorSpec {
                     kind,
-                    poke_interval: args.duration("poke_interval").unwrap_or(Seconds::from_secs(60)),
-                    timeout: args.duration("timeout").unwrap_or(Seconds::from_secs(7 * 86_400)),
+                    poke_interval: args.duration("poke_interval").unwrap_or(TimeSpan::from_secs(60)),
+                    timeout: args.duration("timeout").unwrap_or(TimeSpan::from_secs(7 * 86_400)),
                     mode,
                     soft_fail: args.bool("soft_fail").unwrap_or(false),
                 })

@@ -1,13 +1,13 @@
 //! Time values a DAG file builds: `timedelta`, `minutes(5)`, `datetime(...)`, `days_ago(n)`.
 
 use super::error::{ScriptError, ScriptResult, lift};
-use crate::model::Seconds;
+use crate::model::TimeSpan;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use rhai::{Dynamic, Engine, INT, Map};
 
 /// `timedelta(#{ minutes: 5 })` in a DAG file.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TimeDelta(pub Seconds);
+pub struct TimeDelta(pub TimeSpan);
 
 /// `datetime(...)`: naive until a DAG gives it a time zone, as pendulum does in Airflow.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,14 +79,14 @@ fn timedelta(map: Map) -> ScriptResult<TimeDelta> {
         let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         format!("`timedelta(#{{ {} }})`", parts.join(", "))
     };
-    Seconds::checked_from_secs_f64(total).map(TimeDelta).ok_or_else(|| too_long(shown()))
+    TimeSpan::checked_from_secs_f64(total).map(TimeDelta).ok_or_else(|| too_long(shown()))
 }
 
 fn scaled(n: f64, unit: f64, name: &str) -> ScriptResult<TimeDelta> {
     if n < 0.0 || !n.is_finite() {
         return Err(ScriptError::new(format!("a duration must be zero or more, not {n}")));
     }
-    Seconds::checked_from_secs_f64(n * unit).map(TimeDelta).ok_or_else(|| too_long(format!("`{name}({n})`")))
+    TimeSpan::checked_from_secs_f64(n * unit).map(TimeDelta).ok_or_else(|| too_long(format!("`{name}({n})`")))
 }
 
 fn ymd_hms(y: INT, m: INT, d: INT, h: INT, mi: INT, s: INT) -> ScriptResult<DateTimeValue> {
