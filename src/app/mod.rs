@@ -124,7 +124,7 @@ impl App {
             max_log_bytes: self.config.logging.max_log_bytes,
             max_xcom_bytes: self.config.core.max_xcom_bytes,
             withheld_env: self.config.secret_env_names(),
-            supervisor: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rhaiflow")),
+            supervisor: supervisor_program(),
             kill_grace: Duration::from_secs_f64(self.config.scheduler.kill_grace),
             heartbeat: Duration::from_secs(10),
             hostname,
@@ -321,6 +321,14 @@ impl App {
         keep.abort();
         result
     }
+}
+
+/// The program that supervises each task: `rhaiflow-task` beside this binary (small, so it starts
+/// fast), else this binary itself (`rhaiflow __task-supervisor`, the same code).
+fn supervisor_program() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rhaiflow"));
+    let small = me.with_file_name("rhaiflow-task");
+    if small.is_file() { small } else { me }
 }
 
 /// This host's name, as runners record it.
