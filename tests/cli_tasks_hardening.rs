@@ -2,83 +2,16 @@
 //! staying `queued`, output is bounded, secrets stay out of tasks, files are private, and a task
 //! outlives the process that started it. Waits are for states, with deadlines.
 
+mod common;
+
+use common::{Home, Running, output_within_deadline, wait_until};
+use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-struct Home {
-    dir: tempfile::TempDir,
-}
-
-impl Home {
-    fn new(dags: &[(&str, &str)]) -> Home {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-        for (name, text) in dags {
-            std::fs::write(
-                dir.path().join("dags").join(name),
-                text.replace("$HOME_DIR", &dir.path().to_string_lossy()),
-            )
-            .unwrap();
-        }
-        Home { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_rhaiflow"));
-        c.args(args).current_dir(self.path()).env_remove("RHAIFLOW_HOME");
-        c
-    }
-
-    /// Runs a command that must end by itself: killed and failed after a generous deadline (a
-    /// stranded task makes `dags test` wait for ever).
-    fn run(&self, args: &[&str]) -> Output {
-        run_with_deadline(self.command(args), args)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let o = self.run(&all);
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    fn states(&self, dag_id: &str, run_id: &str) -> std::collections::HashMap<String, (String, u64)> {
-        let rows = self.json(&["tasks", "states-for-run", dag_id, run_id]);
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let task = r["task_id"].as_str().unwrap().to_string();
-                (task, (r["state"].as_str().unwrap().to_string(), r["try_number"].as_u64().unwrap()))
-            })
-            .collect()
-    }
-
-    fn log(&self, dag_id: &str, run_id: &str, task: &str) -> String {
-        stdout(&self.run(&["tasks", "logs", dag_id, run_id, task]))
-    }
-}
-
-fn run_with_deadline(mut cmd: Command, what: &[&str]) -> Output {
-    let child: Child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rhaiflow runs");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(output) => output.expect("rhaiflow runs"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-            panic!("{what:?} did not finish within 120 s");
-        }
-    }
+/// `task_id → (state, try_number)` of a run.
+fn states(home: &Home, dag_id: &str, run_id: &str) -> HashMap<String, (String, u64)> {
+    home.states(dag_id, run_id).into_iter().map(|(task, state, tries)| (task, (state, tries))).collect()
 }
 
 fn stdout(o: &Output) -> String {
@@ -100,7 +33,7 @@ fn a_task_that_cannot_start_fails_with_its_reason_and_retries() {
     let home = Home::new(&[("broken.rhai", &dag)]);
     let o = home.run(&["dags", "test", "broken", "2024-03-09"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let states = home.states("broken", RUN_ID);
+    let states = states(&home, "broken", RUN_ID);
     assert_eq!(states["add"], ("failed".to_string(), 2), "the template error went through retries");
     assert_eq!(states["fmt"].0, "failed");
     assert_eq!(states["nowhere"].0, "failed");
@@ -132,29 +65,11 @@ fn a_failed_xcom_read_fails_the_task_instead_of_rendering_nothing() {
     drop(db);
     let o = home.run(&["dags", "test", "pull", "2024-03-09"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let states = home.states("pull", RUN_ID);
+    let states = states(&home, "pull", RUN_ID);
     assert_eq!(states["a"].0, "success");
     assert_eq!(states["b"].0, "failed");
     let log = home.log("pull", RUN_ID, "b");
     assert!(log.contains("cannot read the XComs of run") && !log.contains("got="), "{log}");
-}
-
-/// A process killed (SIGKILL) when the test ends, even by a failed assertion.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The log folder of a task in the DAG's only run.
@@ -174,7 +89,7 @@ fn an_xcom_over_the_cap_fails_the_task_with_its_size() {
     let home = Home::new(&[("big.rhai", &dag)]);
     let o = home.run(&["dags", "test", "big", "2024-03-09"]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    let states = home.states("big", RUN_ID);
+    let states = states(&home, "big", RUN_ID);
     assert_eq!(states["t"].0, "failed");
     assert_eq!(states["small"].0, "success");
     let log = home.log("big", RUN_ID, "t");
@@ -192,17 +107,18 @@ fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
         let t = BashOperator(#{ task_id: "t", bash_command: "echo started; while [ ! -e $HOME_DIR/go ]; do sleep 0.05; done; for i in $(seq 1 5000); do echo line-$i; done; echo finished" });"#;
     let home = Home::new(&[("survivor.rhai", dag)]);
     let mut scheduler =
-        Killed(home.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        Running(Some(home.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()));
     let log = || task_log_dir(&home, "survivor", "t").join("attempt=1.log");
-    wait_until("the task to start", || std::fs::read_to_string(log()).unwrap_or_default().contains("started\n"));
+    wait_until("the task to start", || {
+        std::fs::read_to_string(log()).unwrap_or_default().contains("started\n").then_some(())
+    });
     let (dir, log) = (task_log_dir(&home, "survivor", "t"), log());
-    scheduler.0.kill().unwrap();
-    scheduler.0.wait().unwrap();
+    scheduler.kill_9();
     // The owner is gone; the task now writes 5,000 lines (the pipe a dead owner read from would
     // have killed it with SIGPIPE) and records how it ended.
     std::fs::write(home.path().join("go"), "").unwrap();
     let status = dir.join("attempt=1.status");
-    wait_until("the status file", || status.exists());
+    wait_until("the status file", || status.exists().then_some(()));
     let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
     assert_eq!(recorded["exit_code"], 0, "{recorded}");
     assert_eq!(recorded["last_line"], "finished", "{recorded}");
@@ -224,7 +140,7 @@ fn tasks_do_not_inherit_the_variables_rhaiflow_reads_secrets_from() {
     cmd.env("DB_URI", "sqlite://dummy-value")
         .env("RHAIFLOW__ALERTS__EMAIL__PASSWORD", "dummy-pw")
         .env("OTHER_VAR", "kept");
-    let o = run_with_deadline(cmd, &["dags", "test"]);
+    let o = output_within_deadline(cmd, "dags test");
     assert!(o.status.success(), "{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
     // Read directly: other commands would need the secret variables set to load the config.
     let log = |task: &str| std::fs::read_to_string(task_log_dir(&home, "env", task).join("attempt=1.log")).unwrap();
@@ -251,8 +167,10 @@ fn the_database_its_wal_and_the_logs_are_private_whatever_the_umask() {
         .env_remove("RHAIFLOW_HOME")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _scheduler = Killed(cmd.spawn().unwrap());
-    wait_until("the task to finish", || task_log_dir(&home, "priv", "t").join("attempt=1.status").exists());
+    let _scheduler = Running(Some(cmd.spawn().unwrap()));
+    wait_until("the task to finish", || {
+        task_log_dir(&home, "priv", "t").join("attempt=1.status").exists().then_some(())
+    });
     let status = task_log_dir(&home, "priv", "t").join("attempt=1.status");
     let db = home.path().join("rhaiflow.db");
     for file in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
@@ -276,7 +194,7 @@ fn a_database_that_is_not_rhaiflows_is_refused_and_an_old_one_is_adopted() {
     let other = |home: &Home| {
         let mut cmd = home.command(&["db", "migrate"]);
         cmd.env("RHAIFLOW__DATABASE__URL", "sqlite://other.db");
-        run_with_deadline(cmd, &["db", "migrate"])
+        output_within_deadline(cmd, "db migrate")
     };
     let o = other(&home);
     assert!(!o.status.success());

@@ -54,8 +54,14 @@ impl Home {
         c
     }
 
+    /// Runs a command that must end by itself (see `output_within_deadline`).
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        self.command(args).output().expect("rhaiflow runs")
+        output_within_deadline(self.command(args), &format!("{args:?}"))
+    }
+
+    /// A try's log, through `rhaiflow tasks logs`.
+    pub fn log(&self, dag_id: &str, run_id: &str, task_id: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["tasks", "logs", dag_id, run_id, task_id]).stdout).to_string()
     }
 
     /// Starts a long-running command (`scheduler`, `dags test`, `dags backfill`), killed on drop.
@@ -101,6 +107,28 @@ impl Home {
     /// The SQLite database, for reading what no command shows.
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.path().join("rhaiflow.db")).unwrap()
+    }
+}
+
+/// Runs a command that must end by itself: killed, and the test failed, after 120 s (a stranded
+/// task would make `dags test` wait for ever).
+pub fn output_within_deadline(mut cmd: std::process::Command, what: &str) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+        Ok(output) => output.expect("the command runs"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            panic!("{what} did not finish within 120 s");
+        }
     }
 }
 
