@@ -242,14 +242,8 @@ impl App {
     }
 
     pub(super) fn liveness(&self) -> Liveness {
-        Liveness {
-            hostname: super::hostname(),
-            heartbeat_timeout: chrono::TimeDelta::from_std(std::time::Duration::from_secs_f64(
-                self.config.scheduler.task_heartbeat_timeout,
-            ))
-            .unwrap_or(chrono::TimeDelta::MAX),
-            now: Utc::now(),
-        }
+        let timeout = std::time::Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout);
+        Liveness::at(&super::hostname(), timeout, Utc::now())
     }
 
     /// The runs a backfill of `dag_id` over `[start, end]` needs: new ones for free dates, and the

@@ -606,12 +606,7 @@ impl Worker {
     pub async fn take_over(&self, which: TakeOver) -> Result<Vec<(TiKey, TaskState)>, StoreError> {
         let (claimed, runners) =
             self.store.read_async(|tx| Ok((tx.unfinished_claimed_task_instances()?, tx.runners()?))).await?;
-        let liveness = Liveness {
-            hostname: self.settings.hostname.clone(),
-            heartbeat_timeout: chrono::TimeDelta::from_std(self.settings.heartbeat_timeout)
-                .unwrap_or(chrono::TimeDelta::MAX),
-            now: now(),
-        };
+        let liveness = Liveness::at(&self.settings.hostname, self.settings.heartbeat_timeout, now());
         let me = self.settings.owner.clone();
         if matches!(which, TakeOver::All) {
             self.adopt_runs_of_gone_owners(&liveness, &runners).await?;

@@ -91,6 +91,13 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// Judges owners from `hostname` at `now`, with a heartbeat timeout (an unrepresentable one
+    /// never expires).
+    pub fn at(hostname: &str, heartbeat_timeout: Duration, now: DateTime<Utc>) -> Liveness {
+        let heartbeat_timeout = TimeDelta::from_std(heartbeat_timeout).unwrap_or(TimeDelta::MAX);
+        Liveness { hostname: hostname.to_string(), heartbeat_timeout, now }
+    }
+
     /// Whether `owner` (a runner id, or none recorded) no longer owns anything.
     pub fn is_gone(&self, owner: Option<&str>, runners: &[RunnerRow]) -> bool {
         let Some(owner) = owner else { return true };
