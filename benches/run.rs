@@ -155,6 +155,8 @@ struct Row {
 
 fn main() {
     let bin = PathBuf::from(std::env::var("RHAIFLOW_BIN").unwrap_or_else(|_| "target/release/rhaiflow".into()));
+    // Absolute: the benchmark runs the binary from temporary homes.
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     assert!(bin.exists(), "no binary at {} (run scripts/bench)", bin.display());
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));

@@ -266,6 +266,8 @@ fn memory(bin: &Path, n: usize) -> Row {
 
 fn main() {
     let bin = PathBuf::from(std::env::var("RHAIFLOW_BIN").unwrap_or_else(|_| "target/release/rhaiflow".into()));
+    // Absolute: the benchmark runs the binary from temporary homes.
+    let bin = std::fs::canonicalize(&bin).unwrap_or(bin);
     assert!(bin.exists(), "no binary at {} (run scripts/bench)", bin.display());
     let mut names: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if names.is_empty() {
