@@ -1,6 +1,8 @@
 //! Running DAGs through the real binary: `dags test`, retries, templates, the scheduler process,
 //! kill -9 recovery, graceful shutdown, pause, clear and backfill. Waits are for states, with deadlines.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -201,7 +203,7 @@ fn failures_skips_xcom_context_and_templates() {
     assert_eq!(states["slow"], "failed");
     assert_eq!(states["cleanup"], "success");
     assert_eq!(states["never"], "upstream_failed");
-    let log = |task: &str| stdout(&home.run(&["tasks", "logs", "shapes", run_id, task]));
+    let log = |task: &str| common::unstamped(&stdout(&home.run(&["tasks", "logs", "shapes", run_id, task])));
     assert!(log("a").contains("ctx=shapes/a try=1\nluffy-20240309\n"), "{}", log("a"));
     assert!(log("b").contains("pulled=luffy-20240309\n"), "{}", log("b"));
     assert!(log("typo").contains("template error in `bash_command` at line 2"), "{}", log("typo"));
@@ -368,8 +370,9 @@ fn db_migrate_and_tasks_test() {
     assert_eq!(stdout(&home.run(&["db", "migrate"])), format!("database rhaiflow.db is at schema version {latest}\n"));
     let o = home.run(&["tasks", "test", "t", "a", "2024-06-01"]);
     assert!(o.status.success());
-    assert!(stdout(&o).contains("2024-06-01\nout\n"), "{}", stdout(&o));
-    assert!(stdout(&o).ends_with("[rhaiflow] return_value: \"out\"\n[rhaiflow] t.a: success\n"), "{}", stdout(&o));
+    let out = common::unstamped(&stdout(&o));
+    assert!(out.contains("2024-06-01\nout\n"), "{out}");
+    assert!(out.ends_with("[rhaiflow] return_value: \"out\"\n[rhaiflow] t.a: success\n"), "{out}");
     assert!(home.runs("t").is_empty(), "tasks test records no state");
 }
 

@@ -98,7 +98,8 @@ fn an_xcom_over_the_cap_fails_the_task_with_its_size() {
         "{}",
         &log[log.len().saturating_sub(400)..]
     );
-    assert!(log.lines().all(|l| l.len() <= 64 * 1024), "a line with no newline is split at 64 KiB");
+    let stamp = "[2024-03-09T00:00:00.000+0000] ".len();
+    assert!(log.lines().all(|l| l.len() <= stamp + 64 * 1024), "a line with no newline is split at 64 KiB");
 }
 
 #[test]
@@ -110,7 +111,7 @@ fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
         Running(Some(home.command(&["scheduler"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()));
     let log = || task_log_dir(&home, "survivor", "t").join("attempt=1.log");
     wait_until("the task to start", || {
-        std::fs::read_to_string(log()).unwrap_or_default().contains("started\n").then_some(())
+        std::fs::read_to_string(log()).unwrap_or_default().contains("] started\n").then_some(())
     });
     let (dir, log) = (task_log_dir(&home, "survivor", "t"), log());
     scheduler.kill_9();
@@ -123,7 +124,9 @@ fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
     assert_eq!(recorded["exit_code"], 0, "{recorded}");
     assert_eq!(recorded["last_line"], "finished", "{recorded}");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("line-5000\nfinished\n"), "the log is complete");
+    let lines: Vec<&str> = text.lines().filter_map(|l| l.split_once("] ").map(|(_, l)| l)).collect();
+    let at = lines.iter().position(|l| *l == "line-5000").expect("the log is complete");
+    assert_eq!(lines[at + 1], "finished", "the log is complete");
 }
 
 #[test]
@@ -220,4 +223,34 @@ fn a_database_that_is_not_rhaiflows_is_refused_and_an_old_one_is_adopted() {
     let db = rusqlite::Connection::open(&ours).unwrap();
     let id: i64 = db.query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
     assert_eq!(id, 0x5248_4146);
+}
+
+#[test]
+fn a_task_log_shows_the_command_with_secrets_masked_a_stamp_on_every_line_and_how_it_ended() {
+    let dag = format!(
+        r#"let dag = DAG("readable", #{{ {MANUAL} }});
+        let t = BashOperator(#{{ task_id: "t", bash_command: "echo hello; true {{{{ conn.db }}}} {{{{ var.value.api_token }}}}; exit 3" }});"#
+    );
+    let home = Home::new(&[("readable.rhai", &dag)]);
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        "[connections.db]\nuri = \"postgres://app:hunter2secret@db.example:5432/app\"\n[variables]\napi_token = \"tok-0123456789\"\n",
+    )
+    .unwrap();
+    let o = home.run(&["dags", "test", "readable", "2024-03-09"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let log = home.log("readable", RUN_ID, "t");
+    assert!(!log.contains("hunter2secret") && !log.contains("tok-0123456789"), "secrets stay out of the log: {log}");
+    let stamp = regex::Regex::new(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000\] ").unwrap();
+    assert!(log.lines().all(|l| stamp.is_match(l)), "every line is stamped: {log}");
+    let texts: Vec<&str> = log.lines().map(|l| l.split_once("] ").unwrap().1).collect();
+    assert!(
+        texts.contains(
+            &"[rhaiflow] running: bash -c 'echo hello; true postgres://app:***@db.example:5432/app ***; exit 3'"
+        ),
+        "{log}"
+    );
+    let at = texts.iter().position(|l| *l == "hello").expect("the task's output");
+    assert!(texts[at + 1].starts_with("[rhaiflow] the command exited with code 3 after "), "{log}");
+    assert!(texts.last().unwrap().contains("marking task as FAILED"), "{log}");
 }

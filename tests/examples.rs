@@ -45,7 +45,7 @@ fn mcwork_matches_its_airflow_original() {
     assert_eq!(dag.task("EDM").unwrap().upstream, ["sleep"]);
     assert_eq!(dag.task("SMS").unwrap().upstream, ["sleep"]);
     let sync = dag.task("syncMarketingCloud").unwrap();
-    assert_eq!(sync.owner, "luffy");
+    assert_eq!(&*sync.owner, "luffy");
     assert_eq!(sync.retries, 1);
     assert_eq!(sync.retry_delay.as_millis(), 300_000);
     assert!(sync.email_on_failure && !sync.email_on_retry);

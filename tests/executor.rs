@@ -24,8 +24,16 @@ fn run(dir: &Path, command: &str) -> BashRun {
     }
 }
 
-fn log_of(dir: &Path) -> String {
+fn raw_log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("attempt=1.log")).unwrap()
+}
+
+/// The task's own lines: without their time stamps, and without the supervisor's last line.
+fn log_of(dir: &Path) -> String {
+    let raw = raw_log_of(dir);
+    let mut lines: Vec<&str> = raw.lines().map(|l| l.split_once("] ").expect("every line is stamped").1).collect();
+    assert!(lines.pop().is_some_and(|l| l.starts_with("[rhaiflow] the command ")), "{raw}");
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -45,6 +53,11 @@ async fn exit_codes_output_and_last_line() {
     assert_eq!(out.last_line.as_deref(), Some("last"));
     let log = log_of(dir.path());
     assert!(log.contains("hi\n") && log.contains("oops\n") && log.contains("last\n"), "{log}");
+    let raw = raw_log_of(dir.path());
+    let stamp = regex::Regex::new(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000\] ").unwrap();
+    assert!(raw.lines().all(|l| stamp.is_match(l)), "every line starts with Airflow's time stamp: {raw}");
+    let end = raw.lines().last().unwrap();
+    assert!(end.contains("] [rhaiflow] the command exited with code 3 after ") && end.ends_with(" s"), "{raw}");
     assert_eq!(read_status(&dir.path().join("attempt=1.log")), Some(out), "the supervisor recorded the outcome");
 }
 
@@ -133,8 +146,9 @@ async fn logs_are_capped_and_keep_the_head_of_the_line_that_crosses_the_cap() {
     let out = spawn_bash(r).await.unwrap().wait().await;
     assert_eq!(out.exit, Exit::Code(0));
     assert_eq!(out.last_line.as_deref(), Some("line-1000"), "output past the cap still counts for XCom");
+    let raw = raw_log_of(dir.path());
+    assert!(raw.len() < 300, "{} bytes", raw.len());
     let log = log_of(dir.path());
-    assert!(log.len() < 200, "{} bytes", log.len());
     assert!(log.ends_with("[rhaiflow] log truncated at 100 bytes\n"), "{log}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +156,11 @@ async fn logs_are_capped_and_keep_the_head_of_the_line_that_crosses_the_cap() {
     r.max_log_bytes = 1000;
     spawn_bash(r).await.unwrap().wait().await;
     let log = log_of(dir.path());
-    assert!(log.starts_with(&format!("short\n{}\n[rhaiflow] log truncated", "x".repeat(993))), "{log}");
+    // 1000 bytes: two stamps of 31 bytes, `short\n`, the head of the long line and its newline.
+    assert!(
+        log.starts_with(&format!("short\n{}\n[rhaiflow] log truncated", "x".repeat(1000 - 31 - 6 - 31 - 1))),
+        "{log}"
+    );
 }
 
 #[tokio::test]

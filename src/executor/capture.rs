@@ -3,6 +3,9 @@
 //! no newline at `max_line_bytes`, and keeps the last non-empty stdout line (the XCom) up to
 //! `max_xcom_bytes` while counting its full size.
 //!
+//! Every log line starts with the time it was read, as Airflow's task logs do
+//! (`[2026-12-03T09:47:35.123+0000] text`): one stamp per chunk read, shared by the lines in it.
+//!
 //! Memory is bounded whatever the process writes: one read buffer and one partial line per stream,
 //! and two copies of at most `max_xcom_bytes` for the last line.
 
@@ -39,6 +42,7 @@ pub fn capture(stdout: File, stderr: File, log: File, limits: Limits) -> LastLin
         written: 0,
         cap: limits.max_log_bytes,
         truncated: false,
+        stamp: String::new(),
     });
     let mut last = Tracker::new(limits.max_xcom_bytes);
     std::thread::scope(|scope| {
@@ -68,6 +72,7 @@ fn pump(mut pipe: File, sink: &Mutex<Sink>, line_cap: usize, mut last: Option<&m
             t.feed(chunk);
         }
         let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+        sink.stamp = stamp();
         let mut rest = chunk;
         while !rest.is_empty() {
             match memchr::memchr(b'\n', rest) {
@@ -118,12 +123,19 @@ fn push(partial: &mut Vec<u8>, mut bytes: &[u8], ends_line: bool, cap: usize, si
     }
 }
 
+/// `[2026-12-03T09:47:35.123+0000] `: the prefix of every log line, Airflow's time format.
+pub fn stamp() -> String {
+    chrono::Utc::now().format("[%Y-%m-%dT%H:%M:%S%.3f%z] ").to_string()
+}
+
 /// The log file up to its cap, then one marker line.
 struct Sink {
     out: BufWriter<File>,
     written: u64,
     cap: u64,
     truncated: bool,
+    /// The prefix of the lines being written (the time their chunk was read).
+    stamp: String,
 }
 
 impl Sink {
@@ -132,19 +144,22 @@ impl Sink {
             return;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let need = line.len() as u64 + 1;
+        let stamp = self.stamp.len() as u64;
+        let need = stamp + line.len() as u64 + 1;
         if self.written + need > self.cap {
             // The head that fits is kept, then the marker.
-            let room = self.cap.saturating_sub(self.written).saturating_sub(1) as usize;
+            let room = self.cap.saturating_sub(self.written).saturating_sub(stamp + 1) as usize;
             if room > 0 {
+                let _ = self.out.write_all(self.stamp.as_bytes());
                 self.text(&line[..room.min(line.len())]);
                 let _ = self.out.write_all(b"\n");
             }
             self.truncated = true;
-            let _ = writeln!(self.out, "[rhaiflow] log truncated at {} bytes", self.cap);
+            let _ = writeln!(self.out, "{}[rhaiflow] log truncated at {} bytes", self.stamp, self.cap);
             return;
         }
         self.written += need;
+        let _ = self.out.write_all(self.stamp.as_bytes());
         self.text(line);
         let _ = self.out.write_all(b"\n");
     }

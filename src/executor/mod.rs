@@ -183,6 +183,11 @@ impl RunningBash {
         self.pid
     }
 
+    /// The rendered command the supervisor runs.
+    pub fn command(&self) -> &str {
+        &self.run.command
+    }
+
     /// Takes back a gated command that was never released: it has run nothing, so SIGKILL at once,
     /// and reap it so its group is really gone.
     pub async fn abort(mut self) {
@@ -237,8 +242,8 @@ impl RunningBash {
     }
 }
 
-/// Appends one line to a log file (for messages from rhaiflow itself); the file and its folders
-/// are created private.
+/// Appends one line to a log file (for messages from rhaiflow itself), stamped with the time as
+/// the task's own lines are; the file and its folders are created private.
 pub async fn log_line(path: &Path, line: &str) {
     if let Some(dir) = path.parent() {
         let _ = create_private_dirs(dir);
@@ -246,6 +251,6 @@ pub async fn log_line(path: &Path, line: &str) {
     let opened = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path);
     if let Ok(f) = opened {
         let mut f = tokio::fs::File::from_std(f);
-        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = f.write_all(format!("{}{line}\n", capture::stamp()).as_bytes()).await;
     }
 }

@@ -74,6 +74,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return 1;
     };
+    let started = std::time::Instant::now();
     let limits = Limits { max_log_bytes, max_line_bytes: MAX_LINE_BYTES, max_xcom_bytes };
     let (out, err) = (std::os::fd::OwnedFd::from(out), std::os::fd::OwnedFd::from(err));
     let last = capture(out.into(), err.into(), log_file, limits);
@@ -81,6 +82,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(s) => (s.code(), s.signal()),
         Err(_) => (Some(-1), None),
     };
+    let ended = match (exit_code, signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended in an unknown way".to_string(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if let Ok(mut end) = std::fs::OpenOptions::new().append(true).open(&log) {
+        let _ = writeln!(end, "{}[rhaiflow] the command {ended} after {seconds:.3} s", super::capture::stamp());
+    }
     let status = StatusFile { exit_code, signal, last_line: last.text, last_line_bytes: last.bytes };
     write_status(&log, &status);
     match (exit_code, signal) {

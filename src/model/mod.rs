@@ -14,8 +14,8 @@ mod work;
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::TimeSpan;
 pub use spec::{
-    CallbackRef, DagSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec, TimeZoneSpec,
-    TriggerRule,
+    CallbackRef, DagSpec, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec,
+    TimeZoneSpec, TriggerRule,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};
 pub use work::{Event, QueuedTask, RunInfo, TiKey, retry_delay};

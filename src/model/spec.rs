@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// A closure defined in a DAG file, called later (callbacks, `RhaiOperator`, branch choosers).
 /// The name is Rhai's content-derived function name, so it is stable across re-parses.
@@ -179,21 +180,10 @@ pub enum Operator {
     RhaiOperator {
         callable: CallbackRef,
     },
-    EmailOperator {
-        to: Vec<String>,
-        subject: String,
-        html_content: String,
-        cc: Vec<String>,
-        bcc: Vec<String>,
-    },
-    HttpOperator {
-        http_conn_id: Option<String>,
-        endpoint: String,
-        method: String,
-        data: Option<String>,
-        headers: BTreeMap<String, String>,
-        response_check: Option<CallbackRef>,
-    },
+    // The larger, rarer operators are boxed so every task's `Operator` stays the size of a
+    // `BashOperator` (a scheduler holds every task of every DAG); the JSON form is the same.
+    EmailOperator(Box<EmailSpec>),
+    HttpOperator(Box<HttpSpec>),
     DingdingOperator {
         robot: Option<String>,
         message_type: String,
@@ -218,7 +208,26 @@ pub enum Operator {
         wait_for_completion: bool,
         poke_interval: TimeSpan,
     },
-    Sensor(SensorSpec),
+    Sensor(Box<SensorSpec>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailSpec {
+    pub to: Vec<String>,
+    pub subject: String,
+    pub html_content: String,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    pub http_conn_id: Option<String>,
+    pub endpoint: String,
+    pub method: String,
+    pub data: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub response_check: Option<CallbackRef>,
 }
 
 impl Operator {
@@ -228,8 +237,8 @@ impl Operator {
             Operator::EmptyOperator => "EmptyOperator",
             Operator::BashOperator { .. } => "BashOperator",
             Operator::RhaiOperator { .. } => "RhaiOperator",
-            Operator::EmailOperator { .. } => "EmailOperator",
-            Operator::HttpOperator { .. } => "HttpOperator",
+            Operator::EmailOperator(_) => "EmailOperator",
+            Operator::HttpOperator(_) => "HttpOperator",
             Operator::DingdingOperator { .. } => "DingdingOperator",
             Operator::SlackWebhookOperator { .. } => "SlackWebhookOperator",
             Operator::BranchOperator { .. } => "BranchOperator",
@@ -252,7 +261,9 @@ impl Operator {
 pub struct TaskSpec {
     pub task_id: String,
     pub operator: Operator,
-    pub owner: String,
+    /// `owner`, `pool` and `queue` are shared text: a scheduler holds every task of every DAG, and
+    /// these few values repeat across all of them (`scheduler::Scheduler::set_dags` interns them).
+    pub owner: Arc<str>,
     pub retries: u32,
     pub retry_delay: TimeSpan,
     pub retry_exponential_backoff: bool,
@@ -260,10 +271,10 @@ pub struct TaskSpec {
     pub execution_timeout: Option<TimeSpan>,
     pub trigger_rule: TriggerRule,
     pub depends_on_past: bool,
-    pub pool: String,
+    pub pool: Arc<str>,
     pub pool_slots: u32,
     pub priority_weight: i64,
-    pub queue: String,
+    pub queue: Arc<str>,
     pub email: Vec<String>,
     pub email_on_failure: bool,
     pub email_on_retry: bool,
@@ -311,7 +322,7 @@ impl DagSpec {
     pub fn owners(&self) -> Vec<&str> {
         let mut owners: Vec<&str> = Vec::new();
         for t in &self.tasks {
-            if !owners.contains(&t.owner.as_str()) {
+            if !owners.contains(&&*t.owner) {
                 owners.push(&t.owner);
             }
         }

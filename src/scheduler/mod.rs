@@ -223,7 +223,7 @@ pub fn insert_run(tx: &Tx, dag: &PinnedDag, run: &DagRunRow) -> SchedulerResult<
             task_id: t.task_id.clone(),
             max_tries: t.retries,
             priority_weight: t.priority_weight,
-            pool: t.pool.clone(),
+            pool: t.pool.to_string(),
             pool_slots: t.pool_slots,
             operator: t.operator.name().to_string(),
         })
@@ -299,6 +299,24 @@ struct Change {
     fields: TiChange,
 }
 
+/// A copy of a spec whose repeated text (`owner`, `pool`, `queue`) points at one shared copy.
+fn compact(spec: &DagSpec, shared: &mut HashSet<Arc<str>>) -> DagSpec {
+    let mut intern = |text: &Arc<str>| match shared.get(text) {
+        Some(one) => one.clone(),
+        None => {
+            shared.insert(text.clone());
+            text.clone()
+        }
+    };
+    let mut copy = DagSpec::clone(spec);
+    for task in &mut copy.tasks {
+        task.owner = intern(&task.owner);
+        task.pool = intern(&task.pool);
+        task.queue = intern(&task.queue);
+    }
+    copy
+}
+
 impl Scheduler {
     pub fn new(store: Store, settings: SchedulerSettings, scope: Scope) -> Self {
         Scheduler {
@@ -330,11 +348,12 @@ impl Scheduler {
     /// the loader's freed parse garbage, so the caller can drop the loader's and return that memory.
     pub fn set_dags(&mut self, dags: &[DagVersion]) {
         self.latest.clear();
+        let mut shared = HashSet::new();
         for d in dags {
             let pinned = self
                 .pinned
                 .entry(d.hash.clone())
-                .or_insert_with(|| Arc::new(PinnedDag::new(Arc::new(DagSpec::clone(&d.spec)), d.hash.clone())))
+                .or_insert_with(|| Arc::new(PinnedDag::new(Arc::new(compact(&d.spec, &mut shared)), d.hash.clone())))
                 .clone();
             self.latest.insert(d.spec.dag_id.clone(), pinned);
         }
@@ -915,13 +934,13 @@ impl Scheduler {
             if *dag_busy >= view.dag.spec.max_active_tasks {
                 continue;
             }
-            let Some(&slots) = pools.get(&task.pool) else {
-                if self.warned_pools.insert(task.pool.clone()) {
+            let Some(&slots) = pools.get(&*task.pool) else {
+                if self.warned_pools.insert(task.pool.to_string()) {
                     tracing::warn!(pool = %task.pool, task = %task.task_id, "task uses a pool that does not exist; it will not be scheduled");
                 }
                 continue;
             };
-            let used = pool_used.entry(task.pool.clone()).or_default();
+            let used = pool_used.entry(task.pool.to_string()).or_default();
             if *used + task.pool_slots > slots {
                 continue;
             }

@@ -3,8 +3,8 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagSpec, Diagnostic, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, SourcePos, TaskSpec,
-    TimeSpan, TimeZoneSpec, TriggerRule,
+    CallbackRef, DagSpec, Diagnostic, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec,
+    SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -276,7 +276,7 @@ impl FileState {
         Ok(TaskSpec {
             task_id,
             operator,
-            owner: args.str("owner").unwrap_or_else(|| self.ctx.default_owner.clone()),
+            owner: args.str("owner").unwrap_or_else(|| self.ctx.default_owner.clone()).into(),
             retries,
             retry_delay: args.duration("retry_delay").unwrap_or(TimeSpan::from_secs(300)),
             retry_exponential_backoff: args.bool("retry_exponential_backoff").unwrap_or(false),
@@ -284,10 +284,10 @@ impl FileState {
             execution_timeout: args.duration("execution_timeout"),
             trigger_rule,
             depends_on_past: args.bool("depends_on_past").unwrap_or(false),
-            pool: args.str("pool").unwrap_or_else(|| "default_pool".into()),
+            pool: args.str("pool").map_or_else(|| "default_pool".into(), Arc::from),
             pool_slots: counted(positive(args.int("pool_slots").unwrap_or(1), "pool_slots")?, "pool_slots")?,
             priority_weight: priority_weight(args.int("priority_weight").unwrap_or(1))?,
-            queue: args.str("queue").unwrap_or_else(|| "default".into()),
+            queue: args.str("queue").map_or_else(|| "default".into(), Arc::from),
             email: args.str_list("email").unwrap_or_default(),
             email_on_failure: args.bool("email_on_failure").unwrap_or(true),
             email_on_retry: args.bool("email_on_retry").unwrap_or(true),
@@ -328,21 +328,21 @@ impl FileState {
                     _ => Operator::ShortCircuitOperator { callable },
                 }
             }
-            "EmailOperator" => Operator::EmailOperator {
+            "EmailOperator" => Operator::EmailOperator(Box::new(EmailSpec {
                 to: list("to"),
                 subject: s("subject"),
                 html_content: s("html_content"),
                 cc: list("cc"),
                 bcc: list("bcc"),
-            },
-            "HttpOperator" => Operator::HttpOperator {
+            })),
+            "HttpOperator" => Operator::HttpOperator(Box::new(HttpSpec {
                 http_conn_id: args.str("http_conn_id"),
                 endpoint: s("endpoint"),
                 method: http_method(args.str("method"), "POST")?,
                 data: args.str("data"),
                 headers: args.str_map("headers").unwrap_or_default(),
                 response_check: self.callback(scope, "response_check", args.closure("response_check")),
-            },
+            })),
             "DingdingOperator" => Operator::DingdingOperator {
                 robot: args.str("dingding_conn_id"),
                 message_type: one_of(args.str("message_type"), "message_type", &["text", "markdown"])?,
@@ -384,13 +384,13 @@ impl FileState {
                     "reschedule" => SensorMode::Reschedule,
                     _ => SensorMode::Poke,
                 };
-                Operator::Sensor(SensorSpec {
+                Operator::Sensor(Box::new(SensorSpec {
                     kind,
                     poke_interval: args.duration("poke_interval").unwrap_or(TimeSpan::from_secs(60)),
                     timeout: args.duration("timeout").unwrap_or(TimeSpan::from_secs(7 * 86_400)),
                     mode,
                     soft_fail: args.bool("soft_fail").unwrap_or(false),
-                })
+                }))
             }
         };
         Ok(operator)

@@ -247,6 +247,8 @@ impl Worker {
                 if let Ok(mut running) = self.running.lock() {
                     running.insert(key.clone(), pgid);
                 }
+                let command = mask_secrets(bash.command(), &self.settings);
+                log_line(&log_path, &format!("[rhaiflow] running: bash -c {}", shell_words(&command))).await;
                 bash.release().await;
                 let heartbeat = self.spawn_heartbeat(key.clone());
                 let outcome = bash.wait().await;
@@ -516,7 +518,7 @@ pub fn bash_run(
         vars.push((format!("{prefix}_RUN_ID"), task.key.run_id.clone()));
         vars.push((format!("{prefix}_LOGICAL_DATE"), logical.clone()));
         vars.push((format!("{prefix}_TRY_NUMBER"), try_number.clone()));
-        vars.push((format!("{prefix}_DAG_OWNER"), task.task().owner.clone()));
+        vars.push((format!("{prefix}_DAG_OWNER"), task.task().owner.to_string()));
     }
     vars.push(("AIRFLOW_CTX_EXECUTION_DATE".into(), logical));
     let cwd = match cwd {
@@ -536,6 +538,37 @@ pub fn bash_run(
         timeout: task.task().execution_timeout.map(|t| t.as_std()),
         kill_grace: settings.kill_grace,
     })
+}
+
+/// A command as one shell word (`'…'`), so the log shows exactly what `bash -c` received.
+fn shell_words(command: &str) -> String {
+    format!("'{}'", command.replace('\'', "'\\''"))
+}
+
+/// Shorter secrets are not masked (Airflow's `[logging] min_length_masked_secret`): masking `ab`
+/// would garble every log line and hide nothing.
+const MIN_MASKED_SECRET: usize = 5;
+
+/// A variable whose name holds one of these is a secret, as in Airflow's secrets masker.
+const SENSITIVE_NAMES: [&str; 8] =
+    ["password", "passwd", "secret", "token", "api_key", "apikey", "access_token", "authorization"];
+
+/// `text` with every secret rhaiflow knows of (connection passwords, values of variables with
+/// sensitive names) replaced by `***`, for lines rhaiflow itself writes to a task's log.
+pub fn mask_secrets(text: &str, settings: &WorkerSettings) -> String {
+    let passwords = settings.connections.values().filter_map(|uri| {
+        let (_, rest) = uri.split_once("://")?;
+        let userinfo = &rest[..rest.rfind('@')?];
+        userinfo.split_once(':').map(|(_, password)| password)
+    });
+    let sensitive = settings.variables.iter().filter_map(|(name, value)| {
+        let name = name.to_ascii_lowercase();
+        SENSITIVE_NAMES.iter().any(|s| name.contains(s)).then_some(value.as_str())
+    });
+    let mut secrets: Vec<&str> = passwords.chain(sensitive).filter(|s| s.len() >= MIN_MASKED_SECRET).collect();
+    // Longest first, so a secret that contains another is masked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.iter().fold(text.to_string(), |text, secret| text.replace(secret, "***"))
 }
 
 /// Exit 0 succeeds (last stdout line is the XCom, up to `max_xcom_bytes`), `skip_on_exit_code`

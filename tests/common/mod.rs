@@ -196,3 +196,9 @@ pub fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A task log without the time stamp that starts each of its lines (`[2024-06-01T00:00:00.000+0000] `).
+pub fn unstamped(log: &str) -> String {
+    let stamp = regex::Regex::new(r"(?m)^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4}\] ").unwrap();
+    stamp.replace_all(log, "").into_owned()
+}
