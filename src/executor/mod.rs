@@ -242,15 +242,17 @@ impl RunningBash {
     }
 }
 
-/// Appends one line to a log file (for messages from rhaiflow itself), stamped with the time as
-/// the task's own lines are; the file and its folders are created private.
-pub async fn log_line(path: &Path, line: &str) {
+/// Appends lines to a log file (messages from rhaiflow itself), each stamped with the time as the
+/// task's own lines are; the file and its folders are created private.
+pub async fn log_line(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         let _ = create_private_dirs(dir);
     }
     let opened = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path);
     if let Ok(f) = opened {
         let mut f = tokio::fs::File::from_std(f);
-        let _ = f.write_all(format!("{}{line}\n", capture::stamp()).as_bytes()).await;
+        let stamp = capture::stamp();
+        let lines: String = text.lines().map(|line| format!("{stamp}{line}\n")).collect();
+        let _ = f.write_all(lines.as_bytes()).await;
     }
 }

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 /// `"{boot_id}:{start_time}"` of a live process: stays the same across `exec`, differs for a
 /// reused pid or after a reboot. `None` when the process is gone.
 pub fn process_token(pid: u32) -> Option<String> {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    // Read once: it cannot change while this process lives.
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let boot_id = BOOT_ID
+        .get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|b| b.trim().to_string()))
+        .as_deref()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Field 22 (start time); the command name in field 2 may hold spaces and parentheses.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -17,7 +21,7 @@ pub fn process_token(pid: u32) -> Option<String> {
         return None;
     }
     let start_time = after_name.split_whitespace().nth(19)?;
-    Some(format!("{}:{start_time}", boot_id.trim()))
+    Some(format!("{boot_id}:{start_time}"))
 }
 
 /// Whether `pid` is still the process whose token was recorded. Without a token, whether a

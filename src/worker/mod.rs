@@ -234,11 +234,13 @@ impl Worker {
             return claimed.map(|_| ());
         }
         let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
-        log_line(
-            &log_path,
-            &format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname),
-        )
-        .await;
+        let mut header =
+            format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname);
+        if let Ok(Some(bash)) = &prepared {
+            let command = mask_secrets(bash.command(), &self.settings);
+            header.push_str(&format!("\n[rhaiflow] running: bash -c {}", shell_words(&command)));
+        }
+        log_line(&log_path, &header).await;
         let ending = match prepared {
             Err(ending) => ending,
             Ok(None) => Ending::Success { xcom: None },
@@ -247,8 +249,6 @@ impl Worker {
                 if let Ok(mut running) = self.running.lock() {
                     running.insert(key.clone(), pgid);
                 }
-                let command = mask_secrets(bash.command(), &self.settings);
-                log_line(&log_path, &format!("[rhaiflow] running: bash -c {}", shell_words(&command))).await;
                 bash.release().await;
                 let heartbeat = self.spawn_heartbeat(key.clone());
                 let outcome = bash.wait().await;
