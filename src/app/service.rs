@@ -2,6 +2,7 @@
 //! and the web API share. Front ends parse and print; they decide nothing.
 
 use super::{App, Progress, pinned_for};
+use crate::loader::DagBag;
 use crate::model::{DagRunState, RunType, TaskState, TiEvent, TiKey, transition};
 use crate::scheduler::{DagVersion, PinnedDag, insert_run, new_run};
 use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow};
@@ -39,7 +40,73 @@ pub struct BackfillPlan {
     pub skipped: Vec<DateTime<Utc>>,
 }
 
+/// What the store knows of a DAG, for listings.
+#[derive(Debug, Clone, Copy)]
+pub struct DagStatus {
+    pub is_paused: bool,
+    /// The data interval of its latest scheduled run, which its timetable continues from.
+    pub last_interval: Option<crate::schedule::DataInterval>,
+}
+
 impl App {
+    /// The store, when there is one: listings do not create a database just to read it.
+    pub fn existing_store(&self) -> anyhow::Result<Option<Store>> {
+        if !self.database_path()?.exists() {
+            return Ok(None);
+        }
+        Ok(Some(self.open_store()?))
+    }
+
+    /// Paused state and scheduling position of every DAG the store knows; a DAG it does not know
+    /// yet will start paused as `[core] dags_are_paused_at_creation` says (see `paused_if_new`).
+    pub fn dag_statuses(&self) -> anyhow::Result<std::collections::HashMap<String, DagStatus>> {
+        let Some(store) = self.existing_store()? else { return Ok(Default::default()) };
+        let statuses = store.read(|tx| -> Result<_, StoreError> {
+            let mut out = std::collections::HashMap::new();
+            for dag in tx.dags()? {
+                let last_interval = tx
+                    .latest_scheduled_interval(&dag.dag_id)?
+                    .map(|(start, end)| crate::schedule::DataInterval { start, end });
+                out.insert(dag.dag_id, DagStatus { is_paused: dag.is_paused, last_interval });
+            }
+            Ok(out)
+        })?;
+        Ok(statuses)
+    }
+
+    /// Tasks naming a pool the store does not have, one diagnostic each (`dags check`); none
+    /// when there is no store yet (pools live in it).
+    pub fn pool_problems(&self, bag: &DagBag) -> anyhow::Result<Vec<crate::model::Diagnostic>> {
+        let Some(store) = self.existing_store()? else { return Ok(Vec::new()) };
+        let pools: std::collections::HashSet<String> = store.read(|tx| tx.pools())?.into_iter().map(|p| p.0).collect();
+        let mut out = Vec::new();
+        for dag in bag.dags.values() {
+            for task in dag.spec.tasks.iter().filter(|t| !pools.contains(&t.pool)) {
+                let mut d = crate::model::Diagnostic::new(
+                    dag.spec.fileloc.clone(),
+                    None,
+                    format!(
+                        "task `{}` of DAG `{}` uses pool `{}`, which does not exist",
+                        task.task_id, dag.spec.dag_id, task.pool
+                    ),
+                );
+                d.help = Some(format!("create it with `rhaiflow pools set {} SLOTS`, or fix `pool`", task.pool));
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a DAG the store has not seen yet starts paused.
+    pub fn paused_if_new(&self) -> bool {
+        self.config.core.dags_are_paused_at_creation
+    }
+
+    /// Whether `dag_id` is paused in the store.
+    pub fn is_paused(&self, store: &Store, dag_id: &str) -> anyhow::Result<bool> {
+        Ok(store.read(|tx| tx.dag(dag_id))?.is_some_and(|d| d.is_paused))
+    }
+
     /// Loads the folder into the store and returns the versions and the pinned current `dag_id`.
     pub fn load_dag(
         &self,
@@ -50,16 +117,43 @@ impl App {
         let (versions, bag) = self.sync_dags(store, now)?;
         match pinned_for(&versions, dag_id) {
             Some(p) => Ok((versions, p)),
-            None => {
-                let broken = bag.import_errors.len();
-                let hint = if broken > 0 {
-                    format!(" ({broken} file(s) failed to load; see `rhaiflow dags list-import-errors`)")
-                } else {
-                    String::new()
-                };
-                bail!("no DAG `{dag_id}` in the dags folder{hint}")
-            }
+            None => Err(self.no_dag(&bag, dag_id)),
         }
+    }
+
+    /// The error for a DAG id the bag lacks: the file that declares it when that file failed to
+    /// load (its first error, and where to see them all), else the nearest id, else how many files
+    /// failed to load.
+    pub fn no_dag(&self, bag: &DagBag, dag_id: &str) -> anyhow::Error {
+        if let Some(broken) = bag.import_errors.iter().find(|e| self.declares(&e.file, dag_id)) {
+            let first = broken.diagnostics.first().map(|d| d.to_string()).unwrap_or_default();
+            return anyhow::anyhow!(
+                "DAG `{dag_id}` is in `{}`, which failed to load; fix it (all its errors: `rhaiflow dags list-import-errors`):\n{first}",
+                broken.file
+            );
+        }
+        let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
+        if let Some(k) = crate::model::suggest::nearest(dag_id, &known) {
+            return anyhow::anyhow!("no DAG `{dag_id}` — did you mean `{k}`?");
+        }
+        match bag.import_errors.len() {
+            0 => anyhow::anyhow!("no DAG `{dag_id}` in the dags folder"),
+            n => anyhow::anyhow!(
+                "no DAG `{dag_id}` in the dags folder ({n} file(s) failed to load; see `rhaiflow dags list-import-errors`)"
+            ),
+        }
+    }
+
+    /// Whether the DAG file `file` (relative to the dags folder) names `dag_id` as a string: how a
+    /// DAG of a file that failed to load is found. Reads at most the loader's file size limit.
+    fn declares(&self, file: &str, dag_id: &str) -> bool {
+        use std::io::Read;
+        let Ok(f) = std::fs::File::open(self.config.core.dags_folder.join(file)) else { return false };
+        let mut text = String::new();
+        if f.take(crate::loader::MAX_FILE_BYTES).read_to_string(&mut text).is_err() {
+            return false;
+        }
+        [format!("\"{dag_id}\""), format!("'{dag_id}'")].iter().any(|quoted| text.contains(quoted.as_str()))
     }
 
     /// A manual run (`dags trigger`); a running scheduler is woken to start it at once.

@@ -1,10 +1,10 @@
 //! `rhaiflow dags ...`: list, show, check, next-runs, list-import-errors.
 
 use super::{Context, Outcome, Output, fmt_time, table};
+use crate::app::DagStatus;
 use crate::graph::TaskGraph;
 use crate::loader::{DagBag, LoadedDag};
 use crate::schedule::{Restriction, Timetable};
-use anyhow::bail;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -107,24 +107,18 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-fn find<'a>(bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
-    if let Some(d) = bag.dags.get(dag_id) {
-        return Ok(d);
-    }
-    let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
-    match crate::model::suggest::nearest(dag_id, &known) {
-        Some(k) => bail!("no DAG `{dag_id}` — did you mean `{k}`?"),
-        None if bag.import_errors.is_empty() => bail!("no DAG `{dag_id}` in the dags folder"),
-        None => bail!(
-            "no DAG `{dag_id}` in the dags folder ({} file(s) failed to load; see `rhaiflow dags list-import-errors`)",
-            bag.import_errors.len()
-        ),
-    }
+fn find<'a>(ctx: &Context, bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
+    bag.dags.get(dag_id).ok_or_else(|| ctx.app.no_dag(bag, dag_id))
 }
 
-fn next_run(ctx: &Context, dag: &LoadedDag) -> Option<chrono::DateTime<chrono::Utc>> {
+/// When the scheduler will create the DAG's next run: after its latest scheduled run when the
+/// store has one (so a DAG that caught up shows the interval it waits for), else from no history.
+fn next_run(ctx: &Context, dag: &LoadedDag, status: Option<&DagStatus>) -> Option<chrono::DateTime<chrono::Utc>> {
     let tt = Timetable::new(&dag.spec).ok()?;
-    tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, 1).first().map(|i| i.run_after)
+    let last = status.and_then(|s| s.last_interval);
+    tt.next_dagrun_info(last, Restriction::of(&dag.spec), ctx.now)
+        .filter(|info| last != Some(info.data_interval))
+        .map(|i| i.run_after)
 }
 
 fn warn_import_errors(bag: &DagBag) {
@@ -137,6 +131,9 @@ fn warn_import_errors(bag: &DagBag) {
 }
 
 fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    let statuses = ctx.app.dag_statuses()?;
+    // A DAG the store has not seen starts as `[core] dags_are_paused_at_creation` says.
+    let paused = |d: &LoadedDag| statuses.get(&d.spec.dag_id).map_or(ctx.app.paused_if_new(), |s| s.is_paused);
     match ctx.output {
         Output::Json => {
             let rows: Vec<_> = bag
@@ -146,11 +143,12 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                     json!({
                         "dag_id": d.spec.dag_id,
                         "fileloc": d.spec.fileloc,
+                        "is_paused": paused(d),
                         "schedule": d.spec.schedule.to_string(),
                         "owners": d.spec.owners(),
                         "tasks": d.spec.tasks.len(),
                         "tags": d.spec.tags,
-                        "next_run": next_run(ctx, d).map(|t| t.to_rfc3339()),
+                        "next_run": next_run(ctx, d, statuses.get(&d.spec.dag_id)).map(|t| t.to_rfc3339()),
                         "version_hash": d.version_hash,
                     })
                 })
@@ -165,14 +163,20 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                     vec![
                         d.spec.dag_id.clone(),
                         d.spec.fileloc.clone(),
+                        if paused(d) { "yes" } else { "no" }.to_string(),
                         d.spec.schedule.to_string(),
                         d.spec.owners().join(", "),
                         d.spec.tasks.len().to_string(),
-                        next_run(ctx, d).map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into()),
+                        next_run(ctx, d, statuses.get(&d.spec.dag_id))
+                            .map(|t| fmt_time(&t))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            println!("{}", table::render(&["dag_id", "file", "schedule", "owner", "tasks", "next run"], &rows));
+            println!(
+                "{}",
+                table::render(&["dag_id", "file", "paused", "schedule", "owner", "tasks", "next run"], &rows)
+            );
         }
     }
     warn_import_errors(bag);
@@ -180,7 +184,7 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
 }
 
 fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<Outcome> {
-    let dag = find(bag, dag_id)?;
+    let dag = find(ctx, bag, dag_id)?;
     let spec = &dag.spec;
     let graph = TaskGraph::build(spec)?;
     let order = graph.topological_order();
@@ -234,32 +238,33 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
 
 fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     let files = bag.files.len();
+    let pool_problems = ctx.app.pool_problems(bag)?;
     if ctx.output == Output::Json {
-        let errors: Vec<_> = bag.diagnostics().collect();
+        let errors: Vec<_> = bag.diagnostics().chain(&pool_problems).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({ "files": files, "dags": bag.dags.len(), "errors": errors }))?
         );
     } else {
-        for d in bag.diagnostics() {
+        for d in bag.diagnostics().chain(&pool_problems) {
             println!("{d}\n");
         }
-        let count = bag.diagnostics().count();
+        let count = bag.diagnostics().count() + pool_problems.len();
+        let mut bad_files: Vec<&str> = bag.import_errors.iter().map(|e| e.file.as_str()).collect();
+        bad_files.extend(pool_problems.iter().map(|d| d.file.as_str()));
+        bad_files.sort();
+        bad_files.dedup();
         if count == 0 {
             println!("ok: {} DAG(s) in {files} file(s)", bag.dags.len());
         } else {
-            println!(
-                "{count} error(s) in {} of {files} file(s); {} DAG(s) loaded",
-                bag.import_errors.len(),
-                bag.dags.len()
-            );
+            println!("{count} error(s) in {} of {files} file(s); {} DAG(s) loaded", bad_files.len(), bag.dags.len());
         }
     }
-    Ok(if bag.import_errors.is_empty() { Outcome::Ok } else { Outcome::Failed })
+    Ok(if bag.import_errors.is_empty() && pool_problems.is_empty() { Outcome::Ok } else { Outcome::Failed })
 }
 
 fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Result<Outcome> {
-    let dag = find(bag, dag_id)?;
+    let dag = find(ctx, bag, dag_id)?;
     let tt = Timetable::new(&dag.spec)?;
     let runs = tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, n);
     if ctx.output == Output::Json {

@@ -12,18 +12,32 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Parses `2024-01-01`, `2024-01-01T06:00:00` (UTC) or RFC 3339.
+/// Parses `2024-01-01`, `2024-01-01T06:00`, `2024-01-01T06:00:00[.ffffff]` (UTC; a space works
+/// for the `T`, as in Airflow's `pendulum.parse`) or RFC 3339 with an offset.
 pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
-        return Ok(t.and_utc());
+    for format in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%d %H:%M%:z", "%Y-%m-%d %H:%M:%S%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(t.and_utc());
+        }
     }
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
-    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339")
+    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339")
+}
+
+/// ` (did you mean `x`?)` when a known name is near `word`, else nothing.
+fn did_you_mean(word: &str, known: &[&str]) -> String {
+    crate::model::suggest::nearest(word, known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default()
 }
 
 fn fmt_opt(t: Option<DateTime<Utc>>) -> String {
@@ -71,9 +85,10 @@ pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Res
 /// `tasks test ID TASK [DATE]`: runs one task without dependencies and without recording state.
 pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
     let bag = ctx.app.load_dags(ctx.now)?;
-    let Some(dag) = bag.dags.get(dag_id) else { bail!("no DAG `{dag_id}` in the dags folder") };
+    let Some(dag) = bag.dags.get(dag_id) else { return Err(ctx.app.no_dag(&bag, dag_id)) };
     let Some(task_index) = dag.spec.tasks.iter().position(|t| t.task_id == task_id) else {
-        bail!("DAG `{dag_id}` has no task `{task_id}`")
+        let known: Vec<&str> = dag.spec.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        bail!("DAG `{dag_id}` has no task `{task_id}`{}", did_you_mean(task_id, &known))
     };
     let logical = match date {
         Some(d) => parse_date(d)?,
@@ -153,13 +168,20 @@ pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&st
     }
     let logical = date.map(parse_date).transpose()?;
     let run = ctx.app.trigger(dag_id, conf, logical, ctx.now)?;
+    let paused = ctx.app.is_paused(&ctx.app.open_store()?, dag_id)?;
     if ctx.output == Output::Json {
         println!(
             "{}",
-            serde_json::json!({ "dag_id": dag_id, "run_id": run.run_id, "logical_date": run.logical_date.to_rfc3339() })
+            serde_json::json!({
+                "dag_id": dag_id, "run_id": run.run_id, "logical_date": run.logical_date.to_rfc3339(),
+                "is_paused": paused,
+            })
         );
     } else {
         println!("triggered {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date));
+        if paused {
+            println!("DAG `{dag_id}` is paused: the run waits until `rhaiflow dags unpause {dag_id}`");
+        }
     }
     Ok(Outcome::Ok)
 }
@@ -263,8 +285,10 @@ pub fn runs_list(ctx: &Context, dag_id: &str) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
     let runs = store.read(|tx| tx.dag_runs(dag_id))?;
     if ctx.output == Output::Json {
+        // Newest first, as the table.
         let rows: Vec<_> = runs
             .iter()
+            .rev()
             .map(|r| {
                 serde_json::json!({
                     "run_id": r.run_id, "state": r.state.as_str(), "run_type": r.run_type.as_str(),
@@ -334,7 +358,26 @@ pub fn states_for_run(ctx: &Context, dag_id: &str, run_id: &str) -> anyhow::Resu
 pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
     let Some(ti) = store.read(|tx| tx.task_instance(&key))? else {
-        bail!("no task instance `{}` in run `{}` of DAG `{}`", key.task_id, key.run_id, key.dag_id);
+        if store.read(|tx| tx.dag_run(&key.dag_id, &key.run_id))?.is_none() {
+            let runs = store.read(|tx| tx.dag_runs(&key.dag_id))?;
+            let known: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+            bail!(
+                "DAG `{}` has no run `{}`{}; see `rhaiflow runs list {}`",
+                key.dag_id,
+                key.run_id,
+                did_you_mean(&key.run_id, &known),
+                key.dag_id
+            );
+        }
+        let tis = store.read(|tx| tx.task_instances_of_run(&key.dag_id, &key.run_id))?;
+        let known: Vec<&str> = tis.iter().map(|t| t.key.task_id.as_str()).collect();
+        bail!(
+            "no task instance `{}` in run `{}` of DAG `{}`{}",
+            key.task_id,
+            key.run_id,
+            key.dag_id,
+            did_you_mean(&key.task_id, &known)
+        );
     };
     let n = try_number.unwrap_or(ti.try_number.max(1));
     let path = ctx.app.worker_settings().log_path(&key, n);

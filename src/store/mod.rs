@@ -476,13 +476,22 @@ impl Store {
 impl Tx<'_> {
     // ---- DAGs and versions ----------------------------------------------------------------
 
-    pub fn upsert_dag(&self, dag_id: &str, fileloc: &str, version_hash: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    /// Records a DAG seen by the loader; a DAG seen for the first time starts paused when
+    /// `paused_if_new` (`[core] dags_are_paused_at_creation`), an existing one keeps its flag.
+    pub fn upsert_dag(
+        &self,
+        dag_id: &str,
+        fileloc: &str,
+        version_hash: &str,
+        now: DateTime<Utc>,
+        paused_if_new: bool,
+    ) -> StoreResult<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO dag (dag_id, fileloc, latest_version_hash, is_active, last_parsed_at) VALUES (?1, ?2, ?3, 1, ?4)
+                "INSERT INTO dag (dag_id, fileloc, latest_version_hash, is_active, last_parsed_at, is_paused) VALUES (?1, ?2, ?3, 1, ?4, ?5)
                  ON CONFLICT (dag_id) DO UPDATE SET fileloc = ?2, latest_version_hash = ?3, is_active = 1, last_parsed_at = ?4",
             )?
-            .execute(params![dag_id, fileloc, version_hash, now])?;
+            .execute(params![dag_id, fileloc, version_hash, now, paused_if_new])?;
         Ok(())
     }
 
