@@ -6,7 +6,7 @@ mod service;
 
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 
-pub use service::{BackfillPlan, ClearRequest, DagStatus, clear_run};
+pub use service::{BackfillOptions, BackfillPlan, ClearRequest, DagStatus, TestRequest, clear_run};
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};

@@ -30,8 +30,19 @@ pub enum DagsCommand {
     },
     /// The files that failed to load, with their errors.
     ListImportErrors,
-    /// Run one DAG run now, in this process, and print each task's outcome; exit 1 if it fails.
-    Test { dag_id: String, date: Option<String> },
+    /// Run one DAG run now, in this process, of the DAG as its file is now, and print each task's
+    /// outcome; exit 1 if it fails. A run already at that date is replaced.
+    Test {
+        dag_id: String,
+        /// The logical date (default: now).
+        date: Option<String>,
+        /// JSON object for `dag_run.conf` (and `params` overrides).
+        #[arg(long, short = 'c', value_parser = ConfArg)]
+        conf: Option<String>,
+        /// Print each task's log as it is written.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
     /// Create a manual run; a running scheduler picks it up at once.
     Trigger {
         dag_id: String,
@@ -52,6 +63,15 @@ pub enum DagsCommand {
         start_date: String,
         #[arg(long, short = 'e')]
         end_date: String,
+        /// Clear and rerun the failed task instances of failed runs already in the range.
+        #[arg(long)]
+        rerun_failed_tasks: bool,
+        /// Clear every task instance of the runs already in the range and run them anew.
+        #[arg(long)]
+        reset_dagruns: bool,
+        /// Do not ask before `--reset-dagruns`.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -85,14 +105,24 @@ impl clap::builder::TypedValueParser for ConfArg {
 pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     use super::run;
     let cmd = match cmd {
-        DagsCommand::Test { dag_id, date } => return run::dags_test(ctx, &dag_id, date.as_deref()),
+        DagsCommand::Test { dag_id, date, conf, verbose } => {
+            let args = run::TestArgs { dag_id: &dag_id, date: date.as_deref(), conf: conf.as_deref(), verbose };
+            return run::dags_test(ctx, args);
+        }
         DagsCommand::Trigger { dag_id, conf, logical_date } => {
             return run::trigger(ctx, &dag_id, conf.as_deref(), logical_date.as_deref());
         }
         DagsCommand::Pause { dag_id } => return run::pause(ctx, &dag_id, true),
         DagsCommand::Unpause { dag_id } => return run::pause(ctx, &dag_id, false),
-        DagsCommand::Backfill { dag_id, start_date, end_date } => {
-            return run::backfill(ctx, &dag_id, &start_date, &end_date);
+        DagsCommand::Backfill { dag_id, start_date, end_date, rerun_failed_tasks, reset_dagruns, yes } => {
+            let args = run::BackfillArgs {
+                dag_id: &dag_id,
+                start: &start_date,
+                end: &end_date,
+                options: crate::app::BackfillOptions { rerun_failed_tasks, reset_dagruns },
+                yes,
+            };
+            return run::backfill(ctx, args);
         }
         other => other,
     };

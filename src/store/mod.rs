@@ -643,6 +643,27 @@ impl Tx<'_> {
         Ok(self.tx.prepare_cached(&sql)?.query_row([dag_id, run_id], run_row).optional()?)
     }
 
+    /// Deletes a run's row (with `delete_task_instances_of_run` and `delete_xcoms_of_run`: how
+    /// `dags test` replaces its earlier run of a date, as Airflow's does).
+    pub fn delete_dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM dag_run WHERE dag_id = ?1 AND run_id = ?2")?
+            .execute([dag_id, run_id])?
+            == 1)
+    }
+
+    pub fn delete_task_instances_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<usize> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM task_instance WHERE dag_id = ?1 AND run_id = ?2")?
+            .execute([dag_id, run_id])?)
+    }
+
+    pub fn delete_xcoms_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<usize> {
+        Ok(self.tx.prepare_cached("DELETE FROM xcom WHERE dag_id = ?1 AND run_id = ?2")?.execute([dag_id, run_id])?)
+    }
+
     /// The run before `logical_date` of the same DAG (for `depends_on_past`).
     pub fn previous_run_id(&self, dag_id: &str, logical_date: DateTime<Utc>) -> StoreResult<Option<String>> {
         Ok(self
