@@ -22,7 +22,11 @@ impl Home {
     fn new(bin: &Path, files: &[(String, String)]) -> Home {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-        std::fs::write(dir.path().join("rhaiflow.toml"), "[core]\nparallelism = 64\n").unwrap();
+        std::fs::write(
+            dir.path().join("rhaiflow.toml"),
+            "[core]\nparallelism = 64\ndags_are_paused_at_creation = false\n",
+        )
+        .unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join("dags").join(name), text).unwrap();
         }

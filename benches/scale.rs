@@ -26,7 +26,11 @@ impl Home {
     fn new(bin: &Path, parallelism: u32, files: impl Iterator<Item = (String, String)>) -> Home {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dags")).unwrap();
-        std::fs::write(dir.path().join("rhaiflow.toml"), format!("[core]\nparallelism = {parallelism}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("rhaiflow.toml"),
+            format!("[core]\nparallelism = {parallelism}\ndags_are_paused_at_creation = false\n"),
+        )
+        .unwrap();
         for (name, text) in files {
             std::fs::write(dir.path().join("dags").join(name), text).unwrap();
         }

@@ -171,6 +171,9 @@ pub struct CoreConfig {
     pub max_dag_file_memory_mib: u64,
     /// The largest XCom value a task may return, in bytes; a bigger one fails the task.
     pub max_xcom_bytes: u64,
+    /// Airflow 2's default: a DAG seen for the first time starts paused, so a new file with
+    /// catchup does not flood the machine before anyone looked at it.
+    pub dags_are_paused_at_creation: bool,
 }
 
 impl Default for CoreConfig {
@@ -186,6 +189,7 @@ impl Default for CoreConfig {
             max_edges_per_dag: 100_000,
             max_dag_file_memory_mib: 64,
             max_xcom_bytes: 1 << 20,
+            dags_are_paused_at_creation: true,
         }
     }
 }
@@ -471,6 +475,11 @@ impl Config {
         config.home = home.clone();
         config.secret_env_overrides = secret_env_overrides;
         config.resolve(&origins, &env)?;
+        // A folder given on the command line is relative to the current directory, as any path
+        // argument of a Unix tool (Airflow's `--subdir` too); the config file's is relative to home.
+        if let Some(dags_folder) = &flags.dags_folder {
+            config.core.dags_folder = dags_folder.clone();
+        }
         Ok(config)
     }
 
@@ -736,7 +745,11 @@ mod tests {
         let flags = Flags { home: Some(dir.path().into()), dags_folder: Some("from_flag".into()), ..Flags::default() };
         let c = Config::load_from(&flags, e).unwrap();
         assert_eq!(c.core.parallelism, 8);
-        assert_eq!(c.core.dags_folder, dir.path().join("from_flag"));
+        assert_eq!(
+            c.core.dags_folder,
+            PathBuf::from("from_flag"),
+            "a flag's path is relative to the current directory"
+        );
     }
 
     #[test]

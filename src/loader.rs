@@ -152,6 +152,7 @@ impl Loader {
         let walker = ignore::WalkBuilder::new(root)
             .standard_filters(false)
             .hidden(true)
+            .add_custom_ignore_filename(".airflowignore")
             .add_custom_ignore_filename(IGNORE_FILE)
             .follow_links(false)
             .build();

@@ -50,7 +50,11 @@ fn version_prints_the_crate_version() {
 
 #[test]
 fn list_shows_the_examples() {
-    let o = rhaiflow(repo(), &["dags", "list", "--dags-folder", "examples/dags"]);
+    // A home of its own, so a database left in the repository by the README's commands is not read;
+    // the folder is relative to the current directory.
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    let o = rhaiflow(repo(), &["dags", "list", "--dags-folder", "examples/dags", "--home", home]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.starts_with("dag_id "), "{out}");
@@ -59,11 +63,12 @@ fn list_shows_the_examples() {
     }
     assert!(
         out.contains(
-            "MCWork                    mcwork.rhai          */10 * * * *    luffy      4      2026-01-15 12:00:00+00:00"
+            "MCWork                    mcwork.rhai          yes     */10 * * * *    luffy      4      2026-01-15 12:00:00+00:00"
         ),
         "{out}"
     );
-    let json = rhaiflow(repo(), &["dags", "list", "--dags-folder", "examples/dags", "--output", "json"]);
+    let json =
+        rhaiflow(repo(), &["dags", "list", "--dags-folder", "examples/dags", "--home", home, "--output", "json"]);
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let mcwork = rows.as_array().unwrap().iter().find(|r| r["dag_id"] == "MCWork").unwrap();
     assert_eq!(mcwork["tasks"], 4);
@@ -116,9 +121,22 @@ error: unknown key `retires` in `EmptyOperator` — did you mean `retries`?
 
 #[test]
 fn check_passes_on_the_examples() {
-    let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags"]);
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags", "--home", home]);
     assert_eq!(stdout(&o), "ok: 5 DAG(s) in 3 file(s)\n");
     assert!(o.status.success());
+    // With a store, the pool `tour.rhai` names must exist in it.
+    assert!(rhaiflow(repo(), &["db", "migrate", "--home", home]).status.success());
+    let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags", "--home", home]);
+    assert_eq!(
+        stdout(&o),
+        "error: task `extract` of DAG `tour_etl` uses pool `warehouse`, which does not exist\n  --> tour.rhai\n  = help: create it with `rhaiflow pools set warehouse SLOTS`, or fix `pool`\n\n1 error(s) in 1 of 3 file(s); 5 DAG(s) loaded\n"
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(rhaiflow(repo(), &["pools", "set", "warehouse", "4", "--home", home]).status.success());
+    let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags", "--home", home]);
+    assert_eq!(stdout(&o), "ok: 5 DAG(s) in 3 file(s)\n");
 }
 
 #[test]

@@ -38,6 +38,7 @@ impl Home {
         c.args(args)
             .current_dir(self.path())
             .env_remove("RHAIFLOW_HOME")
+            .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false")
             .env("MCWORK_HOME", repo().join("examples/mcwork"))
             .env("MCWORK_WAIT", "0");
         c
@@ -87,7 +88,7 @@ impl Home {
     /// Waits until the DAG's newest run is finished; returns it.
     fn wait_for_run(&self, dag_id: &str) -> serde_json::Value {
         wait_until(&format!("a finished run of {dag_id}"), || {
-            self.runs(dag_id).last().filter(|r| r["state"] == "success" || r["state"] == "failed").cloned()
+            self.runs(dag_id).first().filter(|r| r["state"] == "success" || r["state"] == "failed").cloned()
         })
     }
 }
@@ -346,9 +347,9 @@ fn backfill_runs_every_interval_once() {
     assert_eq!(
         ids,
         [
-            "backfill__2024-01-01T00:00:00+00:00",
+            "backfill__2024-01-03T00:00:00+00:00",
             "backfill__2024-01-02T00:00:00+00:00",
-            "backfill__2024-01-03T00:00:00+00:00"
+            "backfill__2024-01-01T00:00:00+00:00"
         ]
     );
     let again = home.run(&["dags", "backfill", "daily", "--start-date", "2024-01-01", "--end-date", "2024-01-01"]);
@@ -417,7 +418,7 @@ fn bad_input_to_run_commands_is_a_clear_error() {
     );
     assert_eq!(
         err(&["dags", "trigger", "x", "--logical-date", "yesterday"]),
-        "error: `yesterday` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339\n"
+        "error: `yesterday` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339\n"
     );
     assert_eq!(err(&["dags", "test", "nope"]), "error: no DAG `nope` in the dags folder\n");
     assert_eq!(err(&["tasks", "test", "x", "b"]), "error: DAG `x` has no task `b`\n");
@@ -461,7 +462,7 @@ fn the_scheduler_follows_dag_versions_recorded_by_other_commands() {
     let home = Home::new(&[("evolving.rhai", &v1)]);
     let scheduler = home.scheduler();
     assert!(home.run(&["dags", "trigger", "evolving", "--logical-date", "2024-01-01"]).status.success());
-    wait_until("run 1", || (home.runs("evolving").last()?["state"] == "success").then_some(()));
+    wait_until("run 1", || (home.runs("evolving").first()?["state"] == "success").then_some(()));
     let v2 = v1.replace("v1", "v2").replace("$HOME_DIR", &home.path().to_string_lossy());
     std::fs::write(home.path().join("dags/evolving.rhai"), v2).unwrap();
     assert!(home.run(&["dags", "trigger", "evolving", "--logical-date", "2024-01-02"]).status.success());

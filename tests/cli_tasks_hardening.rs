@@ -168,6 +168,7 @@ fn the_database_its_wal_and_the_logs_are_private_whatever_the_umask() {
         .arg(format!("umask 000; exec {} scheduler", env!("CARGO_BIN_EXE_rhaiflow")))
         .current_dir(home.path())
         .env_remove("RHAIFLOW_HOME")
+        .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let _scheduler = Running(Some(cmd.spawn().unwrap()));

@@ -87,3 +87,56 @@ fn closures_are_kept_for_later_calls() {
     assert!(program.has_callback(&callable.0), "{callable:?}");
     assert!(bag.dags["MCWork"].program.is_none(), "a file without closures keeps no AST");
 }
+
+/// The README's quick start, as a user on a fresh clone reads it.
+fn readme() -> String {
+    std::fs::read_to_string("README.md").expect("README.md")
+}
+
+#[test]
+fn the_readme_test_command_is_what_ci_runs_and_reuses_the_first_build() {
+    let readme = readme();
+    let start = readme.find("```sh\n").expect("a quick start block") + "```sh\n".len();
+    let block: Vec<&str> = readme[start..].lines().take_while(|l| *l != "```").collect();
+    assert_eq!(block.len(), 2, "{block:?}");
+    assert!(block[0].starts_with("cargo run --release -- "), "{}", block[0]);
+    assert_eq!(block[1], "cargo test --release", "the tests reuse the release build of the first command");
+    let ci = std::fs::read_to_string(".ci/run").expect(".ci/run");
+    let last = ci.lines().rfind(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap();
+    assert_eq!(last, block[1], ".ci/run runs exactly the README's test command");
+}
+
+#[test]
+fn the_readme_links_nothing_outside_and_states_the_minimum_rust() {
+    let readme = readme();
+    for outside in ["http://", "https://", "](../", "](/"] {
+        assert!(!readme.contains(outside), "README links outside the repository: `{outside}`");
+    }
+    let cargo = std::fs::read_to_string("Cargo.toml").unwrap();
+    let version = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml sets rust-version");
+    assert!(readme.contains(&format!("Rust {version} or later")), "README states Rust {version}");
+    // Every command in a code block is one line: no continuation backslashes.
+    assert!(!readme.contains("\\\n"), "a command continues on a second line");
+}
+
+#[test]
+fn mcwork_runs_from_the_repository_root_without_mcwork_home() {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rhaiflow"));
+    cmd.args(["dags", "test", "MCWork", "--dags-folder", "examples/dags", "--home"])
+        .arg(home.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("MCWORK_HOME")
+        .env_remove("RHAIFLOW_HOME")
+        .env("MCWORK_WAIT", "0");
+    let o = common::output_within_deadline(cmd, "dags test MCWork");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    for task in ["syncMarketingCloud", "sleep", "EDM", "SMS"] {
+        assert!(out.contains(&format!("\n{task:<18}  success ")), "{task}: {out}");
+    }
+}

@@ -39,7 +39,7 @@ fn fixture_files(srcs: &[&str], parallelism: u32) -> Fixture {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.db")).unwrap();
-    store.write(|tx| rhaiflow::scheduler::record_dags(tx, &versions, &[], at(0, 0))).unwrap();
+    store.write(|tx| rhaiflow::scheduler::record_dags(tx, &versions, &[], at(0, 0), false)).unwrap();
     let settings =
         SchedulerSettings { parallelism, owner: "test-runner".into(), alert_defaults: AlertDefaults::default() };
     let mut scheduler = Scheduler::new(store.clone(), settings, Scope::All);

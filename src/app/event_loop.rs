@@ -84,6 +84,9 @@ pub async fn drive(parts: LoopParts<'_>, report: &mut dyn FnMut(Progress)) -> an
             for task in pass.to_run {
                 worker.launch(task);
             }
+            for (task, reason) in pass.refused {
+                worker.refuse(task, reason);
+            }
             // A run of ours may have been finished by another process: the store says so.
             if let Some(p) = &mut pending {
                 let ids: Vec<(String, String)> = p.iter().cloned().collect();

@@ -6,7 +6,7 @@ mod service;
 
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 
-pub use service::{BackfillPlan, ClearRequest, clear_run};
+pub use service::{BackfillOptions, BackfillPlan, ClearRequest, DagStatus, TestRequest, clear_run};
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};
@@ -99,7 +99,7 @@ impl App {
             .iter()
             .map(|e| (e.file.clone(), e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")))
             .collect();
-        store.write(|tx| record_dags(tx, &versions, &errors, now))?;
+        store.write(|tx| record_dags(tx, &versions, &errors, now, self.config.core.dags_are_paused_at_creation))?;
         Ok((versions, bag))
     }
 

@@ -2,6 +2,7 @@
 //! and the web API share. Front ends parse and print; they decide nothing.
 
 use super::{App, Progress, pinned_for};
+use crate::loader::DagBag;
 use crate::model::{DagRunState, RunType, TaskState, TiEvent, TiKey, transition};
 use crate::scheduler::{DagVersion, PinnedDag, insert_run, new_run};
 use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow};
@@ -26,20 +27,110 @@ pub struct ClearRequest {
     /// Only runs with a logical date in this range (inclusive).
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
+    /// Only task instances that failed (`failed`, `upstream_failed`), as Airflow's `--only-failed`.
+    pub only_failed: bool,
+}
+
+/// What `dags test` runs.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    pub dag_id: String,
+    /// Default: now.
+    pub logical_date: Option<DateTime<Utc>>,
+    /// `dag_run.conf` (and `params` overrides), a JSON object.
+    pub conf: serde_json::Value,
 }
 
 /// The most runs one backfill creates: a longer range is refused before anything is written.
 pub const MAX_BACKFILL_RUNS: usize = 10_000;
 
-/// A backfill's plan: runs created, runs resumed from a backfill that stopped, dates skipped.
+/// A backfill's plan: runs created, runs resumed from a backfill that stopped, runs rerun (the
+/// options), dates skipped.
 #[derive(Debug, Clone, Default)]
 pub struct BackfillPlan {
     pub created: Vec<(String, String)>,
     pub resumed: Vec<(String, String)>,
+    /// Existing runs taken into this backfill by `--rerun-failed-tasks` or `--reset-dagruns`.
+    pub rerun: Vec<(String, String)>,
     pub skipped: Vec<DateTime<Utc>>,
 }
 
+/// What a backfill does with runs that already exist in its range (Airflow's flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackfillOptions {
+    /// Clear and rerun the failed (and upstream-failed) task instances of existing runs.
+    pub rerun_failed_tasks: bool,
+    /// Clear every task instance of existing runs and run them anew.
+    pub reset_dagruns: bool,
+}
+
+/// What the store knows of a DAG, for listings.
+#[derive(Debug, Clone, Copy)]
+pub struct DagStatus {
+    pub is_paused: bool,
+    /// The data interval of its latest scheduled run, which its timetable continues from.
+    pub last_interval: Option<crate::schedule::DataInterval>,
+}
+
 impl App {
+    /// The store, when there is one: listings do not create a database just to read it.
+    pub fn existing_store(&self) -> anyhow::Result<Option<Store>> {
+        if !self.database_path()?.exists() {
+            return Ok(None);
+        }
+        Ok(Some(self.open_store()?))
+    }
+
+    /// Paused state and scheduling position of every DAG the store knows; a DAG it does not know
+    /// yet will start paused as `[core] dags_are_paused_at_creation` says (see `paused_if_new`).
+    pub fn dag_statuses(&self) -> anyhow::Result<std::collections::HashMap<String, DagStatus>> {
+        let Some(store) = self.existing_store()? else { return Ok(Default::default()) };
+        let statuses = store.read(|tx| -> Result<_, StoreError> {
+            let mut out = std::collections::HashMap::new();
+            for dag in tx.dags()? {
+                let last_interval = tx
+                    .latest_scheduled_interval(&dag.dag_id)?
+                    .map(|(start, end)| crate::schedule::DataInterval { start, end });
+                out.insert(dag.dag_id, DagStatus { is_paused: dag.is_paused, last_interval });
+            }
+            Ok(out)
+        })?;
+        Ok(statuses)
+    }
+
+    /// Tasks naming a pool the store does not have, one diagnostic each (`dags check`); none
+    /// when there is no store yet (pools live in it).
+    pub fn pool_problems(&self, bag: &DagBag) -> anyhow::Result<Vec<crate::model::Diagnostic>> {
+        let Some(store) = self.existing_store()? else { return Ok(Vec::new()) };
+        let pools: std::collections::HashSet<String> = store.read(|tx| tx.pools())?.into_iter().map(|p| p.0).collect();
+        let mut out = Vec::new();
+        for dag in bag.dags.values() {
+            for task in dag.spec.tasks.iter().filter(|t| !pools.contains(&*t.pool)) {
+                let mut d = crate::model::Diagnostic::new(
+                    dag.spec.fileloc.clone(),
+                    None,
+                    format!(
+                        "task `{}` of DAG `{}` uses pool `{}`, which does not exist",
+                        task.task_id, dag.spec.dag_id, task.pool
+                    ),
+                );
+                d.help = Some(format!("create it with `rhaiflow pools set {} SLOTS`, or fix `pool`", task.pool));
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a DAG the store has not seen yet starts paused.
+    pub fn paused_if_new(&self) -> bool {
+        self.config.core.dags_are_paused_at_creation
+    }
+
+    /// Whether `dag_id` is paused in the store.
+    pub fn is_paused(&self, store: &Store, dag_id: &str) -> anyhow::Result<bool> {
+        Ok(store.read(|tx| tx.dag(dag_id))?.is_some_and(|d| d.is_paused))
+    }
+
     /// Loads the folder into the store and returns the versions and the pinned current `dag_id`.
     pub fn load_dag(
         &self,
@@ -50,16 +141,43 @@ impl App {
         let (versions, bag) = self.sync_dags(store, now)?;
         match pinned_for(&versions, dag_id) {
             Some(p) => Ok((versions, p)),
-            None => {
-                let broken = bag.import_errors.len();
-                let hint = if broken > 0 {
-                    format!(" ({broken} file(s) failed to load; see `rhaiflow dags list-import-errors`)")
-                } else {
-                    String::new()
-                };
-                bail!("no DAG `{dag_id}` in the dags folder{hint}")
-            }
+            None => Err(self.no_dag(&bag, dag_id)),
         }
+    }
+
+    /// The error for a DAG id the bag lacks: the file that declares it when that file failed to
+    /// load (its first error, and where to see them all), else the nearest id, else how many files
+    /// failed to load.
+    pub fn no_dag(&self, bag: &DagBag, dag_id: &str) -> anyhow::Error {
+        if let Some(broken) = bag.import_errors.iter().find(|e| self.declares(&e.file, dag_id)) {
+            let first = broken.diagnostics.first().map(|d| d.to_string()).unwrap_or_default();
+            return anyhow::anyhow!(
+                "DAG `{dag_id}` is in `{}`, which failed to load; fix it (all its errors: `rhaiflow dags list-import-errors`):\n{first}",
+                broken.file
+            );
+        }
+        let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
+        if let Some(k) = crate::model::suggest::nearest(dag_id, &known) {
+            return anyhow::anyhow!("no DAG `{dag_id}` — did you mean `{k}`?");
+        }
+        match bag.import_errors.len() {
+            0 => anyhow::anyhow!("no DAG `{dag_id}` in the dags folder"),
+            n => anyhow::anyhow!(
+                "no DAG `{dag_id}` in the dags folder ({n} file(s) failed to load; see `rhaiflow dags list-import-errors`)"
+            ),
+        }
+    }
+
+    /// Whether the DAG file `file` (relative to the dags folder) names `dag_id` as a string: how a
+    /// DAG of a file that failed to load is found. Reads at most the loader's file size limit.
+    fn declares(&self, file: &str, dag_id: &str) -> bool {
+        use std::io::Read;
+        let Ok(f) = std::fs::File::open(self.config.core.dags_folder.join(file)) else { return false };
+        let mut text = String::new();
+        if f.take(crate::loader::MAX_FILE_BYTES).read_to_string(&mut text).is_err() {
+            return false;
+        }
+        [format!("\"{dag_id}\""), format!("'{dag_id}'")].iter().any(|quoted| text.contains(quoted.as_str()))
     }
 
     /// A manual run (`dags trigger`); a running scheduler is woken to start it at once.
@@ -92,10 +210,28 @@ impl App {
         Ok(())
     }
 
-    /// Clears the selected task instances of the selected runs; returns how many.
-    pub fn clear(&self, req: &ClearRequest, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    /// The task instances `clear` would clear, run by run (oldest first): the selected tasks of
+    /// the selected runs, in a state clearing changes (not `queued`/`running`, whose owner
+    /// finishes them).
+    pub fn clear_selection(&self, req: &ClearRequest, now: DateTime<Utc>) -> anyhow::Result<Vec<TiRow>> {
         let store = self.open_store()?;
         let (_, dag) = self.load_dag(&store, &req.dag_id, now)?;
+        let selected = self.selected_tasks(req, &dag)?;
+        let runs = store.read(|tx| tx.dag_runs(&req.dag_id))?;
+        let mut out = Vec::new();
+        for run in runs.iter().filter(|r| in_range(req, r)) {
+            let tis = store.read(|tx| tx.task_instances_of_run(&run.dag_id, &run.run_id))?;
+            out.extend(tis.into_iter().filter(|ti| {
+                selected.contains(&ti.key.task_id)
+                    && clearable(ti.state)
+                    && (!req.only_failed || matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed))
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The task ids `req` selects: by regex, plus downstream when asked.
+    fn selected_tasks(&self, req: &ClearRequest, dag: &PinnedDag) -> anyhow::Result<Vec<String>> {
         let re = match &req.task_regex {
             Some(r) => Some(regex::Regex::new(r).map_err(|e| {
                 anyhow::Error::new(e).context(format!("`--task-regex` `{r}` is not a regular expression"))
@@ -116,15 +252,22 @@ impl App {
             selected.sort();
             selected.dedup();
         }
+        Ok(selected)
+    }
+
+    /// Clears the selected task instances of the selected runs; returns how many.
+    pub fn clear(&self, req: &ClearRequest, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let store = self.open_store()?;
+        let (_, dag) = self.load_dag(&store, &req.dag_id, now)?;
+        let selected = self.selected_tasks(req, &dag)?;
         let runs = store.read(|tx| tx.dag_runs(&req.dag_id))?;
         let mut total = 0;
-        for run in runs
-            .iter()
-            .filter(|r| req.start.is_none_or(|s| r.logical_date >= s) && req.end.is_none_or(|e| r.logical_date <= e))
-        {
+        for run in runs.iter().filter(|r| in_range(req, r)) {
             let retries = |ti: &TiRow| {
                 let t = ti.key.task_id.as_str();
-                selected.iter().any(|s| s == t).then(|| dag.spec.task(t).map_or(0, |t| t.retries))
+                let failed = matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed);
+                (selected.iter().any(|s| s == t) && (!req.only_failed || failed))
+                    .then(|| dag.spec.task(t).map_or(0, |t| t.retries))
             };
             total += clear_run(&store, &run.dag_id, &run.run_id, retries, now)?;
         }
@@ -159,20 +302,22 @@ impl App {
         Ok(())
     }
 
-    /// `dags test ID [DATE]`: one run now, in this process. Re-testing a date reruns it, as
-    /// Airflow's does, taking over tries a stopped `dags test` left.
+    /// `dags test ID [DATE] [--conf JSON]`: one run now, in this process, of the DAG as its file
+    /// is now. A run already at that date is replaced, as Airflow's `dags test` does (deleted with
+    /// its task instances, XComs and logs; tries a stopped `dags test` left are taken over first).
     pub fn test_dag(
         &self,
-        dag_id: &str,
-        logical_date: Option<DateTime<Utc>>,
+        req: &TestRequest,
         now: DateTime<Utc>,
         report: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<(DagRunRow, DagRunState)> {
+        if !req.conf.is_object() {
+            bail!("`conf` must be a JSON object, like '{{\"key\": 1}}'");
+        }
         let store = self.open_store()?;
-        let (versions, dag) = self.load_dag(&store, dag_id, now)?;
-        let logical = logical_date.unwrap_or(now);
+        let (versions, dag) = self.load_dag(&store, &req.dag_id, now)?;
         let runner = self.register_runner(&store, "dags test")?;
-        let result = self.test_dag_as(&store, &runner, (&versions, &dag), logical, now, report);
+        let result = self.test_dag_as(&store, &runner, (&versions, &dag), req, now, report);
         let _ = runner.stop(&store, Utc::now());
         result
     }
@@ -182,29 +327,42 @@ impl App {
         store: &Store,
         runner: &Runner,
         (versions, dag): (&[DagVersion], &Arc<PinnedDag>),
-        logical: DateTime<Utc>,
+        req: &TestRequest,
         now: DateTime<Utc>,
         report: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<(DagRunRow, DagRunState)> {
-        let dag_id = dag.spec.dag_id.as_str();
-        let run = match self.create_manual_run(store, dag, logical, serde_json::json!({}), Some(runner), now)? {
-            Some(run) => run,
-            None => {
-                let existing = store.read(|tx| tx.dag_runs(dag_id))?;
-                let Some(run) = existing.into_iter().find(|r| r.logical_date == logical.trunc_subsecs(6)) else {
-                    bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
-                };
-                self.claim_run(store, runner, &run)?;
-                let retries = |ti: &TiRow| dag.spec.task(&ti.key.task_id).map(|t| t.retries);
-                clear_run(store, &run.dag_id, &run.run_id, retries, now)?;
-                run
-            }
+        let logical = req.logical_date.unwrap_or(now).trunc_subsecs(6);
+        if let Some(old) = store.read(|tx| tx.dag_run_at(&dag.spec.dag_id, logical))? {
+            self.claim_run(store, runner, &old)?;
+            self.delete_run(store, &old)?;
+        }
+        let Some(run) = self.create_manual_run(store, dag, logical, req.conf.clone(), Some(runner), now)? else {
+            bail!("DAG `{}` got a run for {} meanwhile; run `dags test` again", dag.spec.dag_id, fmt_time(&logical));
         };
         report(Progress::RunCreated(&run));
         let ids = [(run.dag_id.clone(), run.run_id.clone())];
         self.run_to_completion(store, runner, versions, &ids, report)?;
         let state = store.read(|tx| tx.dag_run(&run.dag_id, &run.run_id))?.map_or(DagRunState::Running, |r| r.state);
         Ok((run, state))
+    }
+
+    /// Deletes a run, its task instances, XComs and log folder (nothing of it may be running).
+    fn delete_run(&self, store: &Store, run: &DagRunRow) -> anyhow::Result<()> {
+        store.write(|tx| -> Result<(), StoreError> {
+            tx.delete_xcoms_of_run(&run.dag_id, &run.run_id)?;
+            tx.delete_task_instances_of_run(&run.dag_id, &run.run_id)?;
+            tx.delete_dag_run(&run.dag_id, &run.run_id)?;
+            Ok(())
+        })?;
+        let key = TiKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: String::new() };
+        if let Some(run_folder) = self.worker_settings().log_path(&key, 1).parent().and_then(|t| t.parent()) {
+            match std::fs::remove_dir_all(run_folder) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("cannot remove the logs of the replaced run at {}: {e}", run_folder.display()),
+            }
+        }
+        Ok(())
     }
 
     /// Makes an existing run `runner`'s: refused while another live process drives it; tries a
@@ -254,6 +412,7 @@ impl App {
         runner: &Runner,
         dag: &PinnedDag,
         (start, end): (DateTime<Utc>, DateTime<Utc>),
+        options: BackfillOptions,
         now: DateTime<Utc>,
     ) -> anyhow::Result<BackfillPlan> {
         if end < start {
@@ -279,6 +438,7 @@ impl App {
         let mut plan = BackfillPlan::default();
         let mut new_runs = Vec::new();
         let mut resume = Vec::new();
+        let mut rerun = Vec::new();
         for info in intervals {
             let mut run =
                 new_run(dag, RunType::Backfill, info.logical_date, info.data_interval, serde_json::json!({}), now);
@@ -286,9 +446,17 @@ impl App {
             let existing = store.read(|tx| tx.dag_run_at(&run.dag_id, run.logical_date))?;
             match existing {
                 None => new_runs.push(run),
-                Some(old) if old.run_type == RunType::Backfill && !old.state.is_finished() => {
+                Some(old)
+                    if old.run_type == RunType::Backfill && !old.state.is_finished() && !options.reset_dagruns =>
+                {
                     self.ensure_free(store, runner, &old)?;
                     resume.push(old);
+                }
+                Some(old)
+                    if options.reset_dagruns || (options.rerun_failed_tasks && old.state == DagRunState::Failed) =>
+                {
+                    self.ensure_free(store, runner, &old)?;
+                    rerun.push(old);
                 }
                 Some(_) => plan.skipped.push(info.logical_date),
             }
@@ -310,8 +478,29 @@ impl App {
             clear_run(store, &old.dag_id, &old.run_id, retries, now)?;
             plan.resumed.push((old.dag_id, old.run_id));
         }
+        for old in rerun {
+            self.claim_run(store, runner, &old)?;
+            let retries = |ti: &TiRow| {
+                let selected =
+                    options.reset_dagruns || matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed);
+                selected.then(|| dag.spec.task(&ti.key.task_id).map_or(0, |t| t.retries))
+            };
+            clear_run(store, &old.dag_id, &old.run_id, retries, now)?;
+            plan.rerun.push((old.dag_id, old.run_id));
+        }
         Ok(plan)
     }
+}
+
+/// Whether a run's logical date is in the request's range.
+fn in_range(req: &ClearRequest, run: &DagRunRow) -> bool {
+    req.start.is_none_or(|s| run.logical_date >= s) && req.end.is_none_or(|e| run.logical_date <= e)
+}
+
+/// Whether clearing changes a task instance in this state (its owner finishes `queued`/`running`).
+fn clearable(state: TaskState) -> bool {
+    transition(state, TiEvent::Clear).is_some_and(|to| to != state)
+        && !matches!(state, TaskState::Running | TaskState::Queued)
 }
 
 /// Sets matching task instances of a run back to `none` and the run back to `queued`. Task
@@ -330,7 +519,7 @@ pub fn clear_run(
         for ti in tx.task_instances_of_run(dag_id, run_id)? {
             let Some(retries) = retries_if_selected(&ti) else { continue };
             let Some(to) = transition(ti.state, TiEvent::Clear) else { continue };
-            if matches!(ti.state, TaskState::Running | TaskState::Queued) {
+            if !clearable(ti.state) {
                 continue;
             }
             // As Airflow: a cleared task gets its full retries again on top of the tries made.

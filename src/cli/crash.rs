@@ -74,10 +74,12 @@ fn report(info: &PanicHookInfo<'_>) -> String {
     report
 }
 
-/// `println!` panics when stdout is a pipe whose reader has gone (Rust ignores SIGPIPE).
+/// `println!` (and `eprintln!`) panic when stdout (stderr) is a pipe whose reader has gone (Rust
+/// ignores SIGPIPE): `rhaiflow dags list 2>&1 | head -1` too.
 fn is_closed_stdout(payload: &(dyn Any + Send)) -> bool {
     let text = message(payload);
-    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
+    (text.starts_with("failed printing to stdout") || text.starts_with("failed printing to stderr"))
+        && text.contains("Broken pipe")
 }
 
 fn message(payload: &(dyn Any + Send)) -> String {

@@ -1,10 +1,10 @@
 //! `rhaiflow dags ...`: list, show, check, next-runs, list-import-errors.
 
 use super::{Context, Outcome, Output, fmt_time, table};
+use crate::app::DagStatus;
 use crate::graph::TaskGraph;
 use crate::loader::{DagBag, LoadedDag};
 use crate::schedule::{Restriction, Timetable};
-use anyhow::bail;
 use clap::Subcommand;
 use serde_json::json;
 
@@ -30,8 +30,19 @@ pub enum DagsCommand {
     },
     /// The files that failed to load, with their errors.
     ListImportErrors,
-    /// Run one DAG run now, in this process, and print each task's outcome; exit 1 if it fails.
-    Test { dag_id: String, date: Option<String> },
+    /// Run one DAG run now, in this process, of the DAG as its file is now, and print each task's
+    /// outcome; exit 1 if it fails. A run already at that date is replaced.
+    Test {
+        dag_id: String,
+        /// The logical date (default: now).
+        date: Option<String>,
+        /// JSON object for `dag_run.conf` (and `params` overrides).
+        #[arg(long, short = 'c', value_parser = ConfArg)]
+        conf: Option<String>,
+        /// Print each task's log as it is written.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
     /// Create a manual run; a running scheduler picks it up at once.
     Trigger {
         dag_id: String,
@@ -52,6 +63,15 @@ pub enum DagsCommand {
         start_date: String,
         #[arg(long, short = 'e')]
         end_date: String,
+        /// Clear and rerun the failed task instances of failed runs already in the range.
+        #[arg(long)]
+        rerun_failed_tasks: bool,
+        /// Clear every task instance of the runs already in the range and run them anew.
+        #[arg(long)]
+        reset_dagruns: bool,
+        /// Do not ask before `--reset-dagruns`.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -85,14 +105,24 @@ impl clap::builder::TypedValueParser for ConfArg {
 pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     use super::run;
     let cmd = match cmd {
-        DagsCommand::Test { dag_id, date } => return run::dags_test(ctx, &dag_id, date.as_deref()),
+        DagsCommand::Test { dag_id, date, conf, verbose } => {
+            let args = run::TestArgs { dag_id: &dag_id, date: date.as_deref(), conf: conf.as_deref(), verbose };
+            return run::dags_test(ctx, args);
+        }
         DagsCommand::Trigger { dag_id, conf, logical_date } => {
             return run::trigger(ctx, &dag_id, conf.as_deref(), logical_date.as_deref());
         }
         DagsCommand::Pause { dag_id } => return run::pause(ctx, &dag_id, true),
         DagsCommand::Unpause { dag_id } => return run::pause(ctx, &dag_id, false),
-        DagsCommand::Backfill { dag_id, start_date, end_date } => {
-            return run::backfill(ctx, &dag_id, &start_date, &end_date);
+        DagsCommand::Backfill { dag_id, start_date, end_date, rerun_failed_tasks, reset_dagruns, yes } => {
+            let args = run::BackfillArgs {
+                dag_id: &dag_id,
+                start: &start_date,
+                end: &end_date,
+                options: crate::app::BackfillOptions { rerun_failed_tasks, reset_dagruns },
+                yes,
+            };
+            return run::backfill(ctx, args);
         }
         other => other,
     };
@@ -107,24 +137,18 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-fn find<'a>(bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
-    if let Some(d) = bag.dags.get(dag_id) {
-        return Ok(d);
-    }
-    let known: Vec<&str> = bag.dags.keys().map(String::as_str).collect();
-    match crate::model::suggest::nearest(dag_id, &known) {
-        Some(k) => bail!("no DAG `{dag_id}` — did you mean `{k}`?"),
-        None if bag.import_errors.is_empty() => bail!("no DAG `{dag_id}` in the dags folder"),
-        None => bail!(
-            "no DAG `{dag_id}` in the dags folder ({} file(s) failed to load; see `rhaiflow dags list-import-errors`)",
-            bag.import_errors.len()
-        ),
-    }
+fn find<'a>(ctx: &Context, bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
+    bag.dags.get(dag_id).ok_or_else(|| ctx.app.no_dag(bag, dag_id))
 }
 
-fn next_run(ctx: &Context, dag: &LoadedDag) -> Option<chrono::DateTime<chrono::Utc>> {
+/// When the scheduler will create the DAG's next run: after its latest scheduled run when the
+/// store has one (so a DAG that caught up shows the interval it waits for), else from no history.
+fn next_run(ctx: &Context, dag: &LoadedDag, status: Option<&DagStatus>) -> Option<chrono::DateTime<chrono::Utc>> {
     let tt = Timetable::new(&dag.spec).ok()?;
-    tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, 1).first().map(|i| i.run_after)
+    let last = status.and_then(|s| s.last_interval);
+    tt.next_dagrun_info(last, Restriction::of(&dag.spec), ctx.now)
+        .filter(|info| last != Some(info.data_interval))
+        .map(|i| i.run_after)
 }
 
 fn warn_import_errors(bag: &DagBag) {
@@ -137,6 +161,9 @@ fn warn_import_errors(bag: &DagBag) {
 }
 
 fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    let statuses = ctx.app.dag_statuses()?;
+    // A DAG the store has not seen starts as `[core] dags_are_paused_at_creation` says.
+    let paused = |d: &LoadedDag| statuses.get(&d.spec.dag_id).map_or(ctx.app.paused_if_new(), |s| s.is_paused);
     match ctx.output {
         Output::Json => {
             let rows: Vec<_> = bag
@@ -146,11 +173,12 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                     json!({
                         "dag_id": d.spec.dag_id,
                         "fileloc": d.spec.fileloc,
+                        "is_paused": paused(d),
                         "schedule": d.spec.schedule.to_string(),
                         "owners": d.spec.owners(),
                         "tasks": d.spec.tasks.len(),
                         "tags": d.spec.tags,
-                        "next_run": next_run(ctx, d).map(|t| t.to_rfc3339()),
+                        "next_run": next_run(ctx, d, statuses.get(&d.spec.dag_id)).map(|t| t.to_rfc3339()),
                         "version_hash": d.version_hash,
                     })
                 })
@@ -165,14 +193,20 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                     vec![
                         d.spec.dag_id.clone(),
                         d.spec.fileloc.clone(),
+                        if paused(d) { "yes" } else { "no" }.to_string(),
                         d.spec.schedule.to_string(),
                         d.spec.owners().join(", "),
                         d.spec.tasks.len().to_string(),
-                        next_run(ctx, d).map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into()),
+                        next_run(ctx, d, statuses.get(&d.spec.dag_id))
+                            .map(|t| fmt_time(&t))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            println!("{}", table::render(&["dag_id", "file", "schedule", "owner", "tasks", "next run"], &rows));
+            println!(
+                "{}",
+                table::render(&["dag_id", "file", "paused", "schedule", "owner", "tasks", "next run"], &rows)
+            );
         }
     }
     warn_import_errors(bag);
@@ -180,7 +214,7 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
 }
 
 fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<Outcome> {
-    let dag = find(bag, dag_id)?;
+    let dag = find(ctx, bag, dag_id)?;
     let spec = &dag.spec;
     let graph = TaskGraph::build(spec)?;
     let order = graph.topological_order();
@@ -234,32 +268,33 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
 
 fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     let files = bag.files.len();
+    let pool_problems = ctx.app.pool_problems(bag)?;
     if ctx.output == Output::Json {
-        let errors: Vec<_> = bag.diagnostics().collect();
+        let errors: Vec<_> = bag.diagnostics().chain(&pool_problems).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({ "files": files, "dags": bag.dags.len(), "errors": errors }))?
         );
     } else {
-        for d in bag.diagnostics() {
+        for d in bag.diagnostics().chain(&pool_problems) {
             println!("{d}\n");
         }
-        let count = bag.diagnostics().count();
+        let count = bag.diagnostics().count() + pool_problems.len();
+        let mut bad_files: Vec<&str> = bag.import_errors.iter().map(|e| e.file.as_str()).collect();
+        bad_files.extend(pool_problems.iter().map(|d| d.file.as_str()));
+        bad_files.sort();
+        bad_files.dedup();
         if count == 0 {
             println!("ok: {} DAG(s) in {files} file(s)", bag.dags.len());
         } else {
-            println!(
-                "{count} error(s) in {} of {files} file(s); {} DAG(s) loaded",
-                bag.import_errors.len(),
-                bag.dags.len()
-            );
+            println!("{count} error(s) in {} of {files} file(s); {} DAG(s) loaded", bad_files.len(), bag.dags.len());
         }
     }
-    Ok(if bag.import_errors.is_empty() { Outcome::Ok } else { Outcome::Failed })
+    Ok(if bag.import_errors.is_empty() && pool_problems.is_empty() { Outcome::Ok } else { Outcome::Failed })
 }
 
 fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Result<Outcome> {
-    let dag = find(bag, dag_id)?;
+    let dag = find(ctx, bag, dag_id)?;
     let tt = Timetable::new(&dag.spec)?;
     let runs = tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, n);
     if ctx.output == Output::Json {

@@ -77,7 +77,18 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum TasksCommand {
     /// Run one task now without dependencies and without recording state.
-    Test { dag_id: String, task_id: String, date: Option<String> },
+    Test {
+        dag_id: String,
+        task_id: String,
+        /// The logical date (default: now).
+        date: Option<String>,
+        /// JSON object of `params` for the task (over the DAG's and the task's own).
+        #[arg(long, short = 't', value_name = "JSON")]
+        task_params: Option<String>,
+        /// JSON object of environment variables for the task's process.
+        #[arg(long, value_name = "JSON")]
+        env_vars: Option<String>,
+    },
     /// Set task instances back to `none` so the scheduler runs them again.
     Clear {
         dag_id: String,
@@ -91,6 +102,15 @@ pub enum TasksCommand {
         start_date: Option<String>,
         #[arg(long, short = 'e')]
         end_date: Option<String>,
+        /// Only task instances that failed (or whose upstream failed).
+        #[arg(long, short = 'f')]
+        only_failed: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// List what would be cleared; clear nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The state of every task instance of a run.
     StatesForRun { dag_id: String, run_id: String },
@@ -198,16 +218,35 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
     match cli.command {
         Command::Dags(cmd) => dags::run(&ctx, cmd),
-        Command::Tasks(TasksCommand::Test { dag_id, task_id, date }) => {
-            run::tasks_test(&ctx, &dag_id, &task_id, date.as_deref())
+        Command::Tasks(TasksCommand::Test { dag_id, task_id, date, task_params, env_vars }) => {
+            let args = run::TaskTestArgs {
+                dag_id: &dag_id,
+                task_id: &task_id,
+                date: date.as_deref(),
+                task_params: task_params.as_deref(),
+                env_vars: env_vars.as_deref(),
+            };
+            run::tasks_test(&ctx, args)
         }
-        Command::Tasks(TasksCommand::Clear { dag_id, task_regex, downstream, start_date, end_date }) => {
+        Command::Tasks(TasksCommand::Clear {
+            dag_id,
+            task_regex,
+            downstream,
+            start_date,
+            end_date,
+            only_failed,
+            yes,
+            dry_run,
+        }) => {
             let args = run::ClearArgs {
                 dag_id: &dag_id,
                 task_regex: task_regex.as_deref(),
                 downstream,
                 start: start_date.as_deref(),
                 end: end_date.as_deref(),
+                only_failed,
+                yes,
+                dry_run,
             };
             run::clear(&ctx, args)
         }

@@ -2,7 +2,7 @@
 //! `tasks test|clear|states-for-run|logs`, `runs list`, `scheduler`, `db migrate`.
 
 use super::{Context, Outcome, Output, fmt_time, table};
-use crate::app::{ClearRequest, Progress};
+use crate::app::{BackfillOptions, ClearRequest, Progress, TestRequest};
 use crate::model::{DagRunState, QueuedTask, RunInfo, RunType, TiKey};
 use crate::scheduler::{DagVersion, PinnedDag};
 use crate::store::Store;
@@ -12,18 +12,32 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Parses `2024-01-01`, `2024-01-01T06:00:00` (UTC) or RFC 3339.
+/// Parses `2024-01-01`, `2024-01-01T06:00`, `2024-01-01T06:00:00[.ffffff]` (UTC; a space works
+/// for the `T`, as in Airflow's `pendulum.parse`) or RFC 3339 with an offset.
 pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
+    let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
-        return Ok(t.and_utc());
+    for format in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%d %H:%M%:z", "%Y-%m-%d %H:%M:%S%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(t.and_utc());
+        }
     }
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
     }
-    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00:00 or RFC 3339")
+    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339")
+}
+
+/// ` (did you mean `x`?)` when a known name is near `word`, else nothing.
+fn did_you_mean(word: &str, known: &[&str]) -> String {
+    crate::model::suggest::nearest(word, known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default()
 }
 
 fn fmt_opt(t: Option<DateTime<Utc>>) -> String {
@@ -34,19 +48,44 @@ fn secs(d: Option<f64>) -> String {
     d.map(|d| format!("{d:.2}s")).unwrap_or_else(|| "-".into())
 }
 
-/// `dags test ID [DATE]`: one run now, in this process, with a live line per task.
-pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
-    let logical = date.map(parse_date).transpose()?;
+/// What `dags test` was asked.
+pub struct TestArgs<'a> {
+    pub dag_id: &'a str,
+    pub date: Option<&'a str>,
+    pub conf: Option<&'a str>,
+    /// Stream each try's log as it is written (Airflow's `dags test` shows task logs).
+    pub verbose: bool,
+}
+
+/// `dags test ID [DATE] [--conf JSON] [--verbose]`: one run now, in this process, with a live
+/// line per task; on failure each failed task's last log lines and log path.
+pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
+    let dag_id = args.dag_id;
+    let conf = parse_conf(args.conf)?;
+    let req = TestRequest { dag_id: dag_id.to_string(), logical_date: args.date.map(parse_date).transpose()?, conf };
     let started = Instant::now();
     let mut spec = None;
-    let (run, final_state) = ctx.app.test_dag(dag_id, logical, ctx.now, &mut |p| match p {
+    let settings = ctx.app.worker_settings();
+    let tail = args.verbose.then(LogTail::start);
+    let (run, final_state) = ctx.app.test_dag(&req, ctx.now, &mut |p| match p {
         Progress::RunCreated(run) => {
             println!("dags test {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date))
         }
-        Progress::Started(key, try_number) => println!("  {:<24} running (try {try_number})", key.task_id),
-        Progress::Finished(key, state, duration) => println!("  {:<24} {state} ({duration:.2}s)", key.task_id),
+        Progress::Started(key, try_number) => {
+            println!("  {:<24} running (try {try_number})", key.task_id);
+            if let Some(tail) = &tail {
+                tail.follow(&key.task_id, settings.log_path(key, try_number));
+            }
+        }
+        Progress::Finished(key, state, duration) => {
+            if let Some(tail) = &tail {
+                tail.finish(&key.task_id);
+            }
+            println!("  {:<24} {state} ({duration:.2}s)", key.task_id)
+        }
         Progress::RunFinished(..) => {}
     })?;
+    drop(tail);
     let store = ctx.app.open_store()?;
     let tis = store.read(|tx| tx.task_instances_of_run(&run.dag_id, &run.run_id))?;
     if let Some(json) = store.read(|tx| tx.dag_version_json(&run.version_hash))? {
@@ -63,26 +102,217 @@ pub fn dags_test(ctx: &Context, dag_id: &str, date: Option<&str>) -> anyhow::Res
         .collect();
     println!();
     println!("{}", table::render(&["task_id", "state", "tries", "duration"], &rows));
+    print_failures(&ctx.app.worker_settings(), &tis);
     let how = if final_state.is_finished() { final_state.to_string() } else { "interrupted".to_string() };
     println!("\nrun {} {how} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
     Ok(if final_state == DagRunState::Success { Outcome::Ok } else { Outcome::Failed })
 }
 
-/// `tasks test ID TASK [DATE]`: runs one task without dependencies and without recording state.
-pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>) -> anyhow::Result<Outcome> {
+/// `--conf`: a JSON object (checked by clap already; checked again for other callers).
+fn parse_conf(conf: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let conf: serde_json::Value = match conf {
+        Some(text) => serde_json::from_str(text).context("`--conf` is not JSON")?,
+        None => serde_json::json!({}),
+    };
+    if !conf.is_object() {
+        bail!("`--conf` must be a JSON object, like '{{\"key\": 1}}'");
+    }
+    Ok(conf)
+}
+
+/// How many failed runs `backfill` shows the failures of (the rest are counted).
+const MAX_FAILED_RUNS_SHOWN: usize = 5;
+
+/// How many lines of a failed try's log `dags test` and `backfill` show.
+const FAILED_LOG_LINES: usize = 20;
+
+/// For each failed task instance: the task, its try, the last lines of its log (where the reason
+/// is written) and the log's path.
+fn print_failures(settings: &crate::worker::WorkerSettings, tis: &[crate::store::TiRow]) {
+    for ti in tis.iter().filter(|t| t.state == crate::model::TaskState::Failed) {
+        let path = settings.log_path(&ti.key, ti.try_number.max(1));
+        println!("\ntask `{}` of run `{}` failed on try {}:", ti.key.task_id, ti.key.run_id, ti.try_number);
+        match last_lines(&path, FAILED_LOG_LINES) {
+            Some(lines) if !lines.is_empty() => {
+                for line in lines {
+                    println!("  | {}", crate::executor::capture::unstamped(&line));
+                }
+            }
+            _ => println!("  (its log is empty or missing)"),
+        }
+        println!("  log: {}", path.display());
+    }
+}
+
+/// The last `n` lines of a file, reading at most its last 64 KiB.
+fn last_lines(path: &std::path::Path, n: usize) -> Option<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL_BYTES: u64 = 64 << 10;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES))).ok()?;
+    let mut bytes = Vec::new();
+    f.take(TAIL_BYTES).read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    Some(lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect())
+}
+
+/// `--verbose`: prints each running try's log lines as they are written, prefixed by the task.
+/// A thread reads the new bytes of every followed log every 100 ms (output only; the scheduling
+/// itself waits on events).
+struct LogTail {
+    followed: Arc<std::sync::Mutex<Vec<Followed>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Followed {
+    task_id: String,
+    path: std::path::PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    finished: bool,
+}
+
+impl LogTail {
+    fn start() -> LogTail {
+        let followed: Arc<std::sync::Mutex<Vec<Followed>>> = Arc::default();
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (f, s) = (followed.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            loop {
+                let stopping = s.load(std::sync::atomic::Ordering::SeqCst);
+                if let Ok(mut all) = f.lock() {
+                    for item in all.iter_mut() {
+                        item.print_new(stopping || item.finished);
+                    }
+                    all.retain(|item| !item.finished);
+                }
+                if stopping {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        LogTail { followed, stop, thread: Some(thread) }
+    }
+
+    fn follow(&self, task_id: &str, path: std::path::PathBuf) {
+        if let Ok(mut all) = self.followed.lock() {
+            all.push(Followed { task_id: task_id.to_string(), path, offset: 0, partial: Vec::new(), finished: false });
+        }
+    }
+
+    /// The try ended: print what is left of its log now.
+    fn finish(&self, task_id: &str) {
+        if let Ok(mut all) = self.followed.lock() {
+            for item in all.iter_mut().filter(|i| i.task_id == task_id) {
+                item.print_new(true);
+                item.finished = true;
+            }
+        }
+    }
+}
+
+impl Followed {
+    /// Prints the complete lines written since last time (and the rest when `all`).
+    fn print_new(&mut self, all: bool) {
+        use std::io::{Read, Seek, SeekFrom};
+        const CHUNK: u64 = 1 << 20;
+        if let Ok(mut f) = std::fs::File::open(&self.path)
+            && f.seek(SeekFrom::Start(self.offset)).is_ok()
+        {
+            let mut bytes = Vec::new();
+            if let Ok(n) = f.take(CHUNK).read_to_end(&mut bytes) {
+                self.offset += n as u64;
+                self.partial.extend_from_slice(&bytes);
+            }
+        }
+        let cut =
+            if all { self.partial.len() } else { self.partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) };
+        let lines: Vec<u8> = self.partial.drain(..cut).collect();
+        for line in String::from_utf8_lossy(&lines).lines() {
+            println!("  [{}] {}", self.task_id, crate::executor::capture::unstamped(line));
+        }
+    }
+}
+
+impl Drop for LogTail {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What `tasks test` was asked.
+pub struct TaskTestArgs<'a> {
+    pub dag_id: &'a str,
+    pub task_id: &'a str,
+    pub date: Option<&'a str>,
+    /// `-t/--task-params`: a JSON object.
+    pub task_params: Option<&'a str>,
+    /// `--env-vars`: a JSON object of names to strings (numbers and booleans are written out).
+    pub env_vars: Option<&'a str>,
+}
+
+/// A JSON object argument: `flag` names it in errors.
+fn json_object(flag: &str, text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => bail!("`{flag}` must be a JSON object, like '{{\"key\": 1}}'"),
+        Err(e) => bail!("`{flag}` is not JSON: {e}"),
+    }
+}
+
+/// `--env-vars`: names and values for the task's environment.
+fn env_vars(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (name, value) in json_object("--env-vars", text)? {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            bail!("`--env-vars`: `{name}` is not an environment variable name");
+        }
+        let value = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => bail!("`--env-vars`: the value of `{name}` must be a string, a number or a boolean"),
+        };
+        if value.contains('\0') {
+            bail!("`--env-vars`: the value of `{name}` holds a NUL byte");
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// `tasks test ID TASK [DATE] [-t JSON] [--env-vars JSON]`: runs one task without dependencies
+/// and without recording state.
+pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> {
+    let (dag_id, task_id, date) = (args.dag_id, args.task_id, args.date);
+    let task_params = args.task_params.map(|t| json_object("--task-params", t)).transpose()?;
+    let extra_env = args.env_vars.map(env_vars).transpose()?.unwrap_or_default();
     let bag = ctx.app.load_dags(ctx.now)?;
-    let Some(dag) = bag.dags.get(dag_id) else { bail!("no DAG `{dag_id}` in the dags folder") };
+    let Some(dag) = bag.dags.get(dag_id) else { return Err(ctx.app.no_dag(&bag, dag_id)) };
     let Some(task_index) = dag.spec.tasks.iter().position(|t| t.task_id == task_id) else {
-        bail!("DAG `{dag_id}` has no task `{task_id}`")
+        let known: Vec<&str> = dag.spec.tasks.iter().map(|t| t.task_id.as_str()).collect();
+        bail!("DAG `{dag_id}` has no task `{task_id}`{}", did_you_mean(task_id, &known))
     };
     let logical = match date {
         Some(d) => parse_date(d)?,
         None => ctx.now,
     };
     let run_id = format!("__tasks_test__{}", logical.format("%Y%m%dT%H%M%S"));
+    let mut spec = dag.spec.clone();
+    if let Some(params) = task_params {
+        // As Airflow's `tasks test -t`: the given params update the task's.
+        Arc::make_mut(&mut spec).tasks[task_index].params.extend(params);
+    }
     let task = QueuedTask {
         key: TiKey { dag_id: dag_id.into(), run_id: run_id.clone(), task_id: task_id.into() },
-        dag: dag.spec.clone(),
+        dag: spec,
         task_index,
         run: RunInfo {
             run_id,
@@ -107,13 +337,18 @@ pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>
                 let tctx = template_context(&task, &settings, Vec::new());
                 match bash_run(&task, &tctx, &settings, &log_path) {
                     Err(e) => Ending::Failed(e.to_string()),
-                    Ok(run) => match crate::executor::spawn_bash(run).await {
-                        Err(e) => Ending::Failed(e.to_string()),
-                        Ok(b) => {
-                            let out = b.wait().await;
-                            bash_ending(&task, out, settings.max_xcom_bytes)
+                    Ok(mut run) => {
+                        // `--env-vars` last, so it wins; a withheld secret it names is passed.
+                        run.remove_env.retain(|name| !extra_env.iter().any(|(n, _)| n == name));
+                        run.env.extend(extra_env.iter().cloned());
+                        match crate::executor::spawn_bash(run).await {
+                            Err(e) => Ending::Failed(e.to_string()),
+                            Ok(b) => {
+                                let out = b.wait().await;
+                                bash_ending(&task, out, settings.max_xcom_bytes)
+                            }
                         }
-                    },
+                    }
                 }
             }
             other => Ending::Failed(format!("`{}` cannot run in this version of rhaiflow yet", other.name())),
@@ -144,22 +379,23 @@ pub fn tasks_test(ctx: &Context, dag_id: &str, task_id: &str, date: Option<&str>
 
 /// `dags trigger ID [--conf JSON] [--logical-date D]`.
 pub fn trigger(ctx: &Context, dag_id: &str, conf: Option<&str>, date: Option<&str>) -> anyhow::Result<Outcome> {
-    let conf: serde_json::Value = match conf {
-        Some(text) => serde_json::from_str(text).context("`--conf` is not JSON")?,
-        None => serde_json::json!({}),
-    };
-    if !conf.is_object() {
-        bail!("`--conf` must be a JSON object, like '{{\"key\": 1}}'");
-    }
+    let conf = parse_conf(conf)?;
     let logical = date.map(parse_date).transpose()?;
     let run = ctx.app.trigger(dag_id, conf, logical, ctx.now)?;
+    let paused = ctx.app.is_paused(&ctx.app.open_store()?, dag_id)?;
     if ctx.output == Output::Json {
         println!(
             "{}",
-            serde_json::json!({ "dag_id": dag_id, "run_id": run.run_id, "logical_date": run.logical_date.to_rfc3339() })
+            serde_json::json!({
+                "dag_id": dag_id, "run_id": run.run_id, "logical_date": run.logical_date.to_rfc3339(),
+                "is_paused": paused,
+            })
         );
     } else {
         println!("triggered {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date));
+        if paused {
+            println!("DAG `{dag_id}` is paused: the run waits until `rhaiflow dags unpause {dag_id}`");
+        }
     }
     Ok(Outcome::Ok)
 }
@@ -172,14 +408,49 @@ pub fn pause(ctx: &Context, dag_id: &str, paused: bool) -> anyhow::Result<Outcom
 
 /// `dags backfill ID --start-date D --end-date D`: every interval in the range, run here; runs a
 /// stopped backfill left are resumed.
-pub fn backfill(ctx: &Context, dag_id: &str, start: &str, end: &str) -> anyhow::Result<Outcome> {
-    let (start, end) = (parse_date(start)?, parse_date(end)?);
+pub fn backfill(ctx: &Context, args: BackfillArgs) -> anyhow::Result<Outcome> {
+    let (start, end) = (parse_date(args.start)?, parse_date(args.end)?);
     let store = ctx.app.open_store()?;
-    let (versions, dag) = ctx.app.load_dag(&store, dag_id, ctx.now)?;
+    let (versions, dag) = ctx.app.load_dag(&store, args.dag_id, ctx.now)?;
+    if args.options.reset_dagruns {
+        let runs = store.read(|tx| tx.dag_runs(args.dag_id))?;
+        let existing = runs.iter().filter(|r| r.logical_date >= start && r.logical_date <= end).count();
+        if existing > 0
+            && !args.yes
+            && !confirm(&format!("reset {existing} existing run(s) of `{}` and run them anew?", args.dag_id))?
+        {
+            println!("nothing reset");
+            return Ok(Outcome::Ok);
+        }
+    }
     let runner = ctx.app.register_runner(&store, "backfill")?;
-    let result = backfill_as(ctx, &store, &runner, (&versions, &dag), (start, end));
+    let result = backfill_as(ctx, &store, &runner, (&versions, &dag), (start, end), args.options);
     let _ = runner.stop(&store, chrono::Utc::now());
     result
+}
+
+/// What `dags backfill` was asked.
+pub struct BackfillArgs<'a> {
+    pub dag_id: &'a str,
+    pub start: &'a str,
+    pub end: &'a str,
+    pub options: BackfillOptions,
+    /// No confirmation for `--reset-dagruns`.
+    pub yes: bool,
+}
+
+/// Asks `question [y/N]` when stdin is a terminal; `true` for yes. Without a terminal (a script)
+/// nobody is there to ask, and the command goes ahead, as `--yes` would.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    print!("{question} [y/N] ");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::Read::take(std::io::stdin().lock(), 256), &mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }
 
 fn backfill_as(
@@ -188,16 +459,20 @@ fn backfill_as(
     runner: &crate::worker::Runner,
     (versions, dag): (&[DagVersion], &Arc<PinnedDag>),
     range: (DateTime<Utc>, DateTime<Utc>),
+    options: BackfillOptions,
 ) -> anyhow::Result<Outcome> {
     let dag_id = dag.spec.dag_id.as_str();
-    let plan = ctx.app.plan_backfill(store, runner, dag, range, ctx.now)?;
+    let plan = ctx.app.plan_backfill(store, runner, dag, range, options, ctx.now)?;
     for date in &plan.skipped {
         println!("skipping {}: a run for that logical date exists", fmt_time(date));
     }
     for (_, run_id) in &plan.resumed {
-        println!("resuming {run_id}: left unfinished by a backfill that stopped");
+        println!("resuming {run_id}: unfinished (cleared, or left by a backfill that stopped)");
     }
-    let runs: Vec<(String, String)> = plan.created.iter().chain(&plan.resumed).cloned().collect();
+    for (_, run_id) in &plan.rerun {
+        println!("rerunning {run_id}");
+    }
+    let runs: Vec<(String, String)> = plan.created.iter().chain(&plan.resumed).chain(&plan.rerun).cloned().collect();
     if runs.is_empty() {
         println!("nothing to backfill");
         return Ok(Outcome::Ok);
@@ -214,13 +489,15 @@ fn backfill_as(
         indicatif::ProgressBar::hidden()
     };
     let (mut ok, mut failed) = (0, 0);
+    let mut failed_runs: Vec<String> = Vec::new();
     ctx.app.run_to_completion(store, runner, versions, &runs, &mut |p| match p {
         Progress::Finished(_, state, _) if state.is_finished() => bar.inc(1),
         Progress::RunFinished(_, run_id, state) => {
             if state == DagRunState::Success {
                 ok += 1
             } else {
-                failed += 1
+                failed += 1;
+                failed_runs.push(run_id.to_string());
             }
             bar.set_message(format!("{ok} run(s) succeeded, {failed} failed"));
             bar.println(format!("{run_id} {state}"));
@@ -228,6 +505,19 @@ fn backfill_as(
         _ => {}
     })?;
     bar.finish_and_clear();
+    let settings = ctx.app.worker_settings();
+    for run_id in failed_runs.iter().take(MAX_FAILED_RUNS_SHOWN) {
+        print_failures(&settings, &store.read(|tx| tx.task_instances_of_run(dag_id, run_id))?);
+    }
+    if failed_runs.len() > MAX_FAILED_RUNS_SHOWN {
+        println!(
+            "\n... and {} more failed run(s); see `rhaiflow runs list {dag_id}`",
+            failed_runs.len() - MAX_FAILED_RUNS_SHOWN
+        );
+    }
+    if !failed_runs.is_empty() {
+        println!();
+    }
     let unfinished = runs.len() - ok - failed;
     if unfinished > 0 {
         println!("backfill {dag_id}: stopped with {unfinished} run(s) unfinished; run it again to resume");
@@ -243,9 +533,15 @@ pub struct ClearArgs<'a> {
     pub downstream: bool,
     pub start: Option<&'a str>,
     pub end: Option<&'a str>,
+    pub only_failed: bool,
+    /// Clear without asking.
+    pub yes: bool,
+    /// List what would be cleared and clear nothing.
+    pub dry_run: bool,
 }
 
-/// `tasks clear ID [--task-regex RE] [--downstream] [--start-date D --end-date D]`.
+/// `tasks clear ID [--task-regex RE] [--downstream] [--start-date D --end-date D] [--only-failed]
+/// [--yes] [--dry-run]`: lists the task instances, asks on a terminal, clears them.
 pub fn clear(ctx: &Context, args: ClearArgs) -> anyhow::Result<Outcome> {
     let req = ClearRequest {
         dag_id: args.dag_id.to_string(),
@@ -253,7 +549,26 @@ pub fn clear(ctx: &Context, args: ClearArgs) -> anyhow::Result<Outcome> {
         downstream: args.downstream,
         start: args.start.map(parse_date).transpose()?,
         end: args.end.map(parse_date).transpose()?,
+        only_failed: args.only_failed,
     };
+    let selection = ctx.app.clear_selection(&req, ctx.now)?;
+    if selection.is_empty() {
+        println!("no task instances of {} to clear", args.dag_id);
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = selection
+        .iter()
+        .map(|ti| vec![ti.key.run_id.clone(), ti.key.task_id.clone(), ti.state.to_string(), ti.try_number.to_string()])
+        .collect();
+    println!("{}", table::render(&["run_id", "task_id", "state", "try_number"], &rows));
+    if args.dry_run {
+        println!("dry run: {} task instance(s) of {} would be cleared", selection.len(), args.dag_id);
+        return Ok(Outcome::Ok);
+    }
+    if !args.yes && !confirm(&format!("clear these {} task instance(s)?", selection.len()))? {
+        println!("nothing cleared");
+        return Ok(Outcome::Ok);
+    }
     let total = ctx.app.clear(&req, ctx.now)?;
     println!("cleared {total} task instance(s) of {}", args.dag_id);
     Ok(Outcome::Ok)
@@ -263,8 +578,10 @@ pub fn runs_list(ctx: &Context, dag_id: &str) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
     let runs = store.read(|tx| tx.dag_runs(dag_id))?;
     if ctx.output == Output::Json {
+        // Newest first, as the table.
         let rows: Vec<_> = runs
             .iter()
+            .rev()
             .map(|r| {
                 serde_json::json!({
                     "run_id": r.run_id, "state": r.state.as_str(), "run_type": r.run_type.as_str(),
@@ -334,7 +651,26 @@ pub fn states_for_run(ctx: &Context, dag_id: &str, run_id: &str) -> anyhow::Resu
 pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
     let Some(ti) = store.read(|tx| tx.task_instance(&key))? else {
-        bail!("no task instance `{}` in run `{}` of DAG `{}`", key.task_id, key.run_id, key.dag_id);
+        if store.read(|tx| tx.dag_run(&key.dag_id, &key.run_id))?.is_none() {
+            let runs = store.read(|tx| tx.dag_runs(&key.dag_id))?;
+            let known: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+            bail!(
+                "DAG `{}` has no run `{}`{}; see `rhaiflow runs list {}`",
+                key.dag_id,
+                key.run_id,
+                did_you_mean(&key.run_id, &known),
+                key.dag_id
+            );
+        }
+        let tis = store.read(|tx| tx.task_instances_of_run(&key.dag_id, &key.run_id))?;
+        let known: Vec<&str> = tis.iter().map(|t| t.key.task_id.as_str()).collect();
+        bail!(
+            "no task instance `{}` in run `{}` of DAG `{}`{}",
+            key.task_id,
+            key.run_id,
+            key.dag_id,
+            did_you_mean(&key.task_id, &known)
+        );
     };
     let n = try_number.unwrap_or(ti.try_number.max(1));
     let path = ctx.app.worker_settings().log_path(&key, n);

@@ -128,6 +128,14 @@ pub fn stamp() -> String {
     chrono::Utc::now().format("[%Y-%m-%dT%H:%M:%S%.3f%z] ").to_string()
 }
 
+/// A log line without its stamp (for a console that shows its own context); a line without one
+/// as it is.
+pub fn unstamped(line: &str) -> &str {
+    let b = line.as_bytes();
+    let stamped = b.len() >= 31 && b[0] == b'[' && b[20] == b'.' && b[29] == b']' && b[30] == b' ';
+    if stamped { &line[31..] } else { line }
+}
+
 /// The log file up to its cap, then one marker line.
 struct Sink {
     out: BufWriter<File>,
@@ -270,6 +278,14 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_comes_off_whole() {
+        let line = format!("{}hello", stamp());
+        assert_eq!(unstamped(&line), "hello");
+        assert_eq!(unstamped("[not a stamp] hello"), "[not a stamp] hello");
+        assert_eq!(unstamped("short"), "short");
+    }
 
     fn tracked(chunks: &[&[u8]], keep: u64) -> LastLine {
         let mut t = Tracker::new(keep);

@@ -137,6 +137,9 @@ pub struct AlertDefaults {
 pub struct Pass {
     /// Task instances queued in this pass, to hand to the worker.
     pub to_run: Vec<QueuedTask>,
+    /// Task instances queued in this pass that cannot run, with why (a pool that does not exist):
+    /// the worker fails each try at once, through the normal failure path.
+    pub refused: Vec<(QueuedTask, String)>,
     /// When the scheduler must look again even if nothing happens (a run falls due, a retry wakes).
     pub next_wake: Option<DateTime<Utc>>,
     /// Task instances decided without running (skipped, upstream_failed, EmptyOperator success).
@@ -206,8 +209,13 @@ fn earliest(a: Option<DateTime<Utc>>, b: DateTime<Utc>) -> Option<DateTime<Utc>>
 }
 
 /// The run_id Airflow gives a run: `scheduled__2024-01-01T00:00:00+00:00`.
+/// Airflow's run id: `manual__2024-01-01T00:00:00+00:00`, with microseconds only when there are
+/// some (Python's `isoformat`), never nanoseconds.
 pub fn run_id_for(run_type: RunType, logical_date: DateTime<Utc>) -> String {
-    format!("{}__{}", run_type.run_id_prefix(), logical_date.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+    use chrono::Timelike;
+    let format =
+        if logical_date.nanosecond() / 1000 == 0 { "%Y-%m-%dT%H:%M:%S+00:00" } else { "%Y-%m-%dT%H:%M:%S%.6f+00:00" };
+    format!("{}__{}", run_type.run_id_prefix(), logical_date.format(format))
 }
 
 /// Inserts a run and its task instances in `tx`. `false` when the logical date is taken.
@@ -259,15 +267,17 @@ pub fn new_run(
 }
 
 /// Records DAG versions and import errors: the loader's result made durable.
+/// A DAG seen for the first time starts paused when `paused_at_creation`.
 pub fn record_dags(
     tx: &Tx,
     dags: &[DagVersion],
     import_errors: &[(String, String)],
     now: DateTime<Utc>,
+    paused_at_creation: bool,
 ) -> SchedulerResult<()> {
     for d in dags {
         tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, now)?;
-        tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now)?;
+        tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused_at_creation)?;
     }
     let present: Vec<String> = dags.iter().map(|d| d.spec.dag_id.clone()).collect();
     tx.deactivate_dags_except(&present)?;
@@ -934,14 +944,15 @@ impl Scheduler {
             if *dag_busy >= view.dag.spec.max_active_tasks {
                 continue;
             }
-            let Some(&slots) = pools.get(&*task.pool) else {
-                if self.warned_pools.insert(task.pool.to_string()) {
-                    tracing::warn!(pool = %task.pool, task = %task.task_id, "task uses a pool that does not exist; it will not be scheduled");
-                }
-                continue;
-            };
+            // A missing pool fails the try at once with what to do, rather than leaving it
+            // `scheduled` for ever (Airflow only logs it).
+            let missing_pool = !pools.contains_key(&*task.pool);
+            if missing_pool && self.warned_pools.insert(task.pool.to_string()) {
+                tracing::warn!(pool = %task.pool, task = %task.task_id, "task uses a pool that does not exist; its tries fail");
+            }
+            let slots = pools.get(&*task.pool).copied().unwrap_or(0);
             let used = pool_used.entry(task.pool.to_string()).or_default();
-            if *used + task.pool_slots > slots {
+            if !missing_pool && *used + task.pool_slots > slots {
                 continue;
             }
             let fields =
@@ -951,11 +962,8 @@ impl Scheduler {
                 self.stale.insert(run_key);
                 continue;
             }
-            total_busy += 1;
-            *dag_busy += 1;
-            *used += task.pool_slots;
             let run = &view.run;
-            out.pass.to_run.push(QueuedTask {
+            let queued = QueuedTask {
                 key: row.key.clone(),
                 dag: view.dag.spec.clone(),
                 task_index: *ti,
@@ -969,7 +977,22 @@ impl Scheduler {
                 },
                 try_number: row.try_number + 1,
                 max_tries: row.max_tries,
-            });
+            };
+            if missing_pool {
+                let pool = &task.pool;
+                out.pass.refused.push((
+                    queued,
+                    format!(
+                        "task `{}` uses pool `{pool}`, which does not exist; create it with `rhaiflow pools set {pool} SLOTS`",
+                        task.task_id
+                    ),
+                ));
+            } else {
+                total_busy += 1;
+                *dag_busy += 1;
+                *used += task.pool_slots;
+                out.pass.to_run.push(queued);
+            }
             taken.push((run_key, *ti));
         }
         for rk in &done {

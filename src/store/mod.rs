@@ -476,13 +476,22 @@ impl Store {
 impl Tx<'_> {
     // ---- DAGs and versions ----------------------------------------------------------------
 
-    pub fn upsert_dag(&self, dag_id: &str, fileloc: &str, version_hash: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    /// Records a DAG seen by the loader; a DAG seen for the first time starts paused when
+    /// `paused_if_new` (`[core] dags_are_paused_at_creation`), an existing one keeps its flag.
+    pub fn upsert_dag(
+        &self,
+        dag_id: &str,
+        fileloc: &str,
+        version_hash: &str,
+        now: DateTime<Utc>,
+        paused_if_new: bool,
+    ) -> StoreResult<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO dag (dag_id, fileloc, latest_version_hash, is_active, last_parsed_at) VALUES (?1, ?2, ?3, 1, ?4)
+                "INSERT INTO dag (dag_id, fileloc, latest_version_hash, is_active, last_parsed_at, is_paused) VALUES (?1, ?2, ?3, 1, ?4, ?5)
                  ON CONFLICT (dag_id) DO UPDATE SET fileloc = ?2, latest_version_hash = ?3, is_active = 1, last_parsed_at = ?4",
             )?
-            .execute(params![dag_id, fileloc, version_hash, now])?;
+            .execute(params![dag_id, fileloc, version_hash, now, paused_if_new])?;
         Ok(())
     }
 
@@ -632,6 +641,27 @@ impl Tx<'_> {
     pub fn dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Option<DagRunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM dag_run WHERE dag_id = ?1 AND run_id = ?2");
         Ok(self.tx.prepare_cached(&sql)?.query_row([dag_id, run_id], run_row).optional()?)
+    }
+
+    /// Deletes a run's row (with `delete_task_instances_of_run` and `delete_xcoms_of_run`: how
+    /// `dags test` replaces its earlier run of a date, as Airflow's does).
+    pub fn delete_dag_run(&self, dag_id: &str, run_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM dag_run WHERE dag_id = ?1 AND run_id = ?2")?
+            .execute([dag_id, run_id])?
+            == 1)
+    }
+
+    pub fn delete_task_instances_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<usize> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM task_instance WHERE dag_id = ?1 AND run_id = ?2")?
+            .execute([dag_id, run_id])?)
+    }
+
+    pub fn delete_xcoms_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<usize> {
+        Ok(self.tx.prepare_cached("DELETE FROM xcom WHERE dag_id = ?1 AND run_id = ?2")?.execute([dag_id, run_id])?)
     }
 
     /// The run before `logical_date` of the same DAG (for `depends_on_past`).

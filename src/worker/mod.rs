@@ -143,6 +143,21 @@ impl Worker {
         });
     }
 
+    /// Fails a queued try without running it (`reason` says why: a pool that does not exist),
+    /// through the normal failure path; returns at once.
+    pub fn refuse(&self, task: QueuedTask, reason: String) {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone(), self.done.clone());
+        let worker = self.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = worker.fail_stranded(&task, &reason).await {
+                tracing::error!(task = %task.key, error = %e, "could not record a task instance's outcome");
+                let _ = worker.events.send(Event::Wake);
+            }
+            drop(guard);
+        });
+    }
+
     /// Tells the loop to look at the store again.
     pub fn wake(&self) {
         let _ = self.events.send(Event::Wake);

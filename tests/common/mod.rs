@@ -50,7 +50,12 @@ impl Home {
 
     pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rhaiflow"));
-        c.args(args).current_dir(self.path()).env_remove("RHAIFLOW_HOME");
+        // These tests drive the scheduler on DAGs they just wrote: new DAGs start unpaused here
+        // (`paused_at_creation_is_the_default` tests the default).
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("RHAIFLOW_HOME")
+            .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "false");
         c
     }
 
