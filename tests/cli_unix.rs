@@ -181,6 +181,10 @@ fn task_and_run_ids_get_a_did_you_mean() {
             "error: DAG `m` has no run `manual__2026-01-01T00:00:00` (did you mean `{run}`?); see `rhaiflow runs list m`\n"
         )
     );
+    assert_eq!(
+        err(&["tasks", "states-for-run", "m", "manual__2026-01-01"]),
+        format!("error: DAG `m` has no run `manual__2026-01-01` (did you mean `{run}`?); see `rhaiflow runs list m`\n")
+    );
 }
 
 #[test]

@@ -255,16 +255,18 @@ fn a_home_and_a_dags_folder_that_are_not_utf8_are_used_as_given() {
     assert_eq!(stderr(&o), "");
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows[0]["dag_id"], "good");
-    // A relative `--dags-folder` is relative to the home directory, as `dags_folder` in the file.
+    // A relative `--dags-folder` is relative to the current directory, as any path argument.
     let o = Command::new(env!("CARGO_BIN_EXE_rhaiflow"))
         .args(["dags", "list", "--output", "json", "--dags-folder"])
         .arg(OsStr::from_bytes(b"dags-\xe9"))
         .args(["--now", NOW])
-        .env("RHAIFLOW_HOME", &odd)
-        .current_dir(base.path())
+        .env("RHAIFLOW_HOME", base.path())
+        .current_dir(&odd)
         .output()
         .unwrap();
     assert_eq!(stderr(&o), "");
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["dag_id"], "good");
 }
 
 #[test]

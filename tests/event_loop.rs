@@ -19,6 +19,8 @@ fn the_loop_wakes_at_each_due_time_on_an_injected_clock() {
            let a = EmptyOperator(#{ task_id: "a" });"#,
     )
     .unwrap();
+    // The scheduler runs the DAG on its own: it starts unpaused.
+    std::fs::write(home.path().join("rhaiflow.toml"), "[core]\ndags_are_paused_at_creation = false\n").unwrap();
     let flags = Flags { home: Some(home.path().to_path_buf()), dags_folder: None, database_url: None };
     let app = App::new(Config::load_from(&flags, Default::default()).unwrap()).unwrap();
     let store = app.open_store().unwrap();

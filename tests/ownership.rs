@@ -104,9 +104,10 @@ fn dags_test_run_again_on_the_same_date_takes_over_its_stale_try() {
     let run_id = "manual__2024-01-02T00:00:00+00:00";
     assert_eq!(
         home.states("own", run_id),
-        vec![("work".to_string(), "success".to_string(), 2)],
-        "try 1 was the stale one"
+        vec![("work".to_string(), "success".to_string(), 1)],
+        "the run with the stale try was replaced by a new one, of one try"
     );
+    assert_eq!(home.runs("own").len(), 1);
 }
 
 #[test]

@@ -98,23 +98,37 @@ impl App {
         Ok(statuses)
     }
 
-    /// Tasks naming a pool the store does not have, one diagnostic each (`dags check`); none
-    /// when there is no store yet (pools live in it).
+    /// Tasks naming a pool the store does not have (`dags check`): one diagnostic per DAG and
+    /// pool, naming its first task and counting the others; none when there is no store yet
+    /// (pools live in it).
     pub fn pool_problems(&self, bag: &DagBag) -> anyhow::Result<Vec<crate::model::Diagnostic>> {
         let Some(store) = self.existing_store()? else { return Ok(Vec::new()) };
         let pools: std::collections::HashSet<String> = store.read(|tx| tx.pools())?.into_iter().map(|p| p.0).collect();
         let mut out = Vec::new();
         for dag in bag.dags.values() {
+            // Missing pool → (first task naming it, how many tasks name it), in task order.
+            let mut missing: Vec<(&str, &str, usize)> = Vec::new();
+            let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
             for task in dag.spec.tasks.iter().filter(|t| !pools.contains(&*t.pool)) {
+                match index.get(&*task.pool) {
+                    Some(&i) => missing[i].2 += 1,
+                    None => {
+                        index.insert(&task.pool, missing.len());
+                        missing.push((&task.pool, &task.task_id, 1));
+                    }
+                }
+            }
+            for (pool, task_id, count) in missing {
+                let others = if count > 1 { format!(" (and {} more task(s))", count - 1) } else { String::new() };
                 let mut d = crate::model::Diagnostic::new(
                     dag.spec.fileloc.clone(),
                     None,
                     format!(
-                        "task `{}` of DAG `{}` uses pool `{}`, which does not exist",
-                        task.task_id, dag.spec.dag_id, task.pool
+                        "task `{task_id}`{others} of DAG `{}` uses pool `{pool}`, which does not exist",
+                        dag.spec.dag_id
                     ),
                 );
-                d.help = Some(format!("create it with `rhaiflow pools set {} SLOTS`, or fix `pool`", task.pool));
+                d.help = Some(format!("create it with `rhaiflow pools set {pool} SLOTS`, or fix `pool`"));
                 out.push(d);
             }
         }
@@ -369,7 +383,18 @@ impl App {
     /// gone owner left are taken over (killed if still running here).
     fn claim_run(&self, store: &Store, runner: &Runner, run: &DagRunRow) -> anyhow::Result<()> {
         self.ensure_free(store, runner, run)?;
-        store.write(|tx| tx.set_run_owner(&run.dag_id, &run.run_id, Some(&runner.id)))?;
+        // Guarded by the owner `ensure_free` judged: of two processes claiming at once, one wins.
+        if !store.write(|tx| tx.claim_run_owner(&run.dag_id, &run.run_id, run.owner.as_deref(), &runner.id))? {
+            let (now_owner, runners) = store.read(|tx| {
+                Ok::<_, StoreError>((tx.dag_run(&run.dag_id, &run.run_id)?.and_then(|r| r.owner), tx.runners()?))
+            })?;
+            bail!(
+                "run `{}` of DAG `{}` is being run by {}; wait for it or stop it first",
+                run.run_id,
+                run.dag_id,
+                Liveness::describe(now_owner.as_deref(), &runners)
+            );
+        }
         self.take_over_runs(store, runner, &[(run.dag_id.clone(), run.run_id.clone())])
     }
 

@@ -614,7 +614,12 @@ pub fn runs_list(ctx: &Context, dag_id: &str) -> anyhow::Result<Outcome> {
 pub fn states_for_run(ctx: &Context, dag_id: &str, run_id: &str) -> anyhow::Result<Outcome> {
     let store = ctx.app.open_store()?;
     if store.read(|tx| tx.dag_run(dag_id, run_id))?.is_none() {
-        bail!("DAG `{dag_id}` has no run `{run_id}`; see `rhaiflow runs list {dag_id}`");
+        let runs = store.read(|tx| tx.dag_runs(dag_id))?;
+        let known: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        bail!(
+            "DAG `{dag_id}` has no run `{run_id}`{}; see `rhaiflow runs list {dag_id}`",
+            did_you_mean(run_id, &known)
+        );
     }
     let tis = store.read(|tx| tx.task_instances_of_run(dag_id, run_id))?;
     if ctx.output == Output::Json {

@@ -941,6 +941,22 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Guarded `set_run_owner`: takes the run for `owner` only if its owner is still `expected`;
+    /// `false` when another process took it first (a lost race).
+    pub fn claim_run_owner(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        expected: Option<&str>,
+        owner: &str,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("UPDATE dag_run SET owner = ?4 WHERE dag_id = ?1 AND run_id = ?2 AND owner IS ?3")?
+            .execute(params![dag_id, run_id, expected, owner])?
+            == 1)
+    }
+
     // ---- XCom -------------------------------------------------------------------------------
 
     pub fn set_xcom(&self, key: &TiKey, name: &str, value: &serde_json::Value, now: DateTime<Utc>) -> StoreResult<()> {
