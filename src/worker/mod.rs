@@ -331,6 +331,13 @@ impl Worker {
             })
             .await?;
         if recorded {
+            if let Some(at) = next_try_at {
+                tracing::warn!(
+                    dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
+                    next_try_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "task up for retry"
+                );
+            }
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
         } else {
             // Another process took the try over (or it was marked by hand): its state is theirs.
