@@ -15,7 +15,7 @@ use accessors::{
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use dates::{DatetimeClass, Delta, WHEN_ATTRIBUTES, When};
-use minijinja::value::{Object, Serde, Value, ValueKind};
+use minijinja::value::{Object, ObjectRepr, Serde, Value, ValueKind};
 use minijinja::{Environment, ErrorKind, Output, State, Template, UndefinedBehavior};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -289,6 +289,10 @@ impl Attributes {
 }
 
 impl Object for Attributes {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         self.attrs.get(key.as_str()?).map(json_value)
     }
@@ -752,6 +756,8 @@ mod tests {
             vec![("k2".to_string(), serde_json::json!([1, "x"])), ("k".to_string(), serde_json::json!(2))]
         );
         assert!(c.pushes.take().is_empty());
+        render("f", "{{ ti.xcom_push(key='when', value=logical_date) }}", &c).unwrap();
+        assert_eq!(c.pushes.take(), vec![("when".to_string(), serde_json::json!("2024-03-09T06:30:00+00:00"))]);
         let mut small = ctx();
         small.max_xcom_bytes = 8;
         let e = render("f", "{{ ti.xcom_push(key='k', value='0123456789') }}", &small).unwrap_err().to_string();
@@ -829,6 +835,11 @@ mod tests {
 
     #[test]
     fn connection_errors_never_show_the_password() {
+        for whole in
+            ["{{ conn }}", "{{ conn | pprint }}", "{{ conn.db | tojson }}", "{{ conn.db | pprint }}", "{{ debug() }}"]
+        {
+            assert!(!r(whole).contains("p@ss"), "{whole}");
+        }
         let e = err("{{ conn.bad.host }}");
         assert!(e.contains("connection `bad`") && e.contains("port"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
@@ -861,7 +872,7 @@ mod tests {
             ),
             "1 43200 60.0"
         );
-        assert_eq!(r("{{ macros.datetime }}"), "<class 'datetime.datetime'>");
+        assert_eq!(r("{{ macros.datetime }} {{ macros.time }}"), "<class 'datetime.datetime'> <module 'time'>");
         let random = r("{{ macros.random() }}").parse::<f64>().unwrap();
         assert!((0.0..1.0).contains(&random));
         let n = r("{{ macros.random.randint(3, 5) }}").parse::<i64>().unwrap();

@@ -410,18 +410,22 @@ impl Worker {
     /// `xcom_pull` appears, the prior successful run when a `prev_*_success` name does.
     async fn render_context(&self, task: &QueuedTask, needs: template::Needs) -> Result<TemplateContext, Ending> {
         let (dag_id, run_id, logical_date) = (task.key.dag_id.clone(), task.key.run_id.clone(), task.run.logical_date);
-        let (xcoms, previous) = self
-            .store
-            .read_async(move |tx| {
-                let xcoms = if needs.xcoms { tx.xcoms_of_run(&dag_id, &run_id)? } else { Vec::new() };
-                let previous =
-                    if needs.prev_success { tx.previous_successful_run(&dag_id, logical_date)? } else { None };
-                Ok((xcoms, previous))
-            })
-            .await
-            .map_err(|e| {
-                Ending::Failed(format!("cannot read what the templates of run `{}` need: {e}", task.key.run_id))
-            })?;
+        let xcoms = if needs.xcoms {
+            let (dag_id, run_id) = (dag_id.clone(), run_id.clone());
+            self.store
+                .read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id))
+                .await
+                .map_err(|e| Ending::Failed(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id)))?
+        } else {
+            Vec::new()
+        };
+        let previous = if needs.prev_success {
+            self.store.read_async(move |tx| tx.previous_successful_run(&dag_id, logical_date)).await.map_err(|e| {
+                Ending::Failed(format!("cannot read the previous successful run of DAG `{}`: {e}", task.key.dag_id))
+            })?
+        } else {
+            None
+        };
         let mut ctx = self.template_context(task, xcoms);
         ctx.prev_success = previous.map(|run| PrevSuccess {
             logical_date: run.logical_date,

@@ -137,7 +137,12 @@ impl TaskInstanceObject {
         if key.is_empty() || key.chars().count() > MAX_XCOM_KEY_CHARS {
             return Err(fail(format!("an XCom key has 1 to {MAX_XCOM_KEY_CHARS} characters")));
         }
-        let json = serde_json::to_value(&value).map_err(|e| fail(format!("XCom `{key}` cannot be stored: {e}")))?;
+        // A date or other object is stored as it renders (`2024-01-01T00:00:00+00:00`).
+        let json = if value.as_object().is_some_and(|o| matches!(o.repr(), ObjectRepr::Plain)) {
+            serde_json::Value::String(value.to_string())
+        } else {
+            serde_json::to_value(&value).map_err(|e| fail(format!("XCom `{key}` cannot be stored: {e}")))?
+        };
         let bytes = json.to_string().len() as u64;
         if bytes > self.max_xcom_bytes {
             return Err(fail(format!(
@@ -158,6 +163,10 @@ impl fmt::Display for TaskInstanceObject {
 }
 
 impl Object for TaskInstanceObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         Some(match key.as_str()? {
             "dag_id" => Value::from(self.dag_id.clone()),
@@ -226,6 +235,10 @@ impl fmt::Display for DagRunObject {
 }
 
 impl Object for DagRunObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         Some(match key.as_str()? {
             "dag_id" => Value::from(self.dag_id.clone()),
@@ -286,6 +299,14 @@ impl VarAccessor {
 }
 
 impl Object for VarAccessor {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.json { "<var.json>" } else { "<var.value>" })
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         self.lookup(key.as_str()?)?.ok()
     }
@@ -307,7 +328,7 @@ impl Object for VarAccessor {
 }
 
 /// A connection, from a `[connections.NAME] uri` parsed as Airflow's `Connection(uri=...)` does.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Connection {
     pub conn_id: String,
     pub conn_type: String,
@@ -471,6 +492,20 @@ impl Connection {
     }
 }
 
+impl fmt::Debug for Connection {
+    /// Without the password or the URI that holds it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("conn_id", &self.conn_id)
+            .field("conn_type", &self.conn_type)
+            .field("host", &self.host)
+            .field("login", &self.login)
+            .field("port", &self.port)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Display for Connection {
     /// Airflow's `str(conn)` is its id (never the password).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -479,6 +514,10 @@ impl fmt::Display for Connection {
 }
 
 impl Object for Connection {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let opt = |v: &Option<String>| v.clone().map(Value::from).unwrap_or(Value::from(()));
         Some(match key.as_str()? {
@@ -513,9 +552,14 @@ impl Object for Connection {
 }
 
 /// `conn`: connections by name, each parsed once when the context is built.
-#[derive(Debug)]
 pub struct ConnAccessor {
     pub connections: BTreeMap<String, Result<Arc<Connection>, String>>,
+}
+
+impl fmt::Debug for ConnAccessor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.connections.keys()).finish()
+    }
 }
 
 impl ConnAccessor {
@@ -544,6 +588,14 @@ impl ConnAccessor {
 }
 
 impl Object for ConnAccessor {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<conn>")
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match self.connections.get(key.as_str()?)? {
             Ok(conn) => Some(Value::from_dyn_object(conn.clone())),
@@ -588,6 +640,10 @@ impl Object for RandomModule {
         ObjectRepr::Plain
     }
 
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<built-in method random>")
+    }
+
     fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
         let () = from_args(args)?;
         Ok(Value::from(random_unit()))
@@ -620,6 +676,14 @@ impl Object for RandomModule {
 pub struct TimeModule;
 
 impl Object for TimeModule {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<module 'time'>")
+    }
+
     fn call_method(self: &Arc<Self>, _state: &mut State<'_, '_>, method: &str, args: &[Value]) -> Result<Value, Error> {
         match method {
             "time" => {
@@ -647,6 +711,10 @@ impl fmt::Display for Uuid {
 }
 
 impl Object for Uuid {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match key.as_str()? {
             "hex" => Some(Value::from(format!("{:032x}", self.0))),
@@ -660,6 +728,14 @@ impl Object for Uuid {
 }
 
 impl Object for UuidModule {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<module 'uuid'>")
+    }
+
     fn call_method(self: &Arc<Self>, _state: &mut State<'_, '_>, method: &str, args: &[Value]) -> Result<Value, Error> {
         match method {
             "uuid4" => {
@@ -679,6 +755,10 @@ impl Object for UuidModule {
 pub struct TimedeltaClass;
 
 impl Object for TimedeltaClass {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
         timedelta(args)
     }

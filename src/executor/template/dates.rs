@@ -6,7 +6,7 @@
 use super::fail;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use minijinja::value::{Kwargs, Object, Value, from_args};
+use minijinja::value::{Kwargs, Object, ObjectRepr, Value, from_args};
 use minijinja::{Error, ErrorKind, State};
 use std::cmp::Ordering;
 use std::fmt;
@@ -293,6 +293,10 @@ impl fmt::Display for When {
 }
 
 impl Object for When {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let at = &self.at;
         Some(match key.as_str()? {
@@ -475,6 +479,10 @@ impl DatetimeClass {
 }
 
 impl Object for DatetimeClass {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     /// `macros.datetime(2024, 1, 31, 6)`: a naive date-time; `tzinfo='Asia/Shanghai'` makes it aware.
     fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, Error> {
         let (year, month, day, rest, kwargs): (i32, u32, u32, &[Value], Kwargs) = from_args(args)?;
@@ -613,6 +621,10 @@ impl fmt::Display for Delta {
 }
 
 impl Object for Delta {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let (days, secs, micros) = self.parts();
         Some(match key.as_str()? {
