@@ -551,7 +551,9 @@ impl Config {
         }
         if let Some(level) = &self.logging.level {
             let shown: String = level.chars().take(64).collect();
-            let parsed = if level.len() > MAX_LOG_FILTER_BYTES {
+            let parsed = if level.trim().is_empty() {
+                Err("it is empty".to_string())
+            } else if level.len() > MAX_LOG_FILTER_BYTES {
                 Err(format!("is longer than {MAX_LOG_FILTER_BYTES} bytes"))
             } else if is_plain_level(level) {
                 Ok(())
@@ -885,5 +887,42 @@ mod tests {
         ]);
         let c = Config::load_from(&flags, e).unwrap();
         assert_eq!(c.secret_env_names(), ["DB_URI", "DING_URL", "RHAIFLOW__ALERTS__EMAIL__PASSWORD"]);
+    }
+
+    #[test]
+    fn log_levels_take_rust_log_directives_and_rust_log_overrides_the_file() {
+        let load = |toml: &str, vars: &[(&str, &str)]| {
+            let dir = home_with(toml);
+            Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(vars))
+        };
+        let c = load("[logging]\nlevel = \"info,rhaiflow::scheduler=debug\"\nformat = \"json\"\n", &[]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("info,rhaiflow::scheduler=debug"));
+        assert_eq!(c.logging.format, LogFormat::Json);
+        let c = load("[logging]\nlevel = \"info\"\n", &[("RUST_LOG", "debug")]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("debug"));
+        let c = load("", &[("RUST_LOG", "debug"), ("RHAIFLOW__LOGGING__LEVEL", "error")]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("error"));
+        assert_eq!(load("", &[]).unwrap().logging.level, None);
+        for bad in ["", "   ", "rhaiflow=loud", "[unclosed"] {
+            let err = load(&format!("[logging]\nlevel = {bad:?}\n"), &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config key `logging.level` (from ") && err.contains("is not a log level or filter"),
+                "{bad:?}: {err}"
+            );
+        }
+        let long = "a".repeat(5000);
+        let err = load("", &[("RUST_LOG", &long)]).unwrap_err().to_string();
+        assert!(err.contains("longer than 4096 bytes") && !err.contains(&long), "{err}");
+        let err = load("[logging]\nformat = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("logging.format"), "{err}");
+    }
+
+    #[test]
+    fn variables_that_are_tables_read_as_json() {
+        let dir = home_with("[variables]\ncfg = { a = 1, b = [true, \"x\"] }\nn = 3\ns = \"text\"\n");
+        let c = Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(&[])).unwrap();
+        let v = c.variables();
+        assert_eq!(v["cfg"], r#"{"a":1,"b":[true,"x"]}"#);
+        assert_eq!((v["n"].as_str(), v["s"].as_str()), ("3", "text"));
     }
 }
