@@ -194,11 +194,9 @@ fn report_event(event: &Event, report: &mut dyn FnMut(Progress)) {
         Event::TaskFinished { key, state, duration, try_number } => {
             let (dag_id, task_id, run_id) = (&key.dag_id, &key.task_id, &key.run_id);
             let duration_s = (duration * 1000.0).round() / 1000.0;
-            if matches!(state, crate::model::TaskState::Failed | crate::model::TaskState::UpForRetry) {
-                tracing::warn!(%dag_id, %task_id, %run_id, try_number, %state, duration_s, "task finished");
-            } else {
-                tracing::info!(%dag_id, %task_id, %run_id, try_number, %state, duration_s, "task finished");
-            }
+            // At `info` like every line of the scheduler's own doing: `dags test` and `backfill`
+            // (at `warn`) print their own progress lines.
+            tracing::info!(%dag_id, %task_id, %run_id, try_number, %state, duration_s, "task finished");
             report(Progress::Finished(key, *state, *duration))
         }
         Event::Wake | Event::Shutdown => {}

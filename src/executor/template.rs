@@ -688,6 +688,8 @@ mod tests {
         assert_eq!(needs(["{{ prev_start_date_success }}"]), Needs { xcoms: false, prev_success: true });
         assert!(needs(["x", "{{ prev_data_interval_end_success | ds }}"]).prev_success);
         assert_eq!(needs(["{{ ds "]), Needs::default());
+        assert!(needs(["{{ [ti][0].xcom_pull('a') }}"]).xcoms);
+        assert!(needs(["{% macro f(t) %}{{ t.xcom_pull('a') }}{% endmacro %}{{ f(task_instance) }}"]).xcoms);
     }
 
     #[test]
@@ -845,6 +847,14 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let e = err("{{ conn.get('bad') }}");
         assert!(!e.contains("hunter2"), "{e}");
+        let mut c = ctx();
+        c.connections.insert("x".into(), "http://h?__extra__=notjson".into());
+        let e = render("f", "{{ conn.x.extra_dejson.a }}", &c).unwrap_err().to_string();
+        assert!(e.contains("connection `x`: its extra is not JSON"), "{e}");
+        let e = render("f", "{% for t in ['a'] %}{{ t.nope }}{% endfor %}", &c).unwrap_err().to_string();
+        assert!(e.starts_with("template error in `f` at line 1: "), "{e}");
+        let e = err("{{ dag_run.conf.zz }}");
+        assert!(e.contains("`dag_run.conf.zz` is undefined (`dag_run.conf` has `n`, `x`)"), "{e}");
         let e = err("{{ conn.dbb.host }}");
         assert!(e.contains("connection `dbb` is not defined — did you mean `db`?"), "{e}");
     }

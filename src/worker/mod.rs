@@ -332,7 +332,7 @@ impl Worker {
             .await?;
         if recorded {
             if let Some(at) = next_try_at {
-                tracing::warn!(
+                tracing::info!(
                     dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
                     next_try_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "task up for retry"
