@@ -961,6 +961,7 @@ mod tests {
             "{{ macros.datetime(99999, 1, 1) }}",
             "{{ macros.datetime.strptime('x', '%Y') }}",
             "{{ macros.datetime.fromtimestamp(1e300) }}",
+            "{{ macros.datetime.fromtimestamp(-1e11) }}",
             "{{ macros.timedelta(days=1e300) }}",
             "{{ macros.random.randint(5, 3) }}",
             "{{ macros.random.randint(-9223372036854775807, 9223372036854775807) }}",

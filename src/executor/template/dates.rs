@@ -542,6 +542,7 @@ impl Object for DatetimeClass {
                 let at = (ts.is_finite() && ts.abs() < 2.5e11)
                     .then(|| DateTime::<Utc>::from_timestamp_micros((ts * 1e6) as i64))
                     .flatten()
+                    .filter(|at| (1..=9999).contains(&at.year()))
                     .ok_or_else(|| fail(format!("timestamp `{ts}` is outside the supported dates")))?;
                 Ok(match tz {
                     Some(tz) => Value::from_object(When { at: at.with_timezone(&tz_arg(&tz)?), kind: Kind::Aware }),
