@@ -244,14 +244,40 @@ pub struct LoggingConfig {
     pub base_log_folder: PathBuf,
     /// Bytes kept per task try log; output beyond is dropped with a marker line.
     pub max_log_bytes: u64,
-    /// `error`, `warn`, `info`, `debug` or `trace`, for rhaiflow's own log on stderr.
-    pub level: String,
+    /// rhaiflow's own log on stderr: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// `RUST_LOG`-style directives (`info,rhaiflow::scheduler=debug`). `RUST_LOG` overrides the
+    /// file; unset, `scheduler` logs at `info` and other commands at `warn`.
+    pub level: Option<String>,
+    /// `text` (human lines) or `json` (one JSON object a line).
+    pub format: LogFormat,
+}
+
+/// `[logging] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { base_log_folder: PathBuf::from("logs"), max_log_bytes: 10 << 20, level: "warn".into() }
+        LoggingConfig {
+            base_log_folder: PathBuf::from("logs"),
+            max_log_bytes: 10 << 20,
+            level: None,
+            format: LogFormat::Text,
+        }
     }
+}
+
+/// Longest `[logging] level` / `RUST_LOG` accepted.
+const MAX_LOG_FILTER_BYTES: usize = 4096;
+
+/// A plain level word (`info`), as opposed to `RUST_LOG` directives.
+pub fn is_plain_level(filter: &str) -> bool {
+    ["off", "error", "warn", "info", "debug", "trace"].iter().any(|l| filter.trim().eq_ignore_ascii_case(l))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -437,6 +463,13 @@ impl Config {
             set_path(&mut tree, &path, value);
             origins.insert(key, Origin::Env(var.clone()));
         }
+        // `RUST_LOG` sets the log filter over the file; `RHAIFLOW__LOGGING__LEVEL` wins over both.
+        if let Some(filter) = env.vars.get("RUST_LOG").filter(|v| !v.trim().is_empty())
+            && !matches!(origins.get("logging.level"), Some(Origin::Env(_)))
+        {
+            set_path(&mut tree, &["logging".to_string(), "level".to_string()], toml::Value::String(filter.clone()));
+            origins.insert("logging.level".into(), Origin::Env("RUST_LOG".into()));
+        }
         // `--dags-folder` replaces the file's and the environment's value here, and its path is set
         // after deserialising: a path need not be UTF-8.
         let flag_values = [
@@ -525,11 +558,26 @@ impl Config {
                 return Err(key_error(key, format!("{}, got {shown}", bound.describe())));
             }
         }
-        if !matches!(self.logging.level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-            return Err(key_error(
-                "logging.level",
-                format!("must be error, warn, info, debug or trace, not `{}`", self.logging.level),
-            ));
+        if let Some(level) = &self.logging.level {
+            let shown: String = level.chars().take(64).collect();
+            let parsed = if level.trim().is_empty() {
+                Err("it is empty".to_string())
+            } else if level.len() > MAX_LOG_FILTER_BYTES {
+                Err(format!("is longer than {MAX_LOG_FILTER_BYTES} bytes"))
+            } else if is_plain_level(level) {
+                Ok(())
+            } else {
+                tracing_subscriber::EnvFilter::builder().parse(level).map(|_| ()).map_err(|e| e.to_string())
+            };
+            if let Err(why) = parsed {
+                return Err(key_error(
+                    "logging.level",
+                    format!(
+                        "`{shown}` is not a log level or filter ({why}); write error, warn, info, debug or trace, \
+                         or directives such as `info,rhaiflow::scheduler=debug`"
+                    ),
+                ));
+            }
         }
         let postgres = ["postgres://", "postgresql://"].iter().any(|p| self.database.url.starts_with(p));
         if self.database_path().is_none() && !postgres {
@@ -610,10 +658,17 @@ impl Config {
 
     /// `[variables]` as strings, for `{{ var.value.NAME }}`.
     pub fn variables(&self) -> BTreeMap<String, String> {
-        self.variables
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
-            .collect()
+        self.variables.iter().map(|(k, v)| (k.clone(), variable_text(v))).collect()
+    }
+}
+
+/// A `[variables]` value as Airflow stores variables, as text: strings as written, other values
+/// as JSON (so `var.json.NAME` reads a TOML table or array), dates as TOML writes them.
+fn variable_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| other.to_string()),
     }
 }
 
@@ -845,5 +900,42 @@ mod tests {
         ]);
         let c = Config::load_from(&flags, e).unwrap();
         assert_eq!(c.secret_env_names(), ["DB_URI", "DING_URL", "RHAIFLOW__ALERTS__EMAIL__PASSWORD"]);
+    }
+
+    #[test]
+    fn log_levels_take_rust_log_directives_and_rust_log_overrides_the_file() {
+        let load = |toml: &str, vars: &[(&str, &str)]| {
+            let dir = home_with(toml);
+            Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(vars))
+        };
+        let c = load("[logging]\nlevel = \"info,rhaiflow::scheduler=debug\"\nformat = \"json\"\n", &[]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("info,rhaiflow::scheduler=debug"));
+        assert_eq!(c.logging.format, LogFormat::Json);
+        let c = load("[logging]\nlevel = \"info\"\n", &[("RUST_LOG", "debug")]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("debug"));
+        let c = load("", &[("RUST_LOG", "debug"), ("RHAIFLOW__LOGGING__LEVEL", "error")]).unwrap();
+        assert_eq!(c.logging.level.as_deref(), Some("error"));
+        assert_eq!(load("", &[]).unwrap().logging.level, None);
+        for bad in ["", "   ", "rhaiflow=loud", "[unclosed"] {
+            let err = load(&format!("[logging]\nlevel = {bad:?}\n"), &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config key `logging.level` (from ") && err.contains("is not a log level or filter"),
+                "{bad:?}: {err}"
+            );
+        }
+        let long = "a".repeat(5000);
+        let err = load("", &[("RUST_LOG", &long)]).unwrap_err().to_string();
+        assert!(err.contains("longer than 4096 bytes") && !err.contains(&long), "{err}");
+        let err = load("[logging]\nformat = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("logging.format"), "{err}");
+    }
+
+    #[test]
+    fn variables_that_are_tables_read_as_json() {
+        let dir = home_with("[variables]\ncfg = { a = 1, b = [true, \"x\"] }\nn = 3\ns = \"text\"\n");
+        let c = Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(&[])).unwrap();
+        let v = c.variables();
+        assert_eq!(v["cfg"], r#"{"a":1,"b":[true,"x"]}"#);
+        assert_eq!((v["n"].as_str(), v["s"].as_str()), ("3", "text"));
     }
 }

@@ -230,6 +230,16 @@ impl Timetable {
         }
     }
 
+    /// Airflow's `dag.previous_schedule(logical_date)` (the template's `prev_execution_date`):
+    /// the schedule's logical date before `logical`; `None` for `@once` and manual-only DAGs.
+    pub fn previous_logical_date(&self, logical: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Timetable::None | Timetable::Once => None,
+            Timetable::Cron { .. } => self.prev_tick(logical),
+            Timetable::Delta { every } => logical.checked_sub_signed(every.as_chrono()),
+        }
+    }
+
     /// The data interval of a run triggered by hand at `run_after`: the last complete period.
     pub fn infer_manual_data_interval(&self, run_after: DateTime<Utc>) -> DataInterval {
         match self {

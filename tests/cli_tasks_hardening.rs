@@ -27,7 +27,7 @@ fn a_task_that_cannot_start_fails_with_its_reason_and_retries() {
         r#"let dag = DAG("broken", #{{ {MANUAL} }});
         let add = BashOperator(#{{ task_id: "add", retries: 1, retry_delay: seconds(0),
             bash_command: "echo {{{{ macros.ds_add(ds, 1000000000) }}}}" }});
-        let fmt = BashOperator(#{{ task_id: "fmt", bash_command: "echo {{{{ macros.ds_format(ds, '%Y-%m-%d', '%H') }}}}" }});
+        let fmt = BashOperator(#{{ task_id: "fmt", bash_command: "echo {{{{ macros.ds_format(ds, '%Y-%m-%d', '%Q') }}}}" }});
         let nowhere = BashOperator(#{{ task_id: "nowhere", bash_command: "true", cwd: "$HOME_DIR/missing" }});"#
     );
     let home = Home::new(&[("broken.rhai", &dag)]);
@@ -134,7 +134,7 @@ fn tasks_do_not_inherit_the_variables_rhaiflow_reads_secrets_from() {
     let dag = format!(
         r#"let dag = DAG("env", #{{ {MANUAL} }});
         let plain = BashOperator(#{{ task_id: "plain", bash_command: "echo uri=${{DB_URI:-unset}} pw=${{RHAIFLOW__ALERTS__EMAIL__PASSWORD:-unset}} other=${{OTHER_VAR:-unset}}" }});
-        let asks = BashOperator(#{{ task_id: "asks", append_env: true, env: #{{ DB_URI: "{{{{ conn.db }}}}" }},
+        let asks = BashOperator(#{{ task_id: "asks", append_env: true, env: #{{ DB_URI: "{{{{ conn.db.get_uri() }}}}" }},
             bash_command: "echo uri=${{DB_URI:-unset}} other=${{OTHER_VAR:-unset}}" }});"#
     );
     let home = Home::new(&[("env.rhai", &dag)]);
@@ -230,7 +230,7 @@ fn a_database_that_is_not_rhaiflows_is_refused_and_an_old_one_is_adopted() {
 fn a_task_log_shows_the_command_with_secrets_masked_a_stamp_on_every_line_and_how_it_ended() {
     let dag = format!(
         r#"let dag = DAG("readable", #{{ {MANUAL} }});
-        let t = BashOperator(#{{ task_id: "t", bash_command: "echo hello; true {{{{ conn.db }}}} {{{{ var.value.api_token }}}}; exit 3" }});"#
+        let t = BashOperator(#{{ task_id: "t", bash_command: "echo hello; true {{{{ conn.db.get_uri() }}}} {{{{ var.value.api_token }}}}; exit 3" }});"#
     );
     let home = Home::new(&[("readable.rhai", &dag)]);
     std::fs::write(

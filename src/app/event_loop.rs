@@ -73,9 +73,14 @@ pub async fn drive(parts: LoopParts<'_>, report: &mut dyn FnMut(Progress)) -> an
         if need_pass {
             let pass = run_pass(scheduler, clock, pending.is_some())?;
             for (key, state) in &pass.decided {
+                tracing::info!(
+                    dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, %state,
+                    "task decided without running"
+                );
                 report(Progress::Finished(key, *state, 0.0));
             }
             for (dag_id, run_id, state) in &pass.finished_runs {
+                tracing::info!(%dag_id, %run_id, %state, "run finished");
                 report(Progress::RunFinished(dag_id, run_id, *state));
                 if let Some(p) = &mut pending {
                     p.remove(&(dag_id.clone(), run_id.clone()));
@@ -182,8 +187,21 @@ async fn sleep_for(due: Option<Duration>) {
 
 fn report_event(event: &Event, report: &mut dyn FnMut(Progress)) {
     match event {
-        Event::TaskStarted { key, try_number } => report(Progress::Started(key, *try_number)),
-        Event::TaskFinished { key, state, duration, .. } => report(Progress::Finished(key, *state, *duration)),
+        Event::TaskStarted { key, try_number } => {
+            tracing::info!(
+                dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
+                "task started"
+            );
+            report(Progress::Started(key, *try_number))
+        }
+        Event::TaskFinished { key, state, duration, try_number } => {
+            let (dag_id, task_id, run_id) = (&key.dag_id, &key.task_id, &key.run_id);
+            let duration_s = (duration * 1000.0).round() / 1000.0;
+            // At `info` like every line of the scheduler's own doing: `dags test` and `backfill`
+            // (at `warn`) print their own progress lines.
+            tracing::info!(%dag_id, %task_id, %run_id, try_number, %state, duration_s, "task finished");
+            report(Progress::Finished(key, *state, *duration))
+        }
         Event::Wake | Event::Shutdown => {}
     }
 }

@@ -2,6 +2,7 @@
 //! event loop that connects them, and owns shutdown. `service` holds the rules the front ends share.
 
 mod event_loop;
+pub mod logging;
 mod service;
 
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
@@ -261,22 +262,37 @@ impl App {
         }
         let (versions, bag) = self.sync_dags(store, Utc::now())?;
         for e in &bag.import_errors {
-            tracing::warn!(file = %e.file, "DAG file failed to load; see `rhaiflow dags list-import-errors`");
+            let first = e.diagnostics.first();
+            let line = first.and_then(|d| d.pos.as_ref().map(|p| p.line));
+            let error = first.map(|d| d.message.as_str()).unwrap_or("unknown error");
+            tracing::warn!(
+                file = %e.file,
+                line,
+                errors = e.diagnostics.len(),
+                error,
+                "import error: DAG file failed to load; see `rhaiflow dags list-import-errors`"
+            );
         }
         if shutdown_requested(&mut rx) {
+            tracing::info!("stopped during start-up");
             eprintln!("rhaiflow scheduler: stopped during start-up");
             return Ok(());
         }
         let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::All);
         scheduler.set_dags(&versions);
         // The scheduler keeps one copy of each spec; the loader's JSON and bag are not needed.
-        let dag_count = versions.len();
+        let (dag_count, import_error_count) = (versions.len(), bag.import_errors.len());
         drop((versions, bag));
         release_free_memory();
         let socket = self.wake_socket()?;
         runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
         runtime.spawn(take_over_periodically(worker.clone(), self.heartbeat_every(), TakeOver::All));
-        eprintln!("rhaiflow scheduler: {dag_count} DAG(s) from {}", self.config.core.dags_folder.display());
+        tracing::info!(
+            dags = dag_count,
+            import_errors = import_error_count,
+            dags_folder = %self.config.core.dags_folder.display(),
+            "scheduler started"
+        );
         let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
         let parts =
             LoopParts { scheduler: &mut scheduler, worker, events: rx, clock: &SystemClock, until: None, grace };

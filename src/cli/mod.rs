@@ -213,7 +213,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
     let config = Config::load(&flags)?;
-    init_tracing(&config.logging.level);
+    let default_level = if matches!(cli.command, Command::Scheduler) { "info" } else { "warn" };
+    crate::app::logging::init(&config.logging, default_level);
     let app = App::new(config)?;
     let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
     match cli.command {
@@ -263,12 +264,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }
-}
-
-fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(format!("rhaiflow={level}"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// What every command gets.

@@ -522,12 +522,18 @@ impl Scheduler {
         let row = tx.dag(dag_id)?;
         match &row {
             None => {
+                if self.latest.contains_key(dag_id) {
+                    tracing::info!(%dag_id, "DAG removed: it no longer loads from the dags folder");
+                }
                 self.latest.remove(dag_id);
                 self.next_due.remove(dag_id);
                 self.blocked.remove(dag_id);
             }
             Some(r) => {
                 if self.latest.get(dag_id).is_none_or(|p| p.hash != r.latest_version_hash) {
+                    let version = r.latest_version_hash.get(..12).unwrap_or(&r.latest_version_hash);
+                    let what = if self.latest.contains_key(dag_id) { "DAG changed" } else { "DAG added" };
+                    tracing::info!(%dag_id, version, "{what}: new runs use this version");
                     let pinned = self.pinned(tx, dag_id, &r.latest_version_hash)?;
                     self.latest.insert(dag_id.to_string(), pinned);
                     self.set_due(dag_id.to_string(), now);
@@ -536,10 +542,12 @@ impl Scheduler {
         }
         let paused = row.as_ref().is_some_and(|r| r.is_paused);
         if paused && self.paused.insert(dag_id.to_string()) {
+            tracing::info!(%dag_id, "DAG paused: its runs wait");
             for key in self.runs_of(dag_id) {
                 self.remove_view(&key);
             }
         } else if !paused && self.paused.remove(dag_id) {
+            tracing::info!(%dag_id, "DAG unpaused");
             for run in tx.active_runs_of_dag(dag_id)? {
                 let key = (run.dag_id.clone(), run.run_id.clone());
                 if self.wanted(&run) && !self.views.contains_key(&key) {
@@ -675,6 +683,13 @@ impl Scheduler {
                     now,
                 );
                 if insert_run(tx, &dag, &run)? {
+                    tracing::info!(
+                        dag_id = %run.dag_id,
+                        run_id = %run.run_id,
+                        logical_date = %run.logical_date.to_rfc3339(),
+                        data_interval_end = %run.data_interval_end.to_rfc3339(),
+                        "run created"
+                    );
                     running += 1;
                     let tis = tx.task_states_of_run(&run.dag_id, &run.run_id)?;
                     self.add_view(tx, run, tis)?;

@@ -4,6 +4,7 @@
 //! (`store.write(|tx| ...)`). SQLite today; the face carries no driver types so PostgreSQL can be
 //! added behind it.
 
+mod context;
 mod migrations;
 mod scheduling;
 
@@ -980,8 +981,9 @@ impl Tx<'_> {
 
     /// Every XCom of a run: `(task_id, key, value)`.
     pub fn xcoms_of_run(&self, dag_id: &str, run_id: &str) -> StoreResult<Vec<(String, String, serde_json::Value)>> {
-        let mut stmt =
-            self.tx.prepare_cached("SELECT task_id, key, value FROM xcom WHERE dag_id = ?1 AND run_id = ?2")?;
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT task_id, key, value FROM xcom WHERE dag_id = ?1 AND run_id = ?2 ORDER BY created_at",
+        )?;
         let rows = stmt.query_map([dag_id, run_id], |r| {
             let value: String = r.get(2)?;
             Ok((r.get(0)?, r.get(1)?, serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value))))

@@ -2,12 +2,14 @@
 //! templates, runs its operator through the executor with heartbeats, and writes the outcome —
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
-use crate::executor::template::{TemplateContext, TemplateError, render};
+use crate::executor::template::{self, PrevSuccess, TemplateContext, TemplateError, XcomPushes, render};
 use crate::executor::{
     BashOutcome, BashRun, Exit, RunningBash, is_same_process, kill_group, log_line, process_token, read_status,
     spawn_bash,
 };
-use crate::model::{DagSpec, Event, Operator, QueuedTask, RunInfo, TaskState, TiEvent, TiKey, retry_delay, transition};
+use crate::model::{
+    DagSpec, Event, Operator, QueuedTask, RunInfo, RunType, TaskState, TiEvent, TiKey, retry_delay, transition,
+};
 use crate::store::{NewAlert, Store, StoreError, TiChange, TiRow};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,6 +20,9 @@ use std::time::Duration;
 mod owner;
 
 pub use owner::{Liveness, Runner};
+
+/// XComs a task's templates pushed: `(key, value)`.
+type Pushed = Vec<(String, serde_json::Value)>;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -208,7 +213,7 @@ impl Worker {
         let started = now();
         // For a bash task the process is started gated first, so the claim can record its process
         // group in the same transaction, before the command runs.
-        let prepared = self.prepare(&task, &log_path).await;
+        let (prepared, pushed) = self.prepare(&task, &log_path).await;
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
             if let Ok(Some(bash)) = prepared {
                 bash.abort().await;
@@ -237,6 +242,9 @@ impl Worker {
                 let ok = tx.set_ti_state(&claim_key, TaskState::Queued, running, &claim)?;
                 if ok {
                     tx.clear_xcoms(&claim_key)?;
+                    for (name, value) in &pushed {
+                        tx.set_xcom(&claim_key, name, value, started)?;
+                    }
                 }
                 Ok(ok)
             })
@@ -340,6 +348,13 @@ impl Worker {
             })
             .await?;
         if recorded {
+            if let Some(at) = next_try_at {
+                tracing::info!(
+                    dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
+                    next_try_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "task up for retry"
+                );
+            }
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
         } else {
             // Another process took the try over (or it was marked by hand): its state is theirs.
@@ -374,28 +389,69 @@ impl Worker {
 
     /// Gets the operator ready: for `BashOperator`, renders its templates and starts the gated
     /// process; `Ok(None)` for an operator with nothing to run; `Err` for one that cannot run.
-    async fn prepare(&self, task: &QueuedTask, log_path: &std::path::Path) -> Result<Option<RunningBash>, Ending> {
+    /// Also returns the XComs its templates pushed (`ti.xcom_push`), for the claim to write.
+    async fn prepare(
+        &self,
+        task: &QueuedTask,
+        log_path: &std::path::Path,
+    ) -> (Result<Option<RunningBash>, Ending>, Pushed) {
         match &task.task().operator {
-            Operator::EmptyOperator => Ok(None),
-            Operator::BashOperator { bash_command, env, .. } => {
-                let pulls_xcom = bash_command.contains("xcom_pull") || env.values().any(|v| v.contains("xcom_pull"));
-                let xcoms = if pulls_xcom {
-                    let (dag_id, run_id) = (task.key.dag_id.clone(), task.key.run_id.clone());
-                    self.store.read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id)).await.map_err(|e| {
-                        Ending::Failed(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id))
-                    })?
-                } else {
-                    Vec::new()
+            Operator::EmptyOperator => (Ok(None), Vec::new()),
+            Operator::BashOperator { bash_command, env, cwd, .. } => {
+                let fields = std::iter::once(bash_command.as_str())
+                    .chain(env.values().map(String::as_str))
+                    .chain(cwd.as_deref());
+                let ctx = match self.render_context(task, template::needs(fields)).await {
+                    Ok(ctx) => ctx,
+                    Err(ending) => return (Err(ending), Vec::new()),
                 };
-                let ctx = self.template_context(task, xcoms);
-                let run = bash_run(task, &ctx, &self.settings, log_path).map_err(|e| Ending::Failed(e.to_string()))?;
-                spawn_bash(run).await.map(Some).map_err(|e| Ending::Failed(e.to_string()))
+                let run = bash_run(task, &ctx, &self.settings, log_path).map_err(|e| Ending::Failed(e.to_string()));
+                let pushed = ctx.pushes.take();
+                let started = match run {
+                    Ok(run) => spawn_bash(run).await.map(Some).map_err(|e| Ending::Failed(e.to_string())),
+                    Err(ending) => Err(ending),
+                };
+                (started, pushed)
             }
-            other => Err(Ending::Failed(format!(
-                "`{}` cannot run in this version of rhaiflow yet (only BashOperator and EmptyOperator run)",
-                other.name()
-            ))),
+            other => (
+                Err(Ending::Failed(format!(
+                    "`{}` cannot run in this version of rhaiflow yet (only BashOperator and EmptyOperator run)",
+                    other.name()
+                ))),
+                Vec::new(),
+            ),
         }
+    }
+
+    /// The template context, with the store reads its templates need: the run's XComs when
+    /// `xcom_pull` appears, the prior successful run when a `prev_*_success` name does.
+    async fn render_context(&self, task: &QueuedTask, needs: template::Needs) -> Result<TemplateContext, Ending> {
+        let (dag_id, run_id, logical_date) = (task.key.dag_id.clone(), task.key.run_id.clone(), task.run.logical_date);
+        let xcoms = if needs.xcoms {
+            let (dag_id, run_id) = (dag_id.clone(), run_id.clone());
+            self.store
+                .read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id))
+                .await
+                .map_err(|e| Ending::Failed(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id)))?
+        } else {
+            Vec::new()
+        };
+        let previous = if needs.prev_success {
+            self.store.read_async(move |tx| tx.previous_successful_run(&dag_id, logical_date)).await.map_err(|e| {
+                Ending::Failed(format!("cannot read the previous successful run of DAG `{}`: {e}", task.key.dag_id))
+            })?
+        } else {
+            None
+        };
+        let mut ctx = self.template_context(task, xcoms);
+        ctx.prev_success = previous.map(|run| PrevSuccess {
+            logical_date: run.logical_date,
+            data_interval_start: run.data_interval_start,
+            data_interval_end: run.data_interval_end,
+            start_date: run.start_date,
+            end_date: run.end_date,
+        });
+        Ok(ctx)
     }
 
     fn spawn_heartbeat(&self, key: TiKey) -> tokio::task::JoinHandle<()> {
@@ -481,7 +537,8 @@ impl Worker {
     }
 }
 
-/// Airflow's template context for one task instance.
+/// Airflow's template context for one task instance. `prev_success` is left for the caller to
+/// read when a template asks for it (`template::needs`).
 pub fn template_context(
     task: &QueuedTask,
     settings: &WorkerSettings,
@@ -493,21 +550,77 @@ pub fn template_context(
         // As Airflow's `dag_run_conf_overrides_params`.
         params.extend(conf.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    let (prev_logical_date, next_logical_date) = schedule_neighbours(task);
+    let (dag, t) = (&task.dag, task.task());
+    let dag_attrs = serde_json::json!({
+        "dag_id": dag.dag_id,
+        "description": dag.description,
+        "owner": dag.owners().join(", "),
+        "tags": dag.tags,
+        "schedule_interval": dag.schedule.to_string(),
+        "timezone": dag.timezone.to_string(),
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "max_active_tasks": dag.max_active_tasks,
+        "params": dag.params,
+        "fileloc": dag.fileloc,
+        "doc_md": dag.doc_md,
+    });
+    let task_attrs = serde_json::json!({
+        "task_id": t.task_id,
+        "dag_id": dag.dag_id,
+        "task_type": t.operator.name(),
+        "owner": t.owner,
+        "retries": t.retries,
+        "queue": t.queue,
+        "pool": t.pool,
+        "pool_slots": t.pool_slots,
+        "priority_weight": t.priority_weight,
+        "email": t.email,
+        "trigger_rule": t.trigger_rule,
+        "depends_on_past": t.depends_on_past,
+        "params": t.params,
+        "doc_md": t.doc_md,
+    });
     TemplateContext {
         dag_id: task.key.dag_id.clone(),
         task_id: task.key.task_id.clone(),
         run_id: task.key.run_id.clone(),
+        run_type: task.run.run_type.as_str().to_string(),
         logical_date: task.run.logical_date,
         data_interval_start: task.run.data_interval_start,
         data_interval_end: task.run.data_interval_end,
+        prev_logical_date,
+        next_logical_date,
+        prev_success: None,
         try_number: task.try_number,
         max_tries: task.max_tries,
+        hostname: settings.hostname.clone(),
         params,
         conf: task.run.conf.clone(),
         variables: settings.variables.clone(),
         connections: settings.connections.clone(),
         xcoms,
+        dag: (format!("<DAG: {}>", dag.dag_id), dag_attrs),
+        task: (format!("<Task({}): {}>", t.operator.name(), t.task_id), task_attrs),
+        pushes: XcomPushes::default(),
+        max_xcom_bytes: settings.max_xcom_bytes,
     }
+}
+
+/// `prev_execution_date` and `next_execution_date` as Airflow 2.10 computes them: the logical
+/// date itself for a manual run, else the schedule's logical dates around this run's.
+fn schedule_neighbours(task: &QueuedTask) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    let logical = task.run.logical_date;
+    if task.run.run_type == RunType::Manual {
+        return (Some(logical), Some(logical));
+    }
+    let Ok(timetable) = crate::schedule::Timetable::new(&task.dag) else { return (None, None) };
+    let interval =
+        crate::schedule::DataInterval { start: task.run.data_interval_start, end: task.run.data_interval_end };
+    let unrestricted = crate::schedule::Restriction { earliest: None, latest: None, catchup: true };
+    let next = timetable.next_dagrun_info(Some(interval), unrestricted, logical).map(|info| info.logical_date);
+    (timetable.previous_logical_date(logical), next)
 }
 
 /// The `bash -c` for a `BashOperator` task: rendered command and env, context variables, limits.
