@@ -118,11 +118,10 @@ fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
     // The owner is gone; the task now writes 5,000 lines (the pipe a dead owner read from would
     // have killed it with SIGPIPE) and records how it ended.
     std::fs::write(home.path().join("go"), "").unwrap();
-    let status = dir.join("attempt=1.status");
-    wait_until("the status file", || status.exists().then_some(()));
-    let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
-    assert_eq!(recorded["exit_code"], 0, "{recorded}");
-    assert_eq!(recorded["last_line"], "finished", "{recorded}");
+    let recorded = wait_until("the recorded outcome", || rhaiflow::executor::read_status(&log));
+    assert_eq!(recorded.exit, rhaiflow::executor::Exit::Code(0), "{recorded:?}");
+    assert_eq!(recorded.last_line.as_deref(), Some("finished"), "{recorded:?}");
+    assert!(!dir.join("attempt=1.status").exists(), "a small outcome is an attribute of the log, not a file");
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().filter_map(|l| l.split_once("] ").map(|(_, l)| l)).collect();
     let at = lines.iter().position(|l| *l == "line-5000").expect("the log is complete");
@@ -173,16 +172,14 @@ fn the_database_its_wal_and_the_logs_are_private_whatever_the_umask() {
         .stderr(Stdio::null());
     let _scheduler = Running(Some(cmd.spawn().unwrap()));
     wait_until("the task to finish", || {
-        task_log_dir(&home, "priv", "t").join("attempt=1.status").exists().then_some(())
+        rhaiflow::executor::read_status(&task_log_dir(&home, "priv", "t").join("attempt=1.log"))
     });
-    let status = task_log_dir(&home, "priv", "t").join("attempt=1.status");
     let db = home.path().join("rhaiflow.db");
     for file in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
     let dir = task_log_dir(&home, "priv", "t");
     assert_eq!(mode(&dir.join("attempt=1.log")), 0o600);
-    assert_eq!(mode(&status), 0o600);
     for d in [home.path().join("logs"), dir.parent().unwrap().parent().unwrap().to_path_buf(), dir.clone()] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }

@@ -1,6 +1,7 @@
 //! The executor through the real binary as task supervisor: exit codes, output and last line,
 //! timeouts that kill the whole group, gating, bounded output (split long lines, capped logs that
-//! keep a line's head, the XCom's full size), the status file, and process tokens.
+//! keep a line's head, the XCom's full size), the recorded outcome (an attribute of the log, or the
+//! status file when it is big), and process tokens.
 
 use rhaiflow::executor::{
     BashRun, Exit, group_alive, is_same_process, is_task_group, process_token, read_status, spawn_bash,
@@ -187,4 +188,25 @@ async fn a_missing_cwd_is_an_error_that_names_it() {
     r.cwd = Some(dir.path().join("nowhere"));
     let err = spawn_bash(r).await.err().expect("a missing cwd cannot start").to_string();
     assert!(err.contains("`cwd`") && err.contains("nowhere"), "{err}");
+}
+
+#[tokio::test]
+async fn an_outcome_too_big_for_the_logs_attribute_goes_to_a_private_status_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let small = spawn_bash(run(dir.path(), "echo small")).await.unwrap().wait().await;
+    assert!(!dir.path().join("attempt=1.status").exists(), "a small outcome needs no file");
+    assert_eq!(read_status(&dir.path().join("attempt=1.log")), Some(small));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = spawn_bash(run(dir.path(), "head -c 5000 /dev/zero | tr '\\0' z; echo")).await.unwrap().wait().await;
+    assert_eq!(out.last_line.as_ref().map(String::len), Some(5000));
+    let file = dir.path().join("attempt=1.status");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(read_status(&dir.path().join("attempt=1.log")), Some(out));
+
+    // The same try run again (`tasks test`): neither the old file nor the old attribute counts.
+    let running = spawn_bash(run(dir.path(), "sleep 30")).await.unwrap();
+    assert_eq!(read_status(&dir.path().join("attempt=1.log")), None, "an earlier run's outcome is not this run's");
+    running.abort().await;
 }

@@ -10,7 +10,7 @@ mod process;
 pub mod supervisor;
 pub mod template;
 
-pub use process::{is_same_process, process_token, read_status, status_path};
+pub use process::{STATUS_XATTR, STATUS_XATTR_MAX, is_same_process, process_token, read_status, status_path};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -107,9 +107,11 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     if let Some(dir) = run.log_path.parent() {
         create_private_dirs(dir).map_err(log_err)?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&run.log_path).map_err(log_err)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&run.log_path).map_err(log_err)?;
     // A status left by an earlier run of the same try (`tasks test`) is not this run's.
     let _ = std::fs::remove_file(status_path(&run.log_path));
+    let _ = rustix::fs::fremovexattr(&log, STATUS_XATTR);
+    drop(log);
     if let Some(cwd) = &run.cwd {
         match std::fs::metadata(cwd) {
             Ok(m) if m.is_dir() => {}

@@ -36,15 +36,33 @@ pub fn is_same_process(pid: u32, token: Option<&str>) -> bool {
     }
 }
 
-/// Where a finished try's outcome is recorded: beside its log, `attempt=N.status`.
+/// Where a finished try's outcome is recorded when it does not fit in [`STATUS_XATTR`]: beside
+/// its log, `attempt=N.status`.
 pub fn status_path(log_path: &Path) -> PathBuf {
     log_path.with_extension("status")
 }
 
-/// The outcome recorded beside a try's log by its supervisor, if the try finished
-/// (`{"exit_code": 0, "last_line": …, "last_line_bytes": …}` or `{"signal": 9}`).
+/// The extended attribute of a try's log that holds its outcome. Creating a file costs a new
+/// inode (≈ 0.4 ms on the ext4 we measure on, as much as starting a process); an attribute of
+/// the log, which exists already, costs ≈ 8 µs and is set atomically.
+pub const STATUS_XATTR: &str = "user.rhaiflow.status";
+
+/// The largest outcome kept in [`STATUS_XATTR`]; a bigger one (a long last line) goes to the
+/// status file. ext4 keeps an attribute within one 4 KiB block.
+pub const STATUS_XATTR_MAX: usize = 3 * 1024;
+
+/// The outcome recorded by a try's supervisor, if the try finished (`{"exit_code": 0,
+/// "last_line": …, "last_line_bytes": …}` or `{"signal": 9}`): the status file beside the log,
+/// else the log's [`STATUS_XATTR`].
 pub fn read_status(log_path: &Path) -> Option<BashOutcome> {
-    let text = std::fs::read(status_path(log_path)).ok()?;
+    let text = match std::fs::read(status_path(log_path)) {
+        Ok(text) => text,
+        Err(_) => {
+            let mut buf = [0u8; STATUS_XATTR_MAX];
+            let n = rustix::fs::getxattr(log_path, STATUS_XATTR, &mut buf[..]).ok()?;
+            buf.get(..n)?.to_vec()
+        }
+    };
     let status: StatusFile = serde_json::from_slice(&text).ok()?;
     let exit = match (status.exit_code, status.signal) {
         (Some(code), _) => Exit::Code(code),

@@ -9,7 +9,7 @@
 //! long as the group lives. Std threads only; no runtime, config or tracing.
 
 use super::capture::{Limits, MAX_LINE_BYTES, capture};
-use super::{StatusFile, TASK_SHELL_NAME, status_path};
+use super::{STATUS_XATTR, STATUS_XATTR_MAX, StatusFile, TASK_SHELL_NAME, status_path};
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -115,9 +115,16 @@ fn gate_opened() -> bool {
     }
 }
 
-/// Writes the status beside the log: to a temporary file, then renamed over, so a reader sees all
-/// of it or nothing.
+/// Records the status: as the log's [`STATUS_XATTR`] when it fits, else beside the log, to a
+/// temporary file then renamed over. Either way a reader sees all of it or nothing.
 fn write_status(log: &std::path::Path, status: &StatusFile) {
+    if let Ok(text) = serde_json::to_vec(status)
+        && text.len() <= STATUS_XATTR_MAX
+        && let Ok(file) = std::fs::OpenOptions::new().append(true).open(log)
+        && rustix::fs::fsetxattr(&file, STATUS_XATTR, &text, rustix::fs::XattrFlags::empty()).is_ok()
+    {
+        return;
+    }
     let path = status_path(log);
     let mut tmp = path.clone().into_os_string();
     tmp.push(".tmp");
