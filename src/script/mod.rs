@@ -197,6 +197,11 @@ impl ScriptHost {
     }
 }
 
+/// Where `key:` is written at or after `from` (else before it), for a caret on a key of a call.
+pub fn locate_key(source: &str, from: crate::model::SourcePos, key: &str) -> Option<crate::model::SourcePos> {
+    api::locate_key(source, from, key)
+}
+
 fn elapsed_ns(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }

@@ -607,10 +607,14 @@ impl FileState {
             self.callbacks.retain(|id, _| !id.starts_with(&prefix));
         }
         let (spec, errors) = self.task_spec(op, &merged, task_id, &scope);
+        if !errors.is_empty() {
+            // The task keeps its earlier value, so the error is reported once, here.
+            return self.record(here(errors, pos), pos, None);
+        }
         let decl = &mut self.dags[task.dag].tasks[task.task];
         decl.spec = spec;
         decl.args = merged;
-        self.record(here(errors, pos), pos, None)
+        Ok(())
     }
 
     /// `task.retries`: the value given (to the operator, by `default_args`, or set since), or `()`.
