@@ -90,3 +90,40 @@ fn dag_files_cannot_read_files_or_eval_strings() {
     let eval = error_of(&bag, "eval.rhai");
     assert!(eval.contains("eval"), "{eval}");
 }
+
+fn diagnostics_of(bag: &rhaiflow::loader::DagBag, file: &str) -> Vec<rhaiflow::model::Diagnostic> {
+    let e = bag.import_errors.iter().find(|e| e.file == file).unwrap_or_else(|| panic!("{file} should fail"));
+    e.diagnostics.clone()
+}
+
+#[test]
+fn python_habits_in_a_huge_file_are_reported_a_bounded_number_of_times() {
+    let many_habits = "let x = True; # a comment\n".repeat(100_000);
+    let one_long_call = format!("let d = DAG({});\n", "a=1,".repeat(500_000));
+    let dir = folder_with(&[("many_habits.rhai", many_habits), ("one_long_call.rhai", one_long_call)]);
+    let bag = common::load(dir.path());
+    assert!(bag.dags.contains_key("fine"));
+    let habits = diagnostics_of(&bag, "many_habits.rhai");
+    assert!((2..=30).contains(&habits.len()), "{} diagnostics", habits.len());
+    assert!(habits[0].message.contains("`True` is Python"), "{}", habits[0]);
+    let call = diagnostics_of(&bag, "one_long_call.rhai");
+    assert_eq!(call.len(), 1, "{call:?}");
+    assert_eq!(call[0].message, "keyword arguments such as `a=` are Python: write `DAG(#{ ... })`");
+}
+
+#[test]
+fn errors_recorded_in_a_loop_are_capped_and_counted() {
+    let looped = "let dag = DAG(\"looped\", #{ start_date: days_ago(1) });\n\
+                  for i in 0..5000 { BashOperator(#{ task_id: `t${i}`, retires: 1 }); }\n"
+        .to_string();
+    let dir = folder_with(&[("looped.rhai", looped)]);
+    let bag = common::load(dir.path());
+    let errors = diagnostics_of(&bag, "looped.rhai");
+    // One unknown key (the same place and message each time) and 49 distinct "needs" errors, in
+    // file order (the call comes before its key), then the count of the rest.
+    assert_eq!(errors.len(), 51, "{}", errors.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n"));
+    assert_eq!(errors[0].message, "`BashOperator` `t0` needs `bash_command`");
+    assert_eq!(errors[48].message, "`BashOperator` `t48` needs `bash_command`");
+    assert_eq!(errors[49].message, "unknown key `retires` in `BashOperator` — did you mean `retries`?");
+    assert_eq!(errors[50].message, "4951 more errors like these");
+}

@@ -90,6 +90,17 @@ pub fn to_pos(p: Position) -> Option<SourcePos> {
 
 /// Converts a parse error to a diagnostic at its place in the file.
 pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits: &LimitNames) -> Diagnostic {
+    parse_diagnostic_with(file, source, err, limits, &mut None)
+}
+
+/// `parse_diagnostic`, sharing the file's declared names with the caller (found once).
+fn parse_diagnostic_with(
+    file: &str,
+    source: &str,
+    err: &rhai::ParseError,
+    limits: &LimitNames,
+    declared: &mut Option<Vec<String>>,
+) -> Diagnostic {
     let (kind, pos) = (&*err.0, err.1);
     let (message, help) = match kind {
         ParseErrorType::BadInput(rhai::LexError::Runtime(token)) if token == DEADLINE_TOKEN => (
@@ -105,7 +116,7 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits
             (advice.message, Some(advice.help))
         }
         ParseErrorType::VariableUndefined(name) => {
-            let declared = declared_names(source);
+            let declared = declared.get_or_insert_with(|| declared_names(source));
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
             let message = match nearest(name, &known) {
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
@@ -130,11 +141,13 @@ pub fn parse_diagnostics(
     err: &rhai::ParseError,
     limits: &LimitNames,
 ) -> Vec<Diagnostic> {
-    let raw = parse_diagnostic(file, source, err, limits);
+    let mut declared = None;
+    let raw = parse_diagnostic_with(file, source, err, limits, &mut declared);
     if matches!(&*err.0, ParseErrorType::BadInput(rhai::LexError::Runtime(_)) | ParseErrorType::ExprTooDeep) {
         return vec![raw];
     }
-    let habits = super::python::scan(engine, source, &declared_names(source));
+    let declared = declared.unwrap_or_else(|| declared_names(source));
+    let habits = super::python::scan(engine, source, &declared);
     let explained = habits.first().is_some_and(|h| raw.pos.is_none_or(|p| h.pos.line <= p.line));
     let mut out: Vec<Diagnostic> = habits
         .into_iter()
@@ -164,6 +177,8 @@ pub fn declared_names(source: &str) -> Vec<String> {
             }
         }
     }
+    names.sort_unstable();
+    names.dedup();
     names
 }
 

@@ -32,6 +32,9 @@ const MAX_TOKENS: usize = 200_000;
 /// Habits reported at most per file; the rest would repeat what these already say.
 pub const MAX_HABITS: usize = 30;
 
+/// Columns past this are not quoted in messages: finding them costs a walk along the line.
+const MAX_COLUMN: usize = 4096;
+
 /// Longest rewritten form shown in a message, in characters.
 const MAX_SHOWN: usize = 90;
 
@@ -141,8 +144,12 @@ impl<'a> Lines<'a> {
         self.source[start..end.max(start)].trim_end_matches('\r')
     }
 
-    /// The text from one position up to another, on one line, whitespace collapsed.
+    /// The text from one position up to another, whitespace collapsed. Far along a line (a
+    /// generated file) it is not worth the walk: `…`.
     fn between(&self, from: SourcePos, to: SourcePos) -> String {
+        if from.col > MAX_COLUMN || to.col > MAX_COLUMN || to.line.saturating_sub(from.line) > 50 {
+            return "…".into();
+        }
         let (a, b) = (self.offset(from), self.offset(to));
         if a >= b {
             return String::new();
@@ -248,10 +255,14 @@ pub fn scan(engine: &Engine, source: &str, declared: &[String]) -> Vec<Habit> {
     let lines = Lines::new(source);
     let toks = tokens(engine, source);
     let docs = docstrings(source);
-    let in_doc = |p: SourcePos| {
-        let off = lines.offset(p);
-        docs.iter().any(|(a, b)| off >= *a && off < *b)
+    // Positions, not offsets: an offset costs a walk along its line, and a line can be megabytes.
+    let to_pos = |off: usize| {
+        let line = lines.starts.partition_point(|&s| s <= off);
+        let start = lines.starts.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        SourcePos::new(line, source.get(start..off).map_or(1, |t| t.chars().count() + 1))
     };
+    let doc_spans: Vec<(SourcePos, SourcePos)> = docs.iter().map(|(a, b)| (to_pos(*a), to_pos(*b))).collect();
+    let in_doc = |p: SourcePos| doc_spans.iter().any(|(a, b)| p >= *a && p < *b);
     let is_declared = |name: &str| declared.iter().any(|d| d == name);
     let mut habits: Vec<Habit> = Vec::new();
     for (start, _) in &docs {
@@ -371,10 +382,12 @@ pub fn scan(engine: &Engine, source: &str, declared: &[String]) -> Vec<Habit> {
             _ => {}
         }
         if let Some(h) = found
-            && habits.len() < MAX_HABITS
             && !habits.iter().any(|o| o.pos == h.pos)
         {
             habits.push(h);
+            if habits.len() >= MAX_HABITS {
+                break;
+            }
         }
     }
     habits.sort_by_key(|h| h.pos);
@@ -538,8 +551,9 @@ fn kwargs_habit(c: &Ctx, open: usize, call: Option<usize>) -> Habit {
     }
     let pos = toks[c.i].1;
     let first_key = toks[c.i].1;
+    let quotable = |k: usize| toks[k].1.col <= MAX_COLUMN && toks[k].1.line.saturating_sub(toks[open].1.line) <= 50;
     let rewritten = match close {
-        Some(close) => {
+        Some(close) if keys.len() <= 20 && quotable(open) && quotable(close) => {
             let src = c.lines.source;
             let (a, b) = (c.lines.offset(toks[open].1) + 1, c.lines.offset(toks[close].1));
             let key_start = c.lines.offset(first_key);
@@ -566,7 +580,7 @@ fn kwargs_habit(c: &Ctx, open: usize, call: Option<usize>) -> Habit {
             let full = format!("{name}({positional}#{{ {named} }})");
             if full.chars().count() <= MAX_SHOWN { full } else { format!("{name}({positional}#{{ ... }})") }
         }
-        None => format!("{name}(#{{ ... }})"),
+        _ => format!("{name}(#{{ ... }})"),
     };
     let first = ident(&toks[c.i].0).unwrap_or("key");
     Habit::new(pos, format!("keyword arguments such as `{first}=` are Python: write `{rewritten}`"))
