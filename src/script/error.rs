@@ -122,7 +122,15 @@ fn parse_diagnostic_with(
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
                 None => format!("unknown variable `{name}`"),
             };
-            (message, Some("declare it with `let` before using it".to_string()))
+            let help = if declared.iter().any(|d| d == name) {
+                format!(
+                    "`{name}` is declared in this file, but not where it is used: a `for` variable or a `let` \
+                     inside `{{ ... }}` lives only inside that block"
+                )
+            } else {
+                "declare it with `let` before using it".to_string()
+            };
+            (message, Some(help))
         }
         other => (format!("syntax error: {other}"), None),
     };
