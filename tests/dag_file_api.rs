@@ -128,3 +128,18 @@ fn range_works_as_in_python() {
     let ids: Vec<&str> = out.dags[0].spec.tasks.iter().map(|t| t.task_id.as_str()).collect();
     assert_eq!(ids, ["a0", "a1", "a2", "b5", "b6"]);
 }
+
+#[test]
+fn a_huge_unknown_key_is_quoted_short() {
+    let out = evaluate(
+        r#"
+        let dag = DAG("huge_key", #{ start_date: days_ago(1) });
+        let key = "k"; key.pad(1000000, 'k');
+        dag[key] = 1;
+        let a = EmptyOperator(#{ task_id: "a" });
+        "#,
+    );
+    let text = messages(&out).join("\n");
+    assert!(text.starts_with(&format!("unknown key `{}…` in `DAG`", "k".repeat(64))), "{}", &text[..200]);
+    assert!(text.len() < 300, "{} bytes", text.len());
+}

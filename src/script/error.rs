@@ -56,7 +56,10 @@ impl ScriptError {
 
     /// "unknown key `retires` in `BashOperator` — did you mean `retries`?"
     pub fn unknown_key(key: &str, owner: &str, known: &[&str]) -> Self {
-        let message = format!("unknown key `{key}` in `{owner}`");
+        // A key can be megabytes of script text: quote only its start.
+        let shown: String = key.chars().take(64).collect();
+        let shown = if shown.len() < key.len() { format!("{shown}…") } else { shown };
+        let message = format!("unknown key `{shown}` in `{owner}`");
         let e = match nearest(key, known) {
             Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
             None => ScriptError::new(message).with_help(format!("known keys: {}", known.join(", "))),
