@@ -171,9 +171,11 @@ impl FileState {
             self.tainted.insert(d);
         }
         for e in errors {
-            let key_pos = match (&e.key, call) {
-                (Some(key), Some(from)) => super::api::locate_key(&self.source, from, key),
-                _ => None,
+            // A call made inside the stdlib (`DummyOperator(#{ ... })`) has no place in this file:
+            // the key is looked for in the whole file.
+            let key_pos = match &e.key {
+                Some(key) => super::api::locate_key(&self.source, call.unwrap_or(SourcePos::new(1, 1)), key),
+                None => None,
             };
             let pos = e.pos.or(key_pos).or(call);
             let mut d = Diagnostic::new(&self.file, pos, e.message).with_source(&self.source);
