@@ -187,6 +187,14 @@ pub fn declared_names(source: &str) -> Vec<String> {
                 names.push(name.to_string());
             }
         }
+        // A function's parameters: `fn f(a, b)`.
+        if let Some(at) = line.find("fn ")
+            && let Some(open) = line[at..].find('(')
+        {
+            let params = &line[at + open + 1..];
+            let params = &params[..params.find(')').unwrap_or(params.len())];
+            names.extend(params.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
+        }
     }
     names.sort_unstable();
     names.dedup();

@@ -750,3 +750,21 @@ mod tests {
         assert_eq!(habits("# if True: x = None\nlet a = 1;").len(), 1);
     }
 }
+
+#[cfg(test)]
+mod valid_rhai {
+    use super::*;
+
+    /// Rhai that an Airflow user's habits resemble must not be reported when the file fails for
+    /// another reason.
+    #[test]
+    fn rhai_forms_are_not_python_habits() {
+        let src = "fn bump(n, m) {\n    n = n + m;\n    n\n}\nlet x = if true { 1 } else { 2 };\n\
+                   let t = { let a = 1; a };\nlet m = #{ retries: 1, \"quoted key\": 2 };\n\
+                   for i in 0..3 { x = i; }\nlet s = `a${x}b`;\nlet c = 'c';\nlet f = |a| a + 1;\n\
+                   import \"alerts\" as alerts;\nlet y = x == 1;\n// True, None, def, lambda in a comment\n";
+        let declared = super::super::error::declared_names(src);
+        let found: Vec<String> = scan(&Engine::new(), src, &declared).into_iter().map(|h| h.message).collect();
+        assert!(found.is_empty(), "{found:?}");
+    }
+}
