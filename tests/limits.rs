@@ -108,7 +108,9 @@ fn python_habits_in_a_huge_file_are_reported_a_bounded_number_of_times() {
     assert!(habits[0].message.contains("`True` is Python"), "{}", habits[0]);
     let call = diagnostics_of(&bag, "one_long_call.rhai");
     assert_eq!(call.len(), 1, "{call:?}");
-    assert_eq!(call[0].message, "keyword arguments such as `a=` are Python: write `DAG(#{ ... })`");
+    let message = &call[0].message;
+    assert!(message.starts_with("keyword arguments such as `a=` are Python: write `DAG(#{ a: ..., "), "{message}");
+    assert!(message.ends_with(", ... })`") && message.len() < 200, "{message}");
 }
 
 #[test]

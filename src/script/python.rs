@@ -578,13 +578,33 @@ fn kwargs_habit(c: &Ctx, open: usize, call: Option<usize>) -> Habit {
             let positional = positional.split_whitespace().collect::<Vec<_>>().join(" ");
             let positional = if positional.is_empty() { positional } else { format!("{positional} ") };
             let full = format!("{name}({positional}#{{ {named} }})");
-            if full.chars().count() <= MAX_SHOWN { full } else { format!("{name}({positional}#{{ ... }})") }
+            if full.chars().count() <= MAX_SHOWN { full } else { key_outline(&name, &positional, toks, &keys) }
         }
-        _ => format!("{name}(#{{ ... }})"),
+        _ => key_outline(&name, "", toks, &keys),
     };
     let first = ident(&toks[c.i].0).unwrap_or("key");
     Habit::new(pos, format!("keyword arguments such as `{first}=` are Python: write `{rewritten}`"))
         .help("rhaiflow takes keyword arguments as one map: `#{ key: value, ... }`")
+}
+
+/// A call too long to quote whole, as its keys: `DAG("x", #{ schedule: ..., tags: ..., ... })`.
+fn key_outline(name: &str, positional: &str, toks: &[(Token, SourcePos)], keys: &[usize]) -> String {
+    let mut entries = String::new();
+    for &k in keys {
+        let Some(key) = k.checked_sub(1).and_then(|j| ident(&toks[j].0)) else { continue };
+        let entry = format!("{key}: ..., ");
+        if name.len() + positional.len() + entries.len() + entry.len() > MAX_SHOWN {
+            entries.push_str("... ");
+            return format!("{name}({positional}#{{ {entries}}})");
+        }
+        entries.push_str(&entry);
+    }
+    let entries = entries.trim_end_matches(", ");
+    if entries.is_empty() {
+        format!("{name}({positional}#{{ ... }})")
+    } else {
+        format!("{name}({positional}#{{ {entries} }})")
+    }
 }
 
 /// `a:1` → `a: 1` after turning `=` into `:`.
