@@ -116,7 +116,7 @@ fn python_habits_in_a_huge_file_are_reported_a_bounded_number_of_times() {
 #[test]
 fn errors_recorded_in_a_loop_are_capped_and_counted() {
     let looped = "let dag = DAG(\"looped\", #{ start_date: days_ago(1) });\n\
-                  for i in 0..5000 { BashOperator(#{ task_id: `t${i}`, retires: 1 }); }\n"
+                  for i in 0..200 { BashOperator(#{ task_id: `t${i}`, retires: 1 }); }\n"
         .to_string();
     let dir = folder_with(&[("looped.rhai", looped)]);
     let bag = common::load(dir.path());
@@ -127,5 +127,5 @@ fn errors_recorded_in_a_loop_are_capped_and_counted() {
     assert_eq!(errors[0].message, "`BashOperator` `t0` needs `bash_command`");
     assert_eq!(errors[48].message, "`BashOperator` `t48` needs `bash_command`");
     assert_eq!(errors[49].message, "unknown key `retires` in `BashOperator` — did you mean `retries`?");
-    assert_eq!(errors[50].message, "4951 more errors like these");
+    assert_eq!(errors[50].message, "151 more errors like these");
 }

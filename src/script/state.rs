@@ -26,6 +26,9 @@ pub struct SourceMap {
 pub struct DeclaredDag {
     pub spec: DagSpec,
     pub source_map: SourceMap,
+    /// Its own arguments had errors (reported already): checks that read them (the timetable)
+    /// would only repeat those errors, so the loader skips them.
+    pub tainted: bool,
 }
 
 /// Settings an evaluation reads: the clock and the defaults Airflow takes from its config.
@@ -113,7 +116,7 @@ pub struct FileState {
     recorded: Vec<Diagnostic>,
     /// Errors past `MAX_RECORDED`, counted only.
     more_errors: usize,
-    /// DAGs whose own arguments had errors: not built, so their errors do not cascade.
+    /// DAGs whose own arguments had errors: their build and timetable errors would only cascade.
     tainted: HashSet<usize>,
 }
 
@@ -684,16 +687,17 @@ impl FileState {
     }
 
     /// Turns every declaration into a `DagSpec`; a DAG that cannot be built becomes a diagnostic.
-    /// DAGs whose arguments had recorded errors are not built (their errors would cascade).
+    /// A DAG whose arguments had recorded errors is still built, for its graph and template
+    /// checks, but its build errors are dropped (they would cascade from those).
     pub fn finish(mut self) -> (Vec<DeclaredDag>, Vec<Diagnostic>) {
         let mut dags = Vec::new();
         let mut diagnostics = self.take_recorded();
         for (i, decl) in self.dags.iter().enumerate() {
-            if self.tainted.contains(&i) {
-                continue;
-            }
+            let tainted = self.tainted.contains(&i);
             match self.build_dag(decl) {
-                Ok(d) => dags.push(d),
+                Ok(d) => dags.push(DeclaredDag { tainted, ..d }),
+                // A DAG whose arguments had errors fails to build because of them: said already.
+                Err(_) if tainted => {}
                 Err(e) => {
                     let key_pos = match (&e.key, decl.pos) {
                         (Some(key), Some(from)) => super::api::locate_key(&self.source, from, key),
@@ -792,7 +796,7 @@ impl FileState {
         {
             return Err(ScriptError::new(format!("DAG `{}` ends ({e}) before it starts ({s})", spec.dag_id)));
         }
-        Ok(DeclaredDag { spec, source_map })
+        Ok(DeclaredDag { spec, source_map, tainted: false })
     }
 
     /// DAG-level callbacks are registered when the DAG is declared; this finds them again.
