@@ -129,3 +129,17 @@ fn errors_recorded_in_a_loop_are_capped_and_counted() {
     assert_eq!(errors[49].message, "unknown key `retires` in `BashOperator` — did you mean `retries`?");
     assert_eq!(errors[50].message, "151 more errors like these");
 }
+
+#[test]
+fn a_broken_template_shared_by_tasks_made_in_a_loop_is_reported_once() {
+    let looped = "let dag = DAG(\"templated\", #{ start_date: days_ago(1) });\n\
+                  for i in 0..300 { BashOperator(#{ task_id: `t${i}`, bash_command: \"echo {{ ds \" }); }\n\
+                  for i in 0..300 { BashOperator(#{ task_id: `u${i}`, bash_command: `echo {{ ds ${i}` }); }\n"
+        .to_string();
+    let dir = folder_with(&[("templated.rhai", looped)]);
+    let bag = common::load(dir.path());
+    let errors = diagnostics_of(&bag, "templated.rhai");
+    assert_eq!(errors.len(), 1 + 49, "{}", errors.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n"));
+    assert!(errors[0].message.starts_with("task `t0`: template error in `bash_command`"), "{}", errors[0]);
+    assert!(errors[1].message.starts_with("task `u0`: template error in `bash_command`"), "{}", errors[1]);
+}

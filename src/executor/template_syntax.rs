@@ -98,17 +98,30 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
     fields
 }
 
+/// Template errors reported per DAG at most.
+pub const MAX_ERRORS: usize = 50;
+
 /// Every templated field of every task of `dag` that does not compile, with its task's id. The
 /// template environment is only built when some field is a template.
 pub fn check_dag(dag: &crate::model::DagSpec) -> Vec<(String, SyntaxError)> {
     let mut env: Option<Environment<'_>> = None;
+    // Tasks made in a loop share their templates: each text is compiled once.
+    let mut compiled: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut errors = Vec::new();
     for task in &dag.tasks {
-        if !templated_fields(&task.operator).iter().any(|(_, text)| is_template(text)) {
-            continue;
+        for (field, text) in templated_fields(&task.operator) {
+            if !is_template(text) || compiled.contains(text) {
+                continue;
+            }
+            let env = env.get_or_insert_with(Environment::new);
+            // A broken text is reported for the first task that has it, at most `MAX_ERRORS` in all.
+            compiled.insert(text);
+            if let Err((line, reason)) = syntax(env, text)
+                && errors.len() < MAX_ERRORS
+            {
+                errors.push((task.task_id.clone(), SyntaxError { field, line, reason }));
+            }
         }
-        let env = env.get_or_insert_with(Environment::new);
-        errors.extend(check_task(env, task).into_iter().map(|e| (task.task_id.clone(), e)));
     }
     errors
 }
