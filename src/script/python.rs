@@ -112,7 +112,17 @@ pub fn airflow_name(name: &str) -> Option<Advice> {
         "len" => advice("`len(x)` is Python: write `x.len()`".into(), "Rhai calls most functions as methods"),
         "str" => advice("`str(x)` is Python: write `x.to_string()`".into(), "Rhai calls most functions as methods"),
         "int" => advice("`int(x)` is Python: write `parse_int(x)`".into(), "Rhai converts text with `parse_int`"),
-        "print" => None,
+        "__doc__" => advice(
+            "`__doc__` is Python: a DAG file has no docstring to read".into(),
+            "write the text itself: `dag.doc_md = \"...\";`",
+        ),
+        // Only reached as a variable (`datetime.datetime(...)`): the functions themselves exist.
+        "datetime" | "timedelta" => advice(
+            format!(
+                "`{name}` is a function here, not a Python module: call `datetime(...)` or `timedelta(...)` directly"
+            ),
+            "`datetime(2024, 1, 1)`, `timedelta(#{ minutes: 5 })`; `days_ago(1)` and `minutes(5)` too",
+        ),
         _ => None,
     }
 }
@@ -496,8 +506,16 @@ fn identifier_habit(c: &Ctx, name: &str) -> Option<Habit> {
         }
         _ => {}
     }
+    let module_call = matches!(name, "datetime" | "timedelta");
+    // Names no one declares in Rhai are Airflow's wherever they stand; common words (`str`, `os`)
+    // only when called or dotted.
+    let airflow_only = name.starts_with("__")
+        || matches!(
+            name,
+            "Variable" | "XCom" | "TriggerRule" | "pendulum" | "airflow" | "TaskGroup" | "Dataset" | "Param"
+        );
     if let Some(advice) = airflow_name(name)
-        && matches!(next, Some(Token::Period | Token::LeftParen))
+        && (airflow_only || matches!(next, Some(Token::Period)) || (!module_call && next == Some(&Token::LeftParen)))
     {
         let message = if name == "TriggerRule" {
             let rule = toks.get(i + 2).and_then(|(t, _)| ident(t)).map(str::to_lowercase);
