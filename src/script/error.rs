@@ -373,7 +373,8 @@ fn function_not_found(signature: &str) -> (String, Option<String>) {
 
 /// Rhai's argument types (`&str | ImmutableString | String`) as a DAG author reads them.
 fn shown_args(args: &str) -> String {
-    let inner = args.trim_start_matches('(').trim_end_matches(')');
+    let inner = args.strip_prefix('(').unwrap_or(args);
+    let inner = inner.strip_suffix(')').unwrap_or(inner);
     if inner.is_empty() {
         return "()".into();
     }

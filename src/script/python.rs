@@ -713,7 +713,7 @@ fn comprehension_habit(toks: &[(Token, SourcePos)], open: usize, for_at: usize, 
     };
     let expr = shorten(&expr, 40);
     Habit::new(pos, "list comprehensions are Python: build the array with a `for` loop".to_string())
-        .help(format!("let {target} = []; for {var} in {iter} {{ {target}.push({expr}); }}"))
+        .help(format!("write `let {target} = []; for {var} in {iter} {{ {target}.push({expr}); }}`"))
 }
 
 /// A line that ends with `:` after `if`/`for`/`while`/`else`/`try`: a Python block.
