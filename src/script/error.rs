@@ -385,7 +385,7 @@ fn shown_args(args: &str) -> String {
             "i64" => "an integer",
             "f64" => "a number",
             "bool" => "a bool",
-            "()" => "`()`",
+            "()" => "()",
             "map" => "a map",
             "array" => "an array",
             other => other,
