@@ -245,12 +245,12 @@ impl Loader {
         result.diagnostics = outcome.diagnostics;
         for mut declared in outcome.dags {
             declared.spec.fileloc = result.rel.clone();
-            match validate(&declared, &shown, &source, &self.crons) {
-                Ok(()) => {
-                    let pos = declared.source_map.dag;
-                    result.dags.push((LoadedDag::new(declared.spec, outcome.program.clone()), pos));
-                }
-                Err(d) => result.diagnostics.push(d),
+            let errors = validate(&declared, &shown, &source, &self.crons);
+            if errors.is_empty() {
+                let pos = declared.source_map.dag;
+                result.dags.push((LoadedDag::new(declared.spec, outcome.program.clone()), pos));
+            } else {
+                result.diagnostics.extend(errors);
             }
         }
         if !result.diagnostics.is_empty() {
@@ -369,9 +369,11 @@ fn read_source(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
-/// Graph and timetable checks of one declared DAG, positioned with its source map.
-fn validate(declared: &DeclaredDag, shown: &str, source: &str, crons: &CronCache) -> Result<(), Diagnostic> {
+/// Graph, timetable and template checks of one declared DAG, positioned with its source map;
+/// every error found, not only the first.
+fn validate(declared: &DeclaredDag, shown: &str, source: &str, crons: &CronCache) -> Vec<Diagnostic> {
     let spec = &declared.spec;
+    let mut errors = Vec::new();
     if let Err(e) = TaskGraph::build(spec) {
         let pos = match &e {
             GraphError::Cycle { path, .. } if path.len() >= 2 => {
@@ -380,16 +382,29 @@ fn validate(declared: &DeclaredDag, shown: &str, source: &str, crons: &CronCache
             }
             _ => None,
         };
-        return Err(Diagnostic::new(shown, pos.or(declared.source_map.dag), e.to_string())
-            .with_source(source)
-            .with_help("a DAG's dependencies must not loop back; remove one of these edges"));
+        errors.push(
+            Diagnostic::new(shown, pos.or(declared.source_map.dag), e.to_string())
+                .with_source(source)
+                .with_help("a DAG's dependencies must not loop back; remove one of these edges"),
+        );
     }
-    if let Err(e) = Timetable::new_cached(spec, crons) {
+    if let Err(e) = Timetable::new_cached(spec, crons)
+        && !declared.tainted
+    {
         let message = match &e {
             ScheduleError::InvalidCron { .. } => format!("DAG `{}`: {e}", spec.dag_id),
             ScheduleError::NoStartDate { .. } => e.to_string(),
         };
-        return Err(Diagnostic::new(shown, declared.source_map.dag, message).with_source(source).with_help(e.help()));
+        errors.push(Diagnostic::new(shown, declared.source_map.dag, message).with_source(source).with_help(e.help()));
     }
-    Ok(())
+    for (task_id, e) in crate::executor::template_syntax::check_dag(spec) {
+        let task_pos = declared.source_map.tasks.get(&task_id).copied().flatten();
+        let key = e.field.rsplit('.').next().unwrap_or(&e.field);
+        let pos = task_pos.and_then(|from| crate::script::locate_key(source, from, key)).or(task_pos);
+        errors.push(Diagnostic::new(shown, pos, format!("task `{task_id}`: {e}")).with_source(source).with_help(
+            "templates are Jinja, rendered when the task runs: close every `{{` with `}}` and every `{%` block \
+                 with its `{% end... %}`",
+        ));
+    }
+    errors
 }

@@ -90,3 +90,56 @@ fn dag_files_cannot_read_files_or_eval_strings() {
     let eval = error_of(&bag, "eval.rhai");
     assert!(eval.contains("eval"), "{eval}");
 }
+
+fn diagnostics_of(bag: &rhaiflow::loader::DagBag, file: &str) -> Vec<rhaiflow::model::Diagnostic> {
+    let e = bag.import_errors.iter().find(|e| e.file == file).unwrap_or_else(|| panic!("{file} should fail"));
+    e.diagnostics.clone()
+}
+
+#[test]
+fn python_habits_in_a_huge_file_are_reported_a_bounded_number_of_times() {
+    let many_habits = "let x = True; # a comment\n".repeat(100_000);
+    let one_long_call = format!("let d = DAG({});\n", "a=1,".repeat(500_000));
+    let dir = folder_with(&[("many_habits.rhai", many_habits), ("one_long_call.rhai", one_long_call)]);
+    let bag = common::load(dir.path());
+    assert!(bag.dags.contains_key("fine"));
+    let habits = diagnostics_of(&bag, "many_habits.rhai");
+    assert!((2..=30).contains(&habits.len()), "{} diagnostics", habits.len());
+    assert!(habits[0].message.contains("`True` is Python"), "{}", habits[0]);
+    let call = diagnostics_of(&bag, "one_long_call.rhai");
+    assert_eq!(call.len(), 1, "{call:?}");
+    let message = &call[0].message;
+    assert!(message.starts_with("keyword arguments such as `a=` are Python: write `DAG(#{ a: ..., "), "{message}");
+    assert!(message.ends_with(", ... })`") && message.len() < 200, "{message}");
+}
+
+#[test]
+fn errors_recorded_in_a_loop_are_capped_and_counted() {
+    let looped = "let dag = DAG(\"looped\", #{ start_date: days_ago(1) });\n\
+                  for i in 0..200 { BashOperator(#{ task_id: `t${i}`, retires: 1 }); }\n"
+        .to_string();
+    let dir = folder_with(&[("looped.rhai", looped)]);
+    let bag = common::load(dir.path());
+    let errors = diagnostics_of(&bag, "looped.rhai");
+    // One unknown key (the same place and message each time) and 49 distinct "needs" errors, in
+    // file order (the call comes before its key), then the count of the rest.
+    assert_eq!(errors.len(), 51, "{}", errors.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n"));
+    assert_eq!(errors[0].message, "`BashOperator` `t0` needs `bash_command`");
+    assert_eq!(errors[48].message, "`BashOperator` `t48` needs `bash_command`");
+    assert_eq!(errors[49].message, "unknown key `retires` in `BashOperator` — did you mean `retries`?");
+    assert_eq!(errors[50].message, "151 more errors like these");
+}
+
+#[test]
+fn a_broken_template_shared_by_tasks_made_in_a_loop_is_reported_once() {
+    let looped = "let dag = DAG(\"templated\", #{ start_date: days_ago(1) });\n\
+                  for i in 0..300 { BashOperator(#{ task_id: `t${i}`, bash_command: \"echo {{ ds \" }); }\n\
+                  for i in 0..300 { BashOperator(#{ task_id: `u${i}`, bash_command: `echo {{ ds ${i}` }); }\n"
+        .to_string();
+    let dir = folder_with(&[("templated.rhai", looped)]);
+    let bag = common::load(dir.path());
+    let errors = diagnostics_of(&bag, "templated.rhai");
+    assert_eq!(errors.len(), 1 + 49, "{}", errors.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("\n"));
+    assert!(errors[0].message.starts_with("task `t0`: template error in `bash_command`"), "{}", errors[0]);
+    assert!(errors[1].message.starts_with("task `u0`: template error in `bash_command`"), "{}", errors[1]);
+}

@@ -9,6 +9,7 @@ pub mod capture;
 mod process;
 pub mod supervisor;
 pub mod template;
+pub mod template_syntax;
 
 pub use process::{STATUS_XATTR, STATUS_XATTR_MAX, is_same_process, process_token, read_status, status_path};
 

@@ -43,9 +43,18 @@ fn with_state<T>(
     })
 }
 
-/// Finds `key:` in the source at or after `from`, to put the caret on a bad key.
+/// Finds `key:` in the source at or after `from` (within 200 lines), else before it (a map built
+/// earlier, such as `let default_args = #{ ... };`), to put the caret on a bad key.
 pub(super) fn locate_key(source: &str, from: SourcePos, key: &str) -> Option<SourcePos> {
-    for (i, line) in source.lines().enumerate().skip(from.line.saturating_sub(1)).take(200) {
+    locate_key_in(source, from, key, from.line.saturating_sub(1), 200)
+        .or_else(|| locate_key_in(source, SourcePos::new(1, 1), key, 0, from.line.saturating_sub(1)))
+}
+
+fn locate_key_in(source: &str, from: SourcePos, key: &str, skip: usize, take: usize) -> Option<SourcePos> {
+    if key.is_empty() {
+        return None;
+    }
+    for (i, line) in source.lines().enumerate().skip(skip).take(take) {
         let line_no = i + 1;
         let start = if line_no == from.line {
             line.char_indices().nth(from.col.saturating_sub(1)).map_or(line.len(), |(b, _)| b)
@@ -97,28 +106,46 @@ fn link(state: &mut FileState, ups: &[TaskHandle], downs: &[TaskHandle], pos: Op
 
 fn declare_dag(ctx: &NativeCallContext, dag_id: Option<String>, map: Map) -> RhaiResult<DagHandle> {
     with_state(ctx, |state, pos| {
-        let mut args = Args::check(&map, dag_keys(), "DAG")?;
+        let (mut args, mut errors) = Args::check(&map, dag_keys(), "DAG");
         let dag_id = match (dag_id, args.str("dag_id")) {
             (Some(id), _) | (None, Some(id)) => id,
-            (None, None) => return Err(ScriptError::new("`DAG` needs a dag_id: `DAG(\"my_dag\", #{ ... })`")),
+            (None, None) => {
+                state.record(errors, pos, None)?;
+                return Err(ScriptError::new("`DAG` needs a dag_id: `DAG(\"my_dag\", #{ ... })`"));
+            }
         };
         let default_args = match args.take("default_args") {
-            Some(Value::Map(raw)) => Args::check(&raw, &args::default_args_keys(), "default_args")?,
+            Some(Value::Map(raw)) => {
+                let (defaults, more) = Args::check(&raw, &args::default_args_keys(), "default_args");
+                errors.extend(more);
+                defaults
+            }
             _ => Args::default(),
         };
         if args.contains("schedule") && args.contains("schedule_interval") {
-            return Err(ScriptError::new("give `schedule` or `schedule_interval`, not both"));
+            errors
+                .push(ScriptError::new("give `schedule` or `schedule_interval`, not both").at_key("schedule_interval"));
+            args.take("schedule_interval");
         }
-        if let Some(tz) = args.str("timezone") {
-            super::state::parse_timezone(&tz)?;
+        if let Some(tz) = args.str("timezone")
+            && let Err(e) = super::state::parse_timezone(&tz)
+        {
+            errors.push(e.at_key("timezone"));
+            args.take("timezone");
         }
-        state.declare_dag(dag_id, args, default_args, pos).map(DagHandle)
+        if let Some(vital) = errors.iter().find(|e| e.key.as_deref() == Some("dag_id")) {
+            return Err(vital.clone());
+        }
+        let dag = state.declare_dag(dag_id, args, default_args, pos)?;
+        state.record(errors, pos, Some(dag))?;
+        Ok(DagHandle(dag))
     })
 }
 
 fn declare_task(ctx: &NativeCallContext, op: &'static OperatorDef, map: Map) -> RhaiResult<TaskHandle> {
     with_state(ctx, |state, pos| {
-        let args = Args::check(&map, &allowed_keys(op), op.name)?;
+        let (args, errors) = Args::check(&map, &allowed_keys(op), op.name);
+        state.record(errors, pos, None)?;
         state.declare_task(op, args, pos)
     })
 }
@@ -169,6 +196,36 @@ pub fn register(engine: &mut Engine) {
     engine.register_get("dag_id", |ctx: NativeCallContext, d: &mut DagHandle| {
         let d = *d;
         with_state(&ctx, move |s, _| Ok(s.dags[d.0].dag_id.clone()))
+    });
+
+    // Airflow's attributes: `dag.doc_md = "..."`, `task.retries = 3` (Rhai reads a property it
+    // has no getter or setter for through the string indexer).
+    /// A property's errors point at its name, just after the `.` Rhai reports.
+    fn property_pos(pos: Option<SourcePos>) -> Option<SourcePos> {
+        pos.map(|p| SourcePos::new(p.line, p.col + 1))
+    }
+    fn at_property(e: ScriptError, pos: Option<SourcePos>) -> ScriptError {
+        ScriptError { pos: e.pos.or(property_pos(pos)), key: None, ..e }
+    }
+    engine.register_indexer_get(|ctx: NativeCallContext, d: &mut DagHandle, key: &str| {
+        let d = d.0;
+        with_state(&ctx, move |s, pos| s.dag_property(d, key).map_err(|e| at_property(e, pos)))
+    });
+    engine.register_indexer_set(|ctx: NativeCallContext, d: &mut DagHandle, key: &str, value: Dynamic| {
+        let d = d.0;
+        with_state(&ctx, move |s, pos| {
+            s.set_dag_property(d, key, value, property_pos(pos)).map_err(|e| at_property(e, pos))
+        })
+    });
+    engine.register_indexer_get(|ctx: NativeCallContext, t: &mut TaskHandle, key: &str| {
+        let t = *t;
+        with_state(&ctx, move |s, pos| s.task_property(t, key).map_err(|e| at_property(e, pos)))
+    });
+    engine.register_indexer_set(|ctx: NativeCallContext, t: &mut TaskHandle, key: &str, value: Dynamic| {
+        let t = *t;
+        with_state(&ctx, move |s, pos| {
+            s.set_task_property(t, key, value, property_pos(pos)).map_err(|e| at_property(e, pos))
+        })
     });
 
     for op in OPERATORS {

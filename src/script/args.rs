@@ -73,6 +73,30 @@ pub enum Value {
 }
 
 impl Value {
+    /// The value as the script sees it again (`dag.tags`, `task.retries`).
+    pub fn to_dynamic(&self) -> Dynamic {
+        let strings = |l: &[String]| Dynamic::from_array(l.iter().map(|s| Dynamic::from(s.clone())).collect());
+        match self {
+            Value::Str(s) => s.clone().into(),
+            Value::Int(i) => (*i).into(),
+            Value::Bool(b) => (*b).into(),
+            Value::Duration(d) => Dynamic::from(TimeDelta(*d)),
+            Value::DateTime(d) => Dynamic::from(*d),
+            Value::StrList(l) => strings(l),
+            Value::IntList(l) => Dynamic::from_array(l.iter().map(|i| Dynamic::from(*i)).collect()),
+            Value::StrMap(m) => {
+                Dynamic::from_map(m.iter().map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone()))).collect())
+            }
+            Value::Json(j) => rhai::serde::to_dynamic(j).unwrap_or(Dynamic::UNIT),
+            Value::Closure(f) => Dynamic::from(f.clone()),
+            Value::Dag(i) => Dynamic::from(DagHandle(*i)),
+            Value::Schedule(None) => Dynamic::UNIT,
+            Value::Schedule(Some(ScheduleArg::Text(t))) => t.clone().into(),
+            Value::Schedule(Some(ScheduleArg::Every(d))) => Dynamic::from(TimeDelta(*d)),
+            Value::Map(m) => Dynamic::from_map(m.clone()),
+        }
+    }
+
     fn approx_bytes(&self) -> usize {
         const SLOT: usize = 24;
         SLOT + match self {
@@ -330,20 +354,118 @@ pub fn default_args_keys() -> Vec<KeySpec> {
 #[derive(Debug, Default, Clone)]
 pub struct Args {
     values: BTreeMap<String, Value>,
+    /// Keys given with a value of the wrong type, or misspelt: reported already, and not also
+    /// "missing" for required checks.
+    rejected: Vec<String>,
+}
+
+/// Where else a key is known, for "`endpoint` is a key of `HttpOperator`, not of `BashOperator`".
+fn owners_of(key: &str) -> Vec<String> {
+    let mut owners = Vec::new();
+    if DAG_KEYS.iter().any(|(k, _)| *k == key) {
+        owners.push("`DAG`".to_string());
+    }
+    let sensor_key = SENSOR_KEYS.iter().any(|(k, _)| *k == key);
+    if sensor_key {
+        owners.push("every sensor".to_string());
+    }
+    for op in OPERATORS {
+        if op.keys.iter().any(|(k, _)| *k == key) && !(sensor_key && op.sensor) {
+            owners.push(format!("`{}`", op.name));
+        }
+    }
+    owners
+}
+
+fn list_names(names: &[String]) -> String {
+    match names.len() {
+        0 => String::new(),
+        1 => names[0].clone(),
+        2..=3 => format!("{} and {}", names[..names.len() - 1].join(", "), names[names.len() - 1]),
+        _ => format!("{}, {}, {} and others", names[0], names[1], names[2]),
+    }
+}
+
+/// An unknown key: a key of another constructor says so ("a key of `HttpOperator`, not of
+/// `BashOperator`"), a typo gets the nearest key `owner` knows, never a key it does not take.
+pub fn unknown_key(key: &str, owner: &str, allowed: &[KeySpec]) -> ScriptError {
+    let known: Vec<&str> = allowed.iter().map(|(k, _)| *k).collect();
+    let task_key = default_args_keys().iter().any(|(k, _)| *k == key) || key == "task_id";
+    if owner == "DAG" && task_key {
+        return ScriptError::new(format!("`{key}` is a task key, not a key of `DAG`"))
+            .with_help(format!("put it in the DAG's `default_args: #{{ {key}: ... }}` to apply it to every task"))
+            .at_key(key);
+    }
+    let owner_label = format!("`{owner}`");
+    let owners: Vec<String> = owners_of(key).into_iter().filter(|o| *o != owner_label).collect();
+    if !owners.is_empty() {
+        let own: Vec<&str> = OPERATORS
+            .iter()
+            .find(|op| op.name == owner)
+            .map(|op| op.keys.iter().map(|(k, _)| *k).collect())
+            .unwrap_or_default();
+        let is_operator = OPERATORS.iter().any(|op| op.name == owner);
+        let help = if owner == "default_args" {
+            format!("give `{key}` to `DAG(...)` itself, not in `default_args`")
+        } else if is_operator && own.is_empty() {
+            format!("`{owner}` takes only the keys every task takes: {}", known.join(", "))
+        } else if is_operator {
+            format!("`{owner}` takes {} and the keys every task takes", own.join(", "))
+        } else {
+            format!("`{owner}` takes: {}", known.join(", "))
+        };
+        return ScriptError::new(format!("`{key}` is a key of {}, not of `{owner}`", list_names(&owners)))
+            .with_help(help)
+            .at_key(key);
+    }
+    ScriptError::unknown_key(key, owner, &known)
 }
 
 impl Args {
     /// Checks every key of `map` against `allowed`; `owner` names the constructor in messages.
-    pub fn check(map: &Map, allowed: &[KeySpec], owner: &str) -> ScriptResult<Args> {
-        let mut values = BTreeMap::new();
+    /// A key that is unknown or has a value of the wrong type is left out and its error returned,
+    /// so one call reports every bad key and the file can go on.
+    pub fn check(map: &Map, allowed: &[KeySpec], owner: &str) -> (Args, Vec<ScriptError>) {
+        let mut args = Args::default();
+        let mut errors = Vec::new();
         for (key, raw) in map {
             let Some((_, kind)) = allowed.iter().find(|(k, _)| *k == key.as_str()) else {
+                // A misspelt key counts as given, so a required key is not also reported missing.
                 let known: Vec<&str> = allowed.iter().map(|(k, _)| *k).collect();
-                return Err(ScriptError::unknown_key(key, owner, &known));
+                if let Some(meant) = super::error::nearest(key, &known) {
+                    args.rejected.push(meant.to_string());
+                }
+                errors.push(unknown_key(key, owner, allowed));
+                continue;
             };
-            values.insert(key.to_string(), convert(raw, *kind, key, owner)?);
+            match convert(raw, *kind, key, owner) {
+                Ok(value) => {
+                    args.values.insert(key.to_string(), value);
+                }
+                Err(e) => {
+                    args.rejected.push(key.to_string());
+                    errors.push(e.at_key_if_none(key));
+                }
+            }
         }
-        Ok(Args { values })
+        (args, errors)
+    }
+
+    /// Whether `key` was given, even with a value that was rejected.
+    pub fn given(&self, key: &str) -> bool {
+        self.values.contains_key(key) || self.rejected.iter().any(|k| k == key)
+    }
+
+    /// Sets the keys of `other` over these.
+    pub fn merge(&mut self, other: Args) {
+        for (key, value) in other.values {
+            self.values.insert(key, value);
+        }
+    }
+
+    /// Every key and value, to read one back (`dag.doc_md`).
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.values.get(key)
     }
 
     /// Fills keys this call left out from `defaults`, skipping those `allowed` does not list.
@@ -467,6 +589,11 @@ fn describe(value: &Dynamic) -> String {
     }
     if value.is_unit() {
         return "`()`".into();
+    }
+    if let Ok(c) = value.as_char() {
+        return format!(
+            "a character (`'{c}'`: single quotes make one character in Rhai; write strings in double quotes)"
+        );
     }
     format!("a value of type `{}`", value.type_name())
 }

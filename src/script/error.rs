@@ -44,6 +44,11 @@ impl ScriptError {
         self
     }
 
+    /// Points at `key` unless the error already points somewhere.
+    pub fn at_key_if_none(self, key: &str) -> Self {
+        if self.key.is_some() || self.pos.is_some() { self } else { self.at_key(key) }
+    }
+
     pub fn at_key(mut self, key: &str) -> Self {
         self.key = Some(key.to_string());
         self
@@ -51,7 +56,10 @@ impl ScriptError {
 
     /// "unknown key `retires` in `BashOperator` — did you mean `retries`?"
     pub fn unknown_key(key: &str, owner: &str, known: &[&str]) -> Self {
-        let message = format!("unknown key `{key}` in `{owner}`");
+        // A key can be megabytes of script text: quote only its start.
+        let shown: String = key.chars().take(64).collect();
+        let shown = if shown.len() < key.len() { format!("{shown}…") } else { shown };
+        let message = format!("unknown key `{shown}` in `{owner}`");
         let e = match nearest(key, known) {
             Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
             None => ScriptError::new(message).with_help(format!("known keys: {}", known.join(", "))),
@@ -85,6 +93,17 @@ pub fn to_pos(p: Position) -> Option<SourcePos> {
 
 /// Converts a parse error to a diagnostic at its place in the file.
 pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits: &LimitNames) -> Diagnostic {
+    parse_diagnostic_with(file, source, err, limits, &mut None)
+}
+
+/// `parse_diagnostic`, sharing the file's declared names with the caller (found once).
+fn parse_diagnostic_with(
+    file: &str,
+    source: &str,
+    err: &rhai::ParseError,
+    limits: &LimitNames,
+    declared: &mut Option<Vec<String>>,
+) -> Diagnostic {
     let (kind, pos) = (&*err.0, err.1);
     let (message, help) = match kind {
         ParseErrorType::BadInput(rhai::LexError::Runtime(token)) if token == DEADLINE_TOKEN => (
@@ -96,14 +115,25 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits
             Some("split long `a >> b >> c ...` chains: use `chain([...])` or a loop".to_string()),
         ),
         ParseErrorType::LiteralTooLarge(what, max) => (format!("{what} is longer than the limit of {max}"), None),
+        ParseErrorType::VariableUndefined(name) if let Some(advice) = super::python::airflow_name(name) => {
+            (advice.message, Some(advice.help))
+        }
         ParseErrorType::VariableUndefined(name) => {
-            let declared = declared_names(source);
+            let declared = declared.get_or_insert_with(|| declared_names(source));
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
             let message = match nearest(name, &known) {
                 Some(best) => format!("unknown variable `{name}` — did you mean `{best}`?"),
                 None => format!("unknown variable `{name}`"),
             };
-            (message, Some("declare it with `let` before using it".to_string()))
+            let help = if declared.iter().any(|d| d == name) {
+                format!(
+                    "`{name}` is declared in this file, but not where it is used: a `for` variable or a `let` \
+                     inside `{{ ... }}` lives only inside that block"
+                )
+            } else {
+                "declare it with `let` before using it".to_string()
+            };
+            (message, Some(help))
         }
         other => (format!("syntax error: {other}"), None),
     };
@@ -112,8 +142,41 @@ pub fn parse_diagnostic(file: &str, source: &str, err: &rhai::ParseError, limits
     d
 }
 
+/// A parse error, explained by the Python forms in the file when there are some: each habit is
+/// its own diagnostic, and the raw parse error is dropped when a habit comes before it (the habit
+/// is what broke the parse).
+pub fn parse_diagnostics(
+    engine: &rhai::Engine,
+    file: &str,
+    source: &str,
+    err: &rhai::ParseError,
+    limits: &LimitNames,
+) -> Vec<Diagnostic> {
+    let mut declared = None;
+    let raw = parse_diagnostic_with(file, source, err, limits, &mut declared);
+    if matches!(&*err.0, ParseErrorType::BadInput(rhai::LexError::Runtime(_)) | ParseErrorType::ExprTooDeep) {
+        return vec![raw];
+    }
+    let declared = declared.unwrap_or_else(|| declared_names(source));
+    let habits = super::python::scan(engine, source, &declared);
+    let explained = habits.first().is_some_and(|h| raw.pos.is_none_or(|p| h.pos.line <= p.line));
+    let mut out: Vec<Diagnostic> = habits
+        .into_iter()
+        .map(|h| {
+            let mut d = Diagnostic::new(file, Some(h.pos), h.message).with_source(source);
+            d.help = h.help;
+            d
+        })
+        .collect();
+    if !explained {
+        out.push(raw);
+        out.sort_by_key(|d| d.pos);
+    }
+    out
+}
+
 /// Names declared with `let`/`const` or as function parameters, for "did you mean" hints.
-fn declared_names(source: &str) -> Vec<String> {
+pub fn declared_names(source: &str) -> Vec<String> {
     let mut names = Vec::new();
     for line in source.lines() {
         let mut words = line.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty());
@@ -124,7 +187,17 @@ fn declared_names(source: &str) -> Vec<String> {
                 names.push(name.to_string());
             }
         }
+        // A function's parameters: `fn f(a, b)`.
+        if let Some(at) = line.find("fn ")
+            && let Some(open) = line[at..].find('(')
+        {
+            let params = &line[at + open + 1..];
+            let params = &params[..params.find(')').unwrap_or(params.len())];
+            names.extend(params.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned));
+        }
     }
+    names.sort_unstable();
+    names.dedup();
     names
 }
 
@@ -190,6 +263,11 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
         }
         EvalAltResult::ErrorDataTooLarge(what, _) => format!("{what} exceeds the size limit for DAG files"),
         EvalAltResult::ErrorParsing(kind, _) => format!("syntax error: {kind}"),
+        EvalAltResult::ErrorFunctionNotFound(signature, _) => {
+            let (message, hint) = function_not_found(signature);
+            help = hint;
+            message
+        }
         EvalAltResult::ErrorModuleNotFound(name, _) => {
             help = Some("stdlib modules are imported by name, e.g. `import \"alerts\" as alerts;`".into());
             format!("no stdlib module named `{name}`")
@@ -205,6 +283,115 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
     let mut d = Diagnostic::new(file, inner_pos.or(pos), message).with_source(source);
     d.help = help;
     d
+}
+
+/// Names a DAG file can call, for "did you mean" on a misspelt function.
+fn callable_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = super::args::OPERATORS.iter().map(|op| op.name).collect();
+    names.extend([
+        "DAG",
+        "DummyOperator",
+        "BranchPythonOperator",
+        "SimpleHttpOperator",
+        "DingTalkOperator",
+        "timedelta",
+        "datetime",
+        "days_ago",
+        "seconds",
+        "minutes",
+        "hours",
+        "days",
+        "weeks",
+        "chain",
+        "chain_all",
+        "cross_downstream",
+        "every_minutes",
+        "range",
+    ]);
+    names
+}
+
+/// "Function not found: BashOperator (&str | ImmutableString | String, ...)" in words: positional
+/// arguments to a constructor that takes a map, Airflow names rhaiflow lacks, misspelt names.
+fn function_not_found(signature: &str) -> (String, Option<String>) {
+    let name = signature.split([' ', '(']).next().unwrap_or(signature).trim();
+    let args = signature.get(name.len()..).unwrap_or("").trim();
+    let empty_block = args.contains("()");
+    if let Some(advice) = super::python::airflow_name(name) {
+        return (advice.message, Some(advice.help));
+    }
+    let map_hint = |example: String| {
+        let mut help = format!("write `{example}`");
+        if empty_block {
+            help.push_str("; `{}` is an empty block in Rhai (its value is `()`), an empty map is `#{}`");
+        }
+        help
+    };
+    if let Some(op) = super::args::OPERATORS.iter().find(|op| op.name == name) {
+        let keys: Vec<String> =
+            std::iter::once("task_id").chain(op.required.iter().copied()).map(|k| format!("{k}: ...")).collect();
+        return (
+            format!("`{name}` takes its arguments as one map, not `{name}{}`", shown_args(args)),
+            Some(map_hint(format!("{name}(#{{ {} }})", keys.join(", ")))),
+        );
+    }
+    match name {
+        "DAG" => {
+            return (
+                format!("`DAG` takes an id and a map, not `DAG{}`", shown_args(args)),
+                Some(map_hint("DAG(\"my_dag\", #{ schedule: \"@daily\", start_date: days_ago(1) })".into())),
+            );
+        }
+        "timedelta" => {
+            return (
+                format!("`timedelta` takes a map of units, not `timedelta{}`", shown_args(args)),
+                Some("write `timedelta(#{ days: 1, hours: 2 })`, or `days(1)`, `hours(2)`, `minutes(5)`".into()),
+            );
+        }
+        "DummyOperator" | "BranchPythonOperator" | "SimpleHttpOperator" | "DingTalkOperator" => {
+            return (
+                format!("`{name}` takes its arguments as one map, not `{name}{}`", shown_args(args)),
+                Some(map_hint(format!("{name}(#{{ task_id: \"t\", ... }})"))),
+            );
+        }
+        _ => {}
+    }
+    let known = callable_names();
+    let missing = format!("unknown function `{name}`");
+    match nearest(name, &known) {
+        Some(best) if !args.is_empty() => (format!("{missing} — did you mean `{best}`?"), None),
+        _ if name.ends_with("Operator") || name.ends_with("Sensor") => (
+            format!("rhaiflow has no `{name}`"),
+            Some(format!(
+                "its operators are {}; a `BashOperator` runs any command",
+                super::args::OPERATORS.iter().map(|op| op.name).collect::<Vec<_>>().join(", ")
+            )),
+        ),
+        _ => (format!("unknown function `{name}` for arguments {}", shown_args(args)), None),
+    }
+}
+
+/// Rhai's argument types (`&str | ImmutableString | String`) as a DAG author reads them.
+fn shown_args(args: &str) -> String {
+    let inner = args.strip_prefix('(').unwrap_or(args);
+    let inner = inner.strip_suffix(')').unwrap_or(inner);
+    if inner.is_empty() {
+        return "()".into();
+    }
+    let words: Vec<&str> = inner
+        .split(", ")
+        .map(|a| match a {
+            a if a.contains("String") => "a string",
+            "i64" => "an integer",
+            "f64" => "a number",
+            "bool" => "a bool",
+            "()" => "()",
+            "map" => "a map",
+            "array" => "an array",
+            other => other,
+        })
+        .collect();
+    format!("({})", words.join(", "))
 }
 
 /// The position of the call in the user's own file: the outermost one with a line.

@@ -7,6 +7,7 @@ mod api;
 mod args;
 mod error;
 mod memory;
+mod python;
 mod sandbox;
 mod state;
 mod values;
@@ -15,7 +16,7 @@ use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
 
 use crate::model::Diagnostic;
-use error::{DEADLINE_TOKEN, LimitNames, MEMORY_TOKEN, eval_diagnostic, parse_diagnostic};
+use error::{DEADLINE_TOKEN, LimitNames, MEMORY_TOKEN, eval_diagnostic, parse_diagnostic, parse_diagnostics};
 use rhai::module_resolvers::StaticModuleResolver;
 use rhai::{AST, Dynamic, Engine, FnPtr, Module, Scope, Shared};
 
@@ -196,6 +197,11 @@ impl ScriptHost {
     }
 }
 
+/// Where `key:` is written at or after `from` (else before it), for a caret on a key of a call.
+pub fn locate_key(source: &str, from: crate::model::SourcePos, key: &str) -> Option<crate::model::SourcePos> {
+    api::locate_key(source, from, key)
+}
+
 fn elapsed_ns(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
@@ -234,7 +240,7 @@ impl FileEngine {
     }
 
     fn evaluate_inner(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
-        let fail = |d: Diagnostic| FileOutcome { dags: Vec::new(), diagnostics: vec![d], program: None };
+        let fail = |diagnostics: Vec<Diagnostic>| FileOutcome { dags: Vec::new(), diagnostics, program: None };
         let shared_source: Arc<str> = Arc::from(source);
         let started = Instant::now();
         let deadline_ms = u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX);
@@ -264,21 +270,24 @@ impl FileEngine {
             Ok(ast) => ast,
             Err(e) => {
                 self.deadline.store(u64::MAX, Ordering::Relaxed);
-                return fail(parse_diagnostic(file, source, &e, &names));
+                return fail(parse_diagnostics(&self.engine, file, source, &e, &names));
             }
         };
         self.engine.set_default_tag(Dynamic::from(cell.clone()));
         let result = self.engine.run_ast_with_scope(&mut Scope::new(), &ast);
         self.engine.set_default_tag(Dynamic::UNIT);
         self.deadline.store(u64::MAX, Ordering::Relaxed);
-        if let Err(e) = result {
-            return fail(eval_diagnostic(file, source, &e, &names));
-        }
-        let state = {
+        let mut state = {
             let mut guard = cell.0.lock().unwrap_or_else(|p| p.into_inner());
             let empty = FileState::new(String::new(), Arc::from(""), ctx.clone(), Budget::unlimited());
             std::mem::replace(&mut *guard, empty)
         };
+        if let Err(e) = result {
+            // The errors recorded before the one that stopped the file are reported too.
+            let mut diagnostics = state.take_recorded();
+            diagnostics.push(eval_diagnostic(file, source, &e, &names));
+            return fail(diagnostics);
+        }
         let callbacks = state.callbacks.clone();
         let (dags, diagnostics) = state.finish();
         let program = (!callbacks.is_empty()).then(|| Arc::new(ScriptProgram { ast: Arc::new(ast), callbacks }));

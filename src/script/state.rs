@@ -8,6 +8,7 @@ use crate::model::{
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
+use rhai::{Dynamic, Map};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,6 +26,9 @@ pub struct SourceMap {
 pub struct DeclaredDag {
     pub spec: DagSpec,
     pub source_map: SourceMap,
+    /// Its own arguments had errors (reported already): checks that read them (the timetable)
+    /// would only repeat those errors, so the loader skips them.
+    pub tainted: bool,
 }
 
 /// Settings an evaluation reads: the clock and the defaults Airflow takes from its config.
@@ -39,7 +43,17 @@ pub struct EvalContext {
 pub struct TaskDecl {
     pub pos: Option<SourcePos>,
     pub spec: TaskSpec,
+    /// The operator and its checked arguments (with `default_args` applied), so a property set
+    /// later (`task.retries = 3`) rebuilds the spec through the same checks.
+    op: &'static OperatorDef,
+    args: Args,
 }
+
+/// Errors a file may record (and go on) before the rest are only counted.
+const MAX_RECORDED: usize = 50;
+
+/// Keys whose errors stop the file: nothing sensible can be declared without them.
+const VITAL_KEYS: &[&str] = &["task_id", "dag", "dag_id"];
 
 pub struct DagDecl {
     pub dag_id: String,
@@ -98,6 +112,12 @@ pub struct FileState {
     declared_bytes: usize,
     /// Edges added since the deadline was last read.
     since_clock: u32,
+    /// Errors recorded while the file went on (bad keys and values), in the order found.
+    recorded: Vec<Diagnostic>,
+    /// Errors past `MAX_RECORDED`, counted only.
+    more_errors: usize,
+    /// DAGs whose own arguments had errors: their build and timetable errors would only cascade.
+    tainted: HashSet<usize>,
 }
 
 /// The handle the engine's tag carries so native functions find their file's state.
@@ -127,7 +147,66 @@ impl FileState {
             budget,
             declared_bytes: 0,
             since_clock: 0,
+            recorded: Vec::new(),
+            more_errors: 0,
+            tainted: HashSet::new(),
         }
+    }
+
+    /// Records errors about keys and values so evaluation goes on and every one is reported;
+    /// an error about a vital key (`task_id`, `dag`, `dag_id`) or a fatal one is raised instead.
+    /// `call` is the position of the call, to find the offending key after it; `dag` is tainted.
+    pub fn record(
+        &mut self,
+        errors: Vec<ScriptError>,
+        call: Option<SourcePos>,
+        dag: Option<usize>,
+    ) -> ScriptResult<()> {
+        if let Some(vital) =
+            errors.iter().find(|e| e.fatal || e.key.as_deref().is_some_and(|k| VITAL_KEYS.contains(&k)))
+        {
+            return Err(vital.clone());
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        if let Some(d) = dag {
+            self.tainted.insert(d);
+        }
+        for e in errors {
+            // A call made inside the stdlib (`DummyOperator(#{ ... })`) has no place in this file:
+            // the key is looked for in the whole file.
+            let key_pos = match &e.key {
+                Some(key) => super::api::locate_key(&self.source, call.unwrap_or(SourcePos::new(1, 1)), key),
+                None => None,
+            };
+            let pos = e.pos.or(key_pos).or(call);
+            let mut d = Diagnostic::new(&self.file, pos, e.message).with_source(&self.source);
+            d.help = e.help;
+            if self.recorded.contains(&d) {
+                continue;
+            }
+            if self.recorded.len() >= MAX_RECORDED {
+                self.more_errors += 1;
+            } else {
+                self.recorded.push(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// The recorded errors, in file order, with a count of those past the cap.
+    pub fn take_recorded(&mut self) -> Vec<Diagnostic> {
+        let mut out = std::mem::take(&mut self.recorded);
+        out.sort_by_key(|d| d.pos);
+        if self.more_errors > 0 {
+            out.push(
+                Diagnostic::new(&self.file, None, format!("{} more errors like these", self.more_errors))
+                    .with_help("fix the errors above and check again"),
+            );
+            self.more_errors = 0;
+        }
+        out
     }
 
     /// Fails once the file's wall-clock deadline has passed (natives call this; Rhai's progress
@@ -219,9 +298,9 @@ impl FileState {
             args.str("task_id").ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
         check_id("task_id", &task_id)?;
         for key in op.required {
-            let alias_given = *key == "callable" && args.contains("python_callable");
-            if !args.contains(key) && !alias_given {
-                return Err(ScriptError::new(format!("`{}` `{task_id}` needs `{key}`", op.name)));
+            let alias_given = *key == "callable" && args.given("python_callable");
+            if !args.given(key) && !alias_given {
+                self.record(vec![ScriptError::new(format!("`{}` `{task_id}` needs `{key}`", op.name))], pos, None)?;
             }
         }
         let dag = &self.dags[dag_idx];
@@ -244,11 +323,12 @@ impl FileState {
         let scope = format!("{}.{task_id}", dag.dag_id);
         self.check_deadline()?;
         self.spend(TASK_OVERHEAD + args.approx_bytes())?;
-        let spec = self.task_spec(op, &args, task_id.clone(), &scope)?;
+        let (spec, errors) = self.task_spec(op, &args, task_id.clone(), &scope);
+        self.record(errors, pos, None)?;
         let dag = &mut self.dags[dag_idx];
         let task_idx = dag.tasks.len();
         dag.task_index.insert(task_id, task_idx);
-        dag.tasks.push(TaskDecl { pos, spec });
+        dag.tasks.push(TaskDecl { pos, spec, op, args });
         Ok(TaskHandle { dag: dag_idx, task: task_idx })
     }
 
@@ -259,10 +339,35 @@ impl FileState {
         Some(CallbackRef(id))
     }
 
-    fn task_spec(&mut self, op: &OperatorDef, args: &Args, task_id: String, scope: &str) -> ScriptResult<TaskSpec> {
-        let retries = counted(non_negative(args.int("retries").unwrap_or(0), "retries")?, "retries")?;
+    /// The task's spec from its checked arguments, and the errors of values that were out of
+    /// range (each replaced by its default, so the file goes on).
+    fn task_spec(
+        &mut self,
+        op: &OperatorDef,
+        args: &Args,
+        task_id: String,
+        scope: &str,
+    ) -> (TaskSpec, Vec<ScriptError>) {
+        let mut errors = Vec::new();
+        let mut keep = |r: ScriptResult<_>, default| {
+            r.unwrap_or_else(|e| {
+                errors.push(e);
+                default
+            })
+        };
+        let retries = keep(
+            non_negative(args.int("retries").unwrap_or(0), "retries")
+                .and_then(|n| counted(n, "retries").map(i64::from)),
+            0,
+        );
+        let pool_slots = keep(
+            positive(args.int("pool_slots").unwrap_or(1), "pool_slots")
+                .and_then(|n| counted(n, "pool_slots").map(i64::from)),
+            1,
+        );
+        let priority_weight = keep(priority_weight(args.int("priority_weight").unwrap_or(1)), 1);
         let trigger_rule = match args.str("trigger_rule") {
-            None => TriggerRule::AllSuccess,
+            None => Ok(TriggerRule::AllSuccess),
             Some(text) => TriggerRule::parse(&text).ok_or_else(|| {
                 let known: Vec<&str> = TriggerRule::ALL.iter().map(|(n, _)| *n).collect();
                 let message = format!("unknown trigger_rule `{text}`");
@@ -270,14 +375,26 @@ impl FileState {
                     Some(best) => ScriptError::new(format!("{message} — did you mean `{best}`?")),
                     None => ScriptError::new(message).with_help(format!("trigger rules: {}", known.join(", "))),
                 }
-            })?,
+                .at_key("trigger_rule")
+            }),
         };
-        let operator = self.operator(op, args, scope)?;
-        Ok(TaskSpec {
+        let trigger_rule = trigger_rule.unwrap_or_else(|e| {
+            errors.push(e);
+            TriggerRule::AllSuccess
+        });
+        let params = json_object(args.json("params"), "params").unwrap_or_else(|e| {
+            errors.push(e.at_key_if_none("params"));
+            BTreeMap::new()
+        });
+        let operator = self.operator(op, args, scope).unwrap_or_else(|e| {
+            errors.push(e);
+            Operator::EmptyOperator
+        });
+        let spec = TaskSpec {
             task_id,
             operator,
             owner: args.str("owner").unwrap_or_else(|| self.ctx.default_owner.clone()).into(),
-            retries,
+            retries: u32::try_from(retries).unwrap_or(0),
             retry_delay: args.duration("retry_delay").unwrap_or(TimeSpan::from_secs(300)),
             retry_exponential_backoff: args.bool("retry_exponential_backoff").unwrap_or(false),
             max_retry_delay: args.duration("max_retry_delay"),
@@ -285,8 +402,8 @@ impl FileState {
             trigger_rule,
             depends_on_past: args.bool("depends_on_past").unwrap_or(false),
             pool: args.str("pool").map_or_else(|| "default_pool".into(), Arc::from),
-            pool_slots: counted(positive(args.int("pool_slots").unwrap_or(1), "pool_slots")?, "pool_slots")?,
-            priority_weight: priority_weight(args.int("priority_weight").unwrap_or(1))?,
+            pool_slots: u32::try_from(pool_slots).unwrap_or(1),
+            priority_weight,
             queue: args.str("queue").map_or_else(|| "default".into(), Arc::from),
             email: args.str_list("email").unwrap_or_default(),
             email_on_failure: args.bool("email_on_failure").unwrap_or(true),
@@ -296,10 +413,11 @@ impl FileState {
             on_failure_callback: self.callback(scope, "on_failure_callback", args.closure("on_failure_callback")),
             on_retry_callback: self.callback(scope, "on_retry_callback", args.closure("on_retry_callback")),
             on_success_callback: self.callback(scope, "on_success_callback", args.closure("on_success_callback")),
-            params: json_object(args.json("params"), "params")?,
+            params,
             doc_md: args.str("doc_md"),
             upstream: Vec::new(),
-        })
+        };
+        (spec, errors)
     }
 
     fn operator(&mut self, op: &OperatorDef, args: &Args, scope: &str) -> ScriptResult<Operator> {
@@ -396,6 +514,128 @@ impl FileState {
         Ok(operator)
     }
 
+    /// `dag.doc_md = "..."`: a DAG argument set while the file evaluates, checked as the keyword
+    /// would be. A bad key or value is recorded (the DAG is then not built) and the file goes on.
+    pub fn set_dag_property(
+        &mut self,
+        dag: usize,
+        key: &str,
+        value: Dynamic,
+        pos: Option<SourcePos>,
+    ) -> ScriptResult<()> {
+        if key == "dag_id" {
+            return Err(ScriptError::new("`dag_id` cannot change once the DAG is declared")
+                .with_help("give the id to `DAG(\"my_dag\", #{ ... })`"));
+        }
+        self.check_deadline()?;
+        let mut map = Map::new();
+        map.insert(key.into(), value);
+        if key == "default_args" {
+            let raw = match map.get(key).and_then(|v| v.clone().try_cast::<Map>()) {
+                Some(raw) => raw,
+                None => {
+                    let (_, errors) = Args::check(&map, DAG_KEYS, "DAG");
+                    return self.record(here(errors, pos), pos, Some(dag));
+                }
+            };
+            let (defaults, errors) = Args::check(&raw, &super::args::default_args_keys(), "default_args");
+            self.spend(defaults.approx_bytes())?;
+            self.dags[dag].default_args = defaults;
+            return self.record(here(errors, pos), pos, Some(dag));
+        }
+        let (args, mut errors) = Args::check(&map, DAG_KEYS, "DAG");
+        if let Some(tz) = args.str("timezone")
+            && let Err(e) = parse_timezone(&tz)
+        {
+            errors.push(e.at_key("timezone"));
+        }
+        self.spend(args.approx_bytes())?;
+        if errors.is_empty() {
+            let decl = &mut self.dags[dag];
+            // The later of `schedule` and `schedule_interval` wins.
+            match key {
+                "schedule" => drop(decl.args.take("schedule_interval")),
+                "schedule_interval" => drop(decl.args.take("schedule")),
+                _ => {}
+            }
+            decl.args.merge(args);
+            if key.ends_with("_callback") {
+                let prefix = format!("{}.{key}#", decl.dag_id);
+                self.callbacks.retain(|id, _| !id.starts_with(&prefix));
+                self.register_dag_callbacks(dag);
+            }
+        }
+        self.record(here(errors, pos), pos, Some(dag))
+    }
+
+    /// `dag.description`: the value given (in `DAG(...)` or set since), or `()`.
+    pub fn dag_property(&self, dag: usize, key: &str) -> ScriptResult<Dynamic> {
+        if !DAG_KEYS.iter().any(|(k, _)| *k == key) {
+            return Err(super::args::unknown_key(key, "DAG", DAG_KEYS));
+        }
+        let decl = &self.dags[dag];
+        Ok(match key {
+            "dag_id" => decl.dag_id.clone().into(),
+            _ => decl.args.value(key).map_or(Dynamic::UNIT, Value::to_dynamic),
+        })
+    }
+
+    /// `task.retries = 3`: a task argument set while the file evaluates, checked as the keyword
+    /// would be; the task's spec is rebuilt from its arguments.
+    pub fn set_task_property(
+        &mut self,
+        task: TaskHandle,
+        key: &str,
+        value: Dynamic,
+        pos: Option<SourcePos>,
+    ) -> ScriptResult<()> {
+        if key == "task_id" || key == "dag" {
+            return Err(ScriptError::new(format!("`{key}` cannot change once the task is declared"))
+                .with_help("give it to the operator: `BashOperator(#{ task_id: \"t\", ... })`"));
+        }
+        self.check_deadline()?;
+        let decl = &self.dags[task.dag].tasks[task.task];
+        let op = decl.op;
+        let mut map = Map::new();
+        map.insert(key.into(), value);
+        let (args, errors) = Args::check(&map, &allowed_keys(op), op.name);
+        if !errors.is_empty() {
+            return self.record(here(errors, pos), pos, None);
+        }
+        let mut merged = decl.args.clone();
+        let task_id = decl.spec.task_id.clone();
+        self.spend(args.approx_bytes())?;
+        merged.merge(args);
+        let scope = format!("{}.{task_id}", self.dags[task.dag].dag_id);
+        if key.ends_with("_callback") || key.ends_with("callable") || key == "response_check" {
+            let prefix = format!("{scope}.");
+            self.callbacks.retain(|id, _| !id.starts_with(&prefix));
+        }
+        let (spec, errors) = self.task_spec(op, &merged, task_id, &scope);
+        if !errors.is_empty() {
+            // The task keeps its earlier value, so the error is reported once, here.
+            return self.record(here(errors, pos), pos, None);
+        }
+        let decl = &mut self.dags[task.dag].tasks[task.task];
+        decl.spec = spec;
+        decl.args = merged;
+        Ok(())
+    }
+
+    /// `task.retries`: the value given (to the operator, by `default_args`, or set since), or `()`.
+    pub fn task_property(&self, task: TaskHandle, key: &str) -> ScriptResult<Dynamic> {
+        let decl = &self.dags[task.dag].tasks[task.task];
+        let allowed = allowed_keys(decl.op);
+        if !allowed.iter().any(|(k, _)| *k == key) {
+            return Err(super::args::unknown_key(key, decl.op.name, &allowed));
+        }
+        Ok(match key {
+            "task_id" => decl.spec.task_id.clone().into(),
+            "dag" => Dynamic::from(super::args::DagHandle(task.dag)),
+            _ => decl.args.value(key).map_or(Dynamic::UNIT, Value::to_dynamic),
+        })
+    }
+
     /// `up >> down`. Both must be tasks of the same DAG.
     pub fn add_edge(&mut self, up: TaskHandle, down: TaskHandle, pos: Option<SourcePos>) -> ScriptResult<()> {
         let name = |h: TaskHandle| &self.dags[h.dag].tasks[h.task].spec.task_id;
@@ -447,12 +687,17 @@ impl FileState {
     }
 
     /// Turns every declaration into a `DagSpec`; a DAG that cannot be built becomes a diagnostic.
-    pub fn finish(self) -> (Vec<DeclaredDag>, Vec<Diagnostic>) {
+    /// A DAG whose arguments had recorded errors is still built, for its graph and template
+    /// checks, but its build errors are dropped (they would cascade from those).
+    pub fn finish(mut self) -> (Vec<DeclaredDag>, Vec<Diagnostic>) {
         let mut dags = Vec::new();
-        let mut diagnostics = Vec::new();
-        for decl in &self.dags {
+        let mut diagnostics = self.take_recorded();
+        for (i, decl) in self.dags.iter().enumerate() {
+            let tainted = self.tainted.contains(&i);
             match self.build_dag(decl) {
-                Ok(d) => dags.push(d),
+                Ok(d) => dags.push(DeclaredDag { tainted, ..d }),
+                // A DAG whose arguments had errors fails to build because of them: said already.
+                Err(_) if tainted => {}
                 Err(e) => {
                     let key_pos = match (&e.key, decl.pos) {
                         (Some(key), Some(from)) => super::api::locate_key(&self.source, from, key),
@@ -551,7 +796,7 @@ impl FileState {
         {
             return Err(ScriptError::new(format!("DAG `{}` ends ({e}) before it starts ({s})", spec.dag_id)));
         }
-        Ok(DeclaredDag { spec, source_map })
+        Ok(DeclaredDag { spec, source_map, tainted: false })
     }
 
     /// DAG-level callbacks are registered when the DAG is declared; this finds them again.
@@ -567,6 +812,11 @@ impl FileState {
             self.callback(&dag_id, field, f);
         }
     }
+}
+
+/// Errors of a property set point at the property, not at a `key:` elsewhere in the file.
+fn here(errors: Vec<ScriptError>, pos: Option<SourcePos>) -> Vec<ScriptError> {
+    errors.into_iter().map(|e| ScriptError { pos: e.pos.or(pos), key: None, ..e }).collect()
 }
 
 /// The keys one operator accepts.
@@ -636,7 +886,7 @@ fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<St
         return Ok(value);
     }
     let hint = nearest(&value, allowed).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
-    Err(ScriptError::new(format!("`{key}` must be one of {}, not `{value}`{hint}", allowed.join(", "))))
+    Err(ScriptError::new(format!("`{key}` must be one of {}, not `{value}`{hint}", allowed.join(", "))).at_key(key))
 }
 
 fn non_negative(n: i64, key: &str) -> ScriptResult<i64> {
