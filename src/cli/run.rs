@@ -8,7 +8,7 @@ use crate::scheduler::{DagVersion, PinnedDag};
 use crate::store::Store;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, NaiveDate, Utc};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -677,10 +677,45 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
             did_you_mean(&key.task_id, &known)
         );
     };
-    let n = try_number.unwrap_or(ti.try_number.max(1));
+    let what = format!("task `{}` of run `{}` of DAG `{}`", key.task_id, key.run_id, key.dag_id);
+    // The store's `try_number` is the latest try that started (0: none has).
+    if ti.try_number == 0 {
+        let when = if ti.state.is_finished() { "never ran" } else { "has not run yet" };
+        eprintln!("error: {what} {when} (state `{}`), so it has no log", ti.state);
+        return Ok(Outcome::Failed);
+    }
+    let n = try_number.unwrap_or(ti.try_number);
+    if n > ti.try_number {
+        let tries = if ti.try_number == 1 { "1 try".to_string() } else { format!("{} tries", ti.try_number) };
+        eprintln!(
+            "error: {what} has had {tries}, so try {n} has no log; see the latest with `--try {}`",
+            ti.try_number
+        );
+        return Ok(Outcome::Failed);
+    }
     let path = ctx.app.worker_settings().log_path(&key, n);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no log for try {n} at {}", path.display()))?;
-    print!("{text}");
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A try writes its log's first line as it starts; only a try just claimed, or a log
+            // folder cleaned by hand, has none.
+            eprintln!(
+                "error: try {n} of {what} (state `{}`) has no log at {}: it has not written one yet, or the file was removed",
+                ti.state,
+                path.display()
+            );
+            return Ok(Outcome::Failed);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the log of try {n} at {}", path.display())),
+    };
+    // Streamed: a log may be as large as `[logging] max_log_bytes`.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = std::io::copy(&mut std::io::BufReader::new(file), &mut out).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Err(super::ClosedStdout.into());
+        }
+        return Err(e).with_context(|| format!("cannot print the log of try {n} at {}", path.display()));
+    }
     Ok(Outcome::Ok)
 }
 

@@ -1,0 +1,89 @@
+//! Issue 7 tried as a hostile Airflow user would, through the real binary: each defect found
+//! became a test here.
+
+mod common;
+
+use common::{Home, output_within_deadline};
+use std::process::Output;
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+const FAILS_FIRST: &str = r#"let dag = DAG("f", #{ start_date: datetime(2026, 1, 1), schedule: (), catchup: false });
+let a = BashOperator(#{ task_id: "a", bash_command: "exit 3" });
+let b = BashOperator(#{ task_id: "b", bash_command: "echo b" });
+let big = BashOperator(#{ task_id: "big", bash_command: "for i in $(seq 1 20000); do echo line $i of a long log; done" });
+a >> b;"#;
+
+/// `tasks logs` of a try that never ran says so (exit 1), never "No such file or directory".
+#[test]
+fn tasks_logs_of_a_try_that_never_ran_says_so() {
+    let home = Home::new(&[("f.rhai", FAILS_FIRST)]);
+    let o = home.run(&["dags", "test", "f", "2026-11-05"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let run = "manual__2026-11-05T00:00:00+00:00";
+    let logs = |args: &[&str]| {
+        let mut all = vec!["tasks", "logs", "f", run];
+        all.extend(args);
+        home.run(&all)
+    };
+    let o = logs(&["b"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str(), stderr(&o).as_str()),
+        (
+            Some(1),
+            "",
+            "error: task `b` of run `manual__2026-11-05T00:00:00+00:00` of DAG `f` never ran (state \
+             `upstream_failed`), so it has no log\n"
+        )
+    );
+    let o = logs(&["a", "--try", "7"]);
+    assert_eq!(
+        (o.status.code(), stderr(&o).as_str()),
+        (
+            Some(1),
+            "error: task `a` of run `manual__2026-11-05T00:00:00+00:00` of DAG `f` has had 1 try, so try 7 has no \
+             log; see the latest with `--try 1`\n"
+        )
+    );
+    let o = logs(&["a"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("the command exited with code 3"), "{}", stdout(&o));
+
+    // A run waiting on a paused DAG: its tasks have not run yet.
+    assert!(home.run(&["dags", "pause", "f"]).status.success());
+    assert!(home.run(&["dags", "trigger", "f", "--logical-date", "2026-11-06"]).status.success());
+    let o = home.run(&["tasks", "logs", "f", "manual__2026-11-06T00:00:00+00:00", "a"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "error: task `a` of run `manual__2026-11-06T00:00:00+00:00` of DAG `f` has not run yet (state `none`), so \
+         it has no log\n"
+    );
+
+    // A log removed by hand: named, with its path, and no OS error text.
+    let path = home.path().join(format!("logs/dag_id=f/run_id={run}/task_id=a/attempt=1.log"));
+    std::fs::remove_file(&path).unwrap();
+    let o = logs(&["a"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("has no log at logs/dag_id=f/run_id={run}/task_id=a/attempt=1.log")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("os error"), "{}", stderr(&o));
+
+    // A long log streamed into `head -1` ends quietly, as SIGPIPE would end it.
+    let bin = env!("CARGO_BIN_EXE_rhaiflow");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &format!("set -o pipefail; {bin} tasks logs f {run} big | head -1 >/dev/null")])
+        .current_dir(home.path())
+        .env_remove("RHAIFLOW_HOME");
+    let o = output_within_deadline(cmd, "tasks logs | head -1");
+    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(141), ""));
+}
