@@ -87,3 +87,77 @@ fn tasks_logs_of_a_try_that_never_ran_says_so() {
     let o = output_within_deadline(cmd, "tasks logs | head -1");
     assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(141), ""));
 }
+
+/// Every `cargo run --release -- ...` command of the README, run as a user on a fresh clone would
+/// (from the repository's root, defaults as shipped, new DAGs paused), but with the binary already
+/// built and state in a temporary home: each succeeds, the scheduler runs MCWork and nothing else
+/// (the examples do not flood the machine), and `dags check` stays clean once the database exists
+/// (tour.rhai once named a pool no fresh database has).
+#[test]
+fn the_readme_commands_succeed_and_run_only_what_was_unpaused() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_rhaiflow");
+    let command = |line: &str| {
+        let (_, args) = line.split_once("cargo run --release -- ").unwrap_or_else(|| panic!("{line}"));
+        let args: Vec<&str> = args.trim_end_matches('`').split_whitespace().collect();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(&args)
+            .arg("--home")
+            .arg(home.path())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("RHAIFLOW_HOME")
+            .env_remove("MCWORK_HOME")
+            // MCWork's two-minute sleep, shortened as the README does for `dags test`.
+            .env("MCWORK_WAIT", "0");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RHAIFLOW__") {
+                cmd.env_remove(key);
+            }
+        }
+        (args.first() == Some(&"scheduler"), cmd)
+    };
+    let mut commands: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.contains("cargo run --release -- ") && !l.starts_with('|'))
+        .map(|l| l.trim())
+        .collect();
+    // The inline one ("From another terminal, `cargo run ... dags trigger ...`") runs while the
+    // scheduler does.
+    let trigger_at = commands.iter().position(|l| !l.starts_with("cargo") && !l.starts_with("MCWORK_WAIT"));
+    let trigger = trigger_at.map(|i| commands.remove(i));
+    assert!(commands.len() >= 4, "{commands:?}");
+    let mut scheduler = None;
+    for line in &commands {
+        let (long_running, mut cmd) = command(line);
+        if long_running {
+            scheduler = Some(common::Running(Some(
+                cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap(),
+            )));
+            continue;
+        }
+        let o = output_within_deadline(cmd, line);
+        assert!(o.status.success(), "`{line}`: {}{}", stdout(&o), stderr(&o));
+    }
+    let scheduler = scheduler.expect("the README starts the scheduler");
+    let trigger = trigger.expect("the README triggers MCWork from another terminal");
+    let inline = &trigger[trigger.find("cargo run").unwrap()..];
+    let inline = &inline[..inline.find('`').unwrap_or(inline.len())];
+    let o = output_within_deadline(command(inline).1, inline);
+    assert!(o.status.success(), "`{inline}`: {}", stderr(&o));
+    let runs = |dag_id: &str| {
+        let line = format!("cargo run --release -- runs list {dag_id} --output json --dags-folder examples/dags");
+        let o = output_within_deadline(command(&line).1, "runs list");
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().cloned().unwrap_or_default()
+    };
+    common::wait_until("the triggered MCWork run", || {
+        runs("MCWork").iter().any(|r| r["run_type"] == "manual" && r["state"] == "success").then_some(())
+    });
+    drop(scheduler);
+    for paused in ["tour_etl", "tour_ingest", "tour_reports", "daily_reporter_airflow_2"] {
+        assert_eq!(runs(paused).len(), 0, "{paused} is paused and has no run");
+    }
+    let o = output_within_deadline(command("cargo run --release -- dags check --dags-folder examples/dags").1, "check");
+    assert!(o.status.success(), "dags check with the database: {}{}", stdout(&o), stderr(&o));
+}
