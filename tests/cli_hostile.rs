@@ -161,3 +161,33 @@ fn the_readme_commands_succeed_and_run_only_what_was_unpaused() {
     let o = output_within_deadline(command("cargo run --release -- dags check --dags-folder examples/dags").1, "check");
     assert!(o.status.success(), "dags check with the database: {}{}", stdout(&o), stderr(&o));
 }
+
+/// No secret in any log line rhaiflow writes, as Airflow's secrets masker: a connection's password
+/// as a template reads it (percent-decoded: it once showed in the `running:` line), values under
+/// sensitive keys of its extra, sensitive variables, and all of these in what the task itself
+/// prints on stdout or stderr (it once went to the log as printed).
+#[test]
+fn secrets_are_masked_in_every_line_of_a_task_log() {
+    let dag = r#"let dag = DAG("m", #{ start_date: datetime(2026, 1, 1), schedule: (), catchup: false });
+let a = BashOperator(#{ task_id: "a", bash_command: "echo {{ conn.db.password }} {{ conn.db.extra_dejson.api_token }}; echo '{{ conn.db.get_uri() }}' >&2; printf '%s' {{ var.value.api_password }}; exit 2" });"#;
+    let home = Home::new(&[("m.rhai", dag)]);
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        "[connections.db]\nuri = \"postgres://us%3Aer:p%40ssw0rd%2F99@host:5432/db?sslmode=require&api_token=xtrasecret1\"\n\
+         [variables]\napi_password = \"varsecret99\"\nplain = \"notsecret77\"\n",
+    )
+    .unwrap();
+    let o = home.run(&["dags", "test", "m", "2026-11-05"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let log = home.log("m", "manual__2026-11-05T00:00:00+00:00", "a");
+    for secret in ["p@ssw0rd/99", "p%40ssw0rd%2F99", "xtrasecret1", "varsecret99"] {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+        assert!(!stdout(&o).contains(secret), "`{secret}` in dags test's output:\n{}", stdout(&o));
+    }
+    let log = common::unstamped(&log);
+    let lines: Vec<&str> = log.lines().collect();
+    // stdout and stderr are read apart: their lines may come in either order.
+    for line in ["*** ***", "postgres://us%3Aer:***@host:5432/db?sslmode=require&api_token=***", "***"] {
+        assert!(lines.contains(&line), "`{line}` in {log}");
+    }
+}
