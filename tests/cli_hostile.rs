@@ -191,3 +191,26 @@ let a = BashOperator(#{ task_id: "a", bash_command: "echo {{ conn.db.password }}
         assert!(lines.contains(&line), "`{line}` in {log}");
     }
 }
+
+/// Dates as `pendulum.parse` reads them: `Z` after minutes is UTC; a leap second is no date (it once
+/// made run `manual__2026-11-05T00:00:60.000000+00:00`).
+#[test]
+fn dates_take_z_without_seconds_and_refuse_leap_seconds() {
+    let home = Home::new(&[("f.rhai", FAILS_FIRST)]);
+    let o = home.run(&["dags", "trigger", "f", "--logical-date", "2026-11-05T06:30Z"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("triggered f: run manual__2026-11-05T06:30:00+00:00 "), "{}", stdout(&o));
+    for leap in ["2026-11-05T00:00:60", "2026-12-31T23:59:60Z", "2026-12-31 23:59:60+00:00"] {
+        let o = home.run(&["dags", "trigger", "f", "--logical-date", leap]);
+        assert_eq!(
+            (o.status.code(), stderr(&o)),
+            (
+                Some(2),
+                format!(
+                    "error: `{leap}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339\n"
+                )
+            )
+        );
+    }
+    assert_eq!(home.runs("f").len(), 1);
+}

@@ -13,26 +13,33 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Parses `2024-01-01`, `2024-01-01T06:00`, `2024-01-01T06:00:00[.ffffff]` (UTC; a space works
-/// for the `T`, as in Airflow's `pendulum.parse`) or RFC 3339 with an offset.
+/// for the `T`, as in Airflow's `pendulum.parse`) or with an offset (`+08:00`, or `Z` as
+/// `pendulum.parse` takes it: `2024-01-01T06:00Z`). A leap second (`:60`) is no date, as in Python.
 pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
     let text = text.trim();
+    let parsed = parse_date_text(text)
+        .or_else(|| text.strip_suffix(['Z', 'z']).and_then(|t| parse_date_text(&format!("{t}+00:00"))));
+    match parsed {
+        Some(t) if chrono::Timelike::nanosecond(&t) < 1_000_000_000 => Ok(t),
+        _ => bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339"),
+    }
+}
+
+fn parse_date_text(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+        return Some(t.with_timezone(&Utc));
     }
     for format in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%d %H:%M%:z", "%Y-%m-%d %H:%M:%S%:z"] {
         if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Ok(t.with_timezone(&Utc));
+            return Some(t.with_timezone(&Utc));
         }
     }
     for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t.and_utc());
+            return Some(t.and_utc());
         }
     }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339")
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 /// ` (did you mean `x`?)` when a known name is near `word`, else nothing.
