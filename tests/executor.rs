@@ -22,6 +22,7 @@ fn run(dir: &Path, command: &str) -> BashRun {
         timeout: None,
         kill_grace: Duration::from_millis(200),
         supervisor: PathBuf::from(env!("CARGO_BIN_EXE_rhaiflow")),
+        masks: Vec::new(),
     }
 }
 

@@ -192,12 +192,18 @@ fn parse_and_run() -> i32 {
     match run(cli) {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Failed) => EXIT_FAILED,
+        Err(e) if e.is::<ClosedStdout>() => crash::EXIT_CLOSED_STDOUT,
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_ERROR
         }
     }
 }
+
+/// A command's stdout was a pipe whose reader left: exit 141 quietly, as `println!` does (`crash.rs`).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct ClosedStdout;
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {

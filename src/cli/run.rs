@@ -8,31 +8,38 @@ use crate::scheduler::{DagVersion, PinnedDag};
 use crate::store::Store;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, NaiveDate, Utc};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Parses `2024-01-01`, `2024-01-01T06:00`, `2024-01-01T06:00:00[.ffffff]` (UTC; a space works
-/// for the `T`, as in Airflow's `pendulum.parse`) or RFC 3339 with an offset.
+/// for the `T`, as in Airflow's `pendulum.parse`) or with an offset (`+08:00`, or `Z` as
+/// `pendulum.parse` takes it: `2024-01-01T06:00Z`). A leap second (`:60`) is no date, as in Python.
 pub fn parse_date(text: &str) -> anyhow::Result<DateTime<Utc>> {
     let text = text.trim();
+    let parsed = parse_date_text(text)
+        .or_else(|| text.strip_suffix(['Z', 'z']).and_then(|t| parse_date_text(&format!("{t}+00:00"))));
+    match parsed {
+        Some(t) if chrono::Timelike::nanosecond(&t) < 1_000_000_000 => Ok(t),
+        _ => bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339"),
+    }
+}
+
+fn parse_date_text(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
+        return Some(t.with_timezone(&Utc));
     }
     for format in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%d %H:%M%:z", "%Y-%m-%d %H:%M:%S%:z"] {
         if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Ok(t.with_timezone(&Utc));
+            return Some(t.with_timezone(&Utc));
         }
     }
     for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
-            return Ok(t.and_utc());
+            return Some(t.and_utc());
         }
     }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    bail!("`{text}` is not a date; use 2024-01-01, 2024-01-01T06:00, 2024-01-01T06:00:00 or RFC 3339")
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
 }
 
 /// ` (did you mean `x`?)` when a known name is near `word`, else nothing.
@@ -677,10 +684,45 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
             did_you_mean(&key.task_id, &known)
         );
     };
-    let n = try_number.unwrap_or(ti.try_number.max(1));
+    let what = format!("task `{}` of run `{}` of DAG `{}`", key.task_id, key.run_id, key.dag_id);
+    // The store's `try_number` is the latest try that started (0: none has).
+    if ti.try_number == 0 {
+        let when = if ti.state.is_finished() { "never ran" } else { "has not run yet" };
+        eprintln!("error: {what} {when} (state `{}`), so it has no log", ti.state);
+        return Ok(Outcome::Failed);
+    }
+    let n = try_number.unwrap_or(ti.try_number);
+    if n > ti.try_number {
+        let tries = if ti.try_number == 1 { "1 try".to_string() } else { format!("{} tries", ti.try_number) };
+        eprintln!(
+            "error: {what} has had {tries}, so try {n} has no log; see the latest with `--try {}`",
+            ti.try_number
+        );
+        return Ok(Outcome::Failed);
+    }
     let path = ctx.app.worker_settings().log_path(&key, n);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no log for try {n} at {}", path.display()))?;
-    print!("{text}");
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A try writes its log's first line as it starts; only a try just claimed, or a log
+            // folder cleaned by hand, has none.
+            eprintln!(
+                "error: try {n} of {what} (state `{}`) has no log at {}: it has not written one yet, or the file was removed",
+                ti.state,
+                path.display()
+            );
+            return Ok(Outcome::Failed);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the log of try {n} at {}", path.display())),
+    };
+    // Streamed: a log may be as large as `[logging] max_log_bytes`.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = std::io::copy(&mut std::io::BufReader::new(file), &mut out).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Err(super::ClosedStdout.into());
+        }
+        return Err(e).with_context(|| format!("cannot print the log of try {n} at {}", path.display()));
+    }
     Ok(Outcome::Ok)
 }
 

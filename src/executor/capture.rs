@@ -36,8 +36,12 @@ pub struct LastLine {
 }
 
 /// Reads both pipes to their end, writing the log; returns the last stdout line.
-pub fn capture(stdout: File, stderr: File, log: File, limits: Limits) -> LastLine {
+///
+/// Each of `masks` (secrets, longest first) is replaced by `***` in every line, as Airflow's
+/// secrets masker does; the last line (the XCom) is kept as written, as Airflow keeps XComs.
+pub fn capture(stdout: File, stderr: File, log: File, limits: Limits, masks: Vec<String>) -> LastLine {
     let sink = Mutex::new(Sink {
+        masks,
         out: BufWriter::with_capacity(CHUNK, log),
         written: 0,
         cap: limits.max_log_bytes,
@@ -138,6 +142,7 @@ pub fn unstamped(line: &str) -> &str {
 
 /// The log file up to its cap, then one marker line.
 struct Sink {
+    masks: Vec<String>,
     out: BufWriter<File>,
     written: u64,
     cap: u64,
@@ -152,6 +157,13 @@ impl Sink {
             return;
         }
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let masked;
+        let line = if self.masks.is_empty() {
+            line
+        } else {
+            masked = super::mask(&String::from_utf8_lossy(line), &self.masks);
+            masked.as_bytes()
+        };
         let stamp = self.stamp.len() as u64;
         let need = stamp + line.len() as u64 + 1;
         if self.written + need > self.cap {

@@ -53,6 +53,14 @@ pub struct BashRun {
     pub kill_grace: Duration,
     /// The rhaiflow binary, run as `__task-supervisor`.
     pub supervisor: PathBuf,
+    /// Secrets the supervisor replaces by `***` in every line of the log (given through the
+    /// gate, never on the command line, which any user can read in `ps`).
+    pub masks: Vec<String>,
+}
+
+/// `text` with every one of `secrets` (longest first) replaced by `***`, as Airflow's secrets masker.
+pub fn mask(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_string(), |text, secret| text.replace(secret.as_str(), "***"))
 }
 
 /// How the process ended.
@@ -201,7 +209,10 @@ impl RunningBash {
     /// Lets the gated command start.
     pub async fn release(&mut self) {
         if let Some(mut stdin) = self.child.stdin.take() {
-            let _ = stdin.write_all(b"go\n").await;
+            // The go-ahead line carries the secrets to mask, as a JSON array of strings.
+            let mut line = serde_json::to_vec(&self.run.masks).unwrap_or_else(|_| b"[]".to_vec());
+            line.push(b'\n');
+            let _ = stdin.write_all(&line).await;
         }
     }
 

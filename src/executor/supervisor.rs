@@ -11,7 +11,7 @@
 use super::capture::{Limits, MAX_LINE_BYTES, capture};
 use super::{STATUS_XATTR, STATUS_XATTR_MAX, StatusFile, TASK_SHELL_NAME, status_path};
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -49,9 +49,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
     );
     // SAFETY: the handler does nothing, so it is async-signal-safe.
     let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGTERM, &action) };
-    if !gate_opened() {
+    let Some(masks) = gate_opened() else {
         return GATE_CLOSED;
-    }
+    };
     let log_file = match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&log) {
         Ok(f) => f,
         Err(e) => {
@@ -77,7 +77,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let started = std::time::Instant::now();
     let limits = Limits { max_log_bytes, max_line_bytes: MAX_LINE_BYTES, max_xcom_bytes };
     let (out, err) = (std::os::fd::OwnedFd::from(out), std::os::fd::OwnedFd::from(err));
-    let last = capture(out.into(), err.into(), log_file, limits);
+    let last = capture(out.into(), err.into(), log_file, limits, masks);
     let (exit_code, signal) = match child.wait() {
         Ok(s) => (s.code(), s.signal()),
         Err(_) => (Some(-1), None),
@@ -100,19 +100,38 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Waits for one line on stdin; `false` when stdin closes first (the owner died before the claim).
-fn gate_opened() -> bool {
+/// The most bytes of the go-ahead line kept: the secrets to mask come from rhaiflow's own config.
+const MAX_GATE_LINE: usize = 16 * 1024 * 1024;
+
+/// Waits for one line on stdin, the go-ahead, and returns the secrets it carries (a JSON array of
+/// strings; any other line, as older owners send, carries none); `None` when stdin closes first
+/// (the owner died before the claim).
+fn gate_opened() -> Option<Vec<String>> {
     let mut stdin = std::io::stdin().lock();
-    let mut byte = [0u8; 1];
+    let mut line = Vec::new();
     loop {
-        match stdin.read(&mut byte) {
-            Ok(0) => return false,
-            Ok(_) if byte[0] == b'\n' => return true,
-            Ok(_) => {}
+        match std::io::BufRead::fill_buf(&mut stdin) {
+            Ok([]) => return None,
+            Ok(bytes) => {
+                let (take, done) = match bytes.iter().position(|b| *b == b'\n') {
+                    Some(end) => (end + 1, true),
+                    None => (bytes.len(), false),
+                };
+                if line.len() < MAX_GATE_LINE {
+                    line.extend_from_slice(&bytes[..take]);
+                }
+                std::io::BufRead::consume(&mut stdin, take);
+                if done {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
+    let mut masks: Vec<String> = serde_json::from_slice(line.trim_ascii()).unwrap_or_default();
+    masks.retain(|m| !m.is_empty());
+    Some(masks)
 }
 
 /// Records the status: as the log's [`STATUS_XATTR`] when it fits, else beside the log, to a

@@ -663,6 +663,7 @@ pub fn bash_run(
         max_xcom_bytes: settings.max_xcom_bytes,
         remove_env: settings.withheld_env.iter().filter(|name| !env.contains_key(*name)).cloned().collect(),
         supervisor: settings.supervisor.clone(),
+        masks: secrets(settings),
         timeout: task.task().execution_timeout.map(|t| t.as_std()),
         kill_grace: settings.kill_grace,
     })
@@ -677,26 +678,74 @@ fn shell_words(command: &str) -> String {
 /// would garble every log line and hide nothing.
 const MIN_MASKED_SECRET: usize = 5;
 
-/// A variable whose name holds one of these is a secret, as in Airflow's secrets masker.
-const SENSITIVE_NAMES: [&str; 8] =
-    ["password", "passwd", "secret", "token", "api_key", "apikey", "access_token", "authorization"];
+/// A variable, or a key of a connection's extra, whose name holds one of these is a secret
+/// (Airflow's `DEFAULT_SENSITIVE_FIELDS`).
+const SENSITIVE_NAMES: [&str; 12] = [
+    "access_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "passphrase",
+    "passwd",
+    "password",
+    "private_key",
+    "secret",
+    "token",
+    "keyfile_dict",
+    "service_account",
+];
 
-/// `text` with every secret rhaiflow knows of (connection passwords, values of variables with
-/// sensitive names) replaced by `***`, for lines rhaiflow itself writes to a task's log.
+fn is_sensitive(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SENSITIVE_NAMES.iter().any(|s| name.contains(s))
+}
+
+/// Every secret rhaiflow knows of, longest first (so a secret that contains another is masked
+/// whole), as Airflow's secrets masker holds them: each connection's password as a template reads
+/// it (percent-decoded) and as written in its URI, the values under sensitive keys of its extra,
+/// and the values of variables with sensitive names.
+pub fn secrets(settings: &WorkerSettings) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for (conn_id, uri) in &settings.connections {
+        if let Some(raw) = uri.split_once("://").and_then(|(_, rest)| {
+            let userinfo = &rest[..rest.rfind('@')?];
+            userinfo.split_once(':').map(|(_, password)| password)
+        }) {
+            secrets.push(raw.to_string());
+        }
+        let Ok(conn) = template::Connection::parse(conn_id, uri) else { continue };
+        secrets.extend(conn.password);
+        if let Some(extra) = conn.extra.and_then(|e| serde_json::from_str::<serde_json::Value>(&e).ok()) {
+            sensitive_values(&extra, false, &mut secrets);
+        }
+    }
+    for (name, value) in &settings.variables {
+        if is_sensitive(name) {
+            secrets.push(value.clone());
+        }
+    }
+    secrets.retain(|s| s.len() >= MIN_MASKED_SECRET);
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+    secrets
+}
+
+/// The strings under sensitive keys of a JSON value (all of them under such a key).
+fn sensitive_values(value: &serde_json::Value, under_sensitive: bool, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) if under_sensitive => out.push(s.clone()),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| sensitive_values(v, under_sensitive, out)),
+        serde_json::Value::Object(map) => {
+            map.iter().for_each(|(k, v)| sensitive_values(v, under_sensitive || is_sensitive(k), out))
+        }
+        _ => {}
+    }
+}
+
+/// `text` with every secret of [`secrets`] replaced by `***`, for lines rhaiflow itself writes to
+/// a task's log.
 pub fn mask_secrets(text: &str, settings: &WorkerSettings) -> String {
-    let passwords = settings.connections.values().filter_map(|uri| {
-        let (_, rest) = uri.split_once("://")?;
-        let userinfo = &rest[..rest.rfind('@')?];
-        userinfo.split_once(':').map(|(_, password)| password)
-    });
-    let sensitive = settings.variables.iter().filter_map(|(name, value)| {
-        let name = name.to_ascii_lowercase();
-        SENSITIVE_NAMES.iter().any(|s| name.contains(s)).then_some(value.as_str())
-    });
-    let mut secrets: Vec<&str> = passwords.chain(sensitive).filter(|s| s.len() >= MIN_MASKED_SECRET).collect();
-    // Longest first, so a secret that contains another is masked whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.iter().fold(text.to_string(), |text, secret| text.replace(secret, "***"))
+    crate::executor::mask(text, &secrets(settings))
 }
 
 /// Exit 0 succeeds (last stdout line is the XCom, up to `max_xcom_bytes`), `skip_on_exit_code`
