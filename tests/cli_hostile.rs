@@ -214,3 +214,25 @@ fn dates_take_z_without_seconds_and_refuse_leap_seconds() {
     }
     assert_eq!(home.runs("f").len(), 1);
 }
+
+/// A database file that is not SQLite is named in the error (SQLite's "file is not a database"
+/// named none), and with `[logging] format = "json"` the scheduler's last words are JSON too.
+#[test]
+fn a_file_that_is_not_a_database_is_named_and_the_json_log_stays_json() {
+    let home = Home::new(&[("f.rhai", FAILS_FIRST)]);
+    std::fs::write(home.path().join("rhaiflow.db"), "x".repeat(200)).unwrap();
+    let o = home.run(&["runs", "list", "f"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("error: cannot open database `"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rhaiflow.db`: file is not a database; point `[database] url`"), "{}", stderr(&o));
+    std::fs::write(home.path().join("rhaiflow.toml"), "[logging]\nformat = \"json\"\n").unwrap();
+    let o = home.run(&["scheduler"]);
+    assert_eq!(o.status.code(), Some(2));
+    for line in stderr(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["level"] == "ERROR" {
+            assert!(v["error"].as_str().unwrap().contains("file is not a database"), "{line}");
+        }
+    }
+    assert!(stderr(&o).contains("\"level\":\"ERROR\""), "{}", stderr(&o));
+}

@@ -193,12 +193,18 @@ fn parse_and_run() -> i32 {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::Failed) => EXIT_FAILED,
         Err(e) if e.is::<ClosedStdout>() => crash::EXIT_CLOSED_STDOUT,
+        Err(e) if e.is::<Logged>() => EXIT_ERROR,
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_ERROR
         }
     }
 }
+
+/// The error is on rhaiflow's own log already (a JSON log takes no plain line).
+#[derive(Debug, thiserror::Error)]
+#[error("the error is on the log")]
+pub struct Logged;
 
 /// A command's stdout was a pipe whose reader left: exit 141 quietly, as `println!` does (`crash.rs`).
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
     let config = Config::load(&flags)?;
     let default_level = if matches!(cli.command, Command::Scheduler) { "info" } else { "warn" };
+    let json_log = config.logging.format == crate::config::LogFormat::Json;
     crate::app::logging::init(&config.logging, default_level);
     let app = App::new(config)?;
     let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
@@ -266,7 +273,15 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pools(PoolsCommand::Set { name, slots, description }) => {
             run::pools_set(&ctx, &name, slots, description.as_deref().unwrap_or(""))
         }
-        Command::Scheduler => run::scheduler(&ctx),
+        // With `[logging] format = "json"` every line the scheduler writes on stderr is JSON, its
+        // last words too.
+        Command::Scheduler => run::scheduler(&ctx).map_err(|e| {
+            if !json_log || !tracing::enabled!(tracing::Level::ERROR) {
+                return e;
+            }
+            tracing::error!(error = %format!("{e:#}"), "the scheduler ended with an error");
+            Logged.into()
+        }),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }

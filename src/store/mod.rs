@@ -350,7 +350,14 @@ impl Store {
         }
         let conn = Connection::open(path).map_err(|e| open_err(&e))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| open_err(&e))?;
-        Store::claim_file(&conn, path)?;
+        Store::claim_file(&conn, path).map_err(|e| match e {
+            // SQLite's "file is not a database" names no file.
+            StoreError::Sql(reason) if reason.contains("not a database") => StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("{reason}; point `[database] url` at a rhaiflow database, or move the file away"),
+            },
+            other => other,
+        })?;
         // WAL: readers never block the writer. NORMAL: durable across a process crash (kill -9);
         // only a power loss can drop the last transactions.
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
