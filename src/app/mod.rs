@@ -233,7 +233,7 @@ impl App {
         // Signals first: a SIGTERM while the folder loads stops the start-up cleanly.
         let runtime = runtime()?;
         let (tx, rx) = unbounded_channel::<Event>();
-        runtime.spawn(forward_signals(tx.clone()));
+        forward_signals(&runtime, tx.clone());
         let store = self.open_store()?;
         // The lock follows the database file, not the path given (a symlink is the same database).
         let db = self.database_path()?;
@@ -312,7 +312,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let runtime = runtime()?;
         let (tx, rx) = unbounded_channel::<Event>();
-        runtime.spawn(forward_signals(tx.clone()));
+        forward_signals(&runtime, tx.clone());
         let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx.clone(), runtime.handle().clone());
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
@@ -394,12 +394,22 @@ fn release_free_memory() {
     }
 }
 
-/// SIGINT / SIGTERM become a `Shutdown` event.
-async fn forward_signals(tx: Sender<Event>) {
+/// SIGINT / SIGTERM become a `Shutdown` event. The handlers are installed before this returns
+/// (not when a spawned task first runs), so a signal right after it, during start-up, is caught.
+fn forward_signals(runtime: &tokio::runtime::Runtime, tx: Sender<Event>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let _in_runtime = runtime.enter();
+    let (Ok(int), Ok(term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return;
     };
+    runtime.spawn(shutdown_on_signals(int, term, tx));
+}
+
+async fn shutdown_on_signals(
+    mut int: tokio::signal::unix::Signal,
+    mut term: tokio::signal::unix::Signal,
+    tx: Sender<Event>,
+) {
     loop {
         tokio::select! {
             _ = int.recv() => {}
