@@ -9,6 +9,7 @@ pub mod executor;
 pub mod graph;
 pub mod loader;
 pub mod model;
+pub mod operators;
 pub mod schedule;
 pub mod scheduler;
 pub mod script;

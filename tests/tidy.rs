@@ -13,13 +13,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 1),
     ("executor", 1),
     ("config", 1),
-    ("loader", 2),
-    ("scheduler", 2),
-    ("worker", 2),
-    ("alert", 2),
-    ("web", 2),
-    ("app", 3),
-    ("cli", 4),
+    ("operators", 2),
+    ("loader", 3),
+    ("scheduler", 3),
+    ("worker", 3),
+    ("alert", 3),
+    ("web", 3),
+    ("app", 4),
+    ("cli", 5),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -336,49 +336,48 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
     let log_path = settings.log_path(&task.key, 1);
     let _ = std::fs::remove_file(&log_path);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ending = runtime.block_on(async {
-        use crate::worker::{Ending, bash_ending, bash_run, template_context};
-        match &task.task().operator {
-            crate::model::Operator::EmptyOperator => Ending::Success { xcom: None },
-            crate::model::Operator::BashOperator { .. } => {
-                let tctx = template_context(&task, &settings, Vec::new());
-                match bash_run(&task, &tctx, &settings, &log_path) {
-                    Err(e) => Ending::Failed(e.to_string()),
-                    Ok(mut run) => {
-                        // `--env-vars` last, so it wins; a withheld secret it names is passed.
-                        run.remove_env.retain(|name| !extra_env.iter().any(|(n, _)| n == name));
-                        run.env.extend(extra_env.iter().cloned());
-                        match crate::executor::spawn_bash(run).await {
-                            Err(e) => Ending::Failed(e.to_string()),
-                            Ok(b) => {
-                                let out = b.wait().await;
-                                bash_ending(&task, out, settings.max_xcom_bytes)
-                            }
-                        }
-                    }
-                }
-            }
-            other => Ending::Failed(format!("`{}` cannot run in this version of rhaiflow yet", other.name())),
+    let store = ctx.app.existing_store()?;
+    let outcome = runtime.block_on(async {
+        use crate::operators::{Env, Start, TaskRun};
+        let settings = Arc::new(settings.clone());
+        let mut env = Env::new(settings.clone(), store, Arc::new(|| {}));
+        env.extra_env = extra_env;
+        let env = Arc::new(env);
+        let run = Arc::new(TaskRun {
+            task: task.clone(),
+            ctx: crate::operators::template_context(&task, &settings, Vec::new()),
+            log_path: log_path.clone(),
+            env,
+            pushed: Default::default(),
+        });
+        match crate::operators::start(run.clone()).await {
+            Start::Done(outcome) => outcome,
+            Start::Later(work) => work.await,
+            Start::Process { process, outcome } => outcome(&task, process.wait().await, &settings),
         }
     });
     if let Ok(log) = std::fs::read_to_string(&log_path) {
         print!("{log}");
     }
-    use crate::worker::Ending;
-    match ending {
-        Ending::Success { xcom } => {
+    use crate::operators::Outcome as TaskOutcome;
+    match outcome {
+        TaskOutcome::Success { xcom } | TaskOutcome::Branch { xcom, .. } => {
             if let Some(x) = xcom {
                 println!("[rhaiflow] return_value: {x}");
             }
             println!("[rhaiflow] {dag_id}.{task_id}: success");
             Ok(Outcome::Ok)
         }
-        Ending::Skipped(why) => {
-            println!("[rhaiflow] {dag_id}.{task_id}: skipped ({why})");
+        TaskOutcome::Skip { reason } => {
+            println!("[rhaiflow] {dag_id}.{task_id}: skipped ({reason})");
             Ok(Outcome::Ok)
         }
-        Ending::Failed(why) => {
-            println!("[rhaiflow] {dag_id}.{task_id}: failed ({why})");
+        TaskOutcome::Reschedule { at } => {
+            println!("[rhaiflow] {dag_id}.{task_id}: not done yet; it would poke again at {}", at.to_rfc3339());
+            Ok(Outcome::Ok)
+        }
+        TaskOutcome::Fail { reason } => {
+            println!("[rhaiflow] {dag_id}.{task_id}: failed ({reason})");
             Ok(Outcome::Failed)
         }
     }

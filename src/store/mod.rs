@@ -785,7 +785,7 @@ impl Tx<'_> {
                      pid = CASE WHEN ?15 OR ?14 THEN NULL ELSE COALESCE(?16, pid) END,
                      pid_token = CASE WHEN ?15 OR ?14 THEN NULL ELSE COALESCE(?18, pid_token) END,
                      heartbeat_at = CASE WHEN ?16 IS NULL THEN heartbeat_at ELSE ?10 END,
-                     owner = CASE WHEN ?5 IN ('none', 'scheduled', 'up_for_retry') THEN NULL
+                     owner = CASE WHEN ?5 IN ('none', 'scheduled', 'up_for_retry', 'up_for_reschedule') THEN NULL
                                   ELSE COALESCE(?17, owner) END
                  WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = ?4
                    AND (?19 IS NULL OR owner = ?19)",
@@ -804,7 +804,7 @@ impl Tx<'_> {
                 change.end_date,
                 change.duration,
                 change.next_try_at,
-                to.is_finished() || to == TaskState::UpForRetry,
+                to.is_finished() || matches!(to, TaskState::UpForRetry | TaskState::UpForReschedule),
                 change.reset_times,
                 change.pid,
                 change.owner,

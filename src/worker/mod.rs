@@ -2,77 +2,28 @@
 //! templates, runs its operator through the executor with heartbeats, and writes the outcome —
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
-use crate::executor::template::{self, PrevSuccess, TemplateContext, TemplateError, XcomPushes, render};
-use crate::executor::{
-    BashOutcome, BashRun, Exit, RunningBash, is_same_process, kill_group, log_line, process_token, read_status,
-    spawn_bash,
-};
-use crate::model::{
-    DagSpec, Event, Operator, QueuedTask, RunInfo, RunType, TaskState, TiEvent, TiKey, retry_delay, transition,
-};
+use crate::executor::template::{self, PrevSuccess, TemplateContext};
+use crate::executor::{is_same_process, kill_group, log_line, process_token, read_status};
+use crate::model::{DagSpec, Event, QueuedTask, RunInfo, TaskState, TiEvent, TiKey, retry_delay, transition};
+use crate::operators::{Env, Outcome, Start, TaskRun};
 use crate::store::{NewAlert, Store, StoreError, TiChange, TiRow};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 mod owner;
 
 pub use owner::{Liveness, Runner};
 
-/// XComs a task's templates pushed: `(key, value)`.
-type Pushed = Vec<(String, serde_json::Value)>;
-
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub log_folder: PathBuf,
-    pub max_log_bytes: u64,
-    /// `[core] max_xcom_bytes`: a bigger `return_value` fails the task.
-    pub max_xcom_bytes: u64,
-    /// Variables tasks do not inherit (`Config::secret_env_names`) unless their `env` names them.
-    pub withheld_env: Vec<String>,
-    /// The rhaiflow binary, which supervises each task (`executor::supervisor`).
-    pub supervisor: PathBuf,
-    pub kill_grace: Duration,
-    pub heartbeat: Duration,
-    pub hostname: String,
-    pub variables: BTreeMap<String, String>,
-    pub connections: BTreeMap<String, String>,
-    /// `[alerts]` channels for every failure / retry / success.
-    pub on_failure: Vec<String>,
-    pub on_retry: Vec<String>,
-    pub on_success: Vec<String>,
-    /// The runner (this process) that owns what this worker claims.
-    pub owner: String,
-    /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).
-    pub heartbeat_timeout: Duration,
-}
-
-impl WorkerSettings {
-    /// `logs/dag_id=…/run_id=…/task_id=…/attempt=N.log`, as Airflow lays them out.
-    pub fn log_path(&self, key: &TiKey, try_number: u32) -> PathBuf {
-        self.log_folder
-            .join(format!("dag_id={}", key.dag_id))
-            .join(format!("run_id={}", key.run_id))
-            .join(format!("task_id={}", key.task_id))
-            .join(format!("attempt={try_number}.log"))
-    }
-}
-
-/// How an operator run ended, before it becomes a state.
-#[derive(Debug, Clone)]
-pub enum Ending {
-    Success { xcom: Option<serde_json::Value> },
-    Skipped(String),
-    Failed(String),
-}
+pub use crate::operators::{WorkerSettings, mask_secrets, secrets, template_context};
 
 /// Runs queued task instances on the tokio runtime.
 #[derive(Clone)]
 pub struct Worker {
     store: Store,
     settings: Arc<WorkerSettings>,
+    /// What operators reach (`operators::Env`).
+    env: Arc<Env>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     runtime: tokio::runtime::Handle,
     running: Arc<Mutex<HashMap<TiKey, u32>>>,
@@ -105,9 +56,16 @@ impl Worker {
         events: tokio::sync::mpsc::UnboundedSender<Event>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
+        let settings = Arc::new(settings);
+        let wake = {
+            let events = events.clone();
+            Arc::new(move || drop(events.send(Event::Wake))) as Arc<dyn Fn() + Send + Sync>
+        };
+        let env = Arc::new(Env::new(settings.clone(), Some(store.clone()), wake));
         Worker {
             store,
-            settings: Arc::new(settings),
+            settings,
+            env,
             events,
             runtime,
             running: Arc::default(),
@@ -211,17 +169,33 @@ impl Worker {
         let try_number = task.try_number;
         let log_path = self.settings.log_path(&key, try_number);
         let started = now();
-        // For a bash task the process is started gated first, so the claim can record its process
-        // group in the same transaction, before the command runs.
-        let (prepared, pushed) = self.prepare(&task, &log_path).await;
+        // A process is started gated first, so the claim can record its process group in the same
+        // transaction, before the command runs; other work starts once claimed.
+        let start = match self.render_context(&task).await {
+            Ok(ctx) => {
+                let run = Arc::new(TaskRun {
+                    task: task.clone(),
+                    ctx,
+                    log_path: log_path.clone(),
+                    env: self.env.clone(),
+                    pushed: Default::default(),
+                });
+                let start = crate::operators::start(run.clone()).await;
+                // What the templates pushed (`ti.xcom_push`) is written with the claim.
+                let pushed = run.ctx.pushes.take();
+                (start, pushed, Some(run))
+            }
+            Err(outcome) => (Start::Done(outcome), Vec::new(), None),
+        };
+        let (start, pushed, run) = start;
         if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Ok(Some(bash)) = prepared {
-                bash.abort().await;
+            if let Start::Process { process, .. } = start {
+                process.abort().await;
             }
             return Ok(());
         }
-        let pid = match &prepared {
-            Ok(Some(bash)) => Some(i64::from(bash.pid())),
+        let pid = match &start {
+            Start::Process { process, .. } => Some(i64::from(process.pid())),
             _ => None,
         };
         let claim = TiChange {
@@ -251,46 +225,59 @@ impl Worker {
             .await;
         if !matches!(claimed, Ok(true)) {
             // Lost the race (or the store failed): the gated command never ran; take it away.
-            if let Ok(Some(bash)) = prepared {
-                bash.abort().await;
+            if let Start::Process { process, .. } = start {
+                process.abort().await;
             }
             return claimed.map(|_| ());
         }
         let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
         let mut header =
             format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname);
-        if let Ok(Some(bash)) = &prepared {
-            let command = mask_secrets(bash.command(), &self.settings);
-            header.push_str(&format!("\n[rhaiflow] running: bash -c {}", shell_words(&command)));
+        if let Start::Process { process, .. } = &start {
+            header.push('\n');
+            header.push_str(&crate::operators::command_line(process.command(), &self.settings));
         }
         log_line(&log_path, &header).await;
-        let ending = match prepared {
-            Err(ending) => ending,
-            Ok(None) => Ending::Success { xcom: None },
-            Ok(Some(mut bash)) => {
-                let pgid = bash.pid();
+        let outcome = match start {
+            Start::Done(outcome) => outcome,
+            Start::Process { mut process, outcome } => {
+                let pgid = process.pid();
                 if let Ok(mut running) = self.running.lock() {
                     running.insert(key.clone(), pgid);
                 }
-                bash.release().await;
+                process.release().await;
                 let heartbeat = self.spawn_heartbeat(key.clone());
-                let outcome = bash.wait().await;
+                let exit = process.wait().await;
                 heartbeat.abort();
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
                 }
-                bash_ending(&task, outcome, self.settings.max_xcom_bytes)
+                outcome(&task, exit, &self.settings)
+            }
+            Start::Later(work) => {
+                let heartbeat = self.spawn_heartbeat(key.clone());
+                let outcome = match task.task().execution_timeout {
+                    None => work.await,
+                    Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
+                    },
+                };
+                heartbeat.abort();
+                outcome
             }
         };
-        self.finish(&task, ending, started, &log_path).await
+        let pushed = run.map(|r| r.take_pushed()).unwrap_or_default();
+        self.finish(&task, outcome, pushed, started, &log_path).await
     }
 
-    /// Writes a try's outcome — state (retries with their delay), XCom, alert-outbox rows — in one
-    /// transaction, guarded by this runner's ownership, then tells the loop.
+    /// Writes a try's outcome — state (retries with their delay), XCom, skips a branch decided,
+    /// alert-outbox rows — in one transaction, guarded by this runner's ownership, then tells the loop.
     async fn finish(
         &self,
         task: &QueuedTask,
-        ending: Ending,
+        outcome: Outcome,
+        pushed: Vec<(String, serde_json::Value)>,
         started: DateTime<Utc>,
         log_path: &std::path::Path,
     ) -> Result<(), StoreError> {
@@ -298,37 +285,57 @@ impl Worker {
         let try_number = task.try_number;
         let finished = now();
         let duration = (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        let (state, message) = match &ending {
-            Ending::Success { .. } => (
+        let mut next_try_at = None;
+        let mut stored_try = None;
+        let (state, message) = match &outcome {
+            Outcome::Success { .. } | Outcome::Branch { .. } => (
                 transition(TaskState::Running, TiEvent::Succeed).unwrap_or(TaskState::Success),
                 "Marking task as SUCCESS".to_string(),
             ),
-            Ending::Skipped(why) => (
+            Outcome::Skip { reason } => (
                 transition(TaskState::Running, TiEvent::Skip).unwrap_or(TaskState::Skipped),
-                format!("{why}; marking task as SKIPPED"),
+                format!("{reason}; marking task as SKIPPED"),
             ),
-            Ending::Failed(why) => {
+            Outcome::Fail { reason } => {
                 let can_retry = try_number <= task.max_tries;
                 let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
                 let verb = if can_retry { "UP_FOR_RETRY" } else { "FAILED" };
-                (state, format!("{why}; marking task as {verb}"))
+                if can_retry {
+                    let delay = retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono();
+                    next_try_at = Some(finished.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC));
+                }
+                (state, format!("{reason}; marking task as {verb}"))
+            }
+            Outcome::Reschedule { at } => {
+                // The next poke is the same try, as in Airflow.
+                next_try_at = Some(*at);
+                stored_try = Some(try_number.saturating_sub(1));
+                let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                (
+                    transition(TaskState::Running, TiEvent::Reschedule).unwrap_or(TaskState::UpForReschedule),
+                    format!("not done yet; rescheduling the task to {at} (UP_FOR_RESCHEDULE)"),
+                )
             }
         };
         log_line(log_path, &format!("[rhaiflow] {message}")).await;
-        let next_try_at = (state == TaskState::UpForRetry).then(|| {
-            let delay = retry_delay(task.task(), &key.dag_id, task.run.logical_date, try_number).as_chrono();
-            finished.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC)
-        });
-        let alerts = self.alerts(task, state, &ending, log_path);
+        let alerts = self.alerts(task, state, &outcome, log_path);
         let write_key = key.clone();
-        let xcom = match ending {
-            Ending::Success { xcom } => xcom,
+        let skips = match &outcome {
+            Outcome::Branch { follow, .. } => {
+                let downstream = task.dag.tasks.iter().filter(|t| t.upstream.contains(&key.task_id));
+                downstream.filter(|t| !follow.contains(&t.task_id)).map(|t| t.task_id.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
+        let xcom = match outcome {
+            Outcome::Success { xcom } | Outcome::Branch { xcom, .. } => xcom,
             _ => None,
         };
         let change = TiChange {
             end_date: Some(finished),
             duration: Some(duration),
             next_try_at,
+            try_number: stored_try,
             guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
@@ -338,8 +345,23 @@ impl Worker {
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
                     return Ok(false);
                 }
+                for (name, value) in &pushed {
+                    tx.set_xcom(&write_key, name, value, finished)?;
+                }
                 if let Some(value) = &xcom {
                     tx.set_xcom(&write_key, "return_value", value, finished)?;
+                }
+                for task_id in &skips {
+                    let skipped = TiKey { task_id: task_id.clone(), ..write_key.clone() };
+                    let fields = TiChange {
+                        start_date: Some(finished),
+                        end_date: Some(finished),
+                        duration: Some(0.0),
+                        ..TiChange::default()
+                    };
+                    for from in [TaskState::None, TaskState::Scheduled] {
+                        tx.set_ti_state(&skipped, from, TaskState::Skipped, &fields)?;
+                    }
                 }
                 for alert in &alerts {
                     tx.insert_alert(alert, finished)?;
@@ -348,7 +370,9 @@ impl Worker {
             })
             .await?;
         if recorded {
-            if let Some(at) = next_try_at {
+            if let Some(at) = next_try_at
+                && state == TaskState::UpForRetry
+            {
                 tracing::info!(
                     dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
                     next_try_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -384,61 +408,26 @@ impl Worker {
             })
             .await?;
         let log_path = self.settings.log_path(&task.key, task.try_number);
-        self.finish(task, Ending::Failed(reason.to_string()), at, &log_path).await
-    }
-
-    /// Gets the operator ready: for `BashOperator`, renders its templates and starts the gated
-    /// process; `Ok(None)` for an operator with nothing to run; `Err` for one that cannot run.
-    /// Also returns the XComs its templates pushed (`ti.xcom_push`), for the claim to write.
-    async fn prepare(
-        &self,
-        task: &QueuedTask,
-        log_path: &std::path::Path,
-    ) -> (Result<Option<RunningBash>, Ending>, Pushed) {
-        match &task.task().operator {
-            Operator::EmptyOperator => (Ok(None), Vec::new()),
-            Operator::BashOperator { bash_command, env, cwd, .. } => {
-                let fields = std::iter::once(bash_command.as_str())
-                    .chain(env.values().map(String::as_str))
-                    .chain(cwd.as_deref());
-                let ctx = match self.render_context(task, template::needs(fields)).await {
-                    Ok(ctx) => ctx,
-                    Err(ending) => return (Err(ending), Vec::new()),
-                };
-                let run = bash_run(task, &ctx, &self.settings, log_path).map_err(|e| Ending::Failed(e.to_string()));
-                let pushed = ctx.pushes.take();
-                let started = match run {
-                    Ok(run) => spawn_bash(run).await.map(Some).map_err(|e| Ending::Failed(e.to_string())),
-                    Err(ending) => Err(ending),
-                };
-                (started, pushed)
-            }
-            other => (
-                Err(Ending::Failed(format!(
-                    "`{}` cannot run in this version of rhaiflow yet (only BashOperator and EmptyOperator run)",
-                    other.name()
-                ))),
-                Vec::new(),
-            ),
-        }
+        self.finish(task, Outcome::fail(reason), Vec::new(), at, &log_path).await
     }
 
     /// The template context, with the store reads its templates need: the run's XComs when
     /// `xcom_pull` appears, the prior successful run when a `prev_*_success` name does.
-    async fn render_context(&self, task: &QueuedTask, needs: template::Needs) -> Result<TemplateContext, Ending> {
+    async fn render_context(&self, task: &QueuedTask) -> Result<TemplateContext, Outcome> {
+        let needs = template::needs(crate::operators::templated_fields(&task.task().operator));
         let (dag_id, run_id, logical_date) = (task.key.dag_id.clone(), task.key.run_id.clone(), task.run.logical_date);
         let xcoms = if needs.xcoms {
             let (dag_id, run_id) = (dag_id.clone(), run_id.clone());
             self.store
                 .read_async(move |tx| tx.xcoms_of_run(&dag_id, &run_id))
                 .await
-                .map_err(|e| Ending::Failed(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id)))?
+                .map_err(|e| Outcome::fail(format!("cannot read the XComs of run `{}`: {e}", task.key.run_id)))?
         } else {
             Vec::new()
         };
         let previous = if needs.prev_success {
             self.store.read_async(move |tx| tx.previous_successful_run(&dag_id, logical_date)).await.map_err(|e| {
-                Ending::Failed(format!("cannot read the previous successful run of DAG `{}`: {e}", task.key.dag_id))
+                Outcome::fail(format!("cannot read the previous successful run of DAG `{}`: {e}", task.key.dag_id))
             })?
         } else {
             None
@@ -482,7 +471,7 @@ impl Worker {
         &self,
         task: &QueuedTask,
         state: TaskState,
-        ending: &Ending,
+        outcome: &Outcome,
         log_path: &std::path::Path,
     ) -> Vec<NewAlert> {
         let t = task.task();
@@ -506,8 +495,8 @@ impl Worker {
         channels.extend(callback.iter().map(|c| format!("callback:{}", c.0)));
         let mut seen = std::collections::HashSet::new();
         channels.retain(|c| seen.insert(c.clone()));
-        let error = match ending {
-            Ending::Failed(why) => Some(why.clone()),
+        let error = match outcome {
+            Outcome::Fail { reason } => Some(reason.clone()),
             _ => None,
         };
         let payload = serde_json::json!({
@@ -535,255 +524,6 @@ impl Worker {
             })
             .collect()
     }
-}
-
-/// Airflow's template context for one task instance. `prev_success` is left for the caller to
-/// read when a template asks for it (`template::needs`).
-pub fn template_context(
-    task: &QueuedTask,
-    settings: &WorkerSettings,
-    xcoms: Vec<(String, String, serde_json::Value)>,
-) -> TemplateContext {
-    let mut params = task.dag.params.clone();
-    params.extend(task.task().params.clone());
-    if let serde_json::Value::Object(conf) = &task.run.conf {
-        // As Airflow's `dag_run_conf_overrides_params`.
-        params.extend(conf.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    let (prev_logical_date, next_logical_date) = schedule_neighbours(task);
-    let (dag, t) = (&task.dag, task.task());
-    let dag_attrs = serde_json::json!({
-        "dag_id": dag.dag_id,
-        "description": dag.description,
-        "owner": dag.owners().join(", "),
-        "tags": dag.tags,
-        "schedule_interval": dag.schedule.to_string(),
-        "timezone": dag.timezone.to_string(),
-        "catchup": dag.catchup,
-        "max_active_runs": dag.max_active_runs,
-        "max_active_tasks": dag.max_active_tasks,
-        "params": dag.params,
-        "fileloc": dag.fileloc,
-        "doc_md": dag.doc_md,
-    });
-    let task_attrs = serde_json::json!({
-        "task_id": t.task_id,
-        "dag_id": dag.dag_id,
-        "task_type": t.operator.name(),
-        "owner": t.owner,
-        "retries": t.retries,
-        "queue": t.queue,
-        "pool": t.pool,
-        "pool_slots": t.pool_slots,
-        "priority_weight": t.priority_weight,
-        "email": t.email,
-        "trigger_rule": t.trigger_rule,
-        "depends_on_past": t.depends_on_past,
-        "params": t.params,
-        "doc_md": t.doc_md,
-    });
-    TemplateContext {
-        dag_id: task.key.dag_id.clone(),
-        task_id: task.key.task_id.clone(),
-        run_id: task.key.run_id.clone(),
-        run_type: task.run.run_type.as_str().to_string(),
-        logical_date: task.run.logical_date,
-        data_interval_start: task.run.data_interval_start,
-        data_interval_end: task.run.data_interval_end,
-        prev_logical_date,
-        next_logical_date,
-        prev_success: None,
-        try_number: task.try_number,
-        max_tries: task.max_tries,
-        hostname: settings.hostname.clone(),
-        params,
-        conf: task.run.conf.clone(),
-        variables: settings.variables.clone(),
-        connections: settings.connections.clone(),
-        xcoms,
-        dag: (format!("<DAG: {}>", dag.dag_id), dag_attrs),
-        task: (format!("<Task({}): {}>", t.operator.name(), t.task_id), task_attrs),
-        pushes: XcomPushes::default(),
-        max_xcom_bytes: settings.max_xcom_bytes,
-    }
-}
-
-/// `prev_execution_date` and `next_execution_date` as Airflow 2.10 computes them: the logical
-/// date itself for a manual run, else the schedule's logical dates around this run's.
-fn schedule_neighbours(task: &QueuedTask) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
-    let logical = task.run.logical_date;
-    if task.run.run_type == RunType::Manual {
-        return (Some(logical), Some(logical));
-    }
-    let Ok(timetable) = crate::schedule::Timetable::new(&task.dag) else { return (None, None) };
-    let interval =
-        crate::schedule::DataInterval { start: task.run.data_interval_start, end: task.run.data_interval_end };
-    let unrestricted = crate::schedule::Restriction { earliest: None, latest: None, catchup: true };
-    let next = timetable.next_dagrun_info(Some(interval), unrestricted, logical).map(|info| info.logical_date);
-    (timetable.previous_logical_date(logical), next)
-}
-
-/// The `bash -c` for a `BashOperator` task: rendered command and env, context variables, limits.
-pub fn bash_run(
-    task: &QueuedTask,
-    ctx: &TemplateContext,
-    settings: &WorkerSettings,
-    log_path: &std::path::Path,
-) -> Result<BashRun, TemplateError> {
-    let Operator::BashOperator { bash_command, env, append_env, cwd, .. } = &task.task().operator else {
-        return Err(TemplateError { field: "operator".into(), line: None, reason: "not a BashOperator".into() });
-    };
-    let command = render("bash_command", bash_command, ctx)?;
-    let mut vars = Vec::new();
-    for (k, v) in env {
-        vars.push((k.clone(), render(&format!("env.{k}"), v, ctx)?));
-    }
-    let logical = task.run.logical_date.to_rfc3339();
-    let try_number = task.try_number.to_string();
-    for prefix in ["RHAIFLOW_CTX", "AIRFLOW_CTX"] {
-        vars.push((format!("{prefix}_DAG_ID"), task.key.dag_id.clone()));
-        vars.push((format!("{prefix}_TASK_ID"), task.key.task_id.clone()));
-        vars.push((format!("{prefix}_RUN_ID"), task.key.run_id.clone()));
-        vars.push((format!("{prefix}_LOGICAL_DATE"), logical.clone()));
-        vars.push((format!("{prefix}_TRY_NUMBER"), try_number.clone()));
-        vars.push((format!("{prefix}_DAG_OWNER"), task.task().owner.to_string()));
-    }
-    vars.push(("AIRFLOW_CTX_EXECUTION_DATE".into(), logical));
-    let cwd = match cwd {
-        Some(c) => Some(PathBuf::from(render("cwd", c, ctx)?)),
-        None => None,
-    };
-    Ok(BashRun {
-        command,
-        env: vars,
-        replace_env: !env.is_empty() && !append_env,
-        cwd,
-        log_path: log_path.to_path_buf(),
-        max_log_bytes: settings.max_log_bytes,
-        max_xcom_bytes: settings.max_xcom_bytes,
-        remove_env: settings.withheld_env.iter().filter(|name| !env.contains_key(*name)).cloned().collect(),
-        supervisor: settings.supervisor.clone(),
-        masks: secrets(settings),
-        timeout: task.task().execution_timeout.map(|t| t.as_std()),
-        kill_grace: settings.kill_grace,
-    })
-}
-
-/// A command as one shell word (`'…'`), so the log shows exactly what `bash -c` received.
-fn shell_words(command: &str) -> String {
-    format!("'{}'", command.replace('\'', "'\\''"))
-}
-
-/// Shorter secrets are not masked (Airflow's `[logging] min_length_masked_secret`): masking `ab`
-/// would garble every log line and hide nothing.
-const MIN_MASKED_SECRET: usize = 5;
-
-/// A variable, or a key of a connection's extra, whose name holds one of these is a secret
-/// (Airflow's `DEFAULT_SENSITIVE_FIELDS`).
-const SENSITIVE_NAMES: [&str; 12] = [
-    "access_token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "passphrase",
-    "passwd",
-    "password",
-    "private_key",
-    "secret",
-    "token",
-    "keyfile_dict",
-    "service_account",
-];
-
-fn is_sensitive(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SENSITIVE_NAMES.iter().any(|s| name.contains(s))
-}
-
-/// Every secret rhaiflow knows of, longest first (so a secret that contains another is masked
-/// whole), as Airflow's secrets masker holds them: each connection's password as a template reads
-/// it (percent-decoded) and as written in its URI, the values under sensitive keys of its extra,
-/// and the values of variables with sensitive names.
-pub fn secrets(settings: &WorkerSettings) -> Vec<String> {
-    let mut secrets = Vec::new();
-    for (conn_id, uri) in &settings.connections {
-        if let Some(raw) = uri.split_once("://").and_then(|(_, rest)| {
-            let userinfo = &rest[..rest.rfind('@')?];
-            userinfo.split_once(':').map(|(_, password)| password)
-        }) {
-            secrets.push(raw.to_string());
-        }
-        let Ok(conn) = template::Connection::parse(conn_id, uri) else { continue };
-        secrets.extend(conn.password);
-        if let Some(extra) = conn.extra.and_then(|e| serde_json::from_str::<serde_json::Value>(&e).ok()) {
-            sensitive_values(&extra, false, &mut secrets);
-        }
-    }
-    for (name, value) in &settings.variables {
-        if is_sensitive(name) {
-            secrets.push(value.clone());
-        }
-    }
-    secrets.retain(|s| s.len() >= MIN_MASKED_SECRET);
-    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    secrets.dedup();
-    secrets
-}
-
-/// The strings under sensitive keys of a JSON value (all of them under such a key).
-fn sensitive_values(value: &serde_json::Value, under_sensitive: bool, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::String(s) if under_sensitive => out.push(s.clone()),
-        serde_json::Value::Array(items) => items.iter().for_each(|v| sensitive_values(v, under_sensitive, out)),
-        serde_json::Value::Object(map) => {
-            map.iter().for_each(|(k, v)| sensitive_values(v, under_sensitive || is_sensitive(k), out))
-        }
-        _ => {}
-    }
-}
-
-/// `text` with every secret of [`secrets`] replaced by `***`, for lines rhaiflow itself writes to
-/// a task's log.
-pub fn mask_secrets(text: &str, settings: &WorkerSettings) -> String {
-    crate::executor::mask(text, &secrets(settings))
-}
-
-/// Exit 0 succeeds (last stdout line is the XCom, up to `max_xcom_bytes`), `skip_on_exit_code`
-/// skips, anything else fails.
-pub fn bash_ending(task: &QueuedTask, outcome: BashOutcome, max_xcom_bytes: u64) -> Ending {
-    let Operator::BashOperator { skip_on_exit_code, .. } = &task.task().operator else {
-        return Ending::Failed("not a BashOperator".into());
-    };
-    match outcome.exit {
-        Exit::Code(0) if outcome.last_line_bytes > max_xcom_bytes => Ending::Failed(format!(
-            "XCom `return_value` of task `{}` is {}, over `core.max_xcom_bytes` ({})",
-            task.key.task_id,
-            size(outcome.last_line_bytes),
-            size(max_xcom_bytes)
-        )),
-        Exit::Code(0) => Ending::Success { xcom: outcome.last_line.map(serde_json::Value::String) },
-        Exit::Code(code) if skip_on_exit_code.contains(&code) => {
-            Ending::Skipped(format!("bash command exited with code {code}"))
-        }
-        Exit::Code(code) => Ending::Failed(format!("bash command failed: exit code {code}")),
-        Exit::Signal(sig) => Ending::Failed(format!("bash command killed by signal {sig}")),
-        Exit::TimedOut => Ending::Failed(format!(
-            "execution_timeout of {} exceeded",
-            task.task().execution_timeout.unwrap_or_default()
-        )),
-    }
-}
-
-/// A byte count for people: `3 MiB`, `1.5 KiB`, `12 bytes`.
-fn size(bytes: u64) -> String {
-    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, scale) in units {
-        if bytes >= scale {
-            let value = bytes as f64 / scale as f64;
-            return if value.fract() == 0.0 { format!("{value} {unit}") } else { format!("{value:.1} {unit}") };
-        }
-    }
-    format!("{bytes} bytes")
 }
 
 /// The message of a panicked task, for the try's log.
@@ -903,20 +643,21 @@ impl Worker {
         let ending = if alive {
             let pgid = pid.unwrap_or_default();
             kill_group(pgid, self.settings.kill_grace).await;
-            Ending::Failed(format!(
+            Outcome::fail(format!(
                 "its owner, {who}, stopped; the try's process group {pgid} was killed and the try counts as failed"
             ))
         } else {
-            match read_status(&log_path) {
-                Some(outcome) => bash_ending(&task, outcome, self.settings.max_xcom_bytes),
-                None => Ending::Failed(format!(
-                    "its owner, {who}, stopped, and the try's process ended without recording an outcome"
+            let recover = crate::operators::runner(&task.task().operator).and_then(|r| r.recover);
+            match (recover, read_status(&log_path)) {
+                (Some(recover), Some(exit)) => recover(&task, exit, &self.settings),
+                _ => Outcome::fail(format!(
+                    "its owner, {who}, stopped, and the try ended without recording an outcome"
                 )),
             }
         };
         log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
         let started = ti.start_date.unwrap_or_else(now);
-        self.finish(&task, ending, started, &log_path).await?;
+        self.finish(&task, ending, Vec::new(), started, &log_path).await?;
         let state = self.store.read_async(move |tx| tx.task_instance(&key)).await?;
         Ok(state.map(|t| (t.key, t.state)))
     }
