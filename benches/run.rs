@@ -3,7 +3,8 @@
 //!
 //! Rows: the gap between a task ending and its downstream starting (median over a 20-task chain of
 //! `true`), trigger → success of that chain, `dags test` of MCWork with `true` commands as a whole
-//! process, 1,000 independent `true` tasks, 10,000 independent `EmptyOperator` tasks, and the
+//! process, 1,000 independent `true` tasks, 10,000 independent `EmptyOperator` tasks, 10,000
+//! `RhaiOperator` tasks, 1,000 sensors waiting in reschedule mode (memory and CPU), and the
 //! scheduler's resident memory with 100 DAGs loaded.
 //!
 //! Needs `RHAIFLOW_BIN` (scripts/bench sets it). Appends rows to `$BENCH_TABLE_ROWS` when set.
@@ -126,10 +127,11 @@ fn chain_dag(n: usize) -> String {
 }
 
 fn wide_dag(dag_id: &str, n: usize, op: &str) -> String {
-    let body = if op == "bash" {
-        "BashOperator(#{ task_id: `t${i}`, bash_command: \"true\" })"
-    } else {
-        "EmptyOperator(#{ task_id: `t${i}` })"
+    let body = match op {
+        "bash" => "BashOperator(#{ task_id: `t${i}`, bash_command: \"true\" })",
+        // A little arithmetic, and a value returned as XCom.
+        "rhai" => "RhaiOperator(#{ task_id: `t${i}`, callable: |ctx| { let s = 0; for j in 0..10 { s += j; } s } })",
+        _ => "EmptyOperator(#{ task_id: `t${i}` })",
     };
     format!(
         "let dag = DAG(\"{dag_id}\", #{{ start_date: datetime(2024, 1, 1), schedule: (), max_active_tasks: 64 }});\nfor i in 0..{n} {{ {body}; }}\n"
@@ -243,6 +245,79 @@ fn main() {
             name: "10,000 independent `EmptyOperator` tasks",
             value: format!("{rate:.0} tasks/s"),
             target: "≥ 10,000 tasks/s",
+            airflow: "",
+        });
+    }
+
+    if wanted("rhai") {
+        let rate = throughput(&bin, "rhai", 10_000, "rhai");
+        rows.push(Row {
+            name: "10,000 independent `RhaiOperator` tasks (a little arithmetic, value returned as XCom)",
+            value: format!("{rate:.0} tasks/s"),
+            target: "≥ 5,000 tasks/s",
+            airflow: "",
+        });
+    }
+
+    if wanted("sensors") {
+        // 1,000 sensors in reschedule mode waiting for a file that never comes: once every one has
+        // poked and is `up_for_reschedule`, the scheduler's resident memory and its CPU over 10 s.
+        let dag = "let dag = DAG(\"sensors\", #{ start_date: datetime(2024, 1, 1), schedule: (), max_active_tasks: 64 });\n\
+                   for i in 0..1000 { FileSensor(#{ task_id: `s${i}`, filepath: \"/nonexistent/rhaiflow-bench\", \
+                   mode: \"reschedule\", poke_interval: 300, timeout: 3600 }); }\n";
+        let home = Home::new(&bin, &[("sensors.rhai".into(), dag.into())]);
+        let sched = home.scheduler();
+        home.run(&["dags", "trigger", "sensors"]);
+        let store = rhaiflow::store::Store::open(&home.dir.path().join("rhaiflow.db")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let waiting = store
+                .read(|tx| {
+                    let mut n = 0;
+                    for run in tx.dag_runs("sensors")? {
+                        let tis = tx.task_instances_of_run("sensors", &run.run_id)?;
+                        n += tis.iter().filter(|t| t.state.as_str() == "up_for_reschedule").count();
+                    }
+                    Ok(n)
+                })
+                .unwrap();
+            if waiting == 1000 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the sensors did not all reach up_for_reschedule ({waiting})");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pid = sched.0.id();
+        let cpu = |pid: u32| -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = after.split_whitespace().collect();
+            // utime and stime (fields 14 and 15), in clock ticks of 1/100 s.
+            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let before = cpu(pid);
+        std::thread::sleep(Duration::from_secs(10));
+        let used = cpu(pid) - before;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap();
+        stop(sched);
+        rows.push(Row {
+            name: "1,000 sensors in reschedule mode waiting: scheduler resident memory",
+            value: format!("{:.1} MiB", kib / 1024.0),
+            target: "≤ 50 MiB",
+            airflow: "",
+        });
+        rows.push(Row {
+            name: "1,000 sensors in reschedule mode waiting: scheduler CPU over 10 s",
+            value: format!("{:.2} s ({:.1} %)", used, used * 10.0),
+            target: "≈ idle",
             airflow: "",
         });
     }
