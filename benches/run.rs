@@ -273,7 +273,7 @@ fn main() {
         loop {
             let waiting = store
                 .read(|tx| {
-                    let mut n = 0;
+                    let mut n = 0usize;
                     for run in tx.dag_runs("sensors")? {
                         let tis = tx.task_instances_of_run("sensors", &run.run_id)?;
                         n += tis.iter().filter(|t| t.state.as_str() == "up_for_reschedule").count();
