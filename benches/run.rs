@@ -278,7 +278,7 @@ fn main() {
                         let tis = tx.task_instances_of_run("sensors", &run.run_id)?;
                         n += tis.iter().filter(|t| t.state.as_str() == "up_for_reschedule").count();
                     }
-                    Ok(n)
+                    Ok::<_, rhaiflow::store::StoreError>(n)
                 })
                 .unwrap();
             if waiting == 1000 {
