@@ -142,8 +142,14 @@ pub enum SensorKind {
     },
     ExternalTask {
         external_dag_id: String,
-        external_task_id: Option<String>,
+        /// `external_task_id` or `external_task_ids`; empty waits for the whole run.
+        #[serde(default)]
+        external_task_ids: Vec<String>,
         allowed_states: Vec<String>,
+        #[serde(default)]
+        failed_states: Vec<String>,
+        #[serde(default)]
+        skipped_states: Vec<String>,
         execution_delta: Option<TimeSpan>,
     },
     TimeDelta {
@@ -163,6 +169,12 @@ pub struct SensorSpec {
     pub timeout: TimeSpan,
     pub mode: SensorMode,
     pub soft_fail: bool,
+    /// Growing intervals between pokes, as Airflow's (jittered doubling, capped by `max_wait`
+    /// and by what is left of `timeout`).
+    #[serde(default)]
+    pub exponential_backoff: bool,
+    #[serde(default)]
+    pub max_wait: Option<TimeSpan>,
 }
 
 /// What a task does when it runs. Templated fields hold the unrendered Jinja text.

@@ -185,8 +185,14 @@ pub const TASK_KEYS: &[KeySpec] = &[
 /// Keys `default_args` may hold beyond the task keys, as in Airflow.
 pub const DEFAULT_ONLY_KEYS: &[KeySpec] = &[("start_date", Kind::DateTime), ("end_date", Kind::DateTime)];
 
-pub const SENSOR_KEYS: &[KeySpec] =
-    &[("poke_interval", Kind::Duration), ("timeout", Kind::Duration), ("mode", Kind::Str), ("soft_fail", Kind::Bool)];
+pub const SENSOR_KEYS: &[KeySpec] = &[
+    ("poke_interval", Kind::Duration),
+    ("timeout", Kind::Duration),
+    ("mode", Kind::Str),
+    ("soft_fail", Kind::Bool),
+    ("exponential_backoff", Kind::Bool),
+    ("max_wait", Kind::Duration),
+];
 
 pub const DAG_KEYS: &[KeySpec] = &[
     ("dag_id", Kind::Str),
@@ -320,7 +326,10 @@ pub const OPERATORS: &[OperatorDef] = &[
         keys: &[
             ("external_dag_id", Kind::Str),
             ("external_task_id", Kind::Str),
+            ("external_task_ids", Kind::StrList),
             ("allowed_states", Kind::StrList),
+            ("failed_states", Kind::StrList),
+            ("skipped_states", Kind::StrList),
             ("execution_delta", Kind::Duration),
         ],
         required: &["external_dag_id"],
