@@ -126,7 +126,7 @@ async fn poke(run: &TaskRun, t: Target) -> Poke {
         return if t.soft_fail {
             Poke::Skip(format!("{what} failed. Skipping due to soft_fail."))
         } else {
-            Poke::Fail(format!("{what} failed."))
+            Poke::Fail(format!("{what} failed"))
         };
     }
     if states.iter().any(|s| t.skipped.contains(s)) {

@@ -97,8 +97,8 @@ where
         if now >= deadline {
             let ran = (now - first_poke).num_milliseconds() as f64 / 1000.0;
             let message = format!(
-                "Sensor has timed out; run duration of {ran} seconds exceeds the specified timeout of {}.",
-                spec.timeout
+                "Sensor has timed out; run duration of {ran} seconds exceeds the specified timeout of {}",
+                spec.timeout.as_secs_f64()
             );
             return if spec.soft_fail { Outcome::Skip { reason: message } } else { Outcome::Fail { reason: message } };
         }
