@@ -272,3 +272,20 @@ let d = ExternalTaskSensor(#{ task_id: "d", external_dag_id: "x", allowed_states
     assert!(out.contains("`failed` is in both `allowed_states` and `failed_states`"), "{out}");
     assert!(out.contains("`allowed_states` holds `skipped`, which is not a DAG run state"), "{out}");
 }
+
+#[test]
+fn execution_timeout_stops_a_bash_sensors_poke_and_its_process_group() {
+    let dag = format!(
+        r#"let dag = DAG("stuck", #{{ {MANUAL} }});
+        let wait = BashSensor(#{{ task_id: "wait", poke_interval: 0.1, execution_timeout: 1,
+            bash_command: "sleep 300 & echo $! > $HOME_DIR/child; wait" }});"#
+    );
+    let home = Home::new(&[("stuck.rhai", &dag)]);
+    let o = home.run(&["dags", "test", "stuck", "2024-01-01"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(state_of(&home, "stuck", "wait"), "failed");
+    let log = log_of(&home, "stuck", "wait");
+    assert!(log.contains("execution_timeout of 0:00:01 exceeded; marking task as FAILED"), "{log}");
+    let child: i32 = home.file("child").trim().parse().expect("the poke started its child");
+    wait_until("the poke's process group to be gone", || (!common::process_alive(child)).then_some(()));
+}
