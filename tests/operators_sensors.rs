@@ -46,7 +46,7 @@ fn ti_row(home: &Home, dag_id: &str, task_id: &str) -> Option<(String, Option<St
 fn a_file_sensor_waits_for_a_file_matching_its_glob() {
     let dag = format!(
         r#"let dag = DAG("files", #{{ {MANUAL} }});
-        let wait = FileSensor(#{{ task_id: "wait", filepath: "$HOME_DIR/landing/**/*.csv", poke_interval: 0.1, timeout: 60 }});
+        let wait = FileSensor(#{{ task_id: "wait", filepath: "$HOME_DIR/landing/**/*.csv", recursive: true, poke_interval: 0.1, timeout: 60 }});
         let load = BashOperator(#{{ task_id: "load", bash_command: "echo loaded" }});
         wait >> load;"#
     );
@@ -220,6 +220,9 @@ let failed = ExternalTaskSensor(fast + #{ task_id: "failed", external_dag_id: "u
     external_task_ids: ["t", "bad"], failed_states: ["failed"] });
 let whole_failed = ExternalTaskSensor(fast + #{ task_id: "whole_failed", external_dag_id: "up_bad",
     allowed_states: ["failed"] });
+let missing_task = ExternalTaskSensor(fast + #{ task_id: "missing_task", external_dag_id: "up_ok",
+    external_task_id: "nope", check_existence: true });
+let missing_dag = ExternalTaskSensor(fast + #{ task_id: "missing_dag", external_dag_id: "ghost", check_existence: true });
 let same_day = ExternalTaskSensor(#{ task_id: "same_day", external_dag_id: "up_ok", external_task_id: "t",
     poke_interval: 0.1, timeout: 0.5, soft_fail: true });
 "#;
@@ -238,6 +241,8 @@ let same_day = ExternalTaskSensor(#{ task_id: "same_day", external_dag_id: "up_o
         ("failed", "failed"),
         ("whole_failed", "success"),
         ("same_day", "skipped"),
+        ("missing_task", "failed"),
+        ("missing_dag", "failed"),
     ] {
         assert_eq!(state_of(&home, "down", task), state, "{task}");
     }
@@ -249,6 +254,10 @@ let same_day = ExternalTaskSensor(#{ task_id: "same_day", external_dag_id: "up_o
         "{log}"
     );
     assert_eq!(log.matches("Poking for tasks").count(), 1, "failed at the first poke: {log}");
+    let log = log_of(&home, "down", "missing_task");
+    assert!(log.contains("The external task nope in DAG up_ok does not exist; marking task as FAILED"), "{log}");
+    let log = log_of(&home, "down", "missing_dag");
+    assert!(log.contains("The external DAG ghost does not exist; marking task as FAILED"), "{log}");
     let log = log_of(&home, "down", "same_day");
     assert!(log.contains("on 2024-01-02T00:00:00+00:00") && log.contains("Sensor has timed out"), "{log}");
 }

@@ -33,6 +33,7 @@ struct Target {
     failed: Vec<String>,
     skipped: Vec<String>,
     soft_fail: bool,
+    check_existence: bool,
 }
 
 pub async fn start(run: Arc<TaskRun>) -> Start {
@@ -60,7 +61,7 @@ fn target(run: &TaskRun) -> Result<Target, String> {
         failed_states,
         skipped_states,
         execution_delta,
-        ..
+        check_existence,
     } = &spec.kind
     else {
         return Err("not an ExternalTaskSensor".into());
@@ -85,6 +86,7 @@ fn target(run: &TaskRun) -> Result<Target, String> {
         failed: failed_states.clone(),
         skipped: skipped_states.clone(),
         soft_fail: spec.soft_fail,
+        check_existence: *check_existence,
     })
 }
 
@@ -96,6 +98,11 @@ async fn poke(run: &TaskRun, t: Target) -> Poke {
         run.log(&format!("Poking for tasks {:?} in dag {} on {date} ... ", t.task_ids, t.dag_id)).await;
     }
     let Some(store) = run.env.store.clone() else { return Poke::Fail("no database".into()) };
+    if t.check_existence
+        && let Err(reason) = exists(&store, &t).await
+    {
+        return Poke::Fail(reason);
+    }
     let (dag_id, task_ids, at) = (t.dag_id.clone(), t.task_ids.clone(), t.logical_date);
     let states = store
         .read_async(move |tx| {
@@ -135,4 +142,25 @@ async fn poke(run: &TaskRun, t: Target) -> Poke {
     let expected = t.task_ids.len().max(1);
     let allowed = states.iter().filter(|s| t.allowed.contains(s)).count();
     if allowed == expected { Poke::Done { xcom: None } } else { Poke::NotYet }
+}
+
+/// `check_existence`: the other DAG is known (and active) and, in its latest version, has every
+/// awaited task; Airflow's messages otherwise.
+async fn exists(store: &crate::store::Store, t: &Target) -> Result<(), String> {
+    let dag_id = t.dag_id.clone();
+    let found = store
+        .read_async(move |tx| {
+            let Some(dag) = tx.dags()?.into_iter().find(|d| d.dag_id == dag_id) else { return Ok(None) };
+            Ok(Some(tx.dag_version_json(&dag.latest_version_hash)?))
+        })
+        .await
+        .map_err(|e| format!("could not read DAG `{}`: {e}", t.dag_id))?;
+    let Some(json) = found else { return Err(format!("The external DAG {} does not exist", t.dag_id)) };
+    let spec = json.and_then(|j| serde_json::from_str::<crate::model::DagSpec>(&j).ok());
+    for task_id in &t.task_ids {
+        if spec.as_ref().is_some_and(|s| !s.tasks.iter().any(|task| &task.task_id == task_id)) {
+            return Err(format!("The external task {task_id} in DAG {} does not exist", t.dag_id));
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! `FileSensor`: done when its rendered `filepath` (a glob: `*`, `?`, `[..]`, `{a,b}`, `**`) names
-//! a file, or a folder holding a file somewhere below it, as Airflow's.
+//! `FileSensor`: done when its rendered `filepath` (a glob: `*`, `?`, `[..]`, `{a,b}`, and `**`
+//! for any depth of folders with `recursive: true`, else it is `*`) names a file, or a folder
+//! holding a file somewhere below it, as Airflow's.
 
 use super::sensor::{self, Poke};
 use super::{Start, TaskRun};
@@ -15,7 +16,7 @@ const MAX_ENTRIES: usize = 200_000;
 pub fn templated(operator: &Operator) -> Vec<&str> {
     match operator {
         Operator::Sensor(s) => match &s.kind {
-            SensorKind::File { filepath } => vec![filepath.as_str()],
+            SensorKind::File { filepath, .. } => vec![filepath.as_str()],
             _ => Vec::new(),
         },
         _ => Vec::new(),
@@ -23,8 +24,8 @@ pub fn templated(operator: &Operator) -> Vec<&str> {
 }
 
 pub async fn start(run: Arc<TaskRun>) -> Start {
-    let pattern = match sensor::spec(&run).map(|s| &s.kind) {
-        Some(SensorKind::File { filepath }) => render("filepath", filepath, &run.ctx),
+    let (pattern, recursive) = match sensor::spec(&run).map(|s| &s.kind) {
+        Some(SensorKind::File { filepath, recursive }) => (render("filepath", filepath, &run.ctx), *recursive),
         _ => return Start::Done(super::Outcome::fail("not a FileSensor")),
     };
     let pattern = match pattern {
@@ -37,7 +38,7 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
         async move {
             run.log(&format!("Poking for file {pattern}")).await;
             let search = pattern.clone();
-            match tokio::task::spawn_blocking(move || find(&search)).await {
+            match tokio::task::spawn_blocking(move || find(&search, recursive)).await {
                 Ok(Ok(Some(found))) => {
                     run.log(&format!("Found file {}", found.display())).await;
                     Poke::Done { xcom: None }
@@ -51,10 +52,18 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
 }
 
 /// The first file the pattern names (a folder counts through a file below it).
-pub fn find(pattern: &str) -> Result<Option<PathBuf>, String> {
+pub fn find(pattern: &str, recursive: bool) -> Result<Option<PathBuf>, String> {
     if !has_glob(pattern) {
         return Ok(file_in(Path::new(pattern), &mut 0));
     }
+    // As Python's `glob` without `recursive`: `**` is `*`.
+    let flat;
+    let pattern = if recursive {
+        pattern
+    } else {
+        flat = pattern.replace("**", "*");
+        flat.as_str()
+    };
     let matcher = globset::GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
@@ -72,7 +81,7 @@ pub fn find(pattern: &str) -> Result<Option<PathBuf>, String> {
         }
         if root.as_os_str().is_empty() { PathBuf::from(".") } else { root }
     };
-    let recursive = pattern.contains("**");
+    let recursive = recursive && pattern.contains("**");
     let depth = Path::new(pattern).components().count().saturating_sub(root.components().count());
     let mut seen = 0usize;
     let mut stack = vec![(root.clone(), 0usize)];
@@ -141,17 +150,17 @@ mod tests {
     fn globs_find_files_and_folders_with_files() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().to_string_lossy().to_string();
-        assert_eq!(find(&format!("{base}/in/*.csv")).unwrap(), None);
+        assert_eq!(find(&format!("{base}/in/*.csv"), true).unwrap(), None);
         std::fs::create_dir_all(dir.path().join("in/deep/er")).unwrap();
-        assert_eq!(find(&format!("{base}/in/*.csv")).unwrap(), None);
-        assert_eq!(find(&format!("{base}/in/deep")).unwrap(), None, "an empty folder is not done");
+        assert_eq!(find(&format!("{base}/in/*.csv"), true).unwrap(), None);
+        assert_eq!(find(&format!("{base}/in/deep"), true).unwrap(), None, "an empty folder is not done");
         std::fs::write(dir.path().join("in/deep/er/x.csv"), "1").unwrap();
-        assert_eq!(find(&format!("{base}/in/*.csv")).unwrap(), None, "`*` does not cross `/`");
-        assert!(find(&format!("{base}/in/**/*.csv")).unwrap().is_some());
-        assert!(find(&format!("{base}/in/deep")).unwrap().is_some(), "a folder with a file below it");
-        assert!(find(&format!("{base}/in/d*")).unwrap().is_some());
+        assert_eq!(find(&format!("{base}/in/*.csv"), true).unwrap(), None, "`*` does not cross `/`");
+        assert!(find(&format!("{base}/in/**/*.csv"), true).unwrap().is_some());
+        assert!(find(&format!("{base}/in/deep"), true).unwrap().is_some(), "a folder with a file below it");
+        assert!(find(&format!("{base}/in/d*"), true).unwrap().is_some());
         std::fs::write(dir.path().join("in/a.csv"), "1").unwrap();
-        assert_eq!(find(&format!("{base}/in/*.csv")).unwrap(), Some(dir.path().join("in/a.csv")));
-        assert!(find(&format!("{base}/in/[")).is_err());
+        assert_eq!(find(&format!("{base}/in/*.csv"), true).unwrap(), Some(dir.path().join("in/a.csv")));
+        assert!(find(&format!("{base}/in/["), true).is_err());
     }
 }
