@@ -298,3 +298,23 @@ fn execution_timeout_stops_a_bash_sensors_poke_and_its_process_group() {
     let child: i32 = home.file("child").trim().parse().expect("the poke started its child");
     wait_until("the poke's process group to be gone", || (!common::process_alive(child)).then_some(()));
 }
+
+#[test]
+fn in_reschedule_mode_the_timeout_spans_the_pokes_of_the_try() {
+    let dag = format!(
+        r#"let dag = DAG("patience", #{{ {MANUAL} }});
+        let hard = FileSensor(#{{ task_id: "hard", filepath: "$HOME_DIR/never", mode: "reschedule", poke_interval: 0.2, timeout: 1 }});
+        let soft = FileSensor(#{{ task_id: "soft", filepath: "$HOME_DIR/never", mode: "reschedule", poke_interval: 0.2, timeout: 1, soft_fail: true }});"#
+    );
+    let home = Home::new(&[("patience.rhai", &dag)]);
+    let o = home.run(&["dags", "test", "patience", "2024-01-01"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(state_of(&home, "patience", "hard"), "failed");
+    assert_eq!(state_of(&home, "patience", "soft"), "skipped");
+    for task in ["hard", "soft"] {
+        let log = log_of(&home, "patience", task);
+        assert!(log.matches("(UP_FOR_RESCHEDULE)").count() >= 2, "{log}");
+        assert!(log.contains("Sensor has timed out; run duration of "), "{log}");
+        assert_eq!(log.matches("try 1 of 1").count(), log.matches("Poking for file").count(), "{log}");
+    }
+}
