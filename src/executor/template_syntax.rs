@@ -78,13 +78,13 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
             fields.push(("trigger_dag_id".to_string(), trigger_dag_id.as_str()))
         }
         Operator::Sensor(sensor) => match &sensor.kind {
-            SensorKind::File { filepath } => fields.push(("filepath".to_string(), filepath.as_str())),
+            SensorKind::File { filepath, .. } => fields.push(("filepath".to_string(), filepath.as_str())),
             SensorKind::Bash { bash_command } => fields.push(("bash_command".to_string(), bash_command.as_str())),
             SensorKind::Http { endpoint, .. } => fields.push(("endpoint".to_string(), endpoint.as_str())),
-            SensorKind::ExternalTask { external_dag_id, external_task_id, .. } => {
+            SensorKind::ExternalTask { external_dag_id, external_task_ids, .. } => {
                 fields.push(("external_dag_id".to_string(), external_dag_id.as_str()));
-                if let Some(id) = external_task_id {
-                    fields.push(("external_task_id".to_string(), id.as_str()));
+                for id in external_task_ids {
+                    fields.push(("external_task_ids".to_string(), id.as_str()));
                 }
             }
             SensorKind::DateTime { target_time } => fields.push(("target_time".to_string(), target_time.as_str())),

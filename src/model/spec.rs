@@ -130,6 +130,9 @@ pub enum SensorMode {
 pub enum SensorKind {
     File {
         filepath: String,
+        /// `**` matches folders at any depth (Airflow's `recursive`; otherwise it is `*`).
+        #[serde(default)]
+        recursive: bool,
     },
     Bash {
         bash_command: String,
@@ -142,9 +145,18 @@ pub enum SensorKind {
     },
     ExternalTask {
         external_dag_id: String,
-        external_task_id: Option<String>,
+        /// `external_task_id` or `external_task_ids`; empty waits for the whole run.
+        #[serde(default)]
+        external_task_ids: Vec<String>,
         allowed_states: Vec<String>,
+        #[serde(default)]
+        failed_states: Vec<String>,
+        #[serde(default)]
+        skipped_states: Vec<String>,
         execution_delta: Option<TimeSpan>,
+        /// Fail at once when the other DAG (or an awaited task of it) does not exist.
+        #[serde(default)]
+        check_existence: bool,
     },
     TimeDelta {
         delta: TimeSpan,
@@ -163,6 +175,12 @@ pub struct SensorSpec {
     pub timeout: TimeSpan,
     pub mode: SensorMode,
     pub soft_fail: bool,
+    /// Growing intervals between pokes, as Airflow's (jittered doubling, capped by `max_wait`
+    /// and by what is left of `timeout`).
+    #[serde(default)]
+    pub exponential_backoff: bool,
+    #[serde(default)]
+    pub max_wait: Option<TimeSpan>,
 }
 
 /// What a task does when it runs. Templated fields hold the unrendered Jinja text.

@@ -137,7 +137,7 @@ pub fn transition(from: TaskState, event: TiEvent) -> Option<TaskState> {
         (S::Running, E::Succeed) => S::Success,
         (S::Running | S::Queued, E::Fail { can_retry: true }) => S::UpForRetry,
         (S::Running | S::Queued, E::Fail { can_retry: false }) => S::Failed,
-        (S::None | S::Scheduled | S::Queued | S::Running | S::UpForRetry, E::Skip) => S::Skipped,
+        (S::None | S::Scheduled | S::Queued | S::Running | S::UpForRetry | S::UpForReschedule, E::Skip) => S::Skipped,
         (S::Queued, E::Requeue) => S::Scheduled,
         (S::None | S::Scheduled, E::UpstreamFailed) => S::UpstreamFailed,
         (S::Running, E::Reschedule) => S::UpForReschedule,

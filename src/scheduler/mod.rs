@@ -859,7 +859,8 @@ impl Scheduler {
             let Some(row) = &rows[i] else { continue };
             let key = &row.key;
             let current = st[i];
-            if current == TaskState::UpForRetry {
+            // A retry's delay or a sensor's reschedule interval: the timer heap wakes it at `next_try_at`.
+            if matches!(current, TaskState::UpForRetry | TaskState::UpForReschedule) {
                 match row.next_try_at {
                     Some(at) if at > out.now => {
                         out.pass.next_wake = earliest(out.pass.next_wake, at);
@@ -1039,7 +1040,14 @@ impl Scheduler {
     fn time_out_run(&mut self, tx: &Tx, view: &mut RunView, out: &mut PassOut) -> SchedulerResult<()> {
         for (row, state) in view.rows.iter().zip(view.states.iter_mut()) {
             let Some(row) = row else { continue };
-            if matches!(*state, TaskState::None | TaskState::Scheduled | TaskState::UpForRetry | TaskState::Queued) {
+            if matches!(
+                *state,
+                TaskState::None
+                    | TaskState::Scheduled
+                    | TaskState::UpForRetry
+                    | TaskState::UpForReschedule
+                    | TaskState::Queued
+            ) {
                 let fields = TiChange { end_date: Some(out.now), ..TiChange::default() };
                 let Some(to) = transition(*state, TiEvent::Skip) else { continue };
                 if tx.set_ti_state(&row.key, *state, to, &fields)? {

@@ -185,8 +185,14 @@ pub const TASK_KEYS: &[KeySpec] = &[
 /// Keys `default_args` may hold beyond the task keys, as in Airflow.
 pub const DEFAULT_ONLY_KEYS: &[KeySpec] = &[("start_date", Kind::DateTime), ("end_date", Kind::DateTime)];
 
-pub const SENSOR_KEYS: &[KeySpec] =
-    &[("poke_interval", Kind::Duration), ("timeout", Kind::Duration), ("mode", Kind::Str), ("soft_fail", Kind::Bool)];
+pub const SENSOR_KEYS: &[KeySpec] = &[
+    ("poke_interval", Kind::Duration),
+    ("timeout", Kind::Duration),
+    ("mode", Kind::Str),
+    ("soft_fail", Kind::Bool),
+    ("exponential_backoff", Kind::Bool),
+    ("max_wait", Kind::Duration),
+];
 
 pub const DAG_KEYS: &[KeySpec] = &[
     ("dag_id", Kind::Str),
@@ -302,7 +308,12 @@ pub const OPERATORS: &[OperatorDef] = &[
         required: &["trigger_dag_id"],
         sensor: false,
     },
-    OperatorDef { name: "FileSensor", keys: &[("filepath", Kind::Str)], required: &["filepath"], sensor: true },
+    OperatorDef {
+        name: "FileSensor",
+        keys: &[("filepath", Kind::Str), ("recursive", Kind::Bool)],
+        required: &["filepath"],
+        sensor: true,
+    },
     OperatorDef { name: "BashSensor", keys: &[("bash_command", Kind::Str)], required: &["bash_command"], sensor: true },
     OperatorDef {
         name: "HttpSensor",
@@ -320,8 +331,12 @@ pub const OPERATORS: &[OperatorDef] = &[
         keys: &[
             ("external_dag_id", Kind::Str),
             ("external_task_id", Kind::Str),
+            ("external_task_ids", Kind::StrList),
             ("allowed_states", Kind::StrList),
+            ("failed_states", Kind::StrList),
+            ("skipped_states", Kind::StrList),
             ("execution_delta", Kind::Duration),
+            ("check_existence", Kind::Bool),
         ],
         required: &["external_dag_id"],
         sensor: true,

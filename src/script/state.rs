@@ -481,7 +481,9 @@ impl FileState {
             },
             sensor => {
                 let kind = match sensor {
-                    "FileSensor" => SensorKind::File { filepath: s("filepath") },
+                    "FileSensor" => {
+                        SensorKind::File { filepath: s("filepath"), recursive: args.bool("recursive").unwrap_or(false) }
+                    }
                     "BashSensor" => SensorKind::Bash { bash_command: s("bash_command") },
                     "HttpSensor" => SensorKind::Http {
                         http_conn_id: args.str("http_conn_id"),
@@ -489,12 +491,7 @@ impl FileState {
                         method: http_method(args.str("method"), "GET")?,
                         response_check: self.callback(scope, "response_check", args.closure("response_check")),
                     },
-                    "ExternalTaskSensor" => SensorKind::ExternalTask {
-                        external_dag_id: s("external_dag_id"),
-                        external_task_id: args.str("external_task_id"),
-                        allowed_states: args.str_list("allowed_states").unwrap_or_else(|| vec!["success".into()]),
-                        execution_delta: args.duration("execution_delta"),
-                    },
+                    "ExternalTaskSensor" => external_task_sensor(args)?,
                     "TimeDeltaSensor" => SensorKind::TimeDelta { delta: args.duration("delta").unwrap_or_default() },
                     _ => SensorKind::DateTime { target_time: s("target_time") },
                 };
@@ -508,6 +505,8 @@ impl FileState {
                     timeout: args.duration("timeout").unwrap_or(TimeSpan::from_secs(7 * 86_400)),
                     mode,
                     soft_fail: args.bool("soft_fail").unwrap_or(false),
+                    exponential_backoff: args.bool("exponential_backoff").unwrap_or(false),
+                    max_wait: args.duration("max_wait"),
                 }))
             }
         };
@@ -931,4 +930,80 @@ fn json_object(value: Option<serde_json::Value>, key: &str) -> ScriptResult<BTre
         Some(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
         Some(other) => Err(ScriptError::new(format!("`{key}` must be a map, not `{other}`"))),
     }
+}
+
+/// `ExternalTaskSensor`'s arguments, checked as Airflow checks them: one of `external_task_id`
+/// and `external_task_ids`, states of task instances when tasks are named (of the DAG run when the
+/// whole run is awaited), and no state in two of the lists.
+fn external_task_sensor(args: &Args) -> ScriptResult<SensorKind> {
+    let one = args.str("external_task_id");
+    let many = args.str_list("external_task_ids");
+    let external_task_ids = match (one, many) {
+        (Some(_), Some(_)) => {
+            return Err(ScriptError::new("give one of `external_task_id` and `external_task_ids`, not both")
+                .at_key("external_task_ids"));
+        }
+        (Some(id), None) => vec![id],
+        (None, Some(ids)) => {
+            if let Some(dup) = ids.iter().enumerate().find(|(i, id)| ids[..*i].contains(id)).map(|(_, id)| id) {
+                return Err(
+                    ScriptError::new(format!("`external_task_ids` names `{dup}` twice")).at_key("external_task_ids")
+                );
+            }
+            ids
+        }
+        (None, None) => Vec::new(),
+    };
+    let valid: &[&str] = if external_task_ids.is_empty() {
+        &["queued", "running", "success", "failed"]
+    } else {
+        &[
+            "none",
+            "scheduled",
+            "queued",
+            "running",
+            "success",
+            "failed",
+            "up_for_retry",
+            "up_for_reschedule",
+            "upstream_failed",
+            "skipped",
+            "removed",
+        ]
+    };
+    let whose = if external_task_ids.is_empty() { "DAG run" } else { "task instance" };
+    let mut lists = Vec::new();
+    for (key, default) in
+        [("allowed_states", vec!["success".to_string()]), ("failed_states", vec![]), ("skipped_states", vec![])]
+    {
+        let states = args.str_list(key).unwrap_or(default);
+        for state in &states {
+            if !valid.contains(&state.as_str()) {
+                let hint = nearest(state, valid).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
+                return Err(ScriptError::new(format!(
+                    "`{key}` holds `{state}`, which is not a {whose} state; valid: {}{hint}",
+                    valid.join(", ")
+                ))
+                .at_key(key));
+            }
+        }
+        lists.push((key, states));
+    }
+    for (i, (key, states)) in lists.iter().enumerate() {
+        for (other, others) in &lists[..i] {
+            if let Some(state) = states.iter().find(|s| others.contains(s)) {
+                return Err(ScriptError::new(format!("`{state}` is in both `{other}` and `{key}`")).at_key(key));
+            }
+        }
+    }
+    let mut lists = lists.into_iter().map(|(_, states)| states);
+    Ok(SensorKind::ExternalTask {
+        external_dag_id: args.str("external_dag_id").unwrap_or_default(),
+        external_task_ids,
+        allowed_states: lists.next().unwrap_or_default(),
+        failed_states: lists.next().unwrap_or_default(),
+        skipped_states: lists.next().unwrap_or_default(),
+        execution_delta: args.duration("execution_delta"),
+        check_existence: args.bool("check_existence").unwrap_or(false),
+    })
 }

@@ -144,4 +144,29 @@ CREATE TRIGGER change_log_dag_delete AFTER DELETE ON dag
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (OLD.dag_id, NULL); END;
 "#,
     ),
+    (
+        4,
+        "task_reschedule: the pokes of sensors in reschedule mode (a try's first poke starts its timeout)",
+        r#"
+CREATE TABLE task_reschedule (
+    id              INTEGER PRIMARY KEY,
+    dag_id          TEXT NOT NULL,
+    run_id          TEXT NOT NULL,
+    task_id         TEXT NOT NULL,
+    try_number      INTEGER NOT NULL,
+    start_date      TEXT NOT NULL,
+    end_date        TEXT NOT NULL,
+    duration        REAL NOT NULL,
+    reschedule_date TEXT NOT NULL
+);
+CREATE INDEX task_reschedule_ti ON task_reschedule (dag_id, run_id, task_id, try_number);
+CREATE TRIGGER task_reschedule_clear AFTER UPDATE OF state ON task_instance
+    WHEN NEW.state = 'none' AND OLD.state IS NOT 'none'
+    BEGIN DELETE FROM task_reschedule
+          WHERE dag_id = NEW.dag_id AND run_id = NEW.run_id AND task_id = NEW.task_id; END;
+CREATE TRIGGER task_reschedule_ti_delete AFTER DELETE ON task_instance
+    BEGIN DELETE FROM task_reschedule
+          WHERE dag_id = OLD.dag_id AND run_id = OLD.run_id AND task_id = OLD.task_id; END;
+"#,
+    ),
 ];

@@ -202,6 +202,17 @@ pub struct RunnerRow {
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
+/// One poke of a sensor in reschedule mode that found its condition not met yet.
+#[derive(Debug, Clone)]
+pub struct TaskReschedule {
+    pub try_number: u32,
+    pub start_date: DateTime<Utc>,
+    pub end_date: DateTime<Utc>,
+    pub duration: f64,
+    /// When the next poke is due.
+    pub reschedule_date: DateTime<Utc>,
+}
+
 /// What the scheduler reads of a task instance: enough to decide, nothing more.
 #[derive(Debug, Clone)]
 pub struct TiStateRow {
@@ -852,6 +863,54 @@ impl Tx<'_> {
             .query_row([dag_id, run_id, task_id], |r| r.get(0))
             .optional()?;
         text.map(|t| t.parse::<TaskState>().map_err(StoreError::Corrupt)).transpose()
+    }
+
+    // ---- sensors in reschedule mode ---------------------------------------------------------
+
+    /// Records the process group of a running try's latest process (a `BashSensor`'s poke), while
+    /// `owner` still owns the try; `false` when it does not.
+    pub fn set_ti_process(&self, key: &TiKey, owner: &str, pid: i64, pid_token: Option<&str>) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET pid = ?5, pid_token = ?6
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = 'running' AND owner = ?4",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, owner, pid, pid_token])?;
+        Ok(n == 1)
+    }
+
+    /// Records one poke of a sensor in reschedule mode that was not done (Airflow's `task_reschedule`).
+    pub fn insert_task_reschedule(&self, key: &TiKey, poke: &TaskReschedule) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO task_reschedule (dag_id, run_id, task_id, try_number, start_date, end_date, duration, reschedule_date)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                key.dag_id,
+                key.run_id,
+                key.task_id,
+                poke.try_number,
+                poke.start_date,
+                poke.end_date,
+                poke.duration,
+                poke.reschedule_date
+            ])?;
+        Ok(())
+    }
+
+    /// The first poke's start and the number of pokes recorded for one try of a sensor in
+    /// reschedule mode; `None` when it has none (its first claim, or cleared since).
+    pub fn task_reschedules(&self, key: &TiKey, try_number: u32) -> StoreResult<Option<(DateTime<Utc>, u32)>> {
+        let (first, count): (Option<DateTime<Utc>>, u32) = self
+            .tx
+            .prepare_cached(
+                "SELECT MIN(start_date), COUNT(*) FROM task_reschedule
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND try_number = ?4",
+            )?
+            .query_row(params![key.dag_id, key.run_id, key.task_id, try_number], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(first.map(|first| (first, count)))
     }
 
     // ---- runners ----------------------------------------------------------------------------

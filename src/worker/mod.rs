@@ -327,6 +327,17 @@ impl Worker {
             }
             _ => Vec::new(),
         };
+        // A sensor's poke that was not done: its try's first poke starts the sensor's timeout.
+        let reschedule = match &outcome {
+            Outcome::Reschedule { at } => Some(crate::store::TaskReschedule {
+                try_number,
+                start_date: started,
+                end_date: finished,
+                duration,
+                reschedule_date: *at,
+            }),
+            _ => None,
+        };
         let xcom = match outcome {
             Outcome::Success { xcom } | Outcome::Branch { xcom, .. } => xcom,
             _ => None,
@@ -350,6 +361,9 @@ impl Worker {
                 }
                 if let Some(value) = &xcom {
                     tx.set_xcom(&write_key, "return_value", value, finished)?;
+                }
+                if let Some(poke) = &reschedule {
+                    tx.insert_task_reschedule(&write_key, poke)?;
                 }
                 for task_id in &skips {
                     let skipped = TiKey { task_id: task_id.clone(), ..write_key.clone() };
