@@ -16,9 +16,11 @@
 mod bash;
 mod context;
 mod empty;
+mod trigger_dagrun;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
+pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 
 use crate::executor::RunningBash;
 use crate::executor::template::TemplateContext;
@@ -78,15 +80,26 @@ impl WorkerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Done; `xcom` becomes XCom `return_value`.
-    Success { xcom: Option<serde_json::Value> },
+    Success {
+        xcom: Option<serde_json::Value>,
+    },
     /// Done without doing its work (`skip_on_exit_code`, a sensor's `soft_fail`).
-    Skip { reason: String },
-    Fail { reason: String },
+    Skip {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
     /// A sensor in `mode: "reschedule"` not done yet: poke again at `at`, holding no slot meanwhile.
-    Reschedule { at: DateTime<Utc> },
+    Reschedule {
+        at: DateTime<Utc>,
+    },
     /// Done, and of the direct downstream tasks only `follow` run; the others are skipped and the
     /// skips propagate by trigger rule (`BranchOperator`, `ShortCircuitOperator`, `LatestOnlyOperator`).
-    Branch { follow: Vec<String>, xcom: Option<serde_json::Value> },
+    Branch {
+        follow: Vec<String>,
+        xcom: Option<serde_json::Value>,
+    },
 }
 
 impl Outcome {
@@ -106,11 +119,14 @@ pub struct Env {
     /// Variables every task process gets on top of its own (`tasks test --env-vars`); they win,
     /// and a withheld secret they name is passed.
     pub extra_env: Vec<(String, String)>,
+    /// Creates runs of other DAGs (`TriggerDagRunOperator`): the service layer's rule, injected by
+    /// `app` when it builds the worker (`Worker::set_trigger`); empty where there is no store.
+    pub trigger: std::sync::OnceLock<Arc<dyn TriggerRuns>>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new() }
+        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), trigger: Default::default() }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -186,12 +202,23 @@ pub struct Runner {
 
 /// Every operator that runs, by the name its spec carries (`Operator::name`).
 pub const RUNNERS: &[Runner] = &[
-    Runner { name: "EmptyOperator", start: |run| Box::pin(empty::start(run)), templated: |_| Vec::new(), recover: None },
+    Runner {
+        name: "EmptyOperator",
+        start: |run| Box::pin(empty::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
     Runner {
         name: "BashOperator",
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
         recover: Some(bash::process_outcome),
+    },
+    Runner {
+        name: "TriggerDagRunOperator",
+        start: |run| Box::pin(trigger_dagrun::start(run)),
+        templated: trigger_dagrun::templated,
+        recover: None,
     },
 ];
 

@@ -75,6 +75,11 @@ impl Worker {
         }
     }
 
+    /// Gives `TriggerDagRunOperator` its way to create runs (`app` sets it once, after `new`).
+    pub fn set_trigger(&self, trigger: Arc<dyn crate::operators::TriggerRuns>) {
+        let _ = self.env.trigger.set(trigger);
+    }
+
     /// Starts a task instance; returns at once.
     pub fn launch(&self, task: QueuedTask) {
         use std::sync::atomic::Ordering;
@@ -650,9 +655,9 @@ impl Worker {
             let recover = crate::operators::runner(&task.task().operator).and_then(|r| r.recover);
             match (recover, read_status(&log_path)) {
                 (Some(recover), Some(exit)) => recover(&task, exit, &self.settings),
-                _ => Outcome::fail(format!(
-                    "its owner, {who}, stopped, and the try ended without recording an outcome"
-                )),
+                _ => {
+                    Outcome::fail(format!("its owner, {who}, stopped, and the try ended without recording an outcome"))
+                }
             }
         };
         log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
