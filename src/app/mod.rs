@@ -196,11 +196,8 @@ impl App {
 
     /// Tells a running scheduler the store changed. No scheduler running is fine.
     pub fn wake_scheduler(&self) {
-        if let Ok(path) = self.wake_socket()
-            && let Ok(mut s) = std::os::unix::net::UnixStream::connect(path)
-        {
-            use std::io::Write;
-            let _ = s.write_all(b"wake\n");
+        if let Ok(path) = self.wake_socket() {
+            wake_scheduler_at(&path);
         }
     }
 
@@ -215,14 +212,7 @@ impl App {
         owner: Option<&Runner>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<DagRunRow>> {
-        use chrono::SubsecRound;
-        // Airflow keeps microseconds; so do run ids and the unique (dag_id, logical_date).
-        let logical_date = logical_date.trunc_subsecs(6);
-        let interval = match dag.timetable() {
-            Some(tt) => tt.infer_manual_data_interval(logical_date),
-            None => DataInterval { start: logical_date, end: logical_date },
-        };
-        let mut run = new_run(dag, RunType::Manual, logical_date, interval, conf, now);
+        let mut run = manual_run(dag, logical_date, conf, now);
         run.owner = owner.map(|r| r.id.clone());
         let inserted = store.write(|tx| insert_run(tx, dag, &run))?;
         Ok(inserted.then_some(run))
@@ -243,6 +233,7 @@ impl App {
         let runner = self.register_runner(&store, "scheduler")?;
         let worker =
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
+        worker.set_trigger(self.run_trigger(&store, false));
         let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
         let _ = runner.stop(&store, Utc::now());
         drop(runtime);
@@ -314,6 +305,7 @@ impl App {
         let (tx, rx) = unbounded_channel::<Event>();
         forward_signals(&runtime, tx.clone());
         let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx.clone(), runtime.handle().clone());
+        worker.set_trigger(self.run_trigger(store, true));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
         let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));
@@ -337,6 +329,27 @@ impl App {
         keep.abort();
         result
     }
+}
+
+/// Tells the scheduler listening on `socket` the store changed; none listening is fine.
+fn wake_scheduler_at(socket: &std::path::Path) {
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) {
+        use std::io::Write;
+        let _ = s.write_all(b"wake\n");
+    }
+}
+
+/// A manual run of `dag` pinned to it, in `queued`: at `logical_date` to the microsecond (Airflow
+/// keeps microseconds; so do run ids and the unique `(dag_id, logical_date)`), its data interval
+/// inferred by the timetable.
+fn manual_run(dag: &PinnedDag, logical_date: DateTime<Utc>, conf: serde_json::Value, now: DateTime<Utc>) -> DagRunRow {
+    use chrono::SubsecRound;
+    let logical_date = logical_date.trunc_subsecs(6);
+    let interval = match dag.timetable() {
+        Some(tt) => tt.infer_manual_data_interval(logical_date),
+        None => DataInterval { start: logical_date, end: logical_date },
+    };
+    new_run(dag, RunType::Manual, logical_date, interval, conf, now)
 }
 
 /// The program that supervises each task: `rhaiflow-task` beside this binary (small, so it starts

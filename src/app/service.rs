@@ -1,9 +1,10 @@
 //! The service layer: the rules of trigger, pause, clear, mark, backfill and test, which the CLI
 //! and the web API share. Front ends parse and print; they decide nothing.
 
-use super::{App, Progress, pinned_for};
+use super::{App, Progress, manual_run, pinned_for};
 use crate::loader::DagBag;
-use crate::model::{DagRunState, RunType, TaskState, TiEvent, TiKey, transition};
+use crate::model::{DagRunState, DagSpec, RunType, TaskState, TiEvent, TiKey, transition};
+use crate::operators::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 use crate::scheduler::{DagVersion, PinnedDag, insert_run, new_run};
 use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow};
 use crate::worker::{Liveness, Runner};
@@ -208,11 +209,26 @@ impl App {
         let store = self.open_store()?;
         let (_, dag) = self.load_dag(&store, dag_id, now)?;
         let logical = logical_date.unwrap_or(now);
-        let Some(run) = self.create_manual_run(&store, &dag, logical, conf, None, now)? else {
-            bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical));
+        let req =
+            TriggerRequest { dag_id: dag_id.into(), run_id: None, logical_date: logical, conf, reset_dag_run: false };
+        let run = match trigger_run(&store, &dag, &req, now) {
+            Ok(t) => t.run,
+            Err(TriggerError::AlreadyExists(_)) => {
+                bail!("DAG `{dag_id}` already has a run for {}", fmt_time(&logical.trunc_subsecs(6)))
+            }
+            Err(e) => bail!("{e}"),
         };
         self.wake_scheduler();
         Ok(run)
+    }
+
+    /// What `TriggerDagRunOperator` creates runs with, for a worker on `store`: the DAG as the
+    /// store last recorded it (Airflow's serialised DAG), the rules of [`trigger_run`]. With
+    /// `wake_socket`, a scheduler in another process is woken (`dags test`, `backfill`); the
+    /// scheduler's own worker wakes its loop through `Env::wake`.
+    pub fn run_trigger(&self, store: &Store, wake_socket: bool) -> Arc<dyn TriggerRuns> {
+        let socket = if wake_socket { self.wake_socket().ok() } else { None };
+        Arc::new(StoreTrigger { store: store.clone(), socket })
     }
 
     /// Pauses or unpauses a DAG.
@@ -514,6 +530,120 @@ impl App {
             plan.rerun.push((old.dag_id, old.run_id));
         }
         Ok(plan)
+    }
+}
+
+/// The one way a manual run is created — `dags trigger`, the web API, `TriggerDagRunOperator` —
+/// for `dag` as pinned: at the request's logical date (to the microsecond, as Airflow keeps it),
+/// with its conf and run id (Airflow's `allowed_run_id_pattern`). A run already at that date or
+/// with that run id is `AlreadyExists`, unless `reset_dag_run`: then every task instance of it is
+/// cleared and the run goes back to `queued` (Airflow's `dag.clear` over that logical date; its
+/// conf stays). A paused DAG's run is created and waits, as in Airflow.
+pub fn trigger_run(
+    store: &Store,
+    dag: &PinnedDag,
+    req: &TriggerRequest,
+    now: DateTime<Utc>,
+) -> Result<Triggered, TriggerError> {
+    let refused = |e: StoreError| TriggerError::Refused(e.to_string());
+    let dag_id = dag.spec.dag_id.as_str();
+    if !req.conf.is_object() {
+        return Err(TriggerError::Refused(format!("`conf` must be a JSON object, not `{}`", req.conf)));
+    }
+    let mut run = manual_run(dag, req.logical_date, req.conf.clone(), now);
+    if let Some(run_id) = &req.run_id {
+        check_run_id(run_id)?;
+        run.run_id = run_id.clone();
+    }
+    let paused = store.read(|tx| tx.dag(dag_id)).map_err(refused)?.is_some_and(|d| d.is_paused);
+    let inserted = store.write(|tx| insert_run(tx, dag, &run)).map_err(|e| TriggerError::Refused(e.to_string()))?;
+    if inserted {
+        return Ok(Triggered { run, reset: false, paused });
+    }
+    let existing = store
+        .read(|tx| -> Result<_, StoreError> {
+            Ok(match tx.dag_run_at(dag_id, run.logical_date)? {
+                Some(r) => Some(r),
+                None => tx.dag_run(dag_id, &run.run_id)?,
+            })
+        })
+        .map_err(refused)?;
+    let Some(existing) = existing else {
+        return Err(TriggerError::Refused(format!(
+            "DAG `{dag_id}` got a run for {} and lost it meanwhile; trigger it again",
+            fmt_time(&run.logical_date)
+        )));
+    };
+    if !req.reset_dag_run {
+        return Err(TriggerError::AlreadyExists(Box::new(existing)));
+    }
+    let spec: &DagSpec = &dag.spec;
+    let retries = |ti: &TiRow| Some(spec.task(&ti.key.task_id).map_or(0, |t| t.retries));
+    clear_run(store, &existing.dag_id, &existing.run_id, retries, now)
+        .map_err(|e| TriggerError::Refused(format!("cannot clear run `{}`: {e}", existing.run_id)))?;
+    let run = store.read(|tx| tx.dag_run(&existing.dag_id, &existing.run_id)).map_err(refused)?.unwrap_or(existing);
+    Ok(Triggered { run, reset: true, paused })
+}
+
+/// A run id given by hand: Airflow's default `allowed_run_id_pattern` (`^[A-Za-z0-9_.~:+-]+$`),
+/// at most 250 characters. It becomes a folder name in the log tree, so nothing else is let in.
+fn check_run_id(run_id: &str) -> Result<(), TriggerError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.~:+-".contains(c);
+    if run_id.is_empty() || run_id.len() > 250 || !run_id.chars().all(allowed) || run_id == "." || run_id == ".." {
+        return Err(TriggerError::Refused(format!(
+            "run id `{run_id}` is not allowed: use 1 to 250 of the characters A-Z a-z 0-9 _ . ~ : + -"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs created from a worker (`TriggerDagRunOperator`): the DAG as the store recorded it.
+struct StoreTrigger {
+    store: Store,
+    /// A scheduler in another process to wake.
+    socket: Option<std::path::PathBuf>,
+}
+
+impl TriggerRuns for StoreTrigger {
+    fn trigger(&self, req: &TriggerRequest, now: DateTime<Utc>) -> Result<Triggered, TriggerError> {
+        let dag = self.recorded_dag(&req.dag_id)?;
+        let triggered = trigger_run(&self.store, &dag, req, now)?;
+        if let Some(socket) = &self.socket {
+            super::wake_scheduler_at(socket);
+        }
+        Ok(triggered)
+    }
+}
+
+impl StoreTrigger {
+    /// The latest recorded version of an active DAG; a missing one names the nearest id.
+    fn recorded_dag(&self, dag_id: &str) -> Result<PinnedDag, TriggerError> {
+        let refused = |e: StoreError| TriggerError::Refused(e.to_string());
+        let (row, json) = self
+            .store
+            .read(|tx| -> Result<_, StoreError> {
+                let Some(row) = tx.dag(dag_id)? else { return Ok((None, None)) };
+                let json = tx.dag_version_json(&row.latest_version_hash)?;
+                Ok((Some(row), json))
+            })
+            .map_err(refused)?;
+        let Some(row) = row else {
+            let dags = self.store.read(|tx| tx.dags()).map_err(refused)?;
+            let known: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
+            return Err(TriggerError::Refused(match crate::model::suggest::nearest(dag_id, &known) {
+                Some(k) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
+                None => format!("no DAG `{dag_id}` in the dags folder"),
+            }));
+        };
+        let json = json.ok_or_else(|| {
+            TriggerError::Refused(format!(
+                "DAG `{dag_id}`: its version {} is not in the store",
+                row.latest_version_hash
+            ))
+        })?;
+        let spec: DagSpec = serde_json::from_str(&json)
+            .map_err(|e| TriggerError::Refused(format!("DAG `{dag_id}`: its recorded version does not read: {e}")))?;
+        Ok(PinnedDag::new(Arc::new(spec), row.latest_version_hash))
     }
 }
 

@@ -74,8 +74,15 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
         Operator::DingdingOperator { message, .. } | Operator::SlackWebhookOperator { message, .. } => {
             fields.push(("message".to_string(), message.as_str()));
         }
-        Operator::TriggerDagRunOperator { trigger_dag_id, .. } => {
-            fields.push(("trigger_dag_id".to_string(), trigger_dag_id.as_str()))
+        Operator::TriggerDagRunOperator(trigger) => {
+            fields.push(("trigger_dag_id".to_string(), trigger.trigger_dag_id.as_str()));
+            if let Some(run_id) = &trigger.trigger_run_id {
+                fields.push(("trigger_run_id".to_string(), run_id.as_str()));
+            }
+            if let Some(date) = &trigger.logical_date {
+                fields.push(("logical_date".to_string(), date.as_str()));
+            }
+            json_strings("conf".to_string(), &trigger.conf, &mut fields);
         }
         Operator::Sensor(sensor) => match &sensor.kind {
             SensorKind::File { filepath, .. } => fields.push(("filepath".to_string(), filepath.as_str())),
@@ -132,6 +139,24 @@ pub fn check_task(env: &Environment<'_>, task: &TaskSpec) -> Vec<SyntaxError> {
         .into_iter()
         .filter_map(|(field, text)| syntax(env, text).err().map(|(line, reason)| SyntaxError { field, line, reason }))
         .collect()
+}
+
+/// Every string inside a JSON value, named by its path (`conf.source`, `conf.dates[0]`).
+fn json_strings<'a>(path: String, value: &'a serde_json::Value, out: &mut Vec<(String, &'a str)>) {
+    match value {
+        serde_json::Value::String(s) => out.push((path, s.as_str())),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                json_strings(format!("{path}[{i}]"), item, out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                json_strings(format!("{path}.{k}"), v, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

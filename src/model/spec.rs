@@ -220,13 +220,26 @@ pub enum Operator {
     ShortCircuitOperator {
         callable: CallbackRef,
     },
-    TriggerDagRunOperator {
-        trigger_dag_id: String,
-        conf: serde_json::Value,
-        wait_for_completion: bool,
-        poke_interval: TimeSpan,
-    },
+    TriggerDagRunOperator(Box<TriggerSpec>),
     Sensor(Box<SensorSpec>),
+}
+
+/// `TriggerDagRunOperator`'s arguments. Templated: `trigger_dag_id`, `trigger_run_id`,
+/// `logical_date` and every string inside `conf` (or `conf` itself when it is a string, which must
+/// render to a JSON object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerSpec {
+    pub trigger_dag_id: String,
+    pub trigger_run_id: Option<String>,
+    pub conf: serde_json::Value,
+    /// Default: the time the task runs.
+    pub logical_date: Option<String>,
+    pub reset_dag_run: bool,
+    pub wait_for_completion: bool,
+    pub poke_interval: TimeSpan,
+    pub allowed_states: Vec<super::DagRunState>,
+    pub failed_states: Vec<super::DagRunState>,
+    pub skip_when_already_exists: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,7 +274,7 @@ impl Operator {
             Operator::SlackWebhookOperator { .. } => "SlackWebhookOperator",
             Operator::BranchOperator { .. } => "BranchOperator",
             Operator::ShortCircuitOperator { .. } => "ShortCircuitOperator",
-            Operator::TriggerDagRunOperator { .. } => "TriggerDagRunOperator",
+            Operator::TriggerDagRunOperator(_) => "TriggerDagRunOperator",
             Operator::Sensor(s) => match s.kind {
                 SensorKind::File { .. } => "FileSensor",
                 SensorKind::Bash { .. } => "BashSensor",

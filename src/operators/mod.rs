@@ -21,9 +21,11 @@ mod external_task_sensor;
 mod file_sensor;
 pub mod sensor;
 mod time_sensor;
+mod trigger_dagrun;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
+pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 
 use crate::executor::RunningBash;
 use crate::executor::template::TemplateContext;
@@ -122,11 +124,14 @@ pub struct Env {
     /// Variables every task process gets on top of its own (`tasks test --env-vars`); they win,
     /// and a withheld secret they name is passed.
     pub extra_env: Vec<(String, String)>,
+    /// Creates runs of other DAGs (`TriggerDagRunOperator`): the service layer's rule, injected by
+    /// `app` when it builds the worker (`Worker::set_trigger`); empty where there is no store.
+    pub trigger: std::sync::OnceLock<Arc<dyn TriggerRuns>>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new() }
+        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), trigger: Default::default() }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -242,6 +247,12 @@ pub const RUNNERS: &[Runner] = &[
         name: "ExternalTaskSensor",
         start: |run| Box::pin(external_task_sensor::start(run)),
         templated: external_task_sensor::templated,
+        recover: None,
+    },
+    Runner {
+        name: "TriggerDagRunOperator",
+        start: |run| Box::pin(trigger_dagrun::start(run)),
+        templated: trigger_dagrun::templated,
         recover: None,
     },
 ];

@@ -3,8 +3,8 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagSpec, Diagnostic, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec,
-    SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule,
+    CallbackRef, DagRunState, DagSpec, Diagnostic, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode,
+    SensorSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule, TriggerSpec,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -473,12 +473,18 @@ impl FileState {
                 message: s("message"),
                 channel: args.str("channel"),
             },
-            "TriggerDagRunOperator" => Operator::TriggerDagRunOperator {
+            "TriggerDagRunOperator" => Operator::TriggerDagRunOperator(Box::new(TriggerSpec {
                 trigger_dag_id: s("trigger_dag_id"),
-                conf: args.json("conf").unwrap_or(serde_json::Value::Null),
+                trigger_run_id: args.str("trigger_run_id"),
+                conf: trigger_conf(args.json("conf"))?,
+                logical_date: args.str("logical_date"),
+                reset_dag_run: args.bool("reset_dag_run").unwrap_or(false),
                 wait_for_completion: args.bool("wait_for_completion").unwrap_or(false),
                 poke_interval: args.duration("poke_interval").unwrap_or(TimeSpan::from_secs(60)),
-            },
+                allowed_states: run_states(args.str_list("allowed_states"), "allowed_states", DagRunState::Success)?,
+                failed_states: run_states(args.str_list("failed_states"), "failed_states", DagRunState::Failed)?,
+                skip_when_already_exists: args.bool("skip_when_already_exists").unwrap_or(false),
+            })),
             sensor => {
                 let kind = match sensor {
                     "FileSensor" => {
@@ -886,6 +892,39 @@ fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<St
     }
     let hint = nearest(&value, allowed).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
     Err(ScriptError::new(format!("`{key}` must be one of {}, not `{value}`{hint}", allowed.join(", "))).at_key(key))
+}
+
+/// `TriggerDagRunOperator`'s `conf`: a map (its strings are templates), or a template string that
+/// renders to a JSON object; nothing given is `{}`.
+fn trigger_conf(conf: Option<serde_json::Value>) -> ScriptResult<serde_json::Value> {
+    match conf {
+        None | Some(serde_json::Value::Null) => Ok(serde_json::json!({})),
+        Some(c @ (serde_json::Value::Object(_) | serde_json::Value::String(_))) => Ok(c),
+        Some(other) => Err(ScriptError::new(format!(
+            "`conf` must be a map like `#{{ key: \"value\" }}` (or a template that renders to a JSON object), not `{other}`"
+        ))
+        .at_key("conf")),
+    }
+}
+
+/// DAG run states (`allowed_states`, `failed_states` of `TriggerDagRunOperator`); `default` when
+/// not given.
+fn run_states(given: Option<Vec<String>>, key: &str, default: DagRunState) -> ScriptResult<Vec<DagRunState>> {
+    let Some(given) = given else { return Ok(vec![default]) };
+    let names: Vec<&str> = DagRunState::ALL.iter().map(|s| s.as_str()).collect();
+    given
+        .iter()
+        .map(|name| {
+            name.parse::<DagRunState>().map_err(|_| {
+                let hint = nearest(name, &names).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
+                ScriptError::new(format!(
+                    "`{key}` holds `{name}`, which is not a DAG run state ({}){hint}",
+                    names.join(", ")
+                ))
+                .at_key(key)
+            })
+        })
+        .collect()
 }
 
 fn non_negative(n: i64, key: &str) -> ScriptResult<i64> {

@@ -75,6 +75,11 @@ impl Worker {
         }
     }
 
+    /// Gives `TriggerDagRunOperator` its way to create runs (`app` sets it once, after `new`).
+    pub fn set_trigger(&self, trigger: Arc<dyn crate::operators::TriggerRuns>) {
+        let _ = self.env.trigger.set(trigger);
+    }
+
     /// Starts a task instance; returns at once.
     pub fn launch(&self, task: QueuedTask) {
         use std::sync::atomic::Ordering;
