@@ -78,15 +78,26 @@ impl WorkerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Done; `xcom` becomes XCom `return_value`.
-    Success { xcom: Option<serde_json::Value> },
+    Success {
+        xcom: Option<serde_json::Value>,
+    },
     /// Done without doing its work (`skip_on_exit_code`, a sensor's `soft_fail`).
-    Skip { reason: String },
-    Fail { reason: String },
+    Skip {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
     /// A sensor in `mode: "reschedule"` not done yet: poke again at `at`, holding no slot meanwhile.
-    Reschedule { at: DateTime<Utc> },
+    Reschedule {
+        at: DateTime<Utc>,
+    },
     /// Done, and of the direct downstream tasks only `follow` run; the others are skipped and the
     /// skips propagate by trigger rule (`BranchOperator`, `ShortCircuitOperator`, `LatestOnlyOperator`).
-    Branch { follow: Vec<String>, xcom: Option<serde_json::Value> },
+    Branch {
+        follow: Vec<String>,
+        xcom: Option<serde_json::Value>,
+    },
 }
 
 impl Outcome {
@@ -186,7 +197,12 @@ pub struct Runner {
 
 /// Every operator that runs, by the name its spec carries (`Operator::name`).
 pub const RUNNERS: &[Runner] = &[
-    Runner { name: "EmptyOperator", start: |run| Box::pin(empty::start(run)), templated: |_| Vec::new(), recover: None },
+    Runner {
+        name: "EmptyOperator",
+        start: |run| Box::pin(empty::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
     Runner {
         name: "BashOperator",
         start: |run| Box::pin(bash::start(run)),

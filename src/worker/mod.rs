@@ -650,9 +650,9 @@ impl Worker {
             let recover = crate::operators::runner(&task.task().operator).and_then(|r| r.recover);
             match (recover, read_status(&log_path)) {
                 (Some(recover), Some(exit)) => recover(&task, exit, &self.settings),
-                _ => Outcome::fail(format!(
-                    "its owner, {who}, stopped, and the try ended without recording an outcome"
-                )),
+                _ => {
+                    Outcome::fail(format!("its owner, {who}, stopped, and the try ended without recording an outcome"))
+                }
             }
         };
         log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
