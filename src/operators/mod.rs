@@ -16,6 +16,7 @@
 mod bash;
 mod context;
 mod empty;
+mod latest_only;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
@@ -208,6 +209,12 @@ pub const RUNNERS: &[Runner] = &[
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
         recover: Some(bash::process_outcome),
+    },
+    Runner {
+        name: "LatestOnlyOperator",
+        start: |run| Box::pin(latest_only::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
     },
 ];
 
