@@ -246,8 +246,24 @@ impl Worker {
                     running.insert(key.clone(), pgid);
                 }
                 process.release().await;
-                let heartbeat = self.spawn_heartbeat(key.clone());
-                let exit = process.wait().await;
+                let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
+                let wait = process.wait();
+                tokio::pin!(wait);
+                let exit = tokio::select! {
+                    exit = &mut wait => exit,
+                    () = stopped.notified() => {
+                        log_line(&log_path, &format!(
+                            "[rhaiflow] the task instance is no longer running (cleared or marked meanwhile): \
+                             killing process group {pgid}"
+                        )).await;
+                        // Reaped while the grace runs: the supervisor leads the group, so waiting
+                        // for the group to go before reaping it would always wait out the grace.
+                        let killer = tokio::spawn(kill_group(pgid, self.settings.kill_grace));
+                        let exit = wait.await;
+                        killer.abort();
+                        exit
+                    }
+                };
                 heartbeat.abort();
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
@@ -255,13 +271,21 @@ impl Worker {
                 outcome(&task, exit, &self.settings)
             }
             Start::Later(work) => {
-                let heartbeat = self.spawn_heartbeat(key.clone());
-                let outcome = match task.task().execution_timeout {
-                    None => work.await,
-                    Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
-                    },
+                let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
+                let bounded = async {
+                    match task.task().execution_timeout {
+                        None => work.await,
+                        Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
+                        },
+                    }
+                };
+                let outcome = tokio::select! {
+                    outcome = bounded => outcome,
+                    () = stopped.notified() => {
+                        Outcome::fail("the task instance is no longer running (cleared or marked meanwhile); stopped")
+                    }
                 };
                 heartbeat.abort();
                 outcome
@@ -317,7 +341,6 @@ impl Worker {
                 )
             }
         };
-        log_line(log_path, &format!("[rhaiflow] {message}")).await;
         let alerts = self.alerts(task, state, &outcome, log_path);
         let write_key = key.clone();
         let skips = match &outcome {
@@ -339,10 +362,24 @@ impl Worker {
             guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
+        // Cleared while it ran (`restarting`): the try is over and runs again at once, as a retry
+        // that does not count against `retries` (`tasks clear` gave it its retries again).
+        let restart = TiChange {
+            end_date: Some(finished),
+            duration: Some(duration),
+            next_try_at: Some(finished),
+            guard_owner: Some(self.settings.owner.clone()),
+            ..TiChange::default()
+        };
+        let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restarted_in_tx = restarted.clone();
         let recorded = self
             .store
             .write_async(move |tx| {
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
+                    let Some(again) = transition(TaskState::Restarting, TiEvent::Restart) else { return Ok(false) };
+                    let moved = tx.set_ti_state(&write_key, TaskState::Restarting, again, &restart)?;
+                    restarted_in_tx.store(moved, std::sync::atomic::Ordering::SeqCst);
                     return Ok(false);
                 }
                 for (name, value) in &pushed {
@@ -369,6 +406,10 @@ impl Worker {
                 Ok(true)
             })
             .await?;
+        let restarted = restarted.load(std::sync::atomic::Ordering::SeqCst);
+        if !restarted {
+            log_line(log_path, &format!("[rhaiflow] {message}")).await;
+        }
         if recorded {
             if let Some(at) = next_try_at
                 && state == TaskState::UpForRetry
@@ -380,6 +421,14 @@ impl Worker {
                 );
             }
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
+        } else if restarted {
+            log_line(log_path, "[rhaiflow] cleared while running: the task runs again now (RESTARTING → UP_FOR_RETRY)")
+                .await;
+            tracing::info!(
+                dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
+                "task cleared while running; it runs again"
+            );
+            let _ = self.events.send(Event::TaskFinished { key, state: TaskState::UpForRetry, try_number, duration });
         } else {
             // Another process took the try over (or it was marked by hand): its state is theirs.
             log_line(log_path, "[rhaiflow] this outcome was not recorded: the try is no longer this process's").await;
@@ -443,18 +492,25 @@ impl Worker {
         Ok(ctx)
     }
 
-    fn spawn_heartbeat(&self, key: TiKey) -> tokio::task::JoinHandle<()> {
+    /// Beats for a running try; when the beat finds the try no longer `running` (cleared:
+    /// `restarting`, or marked by hand), tells the returned `Notify` so the try is stopped, as
+    /// Airflow's task heartbeat does. A store error is not a stop: the next beat tries again.
+    fn spawn_heartbeat(&self, key: TiKey) -> (tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>) {
         let store = self.store.clone();
         let every = self.settings.heartbeat;
-        tokio::spawn(async move {
+        let stopped = Arc::new(tokio::sync::Notify::new());
+        let tell = stopped.clone();
+        let handle = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let k = key.clone();
-                if !store.write_async(move |tx| tx.heartbeat(&k, now())).await.unwrap_or(false) {
+                if let Ok(false) = store.write_async(move |tx| tx.heartbeat(&k, now())).await {
+                    tell.notify_one();
                     break;
                 }
             }
-        })
+        });
+        (handle, stopped)
     }
 
     pub fn template_context(
