@@ -108,7 +108,7 @@ fn expand(state: &FileState, value: &Dynamic, upstream_side: bool, what: &str) -
     let Some(array) = value.clone().try_cast::<Array>() else {
         return Err(ScriptError::new(format!(
             "{what} must be a task, a TaskGroup or an array of them, not `{}`",
-            value.type_name()
+            value_kind(value)
         )));
     };
     let mut out = Vec::new();
@@ -120,11 +120,22 @@ fn expand(state: &FileState, value: &Dynamic, upstream_side: bool, what: &str) -
         } else {
             return Err(ScriptError::new(format!(
                 "{what} must hold only tasks and TaskGroups, but holds a `{}`",
-                v.type_name()
+                value_kind(v)
             )));
         }
     }
     Ok(out)
+}
+
+/// A value's type as the DAG language names it.
+fn value_kind(value: &Dynamic) -> &'static str {
+    if value.is::<LabelValue>() {
+        "Label"
+    } else if value.is::<DagHandle>() {
+        "DAG"
+    } else {
+        value.type_name()
+    }
 }
 
 /// `a >> b` (`down`) or `a << b`: joins the two sides, or with a `Label` on one side, waits for
@@ -140,7 +151,7 @@ fn shift(ctx: &NativeCallContext, a: Dynamic, b: Dynamic, down: bool) -> RhaiRes
         let left = format!("the left side of `{op}`");
         let right = format!("the right side of `{op}`");
         if let Some(mut label) = b.clone().try_cast::<LabelValue>() {
-            if label.ups.is_some() || label.downs.is_some() {
+            if a.is::<LabelValue>() || label.ups.is_some() || label.downs.is_some() {
                 return Err(ScriptError::new(format!("`{op}` cannot join a `Label` to another `Label`")));
             }
             // `a >> Label`: `a` is upstream, waiting; `a << Label`: `a` is downstream, waiting.
@@ -372,7 +383,7 @@ pub fn register(engine: &mut Engine) {
         GroupHandle, TaskHandle; TaskHandle, GroupHandle; GroupHandle, GroupHandle;
         GroupHandle, Array; Array, GroupHandle;
         TaskHandle, LabelValue; GroupHandle, LabelValue; Array, LabelValue;
-        LabelValue, TaskHandle; LabelValue, GroupHandle; LabelValue, Array;
+        LabelValue, TaskHandle; LabelValue, GroupHandle; LabelValue, Array; LabelValue, LabelValue;
     );
 
     engine.register_type_with_name::<GroupHandle>("TaskGroup");
