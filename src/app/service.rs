@@ -290,7 +290,7 @@ impl App {
     }
 
     /// Marks one task instance `success`, `failed` or `skipped` by hand (Airflow's "mark"); a running
-    /// try keeps running but its outcome is no longer recorded.
+    /// try is stopped by its worker at its next heartbeat, as in Airflow, and its outcome is not recorded.
     pub fn mark_task_instance(&self, key: &TiKey, to: TaskState, now: DateTime<Utc>) -> anyhow::Result<()> {
         if !matches!(to, TaskState::Success | TaskState::Failed | TaskState::Skipped) {
             bail!("a task instance can be marked `success`, `failed` or `skipped`, not `{to}`");
