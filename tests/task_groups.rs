@@ -241,6 +241,12 @@ g >> Label("then") >> done;"#;
     assert_eq!(shown["task_groups"][0]["tooltip"], "pull");
     assert_eq!(shown["edge_labels"].as_array().unwrap().len(), 2, "{}", shown["edge_labels"]);
     assert_eq!(shown["tasks"][0]["task_group"], "extract");
+    let table = String::from_utf8_lossy(&home.run(&["dags", "show", "grouped"]).stdout).to_string();
+    assert!(table.contains("\ntask group extract (2 task(s)): pull\n"), "{table}");
+    assert!(table.contains("\nlabel extract.a >> done: then\nlabel extract.b >> done: then\n"), "{table}");
+    let dot = String::from_utf8_lossy(&home.run(&["dags", "show", "grouped", "--dot"]).stdout).to_string();
+    assert!(dot.contains("  subgraph \"cluster_extract\" {\n    label=\"extract\";\n    tooltip=\"pull\";\n"), "{dot}");
+    assert!(dot.contains("  \"extract.b\" -> \"done\" [label=\"then\"];\n"), "{dot}");
 }
 
 /// Effective weights by a plain walk per task, to check the bitset computation against.
