@@ -33,6 +33,8 @@ pub struct Worker {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Told whenever a launched task instance is done.
     done: Arc<tokio::sync::Notify>,
+    /// Each running try's stop signal (told when the store says it is no longer `running`).
+    stops: Arc<Mutex<HashMap<TiKey, Arc<tokio::sync::Notify>>>>,
 }
 
 /// Counts a launched task instance until its task ends, even by panic.
@@ -72,7 +74,35 @@ impl Worker {
             in_flight: Arc::default(),
             closing: Arc::default(),
             done: Arc::default(),
+            stops: Arc::default(),
         }
+    }
+
+    /// Stops, now rather than at their next heartbeat, the running tries the store says are no
+    /// longer `running` (cleared: `restarting`, or marked by hand); called on a wake from another
+    /// command (`tasks clear`). Returns at once.
+    pub fn stop_cleared(&self) {
+        let stops: Vec<(TiKey, Arc<tokio::sync::Notify>)> = match self.stops.lock() {
+            Ok(s) => s.iter().map(|(k, n)| (k.clone(), n.clone())).collect(),
+            Err(_) => return,
+        };
+        if stops.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        self.runtime.spawn(async move {
+            let keys: Vec<TiKey> = stops.iter().map(|(k, _)| k.clone()).collect();
+            let states = store
+                .read_async(move |tx| {
+                    keys.iter().map(|k| tx.ti_state(&k.dag_id, &k.run_id, &k.task_id)).collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+            for ((_, stop), state) in stops.iter().zip(states.unwrap_or_default()) {
+                if state.is_some_and(|s| s != TaskState::Running) {
+                    stop.notify_one();
+                }
+            }
+        });
     }
 
     /// Starts a task instance; returns at once.
@@ -265,6 +295,7 @@ impl Worker {
                     }
                 };
                 heartbeat.abort();
+                self.forget_stop(&key);
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
                 }
@@ -288,6 +319,7 @@ impl Worker {
                     }
                 };
                 heartbeat.abort();
+                self.forget_stop(&key);
                 outcome
             }
         };
@@ -499,6 +531,9 @@ impl Worker {
         let store = self.store.clone();
         let every = self.settings.heartbeat;
         let stopped = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut stops) = self.stops.lock() {
+            stops.insert(key.clone(), stopped.clone());
+        }
         let tell = stopped.clone();
         let handle = tokio::spawn(async move {
             loop {
@@ -511,6 +546,12 @@ impl Worker {
             }
         });
         (handle, stopped)
+    }
+
+    fn forget_stop(&self, key: &TiKey) {
+        if let Ok(mut stops) = self.stops.lock() {
+            stops.remove(key);
+        }
     }
 
     pub fn template_context(
