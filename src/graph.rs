@@ -1,7 +1,7 @@
 //! The task graph of one DAG (petgraph): validation with whole cycle paths, topological order,
-//! and the ready set under trigger rules.
+//! the ready set under trigger rules, and effective priority weights (`weight_rule`).
 
-use crate::model::{DagSpec, TaskState, TriggerRule};
+use crate::model::{DagSpec, TaskState, TriggerRule, WeightRule};
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::HashMap;
@@ -268,6 +268,107 @@ pub fn readiness(rule: TriggerRule, c: UpstreamCounts) -> Readiness {
             } else {
                 Wait
             }
+        }
+    }
+}
+
+/// Each task's effective priority (Airflow's `priority_weight_total`), by index in `spec.tasks`:
+/// its own `priority_weight` plus, under `weight_rule: "downstream"` (the default), the weights of
+/// every task downstream of it (each counted once), under `"upstream"` those of every task
+/// upstream of it, under `"absolute"` nothing more. Clamped to 32 bits, as Airflow stores it.
+///
+/// The sets of relatives are bitsets built in topological order, 4,096 tasks (columns) at a
+/// time: O(edges × tasks / 64) words and at most 512 bytes per task held at once, so a 20,000-task
+/// DAG costs milliseconds, not the tasks × edges of a walk per task.
+pub fn priority_weights(spec: &DagSpec) -> Vec<i64> {
+    let n = spec.tasks.len();
+    let own: Vec<i64> = spec.tasks.iter().map(|t| t.priority_weight).collect();
+    let mut totals = own.clone();
+    let index: HashMap<&str, usize> = spec.tasks.iter().enumerate().map(|(i, t)| (t.task_id.as_str(), i)).collect();
+    let mut ups: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut downs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, t) in spec.tasks.iter().enumerate() {
+        for u in t.upstream.iter().filter_map(|u| index.get(u.as_str())) {
+            ups[i].push(*u);
+            downs[*u].push(i);
+        }
+    }
+    let order = kahn(&ups, &downs);
+    for rule in [WeightRule::Downstream, WeightRule::Upstream] {
+        let wanted: Vec<bool> = spec.tasks.iter().map(|t| t.weight_rule == rule).collect();
+        if !wanted.contains(&true) {
+            continue;
+        }
+        // Relatives in the rule's direction, visited so each task's are known before it is.
+        let (next, visit): (&[Vec<usize>], Vec<usize>) = match rule {
+            WeightRule::Downstream => (&downs, order.iter().rev().copied().collect()),
+            _ => (&ups, order.clone()),
+        };
+        add_relatives(&own, next, &visit, &wanted, &mut totals);
+    }
+    totals.into_iter().map(|w| w.clamp(i64::from(i32::MIN), i64::from(i32::MAX))).collect()
+}
+
+/// A topological order of indices (upstream first); tasks on a cycle (never in a valid DAG) are left out.
+fn kahn(ups: &[Vec<usize>], downs: &[Vec<usize>]) -> Vec<usize> {
+    let mut indegree: Vec<usize> = ups.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..ups.len()).filter(|i| indegree[*i] == 0).collect();
+    let mut order = Vec::with_capacity(ups.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &d in &downs[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    order
+}
+
+/// Adds to `totals[i]` (for each `wanted` task) the weights of every task reachable from it through
+/// `next`; `visit` lists tasks so that each comes after all of its `next` ones.
+fn add_relatives(own: &[i64], next: &[Vec<usize>], visit: &[usize], wanted: &[bool], totals: &mut [i64]) {
+    const BLOCK: usize = 4096;
+    let n = own.len();
+    for lo in (0..n).step_by(BLOCK) {
+        let hi = (lo + BLOCK).min(n);
+        let words = (hi - lo).div_ceil(64);
+        let uniform = own[lo..hi].iter().all(|w| *w == own[lo]);
+        let mut sets = vec![0u64; n * words];
+        let mut mine = vec![0u64; words];
+        for &i in visit {
+            mine.fill(0);
+            for &r in &next[i] {
+                if (lo..hi).contains(&r) {
+                    mine[(r - lo) / 64] |= 1 << ((r - lo) % 64);
+                }
+                // `r` was visited before `i`: its set is complete.
+                for (m, t) in mine.iter_mut().zip(&sets[r * words..(r + 1) * words]) {
+                    *m |= *t;
+                }
+            }
+            sets[i * words..(i + 1) * words].copy_from_slice(&mine);
+            if !wanted[i] {
+                continue;
+            }
+            let set = &sets[i * words..(i + 1) * words];
+            let sum: i64 = if uniform {
+                let count: u32 = set.iter().map(|w| w.count_ones()).sum();
+                own[lo].saturating_mul(i64::from(count))
+            } else {
+                let mut sum = 0i64;
+                for (w, word) in set.iter().enumerate() {
+                    let mut bits = *word;
+                    while bits != 0 {
+                        let b = bits.trailing_zeros() as usize;
+                        sum = sum.saturating_add(own[lo + w * 64 + b]);
+                        bits &= bits - 1;
+                    }
+                }
+                sum
+            };
+            totals[i] = totals[i].saturating_add(sum);
         }
     }
 }

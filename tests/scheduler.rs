@@ -187,6 +187,68 @@ fn queueing_respects_priority_parallelism_max_active_tasks_and_pools() {
     assert_eq!(queued, ["mid", "low"]);
 }
 
+/// The order parallelism 1 queues the tasks of one run in under `weight_rule`, and the weights
+/// stored on its task instances.
+fn queue_order(rule: &str) -> (Vec<String>, Vec<(String, i64)>) {
+    // Declared c, b, a: `c` (5) alone; `b` (2) above `b2` (1); `a` (1) above `a2` (2) above `a3`
+    // and `a4` (2 each).
+    let src = format!(
+        r#"let d = DAG("w", #{{ start_date: datetime(2024, 1, 1), schedule: (), default_args: #{{ weight_rule: "{rule}" }} }});
+           let c = BashOperator(#{{ task_id: "c", bash_command: "true", priority_weight: 5 }});
+           let b = BashOperator(#{{ task_id: "b", bash_command: "true", priority_weight: 2 }});
+           let a = BashOperator(#{{ task_id: "a", bash_command: "true", priority_weight: 1 }});
+           let b2 = BashOperator(#{{ task_id: "b2", bash_command: "true", priority_weight: 1 }});
+           let a2 = BashOperator(#{{ task_id: "a2", bash_command: "true", priority_weight: 2 }});
+           let a3 = BashOperator(#{{ task_id: "a3", bash_command: "true", priority_weight: 2 }});
+           let a4 = BashOperator(#{{ task_id: "a4", bash_command: "true", priority_weight: 2 }});
+           a >> a2 >> [a3, a4];
+           b >> b2;"#
+    );
+    let mut f = fixture(&src, 1);
+    let run = f.manual_run("w", at(1, 0));
+    let mut order = Vec::new();
+    let mut now = at(1, 0);
+    for _ in 0..8 {
+        let pass = f.scheduler.pass(now).unwrap();
+        assert!(pass.to_run.len() <= 1, "parallelism 1");
+        let Some(t) = pass.to_run.first() else { break };
+        order.push(t.key.task_id.clone());
+        now += Duration::seconds(1);
+        f.finish(&t.key, TaskState::Success, now, None);
+    }
+    let mut stored: Vec<(String, i64)> = f
+        .store
+        .read(|tx| tx.task_instances_of_run("w", &run.run_id))
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.key.task_id, t.priority_weight))
+        .collect();
+    stored.sort();
+    (order, stored)
+}
+
+fn weights(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = pairs.iter().map(|(t, w)| (t.to_string(), *w)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn weight_rule_orders_the_queue_as_airflow_sums_priorities() {
+    // downstream (the default): a = 1+2+2+2 = 7, c = 5, b = 2+1 = 3.
+    let (order, stored) = queue_order("downstream");
+    assert_eq!(order, ["a", "a2", "c", "b", "a3", "a4", "b2"]);
+    assert_eq!(stored, weights(&[("a", 7), ("a2", 6), ("a3", 2), ("a4", 2), ("b", 3), ("b2", 1), ("c", 5)]));
+    // absolute: own weights only (`a` and `b2` tie at 1: declaration order).
+    let (order, stored) = queue_order("absolute");
+    assert_eq!(order, ["c", "b", "a", "a2", "a3", "a4", "b2"]);
+    assert_eq!(stored, weights(&[("a", 1), ("a2", 2), ("a3", 2), ("a4", 2), ("b", 2), ("b2", 1), ("c", 5)]));
+    // upstream: own weight plus every ancestor's (`b2` = 3 now outranks `a`).
+    let (order, stored) = queue_order("upstream");
+    assert_eq!(stored, weights(&[("a", 1), ("a2", 3), ("a3", 5), ("a4", 5), ("b", 2), ("b2", 3), ("c", 5)]));
+    assert_eq!(order, ["c", "b", "b2", "a", "a2", "a3", "a4"]);
+}
+
 #[test]
 fn trigger_rules_cascade_in_one_pass() {
     let mut f = fixture(

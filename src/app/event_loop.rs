@@ -145,7 +145,12 @@ pub async fn drive(parts: LoopParts<'_>, report: &mut dyn FnMut(Progress)) -> an
             match event {
                 // A task merely starting changes nothing the scheduler decides on.
                 Event::TaskStarted { .. } => {}
-                Event::TaskFinished { .. } | Event::Wake => need_pass = true,
+                Event::TaskFinished { .. } => need_pass = true,
+                // Another command changed the store: a `tasks clear` may have stopped a running try.
+                Event::Wake => {
+                    worker.stop_cleared();
+                    need_pass = true;
+                }
                 Event::Shutdown => return shut_down(worker, &mut events, grace, report).await,
             }
         }

@@ -127,7 +127,8 @@ impl App {
             withheld_env: self.config.secret_env_names(),
             supervisor: supervisor_program(),
             kill_grace: Duration::from_secs_f64(self.config.scheduler.kill_grace),
-            heartbeat: Duration::from_secs(10),
+            // A running try's beat is also how its worker notices a clear (`restarting`).
+            heartbeat: self.heartbeat_every(),
             hostname,
             variables: self.config.variables(),
             connections: self

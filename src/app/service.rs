@@ -241,8 +241,8 @@ impl App {
     }
 
     /// The task instances `clear` would clear, run by run (oldest first): the selected tasks of
-    /// the selected runs, in a state clearing changes (not `queued`/`running`, whose owner
-    /// finishes them).
+    /// the selected runs, in a state clearing changes (not `queued`, whose owner finishes it;
+    /// a `running` one is stopped and restarts).
     pub fn clear_selection(&self, req: &ClearRequest, now: DateTime<Utc>) -> anyhow::Result<Vec<TiRow>> {
         let store = self.open_store()?;
         let (_, dag) = self.load_dag(&store, &req.dag_id, now)?;
@@ -306,7 +306,7 @@ impl App {
     }
 
     /// Marks one task instance `success`, `failed` or `skipped` by hand (Airflow's "mark"); a running
-    /// try keeps running but its outcome is no longer recorded.
+    /// try is stopped by its worker at its next heartbeat, as in Airflow, and its outcome is not recorded.
     pub fn mark_task_instance(&self, key: &TiKey, to: TaskState, now: DateTime<Utc>) -> anyhow::Result<()> {
         if !matches!(to, TaskState::Success | TaskState::Failed | TaskState::Skipped) {
             bail!("a task instance can be marked `success`, `failed` or `skipped`, not `{to}`");
@@ -652,14 +652,15 @@ fn in_range(req: &ClearRequest, run: &DagRunRow) -> bool {
     req.start.is_none_or(|s| run.logical_date >= s) && req.end.is_none_or(|e| run.logical_date <= e)
 }
 
-/// Whether clearing changes a task instance in this state (its owner finishes `queued`/`running`).
+/// Whether clearing changes a task instance in this state: a `running` one becomes `restarting`
+/// (its owner stops it), a `queued` one is left to its owner.
 fn clearable(state: TaskState) -> bool {
-    transition(state, TiEvent::Clear).is_some_and(|to| to != state)
-        && !matches!(state, TaskState::Running | TaskState::Queued)
+    transition(state, TiEvent::Clear).is_some_and(|to| to != state) && state != TaskState::Queued
 }
 
-/// Sets matching task instances of a run back to `none` and the run back to `queued`. Task
-/// instances that are `queued` or `running` are left alone (their owner finishes them).
+/// Sets matching task instances of a run back to `none` and the run back to `queued`. A `running`
+/// task instance becomes `restarting`, as in Airflow: its owner kills the try and it runs again at
+/// once; a `queued` one is left alone (its owner finishes it).
 pub fn clear_run(
     store: &Store,
     dag_id: &str,
@@ -677,9 +678,13 @@ pub fn clear_run(
             if !clearable(ti.state) {
                 continue;
             }
-            // As Airflow: a cleared task gets its full retries again on top of the tries made.
-            let change =
-                TiChange { max_tries: Some(ti.try_number + retries), reset_times: true, ..TiChange::default() };
+            // As Airflow: a cleared task gets its full retries again on top of the tries made; a
+            // running one keeps its times until its owner has stopped it.
+            let change = TiChange {
+                max_tries: Some(ti.try_number + retries),
+                reset_times: ti.state != TaskState::Running,
+                ..TiChange::default()
+            };
             if tx.set_ti_state(&ti.key, ti.state, to, &change)? {
                 n += 1;
             }

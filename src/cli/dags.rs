@@ -220,13 +220,21 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
     let order = graph.topological_order();
     if dot {
         println!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];", spec.dag_id);
-        for id in &order {
+        for id in order.iter().filter(|id| spec.task(id).is_some_and(|t| t.task_group.is_none())) {
             let t = spec.task(id).map(|t| t.operator.name()).unwrap_or_default();
             println!("  \"{id}\" [label=\"{id}\\n{t}\"];");
         }
+        for g in spec.task_groups.iter().filter(|g| g.parent_group.is_none()) {
+            dot_group(spec, &order, &g.group_id, 1);
+        }
+        let labels: std::collections::HashMap<(&str, &str), &str> =
+            spec.edge_labels.iter().map(|l| ((l.upstream.as_str(), l.downstream.as_str()), l.label.as_str())).collect();
         for t in &spec.tasks {
             for up in &t.upstream {
-                println!("  \"{up}\" -> \"{}\";", t.task_id);
+                match labels.get(&(up.as_str(), t.task_id.as_str())) {
+                    Some(label) => println!("  \"{up}\" -> \"{}\" [label={}];", t.task_id, dot_quote(label)),
+                    None => println!("  \"{up}\" -> \"{}\";", t.task_id),
+                }
             }
         }
         println!("}}");
@@ -263,7 +271,57 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
         })
         .collect();
     println!("{}", table::render(&["task_id", "operator", "trigger_rule", "retries", "upstream"], &rows));
+    if !spec.task_groups.is_empty() {
+        println!();
+        let parent: std::collections::HashMap<&str, Option<&str>> =
+            spec.task_groups.iter().map(|g| (g.group_id.as_str(), g.parent_group.as_deref())).collect();
+        fn inside<'a>(
+            parent: &std::collections::HashMap<&'a str, Option<&'a str>>,
+            at: Option<&'a str>,
+            group: &str,
+        ) -> bool {
+            let mut at = at;
+            while let Some(g) = at {
+                if g == group {
+                    return true;
+                }
+                at = parent.get(g).copied().flatten();
+            }
+            false
+        }
+        for g in &spec.task_groups {
+            let members = spec.tasks.iter().filter(|t| inside(&parent, t.task_group.as_deref(), &g.group_id)).count();
+            let tooltip = g.tooltip.as_deref().map(|t| format!(": {t}")).unwrap_or_default();
+            println!("task group {} ({members} task(s)){tooltip}", g.group_id);
+        }
+    }
+    for l in &spec.edge_labels {
+        println!("label {} >> {}: {}", l.upstream, l.downstream, l.label);
+    }
     Ok(Outcome::Ok)
+}
+
+/// A `TaskGroup` as a Graphviz cluster holding its tasks and nested groups.
+fn dot_group(spec: &crate::model::DagSpec, order: &[&str], group_id: &str, depth: usize) {
+    let pad = "  ".repeat(depth);
+    println!("{pad}subgraph {} {{", dot_quote(&format!("cluster_{group_id}")));
+    println!("{pad}  label={};", dot_quote(group_id));
+    if let Some(tooltip) = spec.task_groups.iter().find(|g| g.group_id == group_id).and_then(|g| g.tooltip.as_deref()) {
+        println!("{pad}  tooltip={};", dot_quote(tooltip));
+    }
+    for id in order.iter().filter(|id| spec.task(id).is_some_and(|t| t.task_group.as_deref() == Some(group_id))) {
+        let t = spec.task(id).map(|t| t.operator.name()).unwrap_or_default();
+        println!("{pad}  \"{id}\" [label=\"{id}\\n{t}\"];");
+    }
+    for g in spec.task_groups.iter().filter(|g| g.parent_group.as_deref() == Some(group_id)) {
+        dot_group(spec, order, &g.group_id, depth + 1);
+    }
+    println!("{pad}}}");
+}
+
+/// A Graphviz quoted string.
+fn dot_quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {

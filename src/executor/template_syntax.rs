@@ -98,6 +98,7 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
             SensorKind::TimeDelta { .. } => {}
         },
         Operator::EmptyOperator
+        | Operator::LatestOnlyOperator
         | Operator::RhaiOperator { .. }
         | Operator::BranchOperator { .. }
         | Operator::ShortCircuitOperator { .. } => {}

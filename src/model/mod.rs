@@ -14,8 +14,8 @@ mod work;
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::TimeSpan;
 pub use spec::{
-    CallbackRef, DagSpec, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec, TaskSpec,
-    TimeZoneSpec, TriggerRule, TriggerSpec,
+    CallbackRef, DagSpec, EdgeLabel, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec,
+    TaskGroupSpec, TaskSpec, TimeZoneSpec, TriggerRule, TriggerSpec, WeightRule,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};
 pub use work::{Event, QueuedTask, RunInfo, TiKey, retry_delay};

@@ -116,6 +116,54 @@ impl TriggerRule {
     }
 }
 
+/// How a task's effective priority is computed from the weights around it (Airflow's `weight_rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightRule {
+    /// Its own weight plus the weights of every task downstream of it (Airflow's default).
+    #[default]
+    Downstream,
+    /// Its own weight plus the weights of every task upstream of it.
+    Upstream,
+    /// Its own weight only.
+    Absolute,
+}
+
+impl WeightRule {
+    pub const ALL: [(&'static str, WeightRule); 3] = [
+        ("downstream", WeightRule::Downstream),
+        ("upstream", WeightRule::Upstream),
+        ("absolute", WeightRule::Absolute),
+    ];
+
+    pub fn parse(s: &str) -> Option<WeightRule> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, r)| *r)
+    }
+
+    pub fn is_downstream(&self) -> bool {
+        *self == WeightRule::Downstream
+    }
+}
+
+/// A `TaskGroup` of a DAG, kept for drawing: its full id (`outer.inner`), its parent's, and its tooltip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskGroupSpec {
+    pub group_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tooltip: Option<String>,
+    pub prefix_group_id: bool,
+}
+
+/// A `Label` on the edge `upstream >> downstream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeLabel {
+    pub upstream: String,
+    pub downstream: String,
+    pub label: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorMode {
@@ -222,6 +270,7 @@ pub enum Operator {
     },
     TriggerDagRunOperator(Box<TriggerSpec>),
     Sensor(Box<SensorSpec>),
+    LatestOnlyOperator,
 }
 
 /// `TriggerDagRunOperator`'s arguments. Templated: `trigger_dag_id`, `trigger_run_id`,
@@ -275,6 +324,7 @@ impl Operator {
             Operator::BranchOperator { .. } => "BranchOperator",
             Operator::ShortCircuitOperator { .. } => "ShortCircuitOperator",
             Operator::TriggerDagRunOperator(_) => "TriggerDagRunOperator",
+            Operator::LatestOnlyOperator => "LatestOnlyOperator",
             Operator::Sensor(s) => match s.kind {
                 SensorKind::File { .. } => "FileSensor",
                 SensorKind::Bash { .. } => "BashSensor",
@@ -305,6 +355,9 @@ pub struct TaskSpec {
     pub pool: Arc<str>,
     pub pool_slots: u32,
     pub priority_weight: i64,
+    /// How the scheduler's effective priority sums weights (`PinnedDag` computes it once per version).
+    #[serde(default, skip_serializing_if = "WeightRule::is_downstream")]
+    pub weight_rule: WeightRule,
     pub queue: Arc<str>,
     pub email: Vec<String>,
     pub email_on_failure: bool,
@@ -318,6 +371,9 @@ pub struct TaskSpec {
     pub doc_md: Option<String>,
     /// Direct upstream task ids, sorted.
     pub upstream: Vec<String>,
+    /// The full id of the innermost `TaskGroup` holding the task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_group: Option<String>,
 }
 
 /// A validated DAG as declared by its file.
@@ -342,6 +398,12 @@ pub struct DagSpec {
     pub doc_md: Option<String>,
     /// Tasks in declaration order.
     pub tasks: Vec<TaskSpec>,
+    /// `TaskGroup`s in declaration order (outer groups before the groups they hold).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_groups: Vec<TaskGroupSpec>,
+    /// `Label`s on edges, sorted by upstream then downstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edge_labels: Vec<EdgeLabel>,
 }
 
 impl DagSpec {

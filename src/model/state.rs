@@ -41,6 +41,8 @@ string_enum!(TaskState {
     Scheduled = "scheduled",
     Queued = "queued",
     Running = "running",
+    // Cleared while running (`tasks clear`): its owner kills the try and it runs again at once.
+    Restarting = "restarting",
     Success = "success",
     Failed = "failed",
     UpForRetry = "up_for_retry",
@@ -116,8 +118,11 @@ pub enum TiEvent {
     Reschedule,
     /// The retry delay or reschedule interval passed.
     Wake,
-    /// `tasks clear`: run it again.
+    /// `tasks clear`: run it again (a running try is stopped first: `restarting`).
     Clear,
+    /// The stopped try of a `restarting` task instance is gone: it runs again at once, as a retry
+    /// that does not count against `retries`.
+    Restart,
     /// The task is gone from the pinned DAG version.
     Remove,
     /// An operator with nothing to run (`EmptyOperator`) succeeds as soon as it is ready.
@@ -142,6 +147,8 @@ pub fn transition(from: TaskState, event: TiEvent) -> Option<TaskState> {
         (S::None | S::Scheduled, E::UpstreamFailed) => S::UpstreamFailed,
         (S::Running, E::Reschedule) => S::UpForReschedule,
         (S::UpForRetry | S::UpForReschedule, E::Wake) => S::Scheduled,
+        (S::Running | S::Restarting, E::Clear) => S::Restarting,
+        (S::Restarting, E::Restart) => S::UpForRetry,
         (_, E::Clear) => S::None,
         (S::None | S::Scheduled, E::Noop) => S::Success,
         (s, E::Remove) if !s.is_finished() || s == S::Removed => S::Removed,
@@ -167,6 +174,15 @@ mod tests {
         assert_eq!(s, TaskState::UpForRetry);
         assert_eq!(transition(s, TiEvent::Wake), Some(TaskState::Scheduled));
         assert_eq!(transition(TaskState::Running, TiEvent::Fail { can_retry: false }), Some(TaskState::Failed));
+    }
+
+    #[test]
+    fn a_running_try_cleared_restarts_as_a_retry() {
+        assert_eq!(transition(TaskState::Running, TiEvent::Clear), Some(TaskState::Restarting));
+        assert_eq!(transition(TaskState::Restarting, TiEvent::Clear), Some(TaskState::Restarting));
+        assert_eq!(transition(TaskState::Restarting, TiEvent::Restart), Some(TaskState::UpForRetry));
+        assert_eq!(transition(TaskState::Running, TiEvent::Restart), None);
+        assert!(!TaskState::Restarting.is_finished());
     }
 
     #[test]

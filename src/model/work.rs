@@ -102,6 +102,7 @@ mod tests {
             pool: "default_pool".into(),
             pool_slots: 1,
             priority_weight: 1,
+            weight_rule: Default::default(),
             queue: "default".into(),
             email: vec![],
             email_on_failure: true,
@@ -114,6 +115,7 @@ mod tests {
             params: Default::default(),
             doc_md: None,
             upstream: vec![],
+            task_group: None,
         }
     }
 

@@ -19,6 +19,7 @@ mod context;
 mod empty;
 mod external_task_sensor;
 mod file_sensor;
+mod latest_only;
 pub mod sensor;
 mod time_sensor;
 mod trigger_dagrun;
@@ -253,6 +254,12 @@ pub const RUNNERS: &[Runner] = &[
         name: "TriggerDagRunOperator",
         start: |run| Box::pin(trigger_dagrun::start(run)),
         templated: trigger_dagrun::templated,
+        recover: None,
+    },
+    Runner {
+        name: "LatestOnlyOperator",
+        start: |run| Box::pin(latest_only::start(run)),
+        templated: |_| Vec::new(),
         recover: None,
     },
 ];

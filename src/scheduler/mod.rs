@@ -55,6 +55,8 @@ pub struct PinnedDag {
     timetable: Option<Timetable>,
     /// Some task waits for its previous run: any change to a run of the DAG re-decides its runs.
     depends_on_past: bool,
+    /// Each task's effective priority under its `weight_rule` (`graph::priority_weights`).
+    weights: Vec<i64>,
 }
 
 impl PinnedDag {
@@ -85,7 +87,13 @@ impl PinnedDag {
         let leaves = (0..spec.tasks.len() as u32).filter(|i| !has_downstream[*i as usize]).collect();
         let timetable = Timetable::new(&spec).ok();
         let depends_on_past = spec.tasks.iter().any(|t| t.depends_on_past);
-        PinnedDag { spec, hash, order, by_id, upstream_at, upstream, leaves, timetable, depends_on_past }
+        let weights = crate::graph::priority_weights(&spec);
+        PinnedDag { spec, hash, order, by_id, upstream_at, upstream, leaves, timetable, depends_on_past, weights }
+    }
+
+    /// The effective priority of task `i` (its `priority_weight` summed under its `weight_rule`).
+    pub fn priority(&self, task: usize) -> i64 {
+        self.weights.get(task).copied().unwrap_or(1)
     }
 
     pub fn timetable(&self) -> Option<&Timetable> {
@@ -200,7 +208,7 @@ pub struct Scheduler {
 }
 
 fn ready_key(dag: &PinnedDag, run: &DagRunRow, task: usize) -> ReadyKey {
-    let priority = dag.spec.tasks.get(task).map_or(0, |t| t.priority_weight);
+    let priority = dag.priority(task);
     (Reverse(priority), run.logical_date, run.dag_id.clone(), run.run_id.clone(), task)
 }
 
@@ -227,10 +235,11 @@ pub fn insert_run(tx: &Tx, dag: &PinnedDag, run: &DagRunRow) -> SchedulerResult<
         .spec
         .tasks
         .iter()
-        .map(|t| NewTaskInstance {
+        .enumerate()
+        .map(|(i, t)| NewTaskInstance {
             task_id: t.task_id.clone(),
             max_tries: t.retries,
-            priority_weight: t.priority_weight,
+            priority_weight: dag.priority(i),
             pool: t.pool.to_string(),
             pool_slots: t.pool_slots,
             operator: t.operator.name().to_string(),

@@ -3,8 +3,9 @@
 //! Every function here finds its file's state through the engine's tag and raises `ScriptError`s
 //! positioned at the call.
 
-use super::args::{self, Args, DagHandle, OPERATORS, OperatorDef, TaskHandle, Value};
+use super::args::{self, Args, DagHandle, GroupHandle, OPERATORS, OperatorDef, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, to_pos};
+use super::groups::{GROUP_KEYS, LabelValue};
 use super::state::{FileCell, FileState, allowed_keys, dag_keys};
 use crate::model::SourcePos;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
@@ -95,6 +96,113 @@ fn task_list(value: &Dynamic, what: &str) -> ScriptResult<Vec<TaskHandle>> {
         .collect()
 }
 
+/// The tasks a value stands for in an edge: a task itself, a group's leaves (upstream side) or
+/// roots (downstream side), each element of an array.
+fn expand(state: &FileState, value: &Dynamic, upstream_side: bool, what: &str) -> ScriptResult<Vec<TaskHandle>> {
+    if let Some(t) = value.clone().try_cast::<TaskHandle>() {
+        return Ok(vec![t]);
+    }
+    if let Some(g) = value.clone().try_cast::<GroupHandle>() {
+        return state.group_ends(g, upstream_side);
+    }
+    let Some(array) = value.clone().try_cast::<Array>() else {
+        return Err(ScriptError::new(format!(
+            "{what} must be a task, a TaskGroup or an array of them, not `{}`",
+            value_kind(value)
+        )));
+    };
+    let mut out = Vec::new();
+    for v in &array {
+        if let Some(t) = v.clone().try_cast::<TaskHandle>() {
+            out.push(t);
+        } else if let Some(g) = v.clone().try_cast::<GroupHandle>() {
+            out.extend(state.group_ends(g, upstream_side)?);
+        } else {
+            return Err(ScriptError::new(format!(
+                "{what} must hold only tasks and TaskGroups, but holds a `{}`",
+                value_kind(v)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// A value's type as the DAG language names it.
+fn value_kind(value: &Dynamic) -> &'static str {
+    if value.is::<LabelValue>() {
+        "Label"
+    } else if value.is::<DagHandle>() {
+        "DAG"
+    } else {
+        value.type_name()
+    }
+}
+
+/// `a >> b` (`down`) or `a << b`: joins the two sides, or with a `Label` on one side, waits for
+/// the other; returns `b` (or the waiting label) so chains go on.
+fn shift(ctx: &NativeCallContext, a: Dynamic, b: Dynamic, down: bool) -> RhaiResult<Dynamic> {
+    let op = if down { ">>" } else { "<<" };
+    with_state(ctx, |s, pos| {
+        if a.is_array() && b.is_array() {
+            return Err(ScriptError::new(format!("`{op}` cannot join two arrays")).with_help(
+                "use `cross_downstream(from, to)` for every pair, or `chain(from, to)` to pair them by position",
+            ));
+        }
+        let left = format!("the left side of `{op}`");
+        let right = format!("the right side of `{op}`");
+        if let Some(mut label) = b.clone().try_cast::<LabelValue>() {
+            if a.is::<LabelValue>() || label.ups.is_some() || label.downs.is_some() {
+                return Err(ScriptError::new(format!("`{op}` cannot join a `Label` to another `Label`")));
+            }
+            // `a >> Label`: `a` is upstream, waiting; `a << Label`: `a` is downstream, waiting.
+            if down {
+                label.ups = Some(expand(s, &a, true, &left)?);
+            } else {
+                label.downs = Some(expand(s, &a, false, &left)?);
+            }
+            return Ok(Dynamic::from(label));
+        }
+        let (ups, downs, label) = match a.clone().try_cast::<LabelValue>() {
+            Some(label) => match (down, label.ups.clone(), label.downs.clone()) {
+                (true, Some(ups), _) => (ups, expand(s, &b, false, &right)?, Some(label.label)),
+                (false, _, Some(downs)) => (expand(s, &b, true, &right)?, downs, Some(label.label)),
+                _ => {
+                    return Err(ScriptError::new(format!(
+                        "a `Label` stands between two tasks: `a {op} Label(\"...\") {op} b`"
+                    )));
+                }
+            },
+            None if down => (expand(s, &a, true, &left)?, expand(s, &b, false, &right)?, None),
+            None => (expand(s, &b, true, &right)?, expand(s, &a, false, &left)?, None),
+        };
+        for up in &ups {
+            for d in &downs {
+                match &label {
+                    Some(l) => s.label_edge(*up, *d, l, pos)?,
+                    None => s.add_edge(*up, *d, pos)?,
+                }
+            }
+        }
+        Ok(b)
+    })
+}
+
+fn declare_group(ctx: &NativeCallContext, group_id: Option<String>, map: Map) -> RhaiResult<GroupHandle> {
+    with_state(ctx, |state, pos| {
+        let (mut args, mut errors) = Args::check(&map, GROUP_KEYS, "TaskGroup");
+        let default_args = match args.take("default_args") {
+            Some(Value::Map(raw)) => {
+                let (defaults, more) = Args::check(&raw, &args::default_args_keys(), "default_args");
+                errors.extend(more);
+                defaults
+            }
+            _ => Args::default(),
+        };
+        state.record(errors, pos, None)?;
+        state.declare_group(group_id, args, default_args, pos)
+    })
+}
+
 fn link(state: &mut FileState, ups: &[TaskHandle], downs: &[TaskHandle], pos: Option<SourcePos>) -> ScriptResult<()> {
     for up in ups {
         for down in downs {
@@ -159,8 +267,8 @@ fn chain(ctx: &NativeCallContext, elements: Vec<Dynamic>) -> RhaiResult<()> {
         };
         for pair in elements.windows(2) {
             let (a, b) = (&pair[0], &pair[1]);
-            let ups = task_list(a, "each `chain` element")?;
-            let downs = task_list(b, "each `chain` element")?;
+            let ups = expand(state, a, true, "each `chain` element")?;
+            let downs = expand(state, b, false, "each `chain` element")?;
             if a.is_array() && b.is_array() {
                 if ups.len() != downs.len() {
                     return Err(ScriptError::new(format!(
@@ -250,48 +358,94 @@ pub fn register(engine: &mut Engine) {
     });
     engine.register_fn("==", |a: TaskHandle, b: TaskHandle| a == b);
 
-    // Airflow's methods: `b.set_upstream(a)`, `a.set_downstream([b, c])`.
-    engine.register_fn("set_upstream", |ctx: NativeCallContext, t: &mut TaskHandle, other: Dynamic| {
-        let t = *t;
-        with_state(&ctx, move |s, pos| link(s, &task_list(&other, "`set_upstream`'s argument")?, &[t], pos))
-    });
-    engine.register_fn("set_downstream", |ctx: NativeCallContext, t: &mut TaskHandle, other: Dynamic| {
-        let t = *t;
-        with_state(&ctx, move |s, pos| link(s, &[t], &task_list(&other, "`set_downstream`'s argument")?, pos))
-    });
+    // Airflow's methods: `b.set_upstream(a)`, `a.set_downstream([b, c])` (registered with `>>`).
 
-    // `a >> b` returns `b`, so `a >> b >> [c, d]` chains; `a << b` makes `b` upstream of `a` and returns `b`.
+    // `a >> b` returns `b`, so `a >> b >> [c, d]` chains; `a << b` makes `b` upstream of `a` and
+    // returns `b`. Either side may be a task, a `TaskGroup`, an array of them, or a `Label`.
     engine.register_fn(">>", |ctx: NativeCallContext, a: TaskHandle, b: TaskHandle| {
         with_state(&ctx, |s, pos| s.add_edge(a, b, pos).map(|_| b))
-    });
-    engine.register_fn(">>", |ctx: NativeCallContext, a: TaskHandle, b: Array| {
-        let downs = task_list(&Dynamic::from_array(b.clone()), "the right side of `>>`");
-        with_state(&ctx, |s, pos| link(s, &[a], &downs?, pos).map(|_| b))
-    });
-    engine.register_fn(">>", |ctx: NativeCallContext, a: Array, b: TaskHandle| {
-        let ups = task_list(&Dynamic::from_array(a), "the left side of `>>`");
-        with_state(&ctx, |s, pos| link(s, &ups?, &[b], pos).map(|_| b))
     });
     engine.register_fn("<<", |ctx: NativeCallContext, a: TaskHandle, b: TaskHandle| {
         with_state(&ctx, |s, pos| s.add_edge(b, a, pos).map(|_| b))
     });
-    engine.register_fn("<<", |ctx: NativeCallContext, a: TaskHandle, b: Array| {
-        let ups = task_list(&Dynamic::from_array(b.clone()), "the right side of `<<`");
-        with_state(&ctx, |s, pos| link(s, &ups?, &[a], pos).map(|_| b))
-    });
-    engine.register_fn("<<", |ctx: NativeCallContext, a: Array, b: TaskHandle| {
-        let downs = task_list(&Dynamic::from_array(a), "the left side of `<<`");
-        with_state(&ctx, |s, pos| link(s, &[b], &downs?, pos).map(|_| b))
-    });
-    for op in [">>", "<<"] {
-        engine.register_fn(op, move |ctx: NativeCallContext, _a: Array, _b: Array| -> RhaiResult<()> {
-            with_state(&ctx, |_, _| {
-                Err(ScriptError::new(format!("`{op}` cannot join two arrays")).with_help(
-                    "use `cross_downstream(from, to)` for every pair, or `chain(from, to)` to pair them by position",
-                ))
-            })
-        });
+    macro_rules! shifts {
+        ($($a:ty, $b:ty);+ $(;)?) => {$(
+            engine.register_fn(">>", |ctx: NativeCallContext, a: $a, b: $b| {
+                shift(&ctx, Dynamic::from(a), Dynamic::from(b), true)
+            });
+            engine.register_fn("<<", |ctx: NativeCallContext, a: $a, b: $b| {
+                shift(&ctx, Dynamic::from(a), Dynamic::from(b), false)
+            });
+        )+};
     }
+    shifts!(
+        TaskHandle, Array; Array, TaskHandle; Array, Array;
+        GroupHandle, TaskHandle; TaskHandle, GroupHandle; GroupHandle, GroupHandle;
+        GroupHandle, Array; Array, GroupHandle;
+        TaskHandle, LabelValue; GroupHandle, LabelValue; Array, LabelValue;
+        LabelValue, TaskHandle; LabelValue, GroupHandle; LabelValue, Array; LabelValue, LabelValue;
+    );
+
+    engine.register_type_with_name::<GroupHandle>("TaskGroup");
+    engine.register_type_with_name::<LabelValue>("Label");
+    engine.register_fn("TaskGroup", |ctx: NativeCallContext, id: &str| {
+        declare_group(&ctx, Some(id.to_string()), Map::new())
+    });
+    engine.register_fn("TaskGroup", |ctx: NativeCallContext, id: &str, map: Map| {
+        declare_group(&ctx, Some(id.to_string()), map)
+    });
+    engine.register_fn("TaskGroup", |ctx: NativeCallContext, map: Map| declare_group(&ctx, None, map));
+    engine.register_get("group_id", |ctx: NativeCallContext, g: &mut GroupHandle| {
+        let g = *g;
+        with_state(&ctx, move |s, _| Ok(s.group_id(g)))
+    });
+    for name in ["to_string", "to_debug"] {
+        engine.register_fn(name, |ctx: NativeCallContext, g: &mut GroupHandle| {
+            let g = *g;
+            with_state(&ctx, move |s, _| Ok(format!("<TaskGroup: {}>", s.group_id(g))))
+        });
+        engine.register_fn(name, |l: &mut LabelValue| format!("<Label: {}>", l.label));
+    }
+    engine.register_fn("==", |a: GroupHandle, b: GroupHandle| a == b);
+    engine.register_fn("Label", |ctx: NativeCallContext, label: &str| -> RhaiResult<LabelValue> {
+        with_state(&ctx, |_, _| {
+            if label.is_empty() || label.len() > 1000 {
+                return Err(ScriptError::new("a `Label` must be 1 to 1000 characters long"));
+            }
+            Ok(LabelValue { label: label.to_string(), ups: None, downs: None })
+        })
+    });
+    macro_rules! set_stream {
+        ($t:ty) => {
+            engine.register_fn("set_upstream", |ctx: NativeCallContext, t: &mut $t, other: Dynamic| {
+                let me = Dynamic::from(t.clone());
+                shift(&ctx, me, other, false).map(|_| ())
+            });
+            engine.register_fn("set_downstream", |ctx: NativeCallContext, t: &mut $t, other: Dynamic| {
+                let me = Dynamic::from(t.clone());
+                shift(&ctx, me, other, true).map(|_| ())
+            });
+            // Airflow's `a.set_downstream(b, Label("why"))` shape.
+            engine.register_fn(
+                "set_upstream",
+                |ctx: NativeCallContext, t: &mut $t, other: Dynamic, label: LabelValue| {
+                    let me = Dynamic::from(t.clone());
+                    let waiting = shift(&ctx, me, Dynamic::from(label), false)?;
+                    shift(&ctx, waiting, other, false).map(|_| ())
+                },
+            );
+            engine.register_fn(
+                "set_downstream",
+                |ctx: NativeCallContext, t: &mut $t, other: Dynamic, label: LabelValue| {
+                    let me = Dynamic::from(t.clone());
+                    let waiting = shift(&ctx, me, Dynamic::from(label), true)?;
+                    shift(&ctx, waiting, other, true).map(|_| ())
+                },
+            );
+        };
+    }
+    set_stream!(TaskHandle);
+    set_stream!(GroupHandle);
 
     engine.register_fn("days_ago", |ctx: NativeCallContext, n: rhai::INT| {
         with_state(&ctx, |s, _| super::values::days_ago(s.ctx.now, n))

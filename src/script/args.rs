@@ -24,6 +24,8 @@ pub enum Kind {
     Json,
     Closure,
     Dag,
+    /// A `TaskGroup` returned by `TaskGroup(...)` of the same DAG.
+    Group,
     /// A cron string, a preset, a `timedelta`, or `()`.
     Schedule,
     /// A string, or a map sent as JSON (`data` of an HTTP request).
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Json => "plain data (a map, array, string, number or bool)",
             Kind::Closure => "a closure such as `|ctx| { ... }`",
             Kind::Dag => "a DAG returned by `DAG(...)`",
+            Kind::Group => "a task group returned by `TaskGroup(...)`",
             Kind::Schedule => "a cron string, a preset like \"@daily\", a duration, or `()`",
             Kind::Body => "a string or a map",
             Kind::Map => "an object map like `#{ retries: 1 }`",
@@ -67,6 +70,7 @@ pub enum Value {
     Json(serde_json::Value),
     Closure(FnPtr),
     Dag(usize),
+    Group(GroupHandle),
     /// `None` for `schedule: ()`.
     Schedule(Option<ScheduleArg>),
     Map(Map),
@@ -90,6 +94,7 @@ impl Value {
             Value::Json(j) => rhai::serde::to_dynamic(j).unwrap_or(Dynamic::UNIT),
             Value::Closure(f) => Dynamic::from(f.clone()),
             Value::Dag(i) => Dynamic::from(DagHandle(*i)),
+            Value::Group(g) => Dynamic::from(*g),
             Value::Schedule(None) => Dynamic::UNIT,
             Value::Schedule(Some(ScheduleArg::Text(t))) => t.clone().into(),
             Value::Schedule(Some(ScheduleArg::Every(d))) => Dynamic::from(TimeDelta(*d)),
@@ -145,6 +150,13 @@ pub enum ScheduleArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DagHandle(pub usize);
 
+/// A `TaskGroup` handle in a script: the index of a group of a DAG of this file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupHandle {
+    pub dag: usize,
+    pub group: usize,
+}
+
 /// A task handle in a script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskHandle {
@@ -169,6 +181,8 @@ pub const TASK_KEYS: &[KeySpec] = &[
     ("pool", Kind::Str),
     ("pool_slots", Kind::Int),
     ("priority_weight", Kind::Int),
+    ("weight_rule", Kind::Str),
+    ("task_group", Kind::Group),
     ("queue", Kind::Str),
     ("email", Kind::StrList),
     ("email_on_failure", Kind::Bool),
@@ -314,6 +328,7 @@ pub const OPERATORS: &[OperatorDef] = &[
         required: &["trigger_dag_id"],
         sensor: false,
     },
+    OperatorDef { name: "LatestOnlyOperator", keys: &[], required: &[], sensor: false },
     OperatorDef {
         name: "FileSensor",
         keys: &[("filepath", Kind::Str), ("recursive", Kind::Bool)],
@@ -358,7 +373,8 @@ pub const OPERATORS: &[OperatorDef] = &[
 
 /// Every key any operator accepts: what `default_args` may carry.
 pub fn default_args_keys() -> Vec<KeySpec> {
-    let mut keys: Vec<KeySpec> = TASK_KEYS.iter().filter(|(k, _)| *k != "task_id" && *k != "dag").copied().collect();
+    let mut keys: Vec<KeySpec> =
+        TASK_KEYS.iter().filter(|(k, _)| !matches!(*k, "task_id" | "dag" | "task_group")).copied().collect();
     keys.extend_from_slice(DEFAULT_ONLY_KEYS);
     keys.extend_from_slice(SENSOR_KEYS);
     for op in OPERATORS {
@@ -653,6 +669,7 @@ fn convert(raw: &Dynamic, kind: Kind, key: &str, owner: &str) -> ScriptResult<Va
         })?),
         Kind::Closure => Value::Closure(raw.clone().try_cast::<FnPtr>().ok_or_else(fail)?),
         Kind::Dag => Value::Dag(raw.clone().try_cast::<DagHandle>().ok_or_else(fail)?.0),
+        Kind::Group => Value::Group(raw.clone().try_cast::<GroupHandle>().ok_or_else(fail)?),
         Kind::Schedule => {
             if raw.is_unit() {
                 Value::Schedule(None)

@@ -6,6 +6,7 @@
 mod api;
 mod args;
 mod error;
+mod groups;
 mod memory;
 mod python;
 mod sandbox;

@@ -81,10 +81,6 @@ pub fn airflow_name(name: &str) -> Option<Advice> {
             "a `BashOperator` pushes its last line of output; read it in a templated field with \
              `{{ ti.xcom_pull(task_ids='task_id') }}`",
         ),
-        "TaskGroup" => advice(
-            format!("{missing}: task groups are not supported yet"),
-            "declare the tasks directly, with a shared prefix in their `task_id` (`group.extract`)",
-        ),
         "TriggerRule" => advice(
             "`TriggerRule` is Python: a trigger rule is a string in rhaiflow".into(),
             "write `trigger_rule: \"all_done\"` (the lower-case name of the rule)",
@@ -481,12 +477,20 @@ fn identifier_habit(c: &Ctx, name: &str) -> Option<Habit> {
                 .and_then(|k| toks.get(i + 2 + k))
                 .and_then(|(t, _)| ident(t))
                 .unwrap_or("dag");
+            let help = if callee == "TaskGroup" {
+                format!(
+                    "a task joins the group with `task_group: {target}` in its arguments; drop the indented block's `:`"
+                )
+            } else {
+                "operators declared after it join the last DAG declared (or pass `dag: dag`); drop the indented block's `:`"
+                    .to_string()
+            };
             return Some(
                 Habit::new(
                     pos,
                     format!("`with {callee}(...) as {target}:` is Python: write `let {target} = {callee}(...);`"),
                 )
-                    .help("operators declared after it join the last DAG declared (or pass `dag: dag`); drop the indented block's `:`"),
+                .help(help),
             );
         }
         "from" if c.at_statement_start && toks[i..].iter().any(|(t, p)| *t == Token::Import && p.line == pos.line) => {
@@ -510,10 +514,7 @@ fn identifier_habit(c: &Ctx, name: &str) -> Option<Habit> {
     // Names no one declares in Rhai are Airflow's wherever they stand; common words (`str`, `os`)
     // only when called or dotted.
     let airflow_only = name.starts_with("__")
-        || matches!(
-            name,
-            "Variable" | "XCom" | "TriggerRule" | "pendulum" | "airflow" | "TaskGroup" | "Dataset" | "Param"
-        );
+        || matches!(name, "Variable" | "XCom" | "TriggerRule" | "pendulum" | "airflow" | "Dataset" | "Param");
     if let Some(advice) = airflow_name(name)
         && (airflow_only || matches!(next, Some(Token::Period)) || (!module_call && next == Some(&Token::LeftParen)))
     {

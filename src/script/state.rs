@@ -4,7 +4,7 @@ use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KE
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
     CallbackRef, DagRunState, DagSpec, Diagnostic, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode,
-    SensorSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule, TriggerSpec,
+    SensorSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule, TriggerSpec, WeightRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -61,9 +61,13 @@ pub struct DagDecl {
     pub args: Args,
     pub default_args: Args,
     pub tasks: Vec<TaskDecl>,
-    task_index: HashMap<String, usize>,
-    edges: Vec<(usize, usize, Option<SourcePos>)>,
+    pub(super) task_index: HashMap<String, usize>,
+    pub(super) edges: Vec<(usize, usize, Option<SourcePos>)>,
     edge_set: HashSet<(usize, usize)>,
+    /// `TaskGroup`s, in declaration order (`script::groups`).
+    pub(super) groups: Vec<super::groups::GroupDecl>,
+    /// `Label`s on edges, by `(upstream, downstream)` task index.
+    pub(super) labels: HashMap<(usize, usize), String>,
 }
 
 /// What one file may spend: a wall-clock deadline and caps on what it declares, checked inside
@@ -223,7 +227,7 @@ impl FileState {
         Ok(())
     }
 
-    fn spend(&mut self, bytes: usize) -> ScriptResult<()> {
+    pub(super) fn spend(&mut self, bytes: usize) -> ScriptResult<()> {
         self.declared_bytes = self.declared_bytes.saturating_add(bytes);
         if self.declared_bytes > self.budget.max_declared_bytes {
             let mib = self.budget.max_declared_bytes >> 20;
@@ -238,7 +242,7 @@ impl FileState {
         Ok(())
     }
 
-    fn location(&self, pos: Option<SourcePos>) -> String {
+    pub(super) fn location(&self, pos: Option<SourcePos>) -> String {
         match pos {
             Some(p) => format!("{}:{}:{}", self.file, p.line, p.col),
             None => format!("{} (in the stdlib)", self.file),
@@ -271,6 +275,8 @@ impl FileState {
             task_index: HashMap::new(),
             edges: Vec::new(),
             edge_set: HashSet::new(),
+            groups: Vec::new(),
+            labels: HashMap::new(),
         });
         self.register_dag_callbacks(idx);
         Ok(idx)
@@ -283,8 +289,13 @@ impl FileState {
         mut args: Args,
         pos: Option<SourcePos>,
     ) -> ScriptResult<TaskHandle> {
-        let dag_idx = match args.get("dag") {
-            Some(Value::Dag(i)) => *i,
+        let group = match args.get("task_group") {
+            Some(Value::Group(g)) => Some(*g),
+            _ => None,
+        };
+        let dag_idx = match (args.get("dag"), group) {
+            (Some(Value::Dag(i)), _) => *i,
+            (_, Some(g)) => g.dag,
             _ => self.dags.len().checked_sub(1).ok_or_else(|| {
                 let id = args.str("task_id").unwrap_or_default();
                 ScriptError::new(format!("task `{id}` has no DAG"))
@@ -292,11 +303,15 @@ impl FileState {
             })?,
         };
         let allowed = allowed_keys(op);
-        let defaults = self.dags[dag_idx].default_args.clone();
-        args.fill_from(&defaults, &allowed);
         let task_id =
             args.str("task_id").ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
         check_id("task_id", &task_id)?;
+        let task_id = match group {
+            Some(g) => self.apply_group(g, dag_idx, &task_id, &mut args, &allowed)?,
+            None => task_id,
+        };
+        let defaults = self.dags[dag_idx].default_args.clone();
+        args.fill_from(&defaults, &allowed);
         for key in op.required {
             let alias_given = *key == "callable" && args.given("python_callable");
             if !args.given(key) && !alias_given {
@@ -304,6 +319,13 @@ impl FileState {
             }
         }
         let dag = &self.dags[dag_idx];
+        if let Some(other) = dag.groups.iter().find(|g| g.full_id == task_id) {
+            return Err(ScriptError::new(format!(
+                "task_id `{task_id}` is the id of a TaskGroup of DAG `{}`, declared at {}",
+                dag.dag_id,
+                self.location(other.pos)
+            )));
+        }
         if let Some(&first) = dag.task_index.get(&task_id) {
             return Err(ScriptError::new(format!(
                 "duplicate task_id `{task_id}` in DAG `{}`; first declared at {}",
@@ -323,10 +345,15 @@ impl FileState {
         let scope = format!("{}.{task_id}", dag.dag_id);
         self.check_deadline()?;
         self.spend(TASK_OVERHEAD + args.approx_bytes())?;
-        let (spec, errors) = self.task_spec(op, &args, task_id.clone(), &scope);
+        let (mut spec, errors) = self.task_spec(op, &args, task_id.clone(), &scope);
         self.record(errors, pos, None)?;
+        spec.task_group = group.map(|g| self.group_id(g));
         let dag = &mut self.dags[dag_idx];
         let task_idx = dag.tasks.len();
+        if let Some(g) = group {
+            self.join_group(g, task_idx);
+        }
+        let dag = &mut self.dags[dag_idx];
         dag.task_index.insert(task_id, task_idx);
         dag.tasks.push(TaskDecl { pos, spec, op, args });
         Ok(TaskHandle { dag: dag_idx, task: task_idx })
@@ -366,6 +393,18 @@ impl FileState {
             1,
         );
         let priority_weight = keep(priority_weight(args.int("priority_weight").unwrap_or(1)), 1);
+        let weight_rule = match args.str("weight_rule") {
+            None => WeightRule::Downstream,
+            Some(text) => WeightRule::parse(&text).unwrap_or_else(|| {
+                let known: Vec<&str> = WeightRule::ALL.iter().map(|(n, _)| *n).collect();
+                let hint = nearest(&text, &known).map(|b| format!(" — did you mean `{b}`?")).unwrap_or_default();
+                errors.push(
+                    ScriptError::new(format!("`weight_rule` must be one of {}, not `{text}`{hint}", known.join(", ")))
+                        .at_key("weight_rule"),
+                );
+                WeightRule::Downstream
+            }),
+        };
         let trigger_rule = match args.str("trigger_rule") {
             None => Ok(TriggerRule::AllSuccess),
             Some(text) => TriggerRule::parse(&text).ok_or_else(|| {
@@ -404,6 +443,7 @@ impl FileState {
             pool: args.str("pool").map_or_else(|| "default_pool".into(), Arc::from),
             pool_slots: u32::try_from(pool_slots).unwrap_or(1),
             priority_weight,
+            weight_rule,
             queue: args.str("queue").map_or_else(|| "default".into(), Arc::from),
             email: args.str_list("email").unwrap_or_default(),
             email_on_failure: args.bool("email_on_failure").unwrap_or(true),
@@ -416,6 +456,7 @@ impl FileState {
             params,
             doc_md: args.str("doc_md"),
             upstream: Vec::new(),
+            task_group: None,
         };
         (spec, errors)
     }
@@ -425,6 +466,7 @@ impl FileState {
         let list = |key: &str| args.str_list(key).unwrap_or_default();
         let operator = match op.name {
             "EmptyOperator" => Operator::EmptyOperator,
+            "LatestOnlyOperator" => Operator::LatestOnlyOperator,
             "BashOperator" => Operator::BashOperator {
                 bash_command: s("bash_command"),
                 env: args.str_map("env").unwrap_or_default(),
@@ -594,7 +636,7 @@ impl FileState {
         value: Dynamic,
         pos: Option<SourcePos>,
     ) -> ScriptResult<()> {
-        if key == "task_id" || key == "dag" {
+        if key == "task_id" || key == "dag" || key == "task_group" {
             return Err(ScriptError::new(format!("`{key}` cannot change once the task is declared"))
                 .with_help("give it to the operator: `BashOperator(#{ task_id: \"t\", ... })`"));
         }
@@ -616,12 +658,13 @@ impl FileState {
             let prefix = format!("{scope}.");
             self.callbacks.retain(|id, _| !id.starts_with(&prefix));
         }
-        let (spec, errors) = self.task_spec(op, &merged, task_id, &scope);
+        let (mut spec, errors) = self.task_spec(op, &merged, task_id, &scope);
         if !errors.is_empty() {
             // The task keeps its earlier value, so the error is reported once, here.
             return self.record(here(errors, pos), pos, None);
         }
         let decl = &mut self.dags[task.dag].tasks[task.task];
+        spec.task_group = decl.spec.task_group.take();
         decl.spec = spec;
         decl.args = merged;
         Ok(())
@@ -771,6 +814,7 @@ impl FileState {
             t.upstream.sort();
             source_map.tasks.insert(t.task_id.clone(), decl_task.pos);
         }
+        let (task_groups, edge_labels) = self.group_specs(decl);
         let spec = DagSpec {
             dag_id: decl.dag_id.clone(),
             fileloc: self.file.clone(),
@@ -795,6 +839,8 @@ impl FileState {
             on_success_callback: self.callback_ref(&decl.dag_id, "on_success_callback"),
             doc_md: args.str("doc_md"),
             tasks,
+            task_groups,
+            edge_labels,
         };
         if let (Some(s), Some(e)) = (spec.start_date, spec.end_date)
             && e < s

@@ -770,9 +770,9 @@ impl Tx<'_> {
         Ok(self.tx.prepare_cached(&sql)?.query_row([&key.dag_id, &key.run_id, &key.task_id], ti_row).optional()?)
     }
 
-    /// Task instances in `queued` or `running`, whatever their run (for crash recovery).
+    /// Task instances in `queued`, `running` or `restarting`, whatever their run (for crash recovery).
     pub fn unfinished_claimed_task_instances(&self) -> StoreResult<Vec<TiRow>> {
-        let sql = format!("SELECT {TI_COLUMNS} FROM task_instance WHERE state IN ('queued', 'running')");
+        let sql = format!("SELECT {TI_COLUMNS} FROM task_instance WHERE state IN ('queued', 'running', 'restarting')");
         let mut stmt = self.tx.prepare_cached(&sql)?;
         let rows = stmt.query_map([], ti_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -28,7 +28,7 @@ impl Tx<'_> {
     pub fn busy_task_counts(&self) -> StoreResult<Vec<BusyCount>> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT dag_id, pool, COUNT(*), COALESCE(SUM(pool_slots), 0) FROM task_instance
-             WHERE state IN ('queued', 'running') GROUP BY dag_id, pool",
+             WHERE state IN ('queued', 'running', 'restarting') GROUP BY dag_id, pool",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(BusyCount { dag_id: r.get(0)?, pool: r.get(1)?, tasks: r.get(2)?, pool_slots: r.get(3)? })

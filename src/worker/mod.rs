@@ -33,6 +33,8 @@ pub struct Worker {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Told whenever a launched task instance is done.
     done: Arc<tokio::sync::Notify>,
+    /// Each running try's stop signal (told when the store says it is no longer `running`).
+    stops: Arc<Mutex<HashMap<TiKey, Arc<tokio::sync::Notify>>>>,
 }
 
 /// Counts a launched task instance until its task ends, even by panic.
@@ -72,12 +74,40 @@ impl Worker {
             in_flight: Arc::default(),
             closing: Arc::default(),
             done: Arc::default(),
+            stops: Arc::default(),
         }
     }
 
     /// Gives `TriggerDagRunOperator` its way to create runs (`app` sets it once, after `new`).
     pub fn set_trigger(&self, trigger: Arc<dyn crate::operators::TriggerRuns>) {
         let _ = self.env.trigger.set(trigger);
+    }
+
+    /// Stops, now rather than at their next heartbeat, the running tries the store says are no
+    /// longer `running` (cleared: `restarting`, or marked by hand); called on a wake from another
+    /// command (`tasks clear`). Returns at once.
+    pub fn stop_cleared(&self) {
+        let stops: Vec<(TiKey, Arc<tokio::sync::Notify>)> = match self.stops.lock() {
+            Ok(s) => s.iter().map(|(k, n)| (k.clone(), n.clone())).collect(),
+            Err(_) => return,
+        };
+        if stops.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        self.runtime.spawn(async move {
+            let keys: Vec<TiKey> = stops.iter().map(|(k, _)| k.clone()).collect();
+            let states = store
+                .read_async(move |tx| {
+                    keys.iter().map(|k| tx.ti_state(&k.dag_id, &k.run_id, &k.task_id)).collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+            for ((_, stop), state) in stops.iter().zip(states.unwrap_or_default()) {
+                if state.is_some_and(|s| s != TaskState::Running) {
+                    stop.notify_one();
+                }
+            }
+        });
     }
 
     /// Starts a task instance; returns at once.
@@ -251,24 +281,50 @@ impl Worker {
                     running.insert(key.clone(), pgid);
                 }
                 process.release().await;
-                let heartbeat = self.spawn_heartbeat(key.clone());
-                let exit = process.wait().await;
+                let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
+                let wait = process.wait();
+                tokio::pin!(wait);
+                let exit = tokio::select! {
+                    exit = &mut wait => exit,
+                    () = stopped.notified() => {
+                        log_line(&log_path, &format!(
+                            "[rhaiflow] the task instance is no longer running (cleared or marked meanwhile): \
+                             killing process group {pgid}"
+                        )).await;
+                        // Reaped while the grace runs: the supervisor leads the group, so waiting
+                        // for the group to go before reaping it would always wait out the grace.
+                        let killer = tokio::spawn(kill_group(pgid, self.settings.kill_grace));
+                        let exit = wait.await;
+                        killer.abort();
+                        exit
+                    }
+                };
                 heartbeat.abort();
+                self.forget_stop(&key);
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
                 }
                 outcome(&task, exit, &self.settings)
             }
             Start::Later(work) => {
-                let heartbeat = self.spawn_heartbeat(key.clone());
-                let outcome = match task.task().execution_timeout {
-                    None => work.await,
-                    Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
-                    },
+                let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
+                let bounded = async {
+                    match task.task().execution_timeout {
+                        None => work.await,
+                        Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
+                        },
+                    }
+                };
+                let outcome = tokio::select! {
+                    outcome = bounded => outcome,
+                    () = stopped.notified() => {
+                        Outcome::fail("the task instance is no longer running (cleared or marked meanwhile); stopped")
+                    }
                 };
                 heartbeat.abort();
+                self.forget_stop(&key);
                 outcome
             }
         };
@@ -322,7 +378,6 @@ impl Worker {
                 )
             }
         };
-        log_line(log_path, &format!("[rhaiflow] {message}")).await;
         let alerts = self.alerts(task, state, &outcome, log_path);
         let write_key = key.clone();
         let skips = match &outcome {
@@ -355,10 +410,24 @@ impl Worker {
             guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
+        // Cleared while it ran (`restarting`): the try is over and runs again at once, as a retry
+        // that does not count against `retries` (`tasks clear` gave it its retries again).
+        let restart = TiChange {
+            end_date: Some(finished),
+            duration: Some(duration),
+            next_try_at: Some(finished),
+            guard_owner: Some(self.settings.owner.clone()),
+            ..TiChange::default()
+        };
+        let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restarted_in_tx = restarted.clone();
         let recorded = self
             .store
             .write_async(move |tx| {
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
+                    let Some(again) = transition(TaskState::Restarting, TiEvent::Restart) else { return Ok(false) };
+                    let moved = tx.set_ti_state(&write_key, TaskState::Restarting, again, &restart)?;
+                    restarted_in_tx.store(moved, std::sync::atomic::Ordering::SeqCst);
                     return Ok(false);
                 }
                 for (name, value) in &pushed {
@@ -388,6 +457,10 @@ impl Worker {
                 Ok(true)
             })
             .await?;
+        let restarted = restarted.load(std::sync::atomic::Ordering::SeqCst);
+        if !restarted {
+            log_line(log_path, &format!("[rhaiflow] {message}")).await;
+        }
         if recorded {
             if let Some(at) = next_try_at
                 && state == TaskState::UpForRetry
@@ -399,6 +472,14 @@ impl Worker {
                 );
             }
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
+        } else if restarted {
+            log_line(log_path, "[rhaiflow] cleared while running: the task runs again now (RESTARTING → UP_FOR_RETRY)")
+                .await;
+            tracing::info!(
+                dag_id = %key.dag_id, task_id = %key.task_id, run_id = %key.run_id, try_number,
+                "task cleared while running; it runs again"
+            );
+            let _ = self.events.send(Event::TaskFinished { key, state: TaskState::UpForRetry, try_number, duration });
         } else {
             // Another process took the try over (or it was marked by hand): its state is theirs.
             log_line(log_path, "[rhaiflow] this outcome was not recorded: the try is no longer this process's").await;
@@ -462,18 +543,34 @@ impl Worker {
         Ok(ctx)
     }
 
-    fn spawn_heartbeat(&self, key: TiKey) -> tokio::task::JoinHandle<()> {
+    /// Beats for a running try; when the beat finds the try no longer `running` (cleared:
+    /// `restarting`, or marked by hand), tells the returned `Notify` so the try is stopped, as
+    /// Airflow's task heartbeat does. A store error is not a stop: the next beat tries again.
+    fn spawn_heartbeat(&self, key: TiKey) -> (tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>) {
         let store = self.store.clone();
         let every = self.settings.heartbeat;
-        tokio::spawn(async move {
+        let stopped = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut stops) = self.stops.lock() {
+            stops.insert(key.clone(), stopped.clone());
+        }
+        let tell = stopped.clone();
+        let handle = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let k = key.clone();
-                if !store.write_async(move |tx| tx.heartbeat(&k, now())).await.unwrap_or(false) {
+                if let Ok(false) = store.write_async(move |tx| tx.heartbeat(&k, now())).await {
+                    tell.notify_one();
                     break;
                 }
             }
-        })
+        });
+        (handle, stopped)
+    }
+
+    fn forget_stop(&self, key: &TiKey) {
+        if let Ok(mut stops) = self.stops.lock() {
+            stops.remove(key);
+        }
     }
 
     pub fn template_context(
