@@ -139,6 +139,14 @@ pub enum SensorKind {
         endpoint: String,
         method: String,
         response_check: Option<CallbackRef>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Sent as the query of a GET, the body otherwise (Airflow's `request_params`).
+        #[serde(default)]
+        request_params: Option<serde_json::Value>,
+        /// Error statuses that mean "not yet" rather than a failure (Airflow's default: 404).
+        #[serde(default = "default_allowlist")]
+        response_error_codes_allowlist: Vec<u16>,
     },
     ExternalTask {
         external_dag_id: String,
@@ -237,9 +245,21 @@ pub struct HttpSpec {
     pub http_conn_id: Option<String>,
     pub endpoint: String,
     pub method: String,
-    pub data: Option<String>,
+    /// A string is sent as it is; any other value as JSON (`data: #{ ... }`).
+    pub data: Option<serde_json::Value>,
     pub headers: BTreeMap<String, String>,
     pub response_check: Option<CallbackRef>,
+    /// Its value becomes XCom `return_value` instead of the response text.
+    #[serde(default)]
+    pub response_filter: Option<CallbackRef>,
+    /// The request's timeout (`None`: the default, `operators::http::DEFAULT_TIMEOUT`).
+    #[serde(default)]
+    pub timeout: Option<TimeSpan>,
+}
+
+/// Airflow's `HttpSensor.response_error_codes_allowlist` default.
+pub fn default_allowlist() -> Vec<u16> {
+    vec![404]
 }
 
 impl Operator {

@@ -16,6 +16,7 @@
 mod bash;
 mod context;
 mod empty;
+pub mod http;
 pub mod sensor;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
@@ -209,6 +210,13 @@ pub const RUNNERS: &[Runner] = &[
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
         recover: Some(bash::process_outcome),
+    },
+    Runner { name: "HttpOperator", start: |run| Box::pin(http::start(run)), templated: http::templated, recover: None },
+    Runner {
+        name: "HttpSensor",
+        start: |run| Box::pin(http::start_sensor(run)),
+        templated: http::templated,
+        recover: None,
     },
 ];
 
