@@ -291,3 +291,30 @@ fn http_sensor_fails_at_once_on_an_error_outside_its_allowlist() {
     let log = home.log("h", RUN, "wait");
     assert!(log.contains("HTTP error: 500 Internal Server Error") && log.contains("database exploded"), "{log}");
 }
+
+#[test]
+fn under_the_scheduler_a_rescheduled_sensor_waits_then_the_operator_runs() {
+    let server = Server::start();
+    let home = server.home(&dag(
+        r#"let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "later", mode: "reschedule",
+    poke_interval: 0.2, timeout: 60 });
+let get = HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET" });
+wait >> get;"#,
+    ));
+    let mut scheduler = home.spawn(&["scheduler"]);
+    let o = home.run(&["dags", "trigger", "h", "--logical-date", "2026-11-05"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let state = common::wait_until("the run to finish", || {
+        home.runs("h")
+            .first()
+            .map(|r| r["state"].as_str().unwrap_or_default().to_string())
+            .filter(|s| s == "success" || s == "failed")
+    });
+    scheduler.kill_9();
+    assert_eq!(state, "success", "{}", home.log("h", RUN, "wait"));
+    assert_eq!(server.seen("/later").len(), 3);
+    let log = home.log("h", RUN, "wait");
+    assert_eq!(log.matches("(UP_FOR_RESCHEDULE)").count(), 2, "{log}");
+    let answer = r#"{"ok": true, "items": [1, 2, 3], "name": "rhai"}"#;
+    assert_eq!(xcom(&home, "get"), Some(serde_json::Value::String(answer.into())));
+}
