@@ -251,21 +251,28 @@ fn a_missing_connection_is_named_with_what_to_do() {
 }
 
 #[test]
-fn a_bad_timeout_is_refused_where_it_is_written() {
+fn a_bad_timeout_or_allowlist_is_refused_where_it_is_written() {
     let server = Server::start();
-    let home = server.home(&dag(r#"HttpOperator(#{ task_id: "t", endpoint: "json", timeout: hours(2) });"#));
+    let home = server.home(&dag(r#"HttpOperator(#{ task_id: "t", endpoint: "json", timeout: hours(2) });
+HttpSensor(#{ task_id: "s", endpoint: "json", response_error_codes_allowlist: ["404", "40x"] });"#));
     let o = home.run(&["dags", "check"]);
     assert_eq!(o.status.code(), Some(1));
     let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
     assert!(out.contains("`timeout` must be more than 0 seconds and at most 1 hour, not 2:00:00"), "{out}");
     assert!(out.contains("h.rhai:2:"), "{out}");
+    assert!(
+        out.contains("`response_error_codes_allowlist` holds `40x`, which is not an HTTP status code (100 to 599)"),
+        "{out}"
+    );
+    assert!(out.contains("h.rhai:3:"), "{out}");
 }
 
 #[test]
 fn http_sensor_waits_through_404_until_200() {
     let server = Server::start();
     let home = server.home(&dag(
-        r#"let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "later", poke_interval: 0.2, timeout: 60 });
+        r#"let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "later", poke_interval: 0.2, timeout: 60,
+    headers: #{ "X-Day": "{{ ds }}" }, request_params: #{ since: "{{ ds_nodash }}" } });
 let after = BashOperator(#{ task_id: "after", bash_command: "echo after" });
 wait >> after;"#,
     ));
@@ -275,6 +282,7 @@ wait >> after;"#,
     let seen = server.seen("/later");
     assert_eq!(seen.len(), 3, "two 404s, then 200: {seen:?}");
     assert!(seen.iter().all(|s| s.method == "GET" && s.headers.contains_key("authorization")));
+    assert!(seen.iter().all(|s| s.query == "since=20261105" && s.headers["x-day"] == "2026-11-05"), "{seen:?}");
     let log = home.log("h", RUN, "wait");
     assert_eq!(log.matches("HTTP 404 Not Found: not yet").count(), 2, "{log}");
     assert!(log.contains("Success criteria met"), "{log}");
