@@ -164,4 +164,3 @@ fn sensitive_values(value: &serde_json::Value, under_sensitive: bool, out: &mut 
 pub fn mask_secrets(text: &str, settings: &WorkerSettings) -> String {
     crate::executor::mask(text, &secrets(settings))
 }
-

@@ -14,8 +14,11 @@
 //! a `Store` and a `wake` function, never the scheduler or `app` themselves (the layer rule).
 
 mod bash;
+mod branch;
+pub mod closure;
 mod context;
 mod empty;
+mod rhai;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
@@ -23,6 +26,7 @@ pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
 use crate::executor::RunningBash;
 use crate::executor::template::TemplateContext;
 use crate::model::{Operator, QueuedTask, TiKey};
+use crate::script::{EvalContext, ScriptLimits, TaskScripts};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -61,6 +65,11 @@ pub struct WorkerSettings {
     pub owner: String,
     /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).
     pub heartbeat_timeout: Duration,
+    /// `[core] task_script_timeout`: a task closure's limit when its task has no `execution_timeout`.
+    pub task_script_timeout: Duration,
+    /// The loader's limits and context, for evaluating a version's file again to call its closures.
+    pub script_limits: ScriptLimits,
+    pub eval_context: EvalContext,
 }
 
 impl WorkerSettings {
@@ -78,15 +87,31 @@ impl WorkerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Done; `xcom` becomes XCom `return_value`.
-    Success { xcom: Option<serde_json::Value> },
+    Success {
+        xcom: Option<serde_json::Value>,
+    },
     /// Done without doing its work (`skip_on_exit_code`, a sensor's `soft_fail`).
-    Skip { reason: String },
-    Fail { reason: String },
+    Skip {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
     /// A sensor in `mode: "reschedule"` not done yet: poke again at `at`, holding no slot meanwhile.
-    Reschedule { at: DateTime<Utc> },
+    Reschedule {
+        at: DateTime<Utc>,
+    },
     /// Done, and of the direct downstream tasks only `follow` run; the others are skipped and the
     /// skips propagate by trigger rule (`BranchOperator`, `ShortCircuitOperator`, `LatestOnlyOperator`).
-    Branch { follow: Vec<String>, xcom: Option<serde_json::Value> },
+    Branch {
+        follow: Vec<String>,
+        xcom: Option<serde_json::Value>,
+    },
+    /// Done, and every task downstream of this one (transitively) is skipped whatever its trigger
+    /// rule (`ShortCircuitOperator` with `ignore_downstream_trigger_rules: true`, Airflow's default).
+    SkipDownstream {
+        xcom: Option<serde_json::Value>,
+    },
 }
 
 impl Outcome {
@@ -106,11 +131,14 @@ pub struct Env {
     /// Variables every task process gets on top of its own (`tasks test --env-vars`); they win,
     /// and a withheld secret they name is passed.
     pub extra_env: Vec<(String, String)>,
+    /// The closure host: DAG versions' closures, compiled once per version (`closure::call`).
+    pub scripts: Arc<TaskScripts>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new() }
+        let scripts = Arc::new(TaskScripts::new(settings.script_limits.clone(), settings.eval_context.clone()));
+        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), scripts }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -186,12 +214,43 @@ pub struct Runner {
 
 /// Every operator that runs, by the name its spec carries (`Operator::name`).
 pub const RUNNERS: &[Runner] = &[
-    Runner { name: "EmptyOperator", start: |run| Box::pin(empty::start(run)), templated: |_| Vec::new(), recover: None },
+    Runner {
+        name: "EmptyOperator",
+        start: |run| Box::pin(empty::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
     Runner {
         name: "BashOperator",
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
         recover: Some(bash::process_outcome),
+    },
+    Runner { name: "RhaiOperator", start: |run| Box::pin(rhai::start(run)), templated: rhai::templated, recover: None },
+    Runner {
+        name: "BranchOperator",
+        start: |run| Box::pin(branch::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "ShortCircuitOperator",
+        start: |run| Box::pin(branch::start_short_circuit(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner { name: "RhaiOperator", start: |run| Box::pin(rhai::start(run)), templated: rhai::templated, recover: None },
+    Runner {
+        name: "BranchOperator",
+        start: |run| Box::pin(branch::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "ShortCircuitOperator",
+        start: |run| Box::pin(branch::start_short_circuit(run)),
+        templated: |_| Vec::new(),
+        recover: None,
     },
 ];
 

@@ -10,10 +10,15 @@ mod memory;
 mod python;
 mod sandbox;
 mod state;
+mod task;
 mod values;
 
 use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
+pub use task::{
+    CallArg, ClosureCall, HttpRequest, HttpResponse, ScriptFailure, TASK_MAX_OPERATIONS, TaskScripts, TaskServices,
+    VersionSource,
+};
 
 use crate::model::Diagnostic;
 use error::{DEADLINE_TOKEN, LimitNames, MEMORY_TOKEN, eval_diagnostic, parse_diagnostic, parse_diagnostics};
@@ -86,7 +91,6 @@ pub struct FileOutcome {
 
 /// A compiled DAG file and the closures it handed to the DAG API, callable later by `CallbackRef`.
 pub struct ScriptProgram {
-    #[allow(dead_code)] // read when callbacks and `RhaiOperator` run (see ARCHITECTURE.md)
     ast: Arc<AST>,
     callbacks: BTreeMap<String, FnPtr>,
 }
@@ -94,6 +98,12 @@ pub struct ScriptProgram {
 impl ScriptProgram {
     pub fn has_callback(&self, id: &str) -> bool {
         self.callbacks.contains_key(id)
+    }
+
+    /// Whether DAG `dag_id` handed closures to the API (its runs then need the file's text).
+    pub fn has_callbacks_of(&self, dag_id: &str) -> bool {
+        let prefix = format!("{dag_id}.");
+        self.callbacks.range(prefix.clone()..).next().is_some_and(|(id, _)| id.starts_with(&prefix))
     }
 }
 
@@ -151,6 +161,7 @@ impl ScriptHost {
         api::register(&mut engine);
         values::register(&mut engine);
         sandbox::register(&mut engine);
+        task::register(&mut engine);
         engine
     }
 
@@ -180,12 +191,18 @@ impl ScriptHost {
         // Compiling cannot be interrupted from outside, and some sources compile in quadratic time
         // (tens of thousands of top-level `let`s); the tokenizer reads the same deadline per token.
         let watched = deadline.clone();
+        // `var` is reserved in Rhai, but `ctx.var("name")` is the task context's method (as
+        // Airflow's `var`): after a `.` or `?.` the word is read as a name.
+        let after_dot = std::sync::atomic::AtomicBool::new(false);
         #[allow(deprecated)] // "volatile", not deprecated: the only hook into Rhai's parser
         engine.on_parse_token(move |token, _, _| {
             if elapsed_ns(base) > watched.load(Ordering::Relaxed) {
-                rhai::Token::LexError(Box::new(rhai::LexError::Runtime(DEADLINE_TOKEN.into())))
-            } else {
-                token
+                return rhai::Token::LexError(Box::new(rhai::LexError::Runtime(DEADLINE_TOKEN.into())));
+            }
+            let dot = after_dot.swap(matches!(token, rhai::Token::Period | rhai::Token::Elvis), Ordering::Relaxed);
+            match token {
+                rhai::Token::Reserved(word) if dot && word.as_str() == "var" => rhai::Token::Identifier(word),
+                token => token,
             }
         });
         FileEngine { engine, base, deadline, memory_base, limits: self.limits.clone() }

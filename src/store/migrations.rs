@@ -144,4 +144,16 @@ CREATE TRIGGER change_log_dag_delete AFTER DELETE ON dag
     BEGIN INSERT INTO change_log (dag_id, run_id) VALUES (OLD.dag_id, NULL); END;
 "#,
     ),
+    (
+        4,
+        "DAG sources: each closure-bearing DAG version keeps its file's text, so runs call their own version's closures",
+        r#"
+CREATE TABLE dag_source (
+    source_hash TEXT PRIMARY KEY,
+    file        TEXT NOT NULL,
+    source      TEXT NOT NULL
+);
+ALTER TABLE dag_version ADD COLUMN source_hash TEXT;
+"#,
+    ),
 ];
