@@ -18,7 +18,8 @@ mod branch;
 pub mod closure;
 mod context;
 mod empty;
-mod rhai;
+#[path = "rhai.rs"]
+mod rhai_op;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
@@ -226,20 +227,12 @@ pub const RUNNERS: &[Runner] = &[
         templated: bash::templated,
         recover: Some(bash::process_outcome),
     },
-    Runner { name: "RhaiOperator", start: |run| Box::pin(rhai::start(run)), templated: rhai::templated, recover: None },
     Runner {
-        name: "BranchOperator",
-        start: |run| Box::pin(branch::start(run)),
-        templated: |_| Vec::new(),
+        name: "RhaiOperator",
+        start: |run| Box::pin(rhai_op::start(run)),
+        templated: rhai_op::templated,
         recover: None,
     },
-    Runner {
-        name: "ShortCircuitOperator",
-        start: |run| Box::pin(branch::start_short_circuit(run)),
-        templated: |_| Vec::new(),
-        recover: None,
-    },
-    Runner { name: "RhaiOperator", start: |run| Box::pin(rhai::start(run)), templated: rhai::templated, recover: None },
     Runner {
         name: "BranchOperator",
         start: |run| Box::pin(branch::start(run)),

@@ -117,6 +117,7 @@ pub struct ScriptHost {
 impl ScriptHost {
     /// Compiles the stdlib. An error here is a bug in the shipped stdlib.
     pub fn new(limits: ScriptLimits) -> Result<Self, Vec<Diagnostic>> {
+        fix_hashing_seed();
         let mut host = ScriptHost { limits, prelude: Module::new().into(), modules: StaticModuleResolver::new() };
         let mut errors = Vec::new();
         let compile_engine = host.raw_engine();
@@ -212,6 +213,17 @@ impl ScriptHost {
     pub fn evaluate(&self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
         self.engine().evaluate(file, source, ctx)
     }
+}
+
+/// Rhai names a closure `anon$<hash of its text>`, with a hasher seeded at random per process
+/// unless a seed is set before Rhai's first use. A `CallbackRef` (and so a DAG's version hash) must
+/// be the same in every process — the scheduler calls a closure that `dags trigger` recorded —
+/// so the seed is fixed, here, before any engine exists (`ScriptHost::new` is Rhai's first use).
+fn fix_hashing_seed() {
+    static SEED: std::sync::Once = std::sync::Once::new();
+    SEED.call_once(|| {
+        let _ = rhai::config::hashing::set_hashing_seed(Some([0x5248_4146, 0x6c6f_7700, 0x7461_736b, 0x0000_0001]));
+    });
 }
 
 /// Where `key:` is written at or after `from` (else before it), for a caret on a key of a call.
