@@ -199,6 +199,11 @@ pub enum Operator {
     },
     RhaiOperator {
         callable: CallbackRef,
+        /// Positional and keyword arguments for the closure (`|ctx, args, kwargs|`); templated.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        op_args: Vec<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        op_kwargs: BTreeMap<String, serde_json::Value>,
     },
     // The larger, rarer operators are boxed so every task's `Operator` stays the size of a
     // `BashOperator` (a scheduler holds every task of every DAG); the JSON form is the same.
@@ -221,6 +226,10 @@ pub enum Operator {
     },
     ShortCircuitOperator {
         callable: CallbackRef,
+        /// A false condition skips every downstream task (`true`, Airflow's default) or only the
+        /// direct ones, leaving the rest to their trigger rules.
+        #[serde(default = "yes")]
+        ignore_downstream_trigger_rules: bool,
     },
     TriggerDagRunOperator {
         trigger_dag_id: String,
@@ -365,4 +374,8 @@ impl DagSpec {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -14,9 +14,13 @@
 //! a `Store` and a `wake` function, never the scheduler or `app` themselves (the layer rule).
 
 mod bash;
+mod branch;
+pub mod closure;
 mod context;
 mod empty;
 pub mod http;
+#[path = "rhai.rs"]
+mod rhai_op;
 pub mod sensor;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
@@ -25,6 +29,7 @@ pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
 use crate::executor::RunningBash;
 use crate::executor::template::TemplateContext;
 use crate::model::{Operator, QueuedTask, TiKey};
+use crate::script::{EvalContext, ScriptLimits, TaskScripts};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -63,6 +68,11 @@ pub struct WorkerSettings {
     pub owner: String,
     /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).
     pub heartbeat_timeout: Duration,
+    /// `[core] task_script_timeout`: a task closure's limit when its task has no `execution_timeout`.
+    pub task_script_timeout: Duration,
+    /// The loader's limits and context, for evaluating a version's file again to call its closures.
+    pub script_limits: ScriptLimits,
+    pub eval_context: EvalContext,
 }
 
 impl WorkerSettings {
@@ -100,6 +110,11 @@ pub enum Outcome {
         follow: Vec<String>,
         xcom: Option<serde_json::Value>,
     },
+    /// Done, and every task downstream of this one (transitively) is skipped whatever its trigger
+    /// rule (`ShortCircuitOperator` with `ignore_downstream_trigger_rules: true`, Airflow's default).
+    SkipDownstream {
+        xcom: Option<serde_json::Value>,
+    },
 }
 
 impl Outcome {
@@ -119,11 +134,14 @@ pub struct Env {
     /// Variables every task process gets on top of its own (`tasks test --env-vars`); they win,
     /// and a withheld secret they name is passed.
     pub extra_env: Vec<(String, String)>,
+    /// The closure host: DAG versions' closures, compiled once per version (`closure::call`).
+    pub scripts: Arc<TaskScripts>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new() }
+        let scripts = Arc::new(TaskScripts::new(settings.script_limits.clone(), settings.eval_context.clone()));
+        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), scripts }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -210,6 +228,24 @@ pub const RUNNERS: &[Runner] = &[
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
         recover: Some(bash::process_outcome),
+    },
+    Runner {
+        name: "RhaiOperator",
+        start: |run| Box::pin(rhai_op::start(run)),
+        templated: rhai_op::templated,
+        recover: None,
+    },
+    Runner {
+        name: "BranchOperator",
+        start: |run| Box::pin(branch::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "ShortCircuitOperator",
+        start: |run| Box::pin(branch::start_short_circuit(run)),
+        templated: |_| Vec::new(),
+        recover: None,
     },
     Runner { name: "HttpOperator", start: |run| Box::pin(http::start(run)), templated: http::templated, recover: None },
     Runner {

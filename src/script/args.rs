@@ -238,7 +238,12 @@ pub const OPERATORS: &[OperatorDef] = &[
     },
     OperatorDef {
         name: "RhaiOperator",
-        keys: &[("callable", Kind::Closure), ("python_callable", Kind::Closure)],
+        keys: &[
+            ("callable", Kind::Closure),
+            ("python_callable", Kind::Closure),
+            ("op_args", Kind::Json),
+            ("op_kwargs", Kind::Json),
+        ],
         required: &["callable"],
         sensor: false,
     },
@@ -295,7 +300,11 @@ pub const OPERATORS: &[OperatorDef] = &[
     },
     OperatorDef {
         name: "ShortCircuitOperator",
-        keys: &[("callable", Kind::Closure), ("python_callable", Kind::Closure)],
+        keys: &[
+            ("callable", Kind::Closure),
+            ("python_callable", Kind::Closure),
+            ("ignore_downstream_trigger_rules", Kind::Bool),
+        ],
         required: &["callable"],
         sensor: false,
     },

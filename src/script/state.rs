@@ -441,9 +441,24 @@ impl FileState {
                 let f = args.closure("callable").or_else(|| args.closure("python_callable"));
                 let callable = self.callback(scope, "callable", f).unwrap_or(CallbackRef(String::new()));
                 match op.name {
-                    "RhaiOperator" => Operator::RhaiOperator { callable },
+                    "RhaiOperator" => Operator::RhaiOperator {
+                        callable,
+                        op_args: match args.json("op_args") {
+                            None | Some(serde_json::Value::Null) => Vec::new(),
+                            Some(serde_json::Value::Array(items)) => items,
+                            Some(other) => {
+                                return Err(ScriptError::new(format!("`op_args` must be an array, not `{other}`"))
+                                    .at_key("op_args"));
+                            }
+                        },
+                        op_kwargs: json_object(args.json("op_kwargs"), "op_kwargs")
+                            .map_err(|e| e.at_key("op_kwargs"))?,
+                    },
                     "BranchOperator" => Operator::BranchOperator { callable },
-                    _ => Operator::ShortCircuitOperator { callable },
+                    _ => Operator::ShortCircuitOperator {
+                        callable,
+                        ignore_downstream_trigger_rules: args.bool("ignore_downstream_trigger_rules").unwrap_or(true),
+                    },
                 }
             }
             "EmailOperator" => Operator::EmailOperator(Box::new(EmailSpec {
