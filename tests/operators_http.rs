@@ -31,6 +31,7 @@ struct Seen {
 struct Shared {
     seen: Mutex<Vec<Seen>>,
     later_calls: AtomicU32,
+    count_calls: AtomicU32,
 }
 
 /// An HTTP server on 127.0.0.1:0 on its own runtime, for the life of the test.
@@ -107,6 +108,10 @@ async fn answer(
             0 | 1 => (StatusCode::NOT_FOUND, "not there yet").into_response(),
             _ => (json, r#"{"status": "ready"}"#).into_response(),
         },
+        "/count" => {
+            let n = shared.count_calls.fetch_add(1, Ordering::SeqCst) + 1;
+            (json, format!(r#"{{"n": {n}}}"#)).into_response()
+        }
         _ => "echoed".into_response(),
     }
 }
@@ -305,7 +310,7 @@ fn under_the_scheduler_a_rescheduled_sensor_waits_then_the_operator_runs() {
     let server = Server::start();
     let home = server.home(&dag(
         r#"let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "later", mode: "reschedule",
-    poke_interval: 0.2, timeout: 60 });
+    poke_interval: 0.2, timeout: 60, response_check: |response, ctx| response.status_code == 200 && ctx.ds == "2026-11-05" });
 let get = HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET" });
 wait >> get;"#,
     ));
@@ -325,4 +330,49 @@ wait >> get;"#,
     assert_eq!(log.matches("(UP_FOR_RESCHEDULE)").count(), 2, "{log}");
     let answer = r#"{"ok": true, "items": [1, 2, 3], "name": "rhai"}"#;
     assert_eq!(xcom(&home, "get"), Some(serde_json::Value::String(answer.into())));
+}
+
+#[test]
+fn response_check_and_response_filter_closures_decide_and_shape_the_xcom() {
+    let server = Server::start();
+    let home = server.home(&dag(
+        r#"HttpOperator(#{ task_id: "filtered", http_conn_id: "api", endpoint: "json", method: "GET",
+    response_check: |response, ctx| response.status_code == 200 && response.headers["content-type"] == "application/json"
+        && ctx.ds == "2026-11-05",
+    response_filter: |response| #{ name: response.json.name, total: response.json.items.reduce(|sum, x| sum + x, 0) } });
+HttpOperator(#{ task_id: "checked_false", http_conn_id: "api", endpoint: "json", method: "GET",
+    response_check: |response| response.json.ok == false });
+HttpOperator(#{ task_id: "not_json", http_conn_id: "api", endpoint: "text", method: "GET",
+    response_filter: |response| response.json.name.to_upper() });"#,
+    ));
+    let o = dags_test(&home);
+    assert_eq!(o.status.code(), Some(1), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(state(&home, "filtered"), "success", "{}", home.log("h", RUN, "filtered"));
+    assert_eq!(xcom(&home, "filtered"), Some(serde_json::json!({"name": "rhai", "total": 6})));
+
+    assert_eq!(state(&home, "checked_false"), "failed");
+    let log = home.log("h", RUN, "checked_false");
+    assert!(log.contains("Response check returned False."), "{log}");
+    assert!(log.contains(r#"{"ok": true, "items": [1, 2, 3], "name": "rhai"}"#), "the body's head: {log}");
+    assert_eq!(xcom(&home, "checked_false"), None);
+
+    assert_eq!(state(&home, "not_json"), "failed");
+    let log = home.log("h", RUN, "not_json");
+    assert!(log.contains("`response_filter` failed: h.rhai:9:47: Unknown property 'name'"), "{log}");
+    assert!(
+        log.contains(r#"(the response body is not JSON: expected value at line 1 column 1; it starts "<html>not json</html>", so `response.json` is `()`)"#),
+        "{log}"
+    );
+}
+
+#[test]
+fn http_sensor_response_check_keeps_it_waiting_until_true() {
+    let server = Server::start();
+    let home = server.home(&dag(
+        r#"HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "count", poke_interval: 0.2, timeout: 60,
+    response_check: |response| response.json.n >= 3 });"#,
+    ));
+    let o = dags_test(&home);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(server.seen("/count").len(), 3, "pokes until n is 3");
 }

@@ -8,10 +8,12 @@
 //! or what `response_filter` makes of the response; the sensor is done on a good answer, and an
 //! error status in its `response_error_codes_allowlist` (404) means "not yet".
 
+use super::closure;
 use super::sensor::{self, Poke};
 use super::{Outcome, Start, TaskRun, WorkerSettings, mask_secrets, size};
 use crate::executor::template::{Connection, TemplateContext, render};
 use crate::model::{CallbackRef, HttpSpec, Operator, SensorKind, TimeSpan};
+use crate::script::CallArg;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -159,7 +161,7 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
     }))
 }
 
-async fn execute(run: &TaskRun, spec: &HttpSpec, request: Request) -> Outcome {
+async fn execute(run: &Arc<TaskRun>, spec: &HttpSpec, request: Request) -> Outcome {
     run.log("Calling HTTP method").await;
     let what = format!("`{} {}`", request.method, request.url);
     let response = match send(run, request).await {
@@ -182,6 +184,8 @@ async fn execute(run: &TaskRun, spec: &HttpSpec, request: Request) -> Outcome {
     }
     let xcom = match &spec.response_filter {
         Some(filter) => match call_closure(run, "response_filter", filter, &response).await {
+            // `()`, as Python's `None`, pushes nothing.
+            Ok(serde_json::Value::Null) => return Outcome::Success { xcom: None },
             Ok(value) => value,
             Err(reason) => return Outcome::Fail { reason },
         },
@@ -218,7 +222,7 @@ pub async fn start_sensor(run: Arc<TaskRun>) -> Start {
 
 /// One poke, as Airflow's `HttpSensor.poke`: done on a good answer that passes `response_check`;
 /// not yet on an error status of the allowlist or a false check; any other error fails.
-pub async fn poke(run: &TaskRun) -> Poke {
+pub async fn poke(run: &Arc<TaskRun>) -> Poke {
     let Operator::Sensor(sensor) = &run.task.task().operator else { return Poke::Fail("not an HttpSensor".into()) };
     let SensorKind::Http { response_check, response_error_codes_allowlist, .. } = &sensor.kind else {
         return Poke::Fail("not an HttpSensor".into());
@@ -557,14 +561,27 @@ fn truthy(value: &serde_json::Value) -> bool {
     }
 }
 
-/// Calls a `response_check` / `response_filter` closure with the response.
+/// Calls a `response_check` / `response_filter` closure with the response (and `ctx`, when it
+/// takes a second parameter: Airflow passes the context as keyword arguments). A failure names
+/// the closure and its place in the DAG file, and says so when the body is not JSON (the usual
+/// reason a closure reading `response.json` fails).
 async fn call_closure(
-    _run: &TaskRun,
+    run: &Arc<TaskRun>,
     key: &str,
-    _callable: &CallbackRef,
-    _response: &Response,
+    callable: &CallbackRef,
+    response: &Response,
 ) -> Result<serde_json::Value, String> {
-    Err(format!("`{key}` closures are not supported yet"))
+    let args = vec![CallArg::Json(response.to_value()), closure::context(run)];
+    closure::call(run, callable, args).await.map_err(|failure| {
+        let mut reason = format!("`{key}` failed: {failure}");
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&response.text) {
+            let head: String = response.text.chars().take(80).collect();
+            reason.push_str(&format!(
+                " (the response body is not JSON: {e}; it starts {head:?}, so `response.json` is `()`)"
+            ));
+        }
+        reason
+    })
 }
 
 #[cfg(test)]
