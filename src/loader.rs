@@ -5,7 +5,7 @@
 use crate::graph::{GraphError, TaskGraph};
 use crate::model::{DagSpec, Diagnostic, SourcePos};
 use crate::schedule::{CronCache, ScheduleError, Timetable};
-use crate::script::{DeclaredDag, EvalContext, FileEngine, ScriptHost, ScriptLimits, ScriptProgram};
+use crate::script::{DeclaredDag, EvalContext, FileEngine, ScriptHost, ScriptLimits, ScriptProgram, VersionSource};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -49,17 +49,29 @@ pub struct LoadedDag {
     pub spec: Arc<DagSpec>,
     /// The serialised form (`DagSpec` as JSON); runs pin it.
     pub json: Arc<str>,
-    /// SHA-256 of `json`, hex.
+    /// SHA-256 of `json`, hex; for a DAG with closures, of `json` and its file's text (a
+    /// closure's captured variables and the functions it calls are not in the spec, so an edit
+    /// of them must make a new version too).
     pub version_hash: String,
     /// The compiled file, when it defines closures.
     pub program: Option<Arc<ScriptProgram>>,
+    /// The file's text, when this DAG has closures (its runs call them from this text).
+    pub source: Option<Arc<VersionSource>>,
 }
 
 impl LoadedDag {
-    fn new(spec: DagSpec, program: Option<Arc<ScriptProgram>>) -> Self {
+    fn new(spec: DagSpec, program: Option<Arc<ScriptProgram>>, file: Option<&Arc<VersionSource>>) -> Self {
         let json = spec.to_json();
-        let version_hash = hex::encode(Sha256::digest(json.as_bytes()));
-        LoadedDag { spec: Arc::new(spec), json: json.into(), version_hash, program }
+        let closures = program.as_ref().is_some_and(|p| p.has_callbacks_of(&spec.dag_id));
+        let source = file.filter(|_| closures).cloned();
+        let mut hasher = Sha256::new();
+        hasher.update(json.as_bytes());
+        if let Some(file) = &source {
+            hasher.update([0]);
+            hasher.update(file.hash.as_bytes());
+        }
+        let version_hash = hex::encode(hasher.finalize());
+        LoadedDag { spec: Arc::new(spec), json: json.into(), version_hash, program, source }
     }
 
     pub fn short_hash(&self) -> &str {
@@ -223,6 +235,11 @@ impl Loader {
         })
     }
 
+    /// The limits each file is evaluated under.
+    pub fn limits(&self) -> &ScriptLimits {
+        self.host.limits()
+    }
+
     fn rel(&self, path: &Path) -> String {
         path.strip_prefix(&self.settings.dags_folder).unwrap_or(path).to_string_lossy().replace('\\', "/")
     }
@@ -241,6 +258,11 @@ impl Loader {
         result.content_hash = hex::encode(Sha256::digest(source.as_bytes()));
         let mut engine = self.take_engine();
         let outcome = engine.evaluate(&shown, &source, ctx);
+        // Only a file with closures keeps its text (for its runs to call them).
+        let file = outcome
+            .program
+            .as_ref()
+            .map(|_| Arc::new(VersionSource::new(result.rel.clone(), Arc::from(source.as_str()))));
         self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
         result.diagnostics = outcome.diagnostics;
         for mut declared in outcome.dags {
@@ -248,7 +270,7 @@ impl Loader {
             let errors = validate(&declared, &shown, &source, &self.crons);
             if errors.is_empty() {
                 let pos = declared.source_map.dag;
-                result.dags.push((LoadedDag::new(declared.spec, outcome.program.clone()), pos));
+                result.dags.push((LoadedDag::new(declared.spec, outcome.program.clone(), file.as_ref()), pos));
             } else {
                 result.diagnostics.extend(errors);
             }

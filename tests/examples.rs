@@ -83,7 +83,7 @@ fn closures_are_kept_for_later_calls() {
     let on_failure = tour.spec.on_failure_callback.as_ref().expect("DAG-level callback");
     assert!(program.has_callback(&on_failure.0), "{on_failure:?}");
     let rhai_op = tour.spec.task("transform").unwrap();
-    let rhaiflow::model::Operator::RhaiOperator { callable } = &rhai_op.operator else { panic!("RhaiOperator") };
+    let rhaiflow::model::Operator::RhaiOperator { callable, .. } = &rhai_op.operator else { panic!("RhaiOperator") };
     assert!(program.has_callback(&callable.0), "{callable:?}");
     assert!(bag.dags["MCWork"].program.is_none(), "a file without closures keeps no AST");
 }

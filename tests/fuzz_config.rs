@@ -171,6 +171,7 @@ fn num() -> impl Strategy<Value = Num> {
 const NUMBERS: &[(&str, &str, bool, f64, f64, bool)] = &[
     ("core", "parallelism", true, 1.0, 10_000.0, false),
     ("core", "dag_file_timeout", false, 0.0, 3_600.0, true),
+    ("core", "task_script_timeout", false, 0.0, 604_800.0, true),
     ("core", "parse_threads", true, 0.0, 256.0, false),
     ("core", "max_tasks_per_dag", true, 1.0, 1_000_000.0, false),
     ("core", "max_edges_per_dag", true, 1.0, 10_000_000.0, false),

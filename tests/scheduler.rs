@@ -34,7 +34,7 @@ fn fixture_files(srcs: &[&str], parallelism: u32) -> Fixture {
         assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
         versions.extend(out.dags.into_iter().map(|d| {
             let json = d.spec.to_json();
-            DagVersion { hash: format!("h-{}", d.spec.dag_id), json: json.into(), spec: Arc::new(d.spec) }
+            DagVersion { hash: format!("h-{}", d.spec.dag_id), json: json.into(), spec: Arc::new(d.spec), source: None }
         }));
     }
     let dir = tempfile::tempdir().unwrap();

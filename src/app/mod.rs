@@ -93,7 +93,12 @@ impl App {
         let versions: Vec<DagVersion> = bag
             .dags
             .values()
-            .map(|d| DagVersion { spec: d.spec.clone(), json: d.json.clone(), hash: d.version_hash.clone() })
+            .map(|d| DagVersion {
+                spec: d.spec.clone(),
+                json: d.json.clone(),
+                hash: d.version_hash.clone(),
+                source: d.source.clone(),
+            })
             .collect();
         let errors: Vec<(String, String)> = bag
             .import_errors
@@ -142,6 +147,9 @@ impl App {
             on_success: self.config.alerts.on_success.clone(),
             owner: String::new(),
             heartbeat_timeout: Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
+            task_script_timeout: Duration::from_secs_f64(self.config.core.task_script_timeout),
+            script_limits: self.loader.limits().clone(),
+            eval_context: self.eval_context(chrono::Utc::now()),
         }
     }
 

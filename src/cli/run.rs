@@ -328,6 +328,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
             data_interval_start: logical,
             data_interval_end: logical,
             conf: serde_json::json!({}),
+            version_hash: dag.version_hash.clone(),
         },
         try_number: 1,
         max_tries: 0,
@@ -342,6 +343,10 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
         let settings = Arc::new(settings.clone());
         let mut env = Env::new(settings.clone(), store, Arc::new(|| {}));
         env.extra_env = extra_env;
+        if let Some(program) = &dag.program {
+            // The DAG as loaded now may not be recorded: its closures come from this load.
+            env.scripts.preload(&dag.version_hash, &dag.spec.fileloc, program.clone());
+        }
         let env = Arc::new(env);
         let run = Arc::new(TaskRun {
             task: task.clone(),
@@ -361,7 +366,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
     }
     use crate::operators::Outcome as TaskOutcome;
     match outcome {
-        TaskOutcome::Success { xcom } | TaskOutcome::Branch { xcom, .. } => {
+        TaskOutcome::Success { xcom } | TaskOutcome::Branch { xcom, .. } | TaskOutcome::SkipDownstream { xcom } => {
             if let Some(x) = xcom {
                 println!("[rhaiflow] return_value: {x}");
             }

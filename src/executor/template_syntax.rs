@@ -65,7 +65,7 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
         Operator::HttpOperator(http) => {
             fields.push(("endpoint".to_string(), http.endpoint.as_str()));
             if let Some(data) = &http.data {
-                fields.push(("data".to_string(), data.as_str()));
+                json_strings("data", data, &mut fields);
             }
             for (k, v) in &http.headers {
                 fields.push((format!("headers.{k}"), v));
@@ -82,12 +82,20 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
             if let Some(date) = &trigger.logical_date {
                 fields.push(("logical_date".to_string(), date.as_str()));
             }
-            json_strings("conf".to_string(), &trigger.conf, &mut fields);
+            json_strings("conf", &trigger.conf, &mut fields);
         }
         Operator::Sensor(sensor) => match &sensor.kind {
             SensorKind::File { filepath, .. } => fields.push(("filepath".to_string(), filepath.as_str())),
             SensorKind::Bash { bash_command } => fields.push(("bash_command".to_string(), bash_command.as_str())),
-            SensorKind::Http { endpoint, .. } => fields.push(("endpoint".to_string(), endpoint.as_str())),
+            SensorKind::Http { endpoint, headers, request_params, .. } => {
+                fields.push(("endpoint".to_string(), endpoint.as_str()));
+                for (k, v) in headers {
+                    fields.push((format!("headers.{k}"), v));
+                }
+                if let Some(params) = request_params {
+                    json_strings("request_params", params, &mut fields);
+                }
+            }
             SensorKind::ExternalTask { external_dag_id, external_task_ids, .. } => {
                 fields.push(("external_dag_id".to_string(), external_dag_id.as_str()));
                 for id in external_task_ids {
@@ -104,6 +112,21 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
         | Operator::ShortCircuitOperator { .. } => {}
     }
     fields
+}
+
+/// The strings of templated data (`data: #{ ... }`): each is a template, as Airflow renders a
+/// dict's values.
+fn json_strings<'a>(field: &str, value: &'a serde_json::Value, fields: &mut Vec<(String, &'a str)>) {
+    match value {
+        serde_json::Value::String(s) => fields.push((field.to_string(), s)),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().for_each(|(i, v)| json_strings(&format!("{field}[{i}]"), v, fields))
+        }
+        serde_json::Value::Object(map) => {
+            map.iter().for_each(|(k, v)| json_strings(&format!("{field}.{k}"), v, fields))
+        }
+        _ => {}
+    }
 }
 
 /// Template errors reported per DAG at most.
@@ -140,24 +163,6 @@ pub fn check_task(env: &Environment<'_>, task: &TaskSpec) -> Vec<SyntaxError> {
         .into_iter()
         .filter_map(|(field, text)| syntax(env, text).err().map(|(line, reason)| SyntaxError { field, line, reason }))
         .collect()
-}
-
-/// Every string inside a JSON value, named by its path (`conf.source`, `conf.dates[0]`).
-fn json_strings<'a>(path: String, value: &'a serde_json::Value, out: &mut Vec<(String, &'a str)>) {
-    match value {
-        serde_json::Value::String(s) => out.push((path, s.as_str())),
-        serde_json::Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                json_strings(format!("{path}[{i}]"), item, out);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                json_strings(format!("{path}.{k}"), v, out);
-            }
-        }
-        _ => {}
-    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,14 @@ pub enum SensorKind {
         endpoint: String,
         method: String,
         response_check: Option<CallbackRef>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Sent as the query of a GET, the body otherwise (Airflow's `request_params`).
+        #[serde(default)]
+        request_params: Option<serde_json::Value>,
+        /// Error statuses that mean "not yet" rather than a failure (Airflow's default: 404).
+        #[serde(default = "default_allowlist")]
+        response_error_codes_allowlist: Vec<u16>,
     },
     ExternalTask {
         external_dag_id: String,
@@ -245,6 +253,11 @@ pub enum Operator {
     },
     RhaiOperator {
         callable: CallbackRef,
+        /// Positional and keyword arguments for the closure (`|ctx, args, kwargs|`); templated.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        op_args: Vec<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        op_kwargs: BTreeMap<String, serde_json::Value>,
     },
     // The larger, rarer operators are boxed so every task's `Operator` stays the size of a
     // `BashOperator` (a scheduler holds every task of every DAG); the JSON form is the same.
@@ -267,6 +280,10 @@ pub enum Operator {
     },
     ShortCircuitOperator {
         callable: CallbackRef,
+        /// A false condition skips every downstream task (`true`, Airflow's default) or only the
+        /// direct ones, leaving the rest to their trigger rules.
+        #[serde(default = "yes")]
+        ignore_downstream_trigger_rules: bool,
     },
     TriggerDagRunOperator(Box<TriggerSpec>),
     Sensor(Box<SensorSpec>),
@@ -305,9 +322,21 @@ pub struct HttpSpec {
     pub http_conn_id: Option<String>,
     pub endpoint: String,
     pub method: String,
-    pub data: Option<String>,
+    /// A string is sent as it is; any other value as JSON (`data: #{ ... }`).
+    pub data: Option<serde_json::Value>,
     pub headers: BTreeMap<String, String>,
     pub response_check: Option<CallbackRef>,
+    /// Its value becomes XCom `return_value` instead of the response text.
+    #[serde(default)]
+    pub response_filter: Option<CallbackRef>,
+    /// The request's timeout (`None`: the default, `operators::http::DEFAULT_TIMEOUT`).
+    #[serde(default)]
+    pub timeout: Option<TimeSpan>,
+}
+
+/// Airflow's `HttpSensor.response_error_codes_allowlist` default.
+pub fn default_allowlist() -> Vec<u16> {
+    vec![404]
 }
 
 impl Operator {
@@ -426,4 +455,8 @@ impl DagSpec {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -28,6 +28,8 @@ pub struct RunInfo {
     pub data_interval_start: DateTime<Utc>,
     pub data_interval_end: DateTime<Utc>,
     pub conf: serde_json::Value,
+    /// The DAG version the run is pinned to (its closures come from that version's file).
+    pub version_hash: String,
 }
 
 /// A task instance the scheduler has queued, with the pinned DAG version it runs from.

@@ -84,6 +84,7 @@ mod tests {
                 data_interval_start: logical,
                 data_interval_end: logical + chrono::TimeDelta::days(1),
                 conf: serde_json::json!({}),
+                version_hash: String::new(),
             },
             try_number: 1,
             max_tries: 0,

@@ -15,11 +15,16 @@
 
 mod bash;
 mod bash_sensor;
+mod branch;
+pub mod closure;
 mod context;
 mod empty;
 mod external_task_sensor;
 mod file_sensor;
+pub mod http;
 mod latest_only;
+#[path = "rhai.rs"]
+mod rhai_op;
 pub mod sensor;
 mod time_sensor;
 mod trigger_dagrun;
@@ -31,6 +36,7 @@ pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 use crate::executor::RunningBash;
 use crate::executor::template::TemplateContext;
 use crate::model::{Operator, QueuedTask, TiKey};
+use crate::script::{EvalContext, ScriptLimits, TaskScripts};
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -69,6 +75,11 @@ pub struct WorkerSettings {
     pub owner: String,
     /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).
     pub heartbeat_timeout: Duration,
+    /// `[core] task_script_timeout`: a task closure's limit when its task has no `execution_timeout`.
+    pub task_script_timeout: Duration,
+    /// The loader's limits and context, for evaluating a version's file again to call its closures.
+    pub script_limits: ScriptLimits,
+    pub eval_context: EvalContext,
 }
 
 impl WorkerSettings {
@@ -106,6 +117,11 @@ pub enum Outcome {
         follow: Vec<String>,
         xcom: Option<serde_json::Value>,
     },
+    /// Done, and every task downstream of this one (transitively) is skipped whatever its trigger
+    /// rule (`ShortCircuitOperator` with `ignore_downstream_trigger_rules: true`, Airflow's default).
+    SkipDownstream {
+        xcom: Option<serde_json::Value>,
+    },
 }
 
 impl Outcome {
@@ -128,11 +144,14 @@ pub struct Env {
     /// Creates runs of other DAGs (`TriggerDagRunOperator`): the service layer's rule, injected by
     /// `app` when it builds the worker (`Worker::set_trigger`); empty where there is no store.
     pub trigger: std::sync::OnceLock<Arc<dyn TriggerRuns>>,
+    /// The closure host: DAG versions' closures, compiled once per version (`closure::call`).
+    pub scripts: Arc<TaskScripts>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), trigger: Default::default() }
+        let scripts = Arc::new(TaskScripts::new(settings.script_limits.clone(), settings.eval_context.clone()));
+        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), trigger: Default::default(), scripts }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -260,6 +279,31 @@ pub const RUNNERS: &[Runner] = &[
         name: "LatestOnlyOperator",
         start: |run| Box::pin(latest_only::start(run)),
         templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "RhaiOperator",
+        start: |run| Box::pin(rhai_op::start(run)),
+        templated: rhai_op::templated,
+        recover: None,
+    },
+    Runner {
+        name: "BranchOperator",
+        start: |run| Box::pin(branch::start(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "ShortCircuitOperator",
+        start: |run| Box::pin(branch::start_short_circuit(run)),
+        templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner { name: "HttpOperator", start: |run| Box::pin(http::start(run)), templated: http::templated, recover: None },
+    Runner {
+        name: "HttpSensor",
+        start: |run| Box::pin(http::start_sensor(run)),
+        templated: http::templated,
         recover: None,
     },
 ];

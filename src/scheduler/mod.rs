@@ -10,6 +10,7 @@ use crate::model::{
     DagRunState, DagSpec, Operator, QueuedTask, RunInfo, RunType, TaskState, TiEvent, TiKey, transition,
 };
 use crate::schedule::{DataInterval, Restriction, Timetable};
+use crate::script::VersionSource;
 use crate::store::{DagRunRow, NewAlert, NewTaskInstance, Store, StoreError, TiChange, TiStateRow, Tx};
 use chrono::{DateTime, Utc};
 use std::cmp::Reverse;
@@ -38,6 +39,9 @@ pub struct DagVersion {
     pub spec: Arc<DagSpec>,
     pub json: Arc<str>,
     pub hash: String,
+    /// The file's text, for a DAG with closures: kept with the version (written once), so a run
+    /// calls its own version's closures. Shared by the DAGs of one file; not held by the scheduler.
+    pub source: Option<Arc<VersionSource>>,
 }
 
 /// A DAG version with what scheduling needs precomputed.
@@ -285,7 +289,13 @@ pub fn record_dags(
     paused_at_creation: bool,
 ) -> SchedulerResult<()> {
     for d in dags {
-        tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, now)?;
+        if let Some(source) = &d.source
+            && !tx.has_dag_version(&d.hash)?
+        {
+            tx.insert_dag_source(&source.hash, &source.file, &source.text)?;
+        }
+        let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
+        tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;
         tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused_at_creation)?;
     }
     let present: Vec<String> = dags.iter().map(|d| d.spec.dag_id.clone()).collect();
@@ -999,6 +1009,7 @@ impl Scheduler {
                     data_interval_start: run.data_interval_start,
                     data_interval_end: run.data_interval_end,
                     conf: run.conf.clone(),
+                    version_hash: run.version_hash.clone(),
                 },
                 try_number: row.try_number + 1,
                 max_tries: row.max_tries,

@@ -252,7 +252,12 @@ pub const OPERATORS: &[OperatorDef] = &[
     },
     OperatorDef {
         name: "RhaiOperator",
-        keys: &[("callable", Kind::Closure), ("python_callable", Kind::Closure)],
+        keys: &[
+            ("callable", Kind::Closure),
+            ("python_callable", Kind::Closure),
+            ("op_args", Kind::Json),
+            ("op_kwargs", Kind::Json),
+        ],
         required: &["callable"],
         sensor: false,
     },
@@ -277,6 +282,8 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("data", Kind::Body),
             ("headers", Kind::StrMap),
             ("response_check", Kind::Closure),
+            ("response_filter", Kind::Closure),
+            ("timeout", Kind::Duration),
         ],
         required: &["endpoint"],
         sensor: false,
@@ -307,7 +314,11 @@ pub const OPERATORS: &[OperatorDef] = &[
     },
     OperatorDef {
         name: "ShortCircuitOperator",
-        keys: &[("callable", Kind::Closure), ("python_callable", Kind::Closure)],
+        keys: &[
+            ("callable", Kind::Closure),
+            ("python_callable", Kind::Closure),
+            ("ignore_downstream_trigger_rules", Kind::Bool),
+        ],
         required: &["callable"],
         sensor: false,
     },
@@ -343,6 +354,9 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("endpoint", Kind::Str),
             ("method", Kind::Str),
             ("response_check", Kind::Closure),
+            ("headers", Kind::StrMap),
+            ("request_params", Kind::Body),
+            ("response_error_codes_allowlist", Kind::StrList),
         ],
         required: &["endpoint"],
         sensor: true,
@@ -594,6 +608,15 @@ impl Args {
         }
     }
 
+    /// A `Kind::Body` value: a string as it is, a map or other data as JSON.
+    pub fn body(&self, key: &str) -> Option<serde_json::Value> {
+        match self.get(key) {
+            Some(Value::Str(s)) => Some(serde_json::Value::String(s.clone())),
+            Some(Value::Json(j)) => Some(j.clone()),
+            _ => None,
+        }
+    }
+
     pub fn closure(&self, key: &str) -> Option<FnPtr> {
         match self.get(key) {
             Some(Value::Closure(f)) => Some(f.clone()),
@@ -686,8 +709,7 @@ fn convert(raw: &Dynamic, kind: Kind, key: &str, owner: &str) -> ScriptResult<Va
             if let Ok(text) = raw.as_immutable_string_ref() {
                 Value::Str(text.to_string())
             } else {
-                let json = to_json(raw).map_err(|_| fail())?;
-                Value::Str(json.to_string())
+                Value::Json(to_json(raw).map_err(|_| fail())?)
             }
         }
     };

@@ -11,10 +11,15 @@ mod memory;
 mod python;
 mod sandbox;
 mod state;
+mod task;
 mod values;
 
 use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
+pub use task::{
+    CallArg, ClosureCall, HttpRequest, HttpResponse, ScriptFailure, TASK_MAX_OPERATIONS, TaskScripts, TaskServices,
+    VersionSource,
+};
 
 use crate::model::Diagnostic;
 use error::{DEADLINE_TOKEN, LimitNames, MEMORY_TOKEN, eval_diagnostic, parse_diagnostic, parse_diagnostics};
@@ -87,7 +92,6 @@ pub struct FileOutcome {
 
 /// A compiled DAG file and the closures it handed to the DAG API, callable later by `CallbackRef`.
 pub struct ScriptProgram {
-    #[allow(dead_code)] // read when callbacks and `RhaiOperator` run (see ARCHITECTURE.md)
     ast: Arc<AST>,
     callbacks: BTreeMap<String, FnPtr>,
 }
@@ -95,6 +99,12 @@ pub struct ScriptProgram {
 impl ScriptProgram {
     pub fn has_callback(&self, id: &str) -> bool {
         self.callbacks.contains_key(id)
+    }
+
+    /// Whether DAG `dag_id` handed closures to the API (its runs then need the file's text).
+    pub fn has_callbacks_of(&self, dag_id: &str) -> bool {
+        let prefix = format!("{dag_id}.");
+        self.callbacks.range(prefix.clone()..).next().is_some_and(|(id, _)| id.starts_with(&prefix))
     }
 }
 
@@ -108,6 +118,7 @@ pub struct ScriptHost {
 impl ScriptHost {
     /// Compiles the stdlib. An error here is a bug in the shipped stdlib.
     pub fn new(limits: ScriptLimits) -> Result<Self, Vec<Diagnostic>> {
+        fix_hashing_seed();
         let mut host = ScriptHost { limits, prelude: Module::new().into(), modules: StaticModuleResolver::new() };
         let mut errors = Vec::new();
         let compile_engine = host.raw_engine();
@@ -152,6 +163,7 @@ impl ScriptHost {
         api::register(&mut engine);
         values::register(&mut engine);
         sandbox::register(&mut engine);
+        task::register(&mut engine);
         engine
     }
 
@@ -181,12 +193,18 @@ impl ScriptHost {
         // Compiling cannot be interrupted from outside, and some sources compile in quadratic time
         // (tens of thousands of top-level `let`s); the tokenizer reads the same deadline per token.
         let watched = deadline.clone();
+        // `var` is reserved in Rhai, but `ctx.var("name")` is the task context's method (as
+        // Airflow's `var`): after a `.` or `?.` the word is read as a name.
+        let after_dot = std::sync::atomic::AtomicBool::new(false);
         #[allow(deprecated)] // "volatile", not deprecated: the only hook into Rhai's parser
         engine.on_parse_token(move |token, _, _| {
             if elapsed_ns(base) > watched.load(Ordering::Relaxed) {
-                rhai::Token::LexError(Box::new(rhai::LexError::Runtime(DEADLINE_TOKEN.into())))
-            } else {
-                token
+                return rhai::Token::LexError(Box::new(rhai::LexError::Runtime(DEADLINE_TOKEN.into())));
+            }
+            let dot = after_dot.swap(matches!(token, rhai::Token::Period | rhai::Token::Elvis), Ordering::Relaxed);
+            match token {
+                rhai::Token::Reserved(word) if dot && word.as_str() == "var" => rhai::Token::Identifier(word),
+                token => token,
             }
         });
         FileEngine { engine, base, deadline, memory_base, limits: self.limits.clone() }
@@ -196,6 +214,17 @@ impl ScriptHost {
     pub fn evaluate(&self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
         self.engine().evaluate(file, source, ctx)
     }
+}
+
+/// Rhai names a closure `anon$<hash of its text>`, with a hasher seeded at random per process
+/// unless a seed is set before Rhai's first use. A `CallbackRef` (and so a DAG's version hash) must
+/// be the same in every process — the scheduler calls a closure that `dags trigger` recorded —
+/// so the seed is fixed, here, before any engine exists (`ScriptHost::new` is Rhai's first use).
+fn fix_hashing_seed() {
+    static SEED: std::sync::Once = std::sync::Once::new();
+    SEED.call_once(|| {
+        let _ = rhai::config::hashing::set_hashing_seed(Some([0x5248_4146, 0x6c6f_7700, 0x7461_736b, 0x0000_0001]));
+    });
 }
 
 /// Where `key:` is written at or after `from` (else before it), for a caret on a key of a call.

@@ -483,9 +483,24 @@ impl FileState {
                 let f = args.closure("callable").or_else(|| args.closure("python_callable"));
                 let callable = self.callback(scope, "callable", f).unwrap_or(CallbackRef(String::new()));
                 match op.name {
-                    "RhaiOperator" => Operator::RhaiOperator { callable },
+                    "RhaiOperator" => Operator::RhaiOperator {
+                        callable,
+                        op_args: match args.json("op_args") {
+                            None | Some(serde_json::Value::Null) => Vec::new(),
+                            Some(serde_json::Value::Array(items)) => items,
+                            Some(other) => {
+                                return Err(ScriptError::new(format!("`op_args` must be an array, not `{other}`"))
+                                    .at_key("op_args"));
+                            }
+                        },
+                        op_kwargs: json_object(args.json("op_kwargs"), "op_kwargs")
+                            .map_err(|e| e.at_key("op_kwargs"))?,
+                    },
                     "BranchOperator" => Operator::BranchOperator { callable },
-                    _ => Operator::ShortCircuitOperator { callable },
+                    _ => Operator::ShortCircuitOperator {
+                        callable,
+                        ignore_downstream_trigger_rules: args.bool("ignore_downstream_trigger_rules").unwrap_or(true),
+                    },
                 }
             }
             "EmailOperator" => Operator::EmailOperator(Box::new(EmailSpec {
@@ -499,9 +514,11 @@ impl FileState {
                 http_conn_id: args.str("http_conn_id"),
                 endpoint: s("endpoint"),
                 method: http_method(args.str("method"), "POST")?,
-                data: args.str("data"),
+                data: args.body("data"),
                 headers: args.str_map("headers").unwrap_or_default(),
                 response_check: self.callback(scope, "response_check", args.closure("response_check")),
+                response_filter: self.callback(scope, "response_filter", args.closure("response_filter")),
+                timeout: http_timeout(args.duration("timeout"))?,
             })),
             "DingdingOperator" => Operator::DingdingOperator {
                 robot: args.str("dingding_conn_id"),
@@ -538,6 +555,12 @@ impl FileState {
                         endpoint: s("endpoint"),
                         method: http_method(args.str("method"), "GET")?,
                         response_check: self.callback(scope, "response_check", args.closure("response_check")),
+                        headers: args.str_map("headers").unwrap_or_default(),
+                        request_params: args.body("request_params"),
+                        response_error_codes_allowlist: match args.str_list("response_error_codes_allowlist") {
+                            Some(codes) => http_statuses(&codes, "response_error_codes_allowlist")?,
+                            None => crate::model::default_allowlist(),
+                        },
                     },
                     "ExternalTaskSensor" => external_task_sensor(args)?,
                     "TimeDeltaSensor" => SensorKind::TimeDelta { delta: args.duration("delta").unwrap_or_default() },
@@ -929,6 +952,33 @@ fn offset_zone(off: chrono::FixedOffset) -> Option<chrono_tz::Tz> {
 fn http_method(given: Option<String>, default: &str) -> ScriptResult<String> {
     let method = given.unwrap_or_else(|| default.to_string()).to_ascii_uppercase();
     one_of(Some(method), "method", &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+}
+
+/// An HTTP request's `timeout`: more than nothing, at most an hour (a longer wait is a sensor's job).
+fn http_timeout(given: Option<TimeSpan>) -> ScriptResult<Option<TimeSpan>> {
+    match given {
+        Some(t) if t == TimeSpan::ZERO || t > TimeSpan::from_secs(3600) => {
+            Err(ScriptError::new(format!("`timeout` must be more than 0 seconds and at most 1 hour, not {t}"))
+                .with_help(
+                    "wait longer with an `HttpSensor`, or raise `execution_timeout` for a slow answer up to an hour",
+                )
+                .at_key("timeout"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// HTTP status codes written as Airflow's strings (`["404", "409"]`).
+fn http_statuses(codes: &[String], key: &str) -> ScriptResult<Vec<u16>> {
+    codes
+        .iter()
+        .map(|code| {
+            code.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)).ok_or_else(|| {
+                ScriptError::new(format!("`{key}` holds `{code}`, which is not an HTTP status code (100 to 599)"))
+                    .at_key(key)
+            })
+        })
+        .collect()
 }
 
 fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<String> {

@@ -169,4 +169,16 @@ CREATE TRIGGER task_reschedule_ti_delete AFTER DELETE ON task_instance
           WHERE dag_id = OLD.dag_id AND run_id = OLD.run_id AND task_id = OLD.task_id; END;
 "#,
     ),
+    (
+        5,
+        "DAG sources: each closure-bearing DAG version keeps its file's text, so runs call their own version's closures",
+        r#"
+CREATE TABLE dag_source (
+    source_hash TEXT PRIMARY KEY,
+    file        TEXT NOT NULL,
+    source      TEXT NOT NULL
+);
+ALTER TABLE dag_version ADD COLUMN source_hash TEXT;
+"#,
+    ),
 ];

@@ -522,20 +522,56 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Records a version once (its hash identifies it); `source_hash` names the file text its
+    /// closures come from (`insert_dag_source`), for a DAG that has closures.
     pub fn insert_dag_version(
         &self,
         version_hash: &str,
         dag_id: &str,
         spec_json: &str,
+        source_hash: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         self.tx
             .prepare_cached(
-                "INSERT INTO dag_version (version_hash, dag_id, spec_json, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO dag_version (version_hash, dag_id, spec_json, source_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             )?
-            .execute(params![version_hash, dag_id, spec_json, now])?;
+            .execute(params![version_hash, dag_id, spec_json, source_hash, now])?;
         Ok(())
+    }
+
+    /// Whether a DAG version is recorded (so its source need not be written again).
+    pub fn has_dag_version(&self, version_hash: &str) -> StoreResult<bool> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT 1 FROM dag_version WHERE version_hash = ?1")?
+            .query_row([version_hash], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Keeps a DAG file's text once per content (`source_hash` covers the file name and text).
+    pub fn insert_dag_source(&self, source_hash: &str, file: &str, source: &str) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO dag_source (source_hash, file, source) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![source_hash, file, source])?;
+        Ok(())
+    }
+
+    /// The file name and text a DAG version's closures come from; `None` when the version has no
+    /// closures or was recorded before sources were kept.
+    pub fn dag_version_source(&self, version_hash: &str) -> StoreResult<Option<(String, String)>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT s.file, s.source FROM dag_version v JOIN dag_source s ON s.source_hash = v.source_hash
+                 WHERE v.version_hash = ?1",
+            )?
+            .query_row([version_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     }
 
     pub fn dag_version_json(&self, version_hash: &str) -> StoreResult<Option<String>> {
@@ -1043,6 +1079,16 @@ impl Tx<'_> {
             &key.task_id,
         ])?;
         Ok(())
+    }
+
+    /// One XCom of a run: what `task_id` pushed under `key`.
+    pub fn xcom(&self, dag_id: &str, run_id: &str, task_id: &str, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        let value: Option<String> = self
+            .tx
+            .prepare_cached("SELECT value FROM xcom WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND key = ?4")?
+            .query_row([dag_id, run_id, task_id, key], |r| r.get(0))
+            .optional()?;
+        Ok(value.map(|v| serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v))))
     }
 
     /// Every XCom of a run: `(task_id, key, value)`.

@@ -349,7 +349,7 @@ impl Worker {
         let mut next_try_at = None;
         let mut stored_try = None;
         let (state, message) = match &outcome {
-            Outcome::Success { .. } | Outcome::Branch { .. } => (
+            Outcome::Success { .. } | Outcome::Branch { .. } | Outcome::SkipDownstream { .. } => (
                 transition(TaskState::Running, TiEvent::Succeed).unwrap_or(TaskState::Success),
                 "Marking task as SUCCESS".to_string(),
             ),
@@ -385,6 +385,7 @@ impl Worker {
                 let downstream = task.dag.tasks.iter().filter(|t| t.upstream.contains(&key.task_id));
                 downstream.filter(|t| !follow.contains(&t.task_id)).map(|t| t.task_id.clone()).collect()
             }
+            Outcome::SkipDownstream { .. } => all_downstream(&task.dag, &key.task_id),
             _ => Vec::new(),
         };
         // A sensor's poke that was not done: its try's first poke starts the sensor's timeout.
@@ -399,7 +400,7 @@ impl Worker {
             _ => None,
         };
         let xcom = match outcome {
-            Outcome::Success { xcom } | Outcome::Branch { xcom, .. } => xcom,
+            Outcome::Success { xcom } | Outcome::Branch { xcom, .. } | Outcome::SkipDownstream { xcom } => xcom,
             _ => None,
         };
         let change = TiChange {
@@ -803,9 +804,30 @@ impl Worker {
                 data_interval_start: run.data_interval_start,
                 data_interval_end: run.data_interval_end,
                 conf: run.conf,
+                version_hash: run.version_hash,
             },
             try_number: ti.try_number.max(1),
             max_tries: ti.max_tries,
         }))
     }
+}
+
+/// Every task downstream of `task_id` (transitively), in declaration order.
+fn all_downstream(dag: &crate::model::DagSpec, task_id: &str) -> Vec<String> {
+    let mut children: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for t in &dag.tasks {
+        for up in &t.upstream {
+            children.entry(up.as_str()).or_default().push(t.task_id.as_str());
+        }
+    }
+    let mut below = std::collections::HashSet::new();
+    let mut frontier = vec![task_id];
+    while let Some(id) = frontier.pop() {
+        for child in children.get(id).into_iter().flatten() {
+            if below.insert(*child) {
+                frontier.push(child);
+            }
+        }
+    }
+    dag.tasks.iter().filter(|t| below.contains(t.task_id.as_str())).map(|t| t.task_id.clone()).collect()
 }
