@@ -140,3 +140,41 @@ fn mcwork_runs_from_the_repository_root_without_mcwork_home() {
         assert!(out.contains(&format!("\n{task:<18}  success ")), "{task}: {out}");
     }
 }
+
+/// `examples/dags/operators.rhai` runs green with `dags test`, every operator in it included; with
+/// `python3` on the machine (CI has it) its HTTP tasks really call the server it starts.
+#[test]
+fn the_operators_example_runs_green_with_dags_test() {
+    let text = std::fs::read_to_string("examples/dags/operators.rhai").unwrap();
+    let home = common::Home::new(&[("operators.rhai", &text)]);
+    let out = home.run(&["dags", "test", "operators", "2024-01-02"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let run = &home.runs("operators")[0];
+    assert_eq!(run["state"], "success", "{stdout}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let states: std::collections::HashMap<String, String> =
+        home.states("operators", run_id).into_iter().map(|(task, state, _)| (task, state)).collect();
+    for (task, want) in [("compute", "success"), ("choose", "success"), ("small", "skipped"), ("big", "success")] {
+        assert_eq!(states[task], want, "{task}: {states:?}");
+    }
+    for task in ["latest_only", "flag_file", "shell_test", "after_logical_date", "interval_ended", "trigger_report"] {
+        assert_eq!(states[task], "success", "{task}: {states:?}");
+    }
+    let python = std::process::Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if python {
+        assert_eq!(states["http.fetch"], "success", "{states:?}");
+        let xcom: String = home
+            .db()
+            .query_row(
+                "SELECT value FROM xcom WHERE dag_id = 'operators' AND task_id = 'http.fetch' AND key = 'return_value'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(xcom, "3");
+    }
+    // The triggered DAG got its run with the conf, to run when a scheduler does.
+    let report = home.runs("operators_report");
+    assert_eq!(report.len(), 1, "{report:?}");
+}
