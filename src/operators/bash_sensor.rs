@@ -1,6 +1,6 @@
 //! `BashSensor`: each poke is the rendered `bash_command` under a task supervisor, as a
 //! `BashOperator`'s (its output goes to the try's log); exit 0 is done, 1 is not yet, any other
-//! code fails the try. Before a poke's command starts, its process group is recorded on the task
+//! code fails the try (skips it with `soft_fail`, as Airflow's `AirflowFailException`). Before a poke's command starts, its process group is recorded on the task
 //! instance (so a takeover can kill what a dead owner left), and a poke abandoned (the try's
 //! `execution_timeout`) takes its group down with it.
 
@@ -79,9 +79,9 @@ async fn poke(run: &TaskRun, command: String) -> Poke {
             run.log("Command exited with return code 1: not done yet").await;
             Poke::NotYet
         }
-        Exit::Code(code) => Poke::Fail(format!("Command exited with return code {code}")),
-        Exit::Signal(sig) => Poke::Fail(format!("Command killed by signal {sig}")),
-        Exit::TimedOut => Poke::Fail("Command timed out".into()),
+        Exit::Code(code) => Poke::Fatal(format!("Command exited with return code {code}")),
+        Exit::Signal(sig) => Poke::Fatal(format!("Command killed by signal {sig}")),
+        Exit::TimedOut => Poke::Fatal("Command timed out".into()),
     }
 }
 
