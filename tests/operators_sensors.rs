@@ -328,3 +328,27 @@ fn in_reschedule_mode_the_timeout_spans_the_pokes_of_the_try() {
         assert_eq!(log.matches("try 1 of 1").count(), log.matches("Poking for file").count(), "{log}");
     }
 }
+
+#[test]
+fn tasks_test_pokes_a_sensor_without_a_claimed_try() {
+    let dag = format!(
+        r#"let dag = DAG("alone", #{{ {MANUAL} }});
+        let wait = BashSensor(#{{ task_id: "wait", poke_interval: 0.1,
+            bash_command: "n=$(cat $HOME_DIR/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > $HOME_DIR/count; [ $n -ge 2 ] || exit 1" }});
+        let later = FileSensor(#{{ task_id: "later", filepath: "$HOME_DIR/never", mode: "reschedule", poke_interval: 60 }});"#
+    );
+    let home = Home::new(&[("alone.rhai", &dag)]);
+    // With a database (another command made it) and without.
+    for migrate in [false, true] {
+        if migrate {
+            assert!(home.run(&["db", "migrate"]).status.success());
+            std::fs::remove_file(home.path().join("count")).unwrap();
+        }
+        let o = home.run(&["tasks", "test", "alone", "wait", "2024-01-01"]);
+        assert!(o.status.success(), "{}", both(&o));
+        assert!(stdout(&o).contains("[rhaiflow] alone.wait: success"), "{}", both(&o));
+        assert_eq!(home.file("count").trim(), "2");
+        let o = home.run(&["tasks", "test", "alone", "later", "2024-01-01"]);
+        assert!(stdout(&o).contains("[rhaiflow] alone.later: not done yet; it would poke again at "), "{}", both(&o));
+    }
+}
