@@ -92,18 +92,28 @@ fn a_bash_sensor_succeeds_on_its_third_poke_with_each_pokes_output_in_its_log() 
 }
 
 #[test]
-fn a_bash_sensor_exiting_with_another_code_fails_at_once() {
+fn a_bash_sensor_exiting_with_another_code_fails_at_once_or_with_soft_fail_is_skipped() {
     let dag = format!(
         r#"let dag = DAG("broken", #{{ {MANUAL} }});
-        let wait = BashSensor(#{{ task_id: "wait", poke_interval: 0.1, soft_fail: true, bash_command: "echo no such host >&2; exit 2" }});"#
+        let hard = BashSensor(#{{ task_id: "hard", poke_interval: 0.1, bash_command: "echo no such host >&2; exit 2" }});
+        let soft = BashSensor(#{{ task_id: "soft", poke_interval: 0.1, soft_fail: true, bash_command: "exit 3" }});"#
     );
     let home = Home::new(&[("broken.rhai", &dag)]);
     let o = home.run(&["dags", "test", "broken", "2024-01-01"]);
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    assert_eq!(state_of(&home, "broken", "wait"), "failed", "an error is not a timeout: soft_fail does not skip it");
-    let log = log_of(&home, "broken", "wait");
+    assert_eq!(state_of(&home, "broken", "hard"), "failed");
+    assert_eq!(state_of(&home, "broken", "soft"), "skipped");
+    let log = log_of(&home, "broken", "hard");
     assert!(log.contains("no such host"), "{log}");
     assert!(log.contains("Command exited with return code 2; marking task as FAILED"), "{log}");
+    assert_eq!(log.matches("Running command").count(), 1, "{log}");
+    let log = log_of(&home, "broken", "soft");
+    assert!(
+        log.contains(
+            "Command exited with return code 3 (skipping due to soft_fail is set to True); marking task as SKIPPED"
+        ),
+        "{log}"
+    );
 }
 
 #[test]
@@ -316,5 +326,29 @@ fn in_reschedule_mode_the_timeout_spans_the_pokes_of_the_try() {
         assert!(log.matches("(UP_FOR_RESCHEDULE)").count() >= 2, "{log}");
         assert!(log.contains("Sensor has timed out; run duration of "), "{log}");
         assert_eq!(log.matches("try 1 of 1").count(), log.matches("Poking for file").count(), "{log}");
+    }
+}
+
+#[test]
+fn tasks_test_pokes_a_sensor_without_a_claimed_try() {
+    let dag = format!(
+        r#"let dag = DAG("alone", #{{ {MANUAL} }});
+        let wait = BashSensor(#{{ task_id: "wait", poke_interval: 0.1,
+            bash_command: "n=$(cat $HOME_DIR/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > $HOME_DIR/count; [ $n -ge 2 ] || exit 1" }});
+        let later = FileSensor(#{{ task_id: "later", filepath: "$HOME_DIR/never", mode: "reschedule", poke_interval: 60 }});"#
+    );
+    let home = Home::new(&[("alone.rhai", &dag)]);
+    // With a database (another command made it) and without.
+    for migrate in [false, true] {
+        if migrate {
+            assert!(home.run(&["db", "migrate"]).status.success());
+            std::fs::remove_file(home.path().join("count")).unwrap();
+        }
+        let o = home.run(&["tasks", "test", "alone", "wait", "2024-01-01"]);
+        assert!(o.status.success(), "{}", both(&o));
+        assert!(stdout(&o).contains("[rhaiflow] alone.wait: success"), "{}", both(&o));
+        assert_eq!(home.file("count").trim(), "2");
+        let o = home.run(&["tasks", "test", "alone", "later", "2024-01-01"]);
+        assert!(stdout(&o).contains("[rhaiflow] alone.later: not done yet; it would poke again at "), "{}", both(&o));
     }
 }

@@ -1,6 +1,6 @@
 //! `BashSensor`: each poke is the rendered `bash_command` under a task supervisor, as a
 //! `BashOperator`'s (its output goes to the try's log); exit 0 is done, 1 is not yet, any other
-//! code fails the try. Before a poke's command starts, its process group is recorded on the task
+//! code fails the try (skips it with `soft_fail`, as Airflow's `AirflowFailException`). Before a poke's command starts, its process group is recorded on the task
 //! instance (so a takeover can kill what a dead owner left), and a poke abandoned (the try's
 //! `execution_timeout`) takes its group down with it.
 
@@ -9,7 +9,7 @@ use super::{Outcome, Start, TaskRun, context_env};
 use crate::executor::process_token;
 use crate::executor::template::render;
 use crate::executor::{BashRun, Exit, RunningBash, kill_group, spawn_bash};
-use crate::model::{Operator, SensorKind};
+use crate::model::{Operator, SensorKind, TaskState};
 use std::sync::Arc;
 
 pub fn templated(operator: &Operator) -> Vec<&str> {
@@ -79,23 +79,30 @@ async fn poke(run: &TaskRun, command: String) -> Poke {
             run.log("Command exited with return code 1: not done yet").await;
             Poke::NotYet
         }
-        Exit::Code(code) => Poke::Fail(format!("Command exited with return code {code}")),
-        Exit::Signal(sig) => Poke::Fail(format!("Command killed by signal {sig}")),
-        Exit::TimedOut => Poke::Fail("Command timed out".into()),
+        Exit::Code(code) => Poke::Fatal(format!("Command exited with return code {code}")),
+        Exit::Signal(sig) => Poke::Fatal(format!("Command killed by signal {sig}")),
+        Exit::TimedOut => Poke::Fatal("Command timed out".into()),
     }
 }
 
 /// Records the poke's process group on the running try (guarded by this runner's ownership)
-/// before the command starts; without a store (`tasks test`) there is nobody to tell.
+/// before the command starts. A try nobody claimed (`tasks test`, or no database) has nothing to
+/// record; a try another runner owns now (taken over) must not poke again.
 async fn record_group(run: &TaskRun, process: &RunningBash) -> Result<(), String> {
     let Some(store) = run.env.store.clone() else { return Ok(()) };
     let (key, owner, pid) = (run.task.key.clone(), run.env.settings.owner.clone(), process.pid());
     let token = process_token(pid);
-    let recorded = store
-        .write_async(move |tx| tx.set_ti_process(&key, &owner, i64::from(pid), token.as_deref()))
+    let taken = store
+        .write_async(move |tx| {
+            if tx.set_ti_process(&key, &owner, i64::from(pid), token.as_deref())? {
+                return Ok(false);
+            }
+            let row = tx.task_instance(&key)?;
+            Ok(row.is_some_and(|ti| ti.state == TaskState::Running && ti.owner.as_deref() != Some(owner.as_str())))
+        })
         .await
         .map_err(|e| format!("could not record the poke's process group: {e}"))?;
-    if recorded { Ok(()) } else { Err("the try is no longer this process's; the poke did not run".into()) }
+    if taken { Err("the try is no longer this process's; the poke did not run".into()) } else { Ok(()) }
 }
 
 /// Kills a poke's process group when the poke is abandoned before its command ended (the future

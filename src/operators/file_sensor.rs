@@ -71,26 +71,30 @@ pub fn find(pattern: &str, recursive: bool) -> Result<Option<PathBuf>, String> {
         .map_err(|e| format!("`filepath` `{pattern}` is not a valid glob pattern: {e}"))?
         .compile_matcher();
     // Walk from the longest folder of the pattern without wildcards.
-    let root: PathBuf = {
-        let mut root = PathBuf::new();
-        for part in Path::new(pattern).components() {
-            if has_glob(&part.as_os_str().to_string_lossy()) {
-                break;
-            }
-            root.push(part);
-        }
-        if root.as_os_str().is_empty() { PathBuf::from(".") } else { root }
+    let fixed = Path::new(pattern).components().take_while(|c| !has_glob(&c.as_os_str().to_string_lossy())).count();
+    let root: PathBuf = match Path::new(pattern).components().take(fixed).collect::<PathBuf>() {
+        root if root.as_os_str().is_empty() => PathBuf::from("."),
+        root => root,
     };
     let recursive = recursive && pattern.contains("**");
-    let depth = Path::new(pattern).components().count().saturating_sub(root.components().count());
+    let depth = Path::new(pattern).components().count().saturating_sub(fixed);
     let mut seen = 0usize;
     let mut stack = vec![(root.clone(), 0usize)];
     let relative = !Path::new(pattern).is_absolute() && !pattern.starts_with("./");
+    // As Python's `glob`: a wildcard does not match a name starting with a dot (a partial upload
+    // `.day.csv.tmp`), unless the pattern itself names dot entries.
+    let dots = Path::new(pattern).components().skip(fixed).any(|c| {
+        let c = c.as_os_str().to_string_lossy();
+        c.starts_with('.') && c != "." && c != ".."
+    });
     while let Some((dir, level)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
         entries.sort();
         for path in entries {
+            if !dots && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
             seen += 1;
             if seen > MAX_ENTRIES {
                 return Err(format!(
@@ -101,6 +105,8 @@ pub fn find(pattern: &str, recursive: bool) -> Result<Option<PathBuf>, String> {
             if matcher.is_match(&shown)
                 && let Some(found) = file_in(&path, &mut seen)
             {
+                let found =
+                    if relative { found.strip_prefix(".").map(Path::to_path_buf).unwrap_or(found) } else { found };
                 return Ok(Some(found));
             }
             let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
@@ -147,6 +153,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn relative_patterns_walk_from_the_working_folder() {
+        // `cargo test` runs in the crate's folder.
+        assert_eq!(find("Cargo.*", false).unwrap(), Some(PathBuf::from("Cargo.lock")));
+        assert_eq!(find("*/operators/sensor.rs", false).unwrap(), Some(PathBuf::from("src/operators/sensor.rs")));
+        assert_eq!(find("src/*/file_sensor.rs", false).unwrap(), Some(PathBuf::from("src/operators/file_sensor.rs")));
+        assert_eq!(find("*/sensor.rs", false).unwrap(), None);
+    }
+
+    #[test]
     fn globs_find_files_and_folders_with_files() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().to_string_lossy().to_string();
@@ -162,5 +177,9 @@ mod tests {
         std::fs::write(dir.path().join("in/a.csv"), "1").unwrap();
         assert_eq!(find(&format!("{base}/in/*.csv"), true).unwrap(), Some(dir.path().join("in/a.csv")));
         assert!(find(&format!("{base}/in/["), true).is_err());
+        std::fs::create_dir_all(dir.path().join("up")).unwrap();
+        std::fs::write(dir.path().join("up/.day.csv"), "partial").unwrap();
+        assert_eq!(find(&format!("{base}/up/*.csv"), false).unwrap(), None, "a dot file is hidden from `*`");
+        assert!(find(&format!("{base}/up/.*.csv"), false).unwrap().is_some());
     }
 }
