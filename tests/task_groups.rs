@@ -286,7 +286,7 @@ fn walked(spec: &DagSpec) -> Vec<i64> {
 #[test]
 fn effective_weights_count_each_relative_once_across_bitset_blocks() {
     // A diamond (its bottom reached twice from the top), and a 4,200-task ladder (each task
-    // upstream of the next two) with varied weights and rules, past one 4,096-task block.
+    // upstream of the next two) with varied weights and rules, across several 1,024-task blocks.
     let diamond = spec(&format!(
         "{HEAD}let a = EmptyOperator(#{{ task_id: \"a\" }});\nlet b = EmptyOperator(#{{ task_id: \"b\" }});\nlet c = EmptyOperator(#{{ task_id: \"c\" }});\nlet d = EmptyOperator(#{{ task_id: \"d\", priority_weight: 10 }});\na >> [b, c] >> d;\n"
     ));
