@@ -286,23 +286,26 @@ fn walked(spec: &DagSpec) -> Vec<i64> {
 #[test]
 fn effective_weights_count_each_relative_once_across_bitset_blocks() {
     // A diamond (its bottom reached twice from the top), and a 4,200-task ladder (each task
-    // upstream of the next two) with varied weights and rules, past one 4,096-task block.
+    // upstream of the next two) with varied weights and rules, across several 1,024-task blocks.
     let diamond = spec(&format!(
         "{HEAD}let a = EmptyOperator(#{{ task_id: \"a\" }});\nlet b = EmptyOperator(#{{ task_id: \"b\" }});\nlet c = EmptyOperator(#{{ task_id: \"c\" }});\nlet d = EmptyOperator(#{{ task_id: \"d\", priority_weight: 10 }});\na >> [b, c] >> d;\n"
     ));
     assert_eq!(rhaiflow::graph::priority_weights(&diamond), [13, 11, 11, 10]);
-    let ladder = spec(&format!(
-        r#"{HEAD}
+    // Seven distinct weights (summed by popcount per weight), then one per task (summed bit by bit).
+    for weight in ["i % 7", "i * 13 - 2000"] {
+        let ladder = spec(&format!(
+            r#"{HEAD}
 let rules = ["downstream", "upstream", "absolute"];
 let tasks = [];
 for i in 0..4200 {{
-    tasks.push(EmptyOperator(#{{ task_id: `t${{i}}`, priority_weight: i % 7, weight_rule: rules[i % 3] }}));
+    tasks.push(EmptyOperator(#{{ task_id: `t${{i}}`, priority_weight: {weight}, weight_rule: rules[i % 3] }}));
     if i >= 1 {{ tasks[i - 1] >> tasks[i]; }}
     if i >= 2 {{ tasks[i - 2] >> tasks[i]; }}
 }}
 "#
-    ));
-    assert_eq!(rhaiflow::graph::priority_weights(&ladder), walked(&ladder));
+        ));
+        assert_eq!(rhaiflow::graph::priority_weights(&ladder), walked(&ladder), "weights {weight}");
+    }
     let uniform = spec(&format!(
         "{HEAD}let prev = EmptyOperator(#{{ task_id: \"t0\" }});\nfor i in 1..4500 {{ let t = EmptyOperator(#{{ task_id: `t${{i}}` }}); prev >> t; prev = t; }}\n"
     ));

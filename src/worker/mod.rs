@@ -747,10 +747,8 @@ impl Worker {
                 ..TiChange::default()
             };
             let k = key.clone();
-            let moved = self
-                .store
-                .write_async(move |tx| tx.set_ti_state(&k, TaskState::Running, TaskState::Failed, &change))
-                .await?;
+            let moved =
+                self.store.write_async(move |tx| tx.set_ti_state(&k, ti.state, TaskState::Failed, &change)).await?;
             return Ok(moved.then_some((key, TaskState::Failed)));
         };
         let log_path = self.settings.log_path(&key, task.try_number);
