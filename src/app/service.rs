@@ -628,11 +628,17 @@ impl StoreTrigger {
             })
             .map_err(refused)?;
         let Some(row) = row else {
-            let dags = self.store.read(|tx| tx.dags()).map_err(refused)?;
+            let (dags, errors) = self
+                .store
+                .read(|tx| -> Result<_, StoreError> { Ok((tx.dags()?, tx.import_errors()?.len())) })
+                .map_err(refused)?;
             let known: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
-            return Err(TriggerError::Refused(match crate::model::suggest::nearest(dag_id, &known) {
-                Some(k) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
-                None => format!("no DAG `{dag_id}` in the dags folder"),
+            return Err(TriggerError::Refused(match (crate::model::suggest::nearest(dag_id, &known), errors) {
+                (Some(k), _) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
+                (None, 0) => format!("no DAG `{dag_id}` in the dags folder"),
+                (None, n) => format!(
+                    "no DAG `{dag_id}` in the dags folder ({n} file(s) failed to load; see `rhaiflow dags list-import-errors`)"
+                ),
             }));
         };
         let json = json.ok_or_else(|| {
