@@ -230,6 +230,8 @@ fn dags_test_creates_the_run_and_a_scheduler_runs_it_paused_dags_wait() {
     assert_eq!(child[0]["state"], "queued");
     let log = home.log("parent", "manual__2024-01-02T00:00:00+00:00", "held");
     assert!(log.contains("DAG `held` is paused: its run waits until it is unpaused"), "{log}");
+    let log = home.log("parent", "manual__2024-01-02T00:00:00+00:00", "go");
+    assert!(log.contains("no scheduler is running: the run starts when one does"), "{log}");
 
     // A scheduler started later runs the child's run; the paused DAG's run waits.
     let _scheduler = home.spawn(&["scheduler"]);
@@ -246,6 +248,8 @@ fn dags_test_creates_the_run_and_a_scheduler_runs_it_paused_dags_wait() {
     let second = second["run_id"].as_str().unwrap().to_string();
     assert_eq!(finished(&home, "child", &second)["state"], "success");
     assert_eq!(xcom(&home, "child", &second, "work", "return_value"), Some("got-2024-01-03".into()));
+    let log = home.log("parent", "manual__2024-01-03T00:00:00+00:00", "go");
+    assert!(log.contains("Triggered DAG `child`") && !log.contains("no scheduler is running"), "{log}");
     let held_runs = home.runs("held");
     assert_eq!(held_runs.len(), 2);
     assert!(held_runs.iter().all(|r| r["state"] == "queued"), "{held_runs:?}");

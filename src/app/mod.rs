@@ -331,12 +331,10 @@ impl App {
     }
 }
 
-/// Tells the scheduler listening on `socket` the store changed; none listening is fine.
-fn wake_scheduler_at(socket: &std::path::Path) {
-    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) {
-        use std::io::Write;
-        let _ = s.write_all(b"wake\n");
-    }
+/// Tells the scheduler listening on `socket` the store changed; none listening is fine (`false`).
+fn wake_scheduler_at(socket: &std::path::Path) -> bool {
+    use std::io::Write;
+    std::os::unix::net::UnixStream::connect(socket).is_ok_and(|mut s| s.write_all(b"wake\n").is_ok())
 }
 
 /// A manual run of `dag` pinned to it, in `queued`: at `logical_date` to the microsecond (Airflow

@@ -558,7 +558,7 @@ pub fn trigger_run(
     let paused = store.read(|tx| tx.dag(dag_id)).map_err(refused)?.is_some_and(|d| d.is_paused);
     let inserted = store.write(|tx| insert_run(tx, dag, &run)).map_err(|e| TriggerError::Refused(e.to_string()))?;
     if inserted {
-        return Ok(Triggered { run, reset: false, paused });
+        return Ok(Triggered { run, reset: false, paused, note: None });
     }
     let existing = store
         .read(|tx| -> Result<_, StoreError> {
@@ -582,7 +582,7 @@ pub fn trigger_run(
     clear_run(store, &existing.dag_id, &existing.run_id, retries, now)
         .map_err(|e| TriggerError::Refused(format!("cannot clear run `{}`: {e}", existing.run_id)))?;
     let run = store.read(|tx| tx.dag_run(&existing.dag_id, &existing.run_id)).map_err(refused)?.unwrap_or(existing);
-    Ok(Triggered { run, reset: true, paused })
+    Ok(Triggered { run, reset: true, paused, note: None })
 }
 
 /// A run id given by hand: Airflow's default `allowed_run_id_pattern` (`^[A-Za-z0-9_.~:+-]+$`),
@@ -607,9 +607,12 @@ struct StoreTrigger {
 impl TriggerRuns for StoreTrigger {
     fn trigger(&self, req: &TriggerRequest, now: DateTime<Utc>) -> Result<Triggered, TriggerError> {
         let dag = self.recorded_dag(&req.dag_id)?;
-        let triggered = trigger_run(&self.store, &dag, req, now)?;
-        if let Some(socket) = &self.socket {
-            super::wake_scheduler_at(socket);
+        let mut triggered = trigger_run(&self.store, &dag, req, now)?;
+        if let Some(socket) = &self.socket
+            && !super::wake_scheduler_at(socket)
+        {
+            triggered.note =
+                Some("no scheduler is running: the run starts when one does (`rhaiflow scheduler`)".into());
         }
         Ok(triggered)
     }
