@@ -638,7 +638,10 @@ impl StoreTrigger {
             let known: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
             return Err(TriggerError::Refused(match (crate::model::suggest::nearest(dag_id, &known), errors) {
                 (Some(k), _) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
-                (None, 0) => format!("no DAG `{dag_id}` in the dags folder"),
+                (None, 0) => format!(
+                    "no DAG `{dag_id}` in the database (it records the dags folder when the scheduler starts and \
+                     when `dags test`, `dags trigger` or `dags pause` run)"
+                ),
                 (None, n) => format!(
                     "no DAG `{dag_id}` in the dags folder ({n} file(s) failed to load; see `rhaiflow dags list-import-errors`)"
                 ),
