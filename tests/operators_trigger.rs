@@ -135,6 +135,7 @@ fn wait_for_completion_fails_the_task_naming_the_state_of_a_failed_target() {
 
 #[test]
 fn reset_dag_run_clears_and_reruns_the_run_at_the_same_logical_date() {
+    // `execution_date`, Airflow 2's older name of `logical_date`, as ported DAGs write it.
     let parent = |dag_id: &str, extra: &str| {
         format!(
             r#"let dag = DAG("{dag_id}", #{{ {MANUAL} }});
@@ -142,7 +143,7 @@ fn reset_dag_run_clears_and_reruns_the_run_at_the_same_logical_date() {
                 task_id: "go",
                 trigger_dag_id: "child",
                 conf: #{{ x: "{{{{ run_id }}}}" }},
-                logical_date: "2024-02-01",
+                execution_date: "2024-02-01",
                 wait_for_completion: true,
                 poke_interval: 0.1,
                 {extra}
