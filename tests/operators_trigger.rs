@@ -135,6 +135,7 @@ fn wait_for_completion_fails_the_task_naming_the_state_of_a_failed_target() {
 
 #[test]
 fn reset_dag_run_clears_and_reruns_the_run_at_the_same_logical_date() {
+    // `execution_date`, Airflow 2's older name of `logical_date`, as ported DAGs write it.
     let parent = |dag_id: &str, extra: &str| {
         format!(
             r#"let dag = DAG("{dag_id}", #{{ {MANUAL} }});
@@ -142,7 +143,7 @@ fn reset_dag_run_clears_and_reruns_the_run_at_the_same_logical_date() {
                 task_id: "go",
                 trigger_dag_id: "child",
                 conf: #{{ x: "{{{{ run_id }}}}" }},
-                logical_date: "2024-02-01",
+                execution_date: "2024-02-01",
                 wait_for_completion: true,
                 poke_interval: 0.1,
                 {extra}
@@ -230,6 +231,8 @@ fn dags_test_creates_the_run_and_a_scheduler_runs_it_paused_dags_wait() {
     assert_eq!(child[0]["state"], "queued");
     let log = home.log("parent", "manual__2024-01-02T00:00:00+00:00", "held");
     assert!(log.contains("DAG `held` is paused: its run waits until it is unpaused"), "{log}");
+    let log = home.log("parent", "manual__2024-01-02T00:00:00+00:00", "go");
+    assert!(log.contains("no scheduler is running: the run starts when one does"), "{log}");
 
     // A scheduler started later runs the child's run; the paused DAG's run waits.
     let _scheduler = home.spawn(&["scheduler"]);
@@ -246,7 +249,91 @@ fn dags_test_creates_the_run_and_a_scheduler_runs_it_paused_dags_wait() {
     let second = second["run_id"].as_str().unwrap().to_string();
     assert_eq!(finished(&home, "child", &second)["state"], "success");
     assert_eq!(xcom(&home, "child", &second, "work", "return_value"), Some("got-2024-01-03".into()));
+    let log = home.log("parent", "manual__2024-01-03T00:00:00+00:00", "go");
+    assert!(log.contains("Triggered DAG `child`") && !log.contains("no scheduler is running"), "{log}");
     let held_runs = home.runs("held");
     assert_eq!(held_runs.len(), 2);
     assert!(held_runs.iter().all(|r| r["state"] == "queued"), "{held_runs:?}");
+}
+
+#[test]
+fn execution_timeout_bounds_the_wait_and_tasks_test_creates_the_run() {
+    let parent = format!(
+        r#"let dag = DAG("parent", #{{ {MANUAL} }});
+        let fire = TriggerDagRunOperator(#{{
+            task_id: "fire",
+            trigger_dag_id: "held",
+            trigger_run_id: "by_hand__{{{{ ds_nodash }}}}",
+            wait_for_completion: true,
+            poke_interval: 0.05,
+            execution_timeout: 0.5,
+        }});"#
+    );
+    let held = format!(
+        r#"let dag = DAG("held", #{{ {MANUAL} }});
+        let a = EmptyOperator(#{{ task_id: "a" }});"#
+    );
+    let home = Home::new(&[("parent.rhai", &parent), ("held.rhai", &held)]);
+    assert!(home.run(&["dags", "pause", "held"]).status.success());
+    // The paused target never runs: the wait ends at `execution_timeout`, and the task fails.
+    let o = home.run(&["dags", "test", "parent", "2024-01-02"]);
+    assert!(!o.status.success());
+    let log = home.log("parent", "manual__2024-01-02T00:00:00+00:00", "fire");
+    assert!(log.contains("Waiting for DAG `held` run `by_hand__20240102`"), "{log}");
+    assert!(log.contains("execution_timeout of 0:00:00.500 exceeded"), "{log}");
+    let held_runs = home.runs("held");
+    assert_eq!(held_runs.len(), 1);
+    assert_eq!(held_runs[0]["run_id"], "by_hand__20240102");
+
+    // `tasks test` creates the run too (as Airflow's), at its own date, and is bounded the same way.
+    let o = home.run(&["tasks", "test", "parent", "fire", "2024-01-05"]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Triggered DAG `held`: run `by_hand__20240105`"), "{out}");
+    assert!(out.contains("failed (execution_timeout of 0:00:00.500 exceeded)"), "{out}");
+    assert_eq!(home.runs("held").len(), 2);
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let parent = format!(
+        r#"let dag = DAG("parent", #{{ {MANUAL} }});
+        let states = TriggerDagRunOperator(#{{ task_id: "states", trigger_dag_id: "x", failed_states: ["faild"] }});
+        let conf = TriggerDagRunOperator(#{{ task_id: "conf", trigger_dag_id: "x", conf: 3 }});"#
+    );
+    let home = Home::new(&[("parent.rhai", &parent)]);
+    let o = home.run(&["dags", "check"]);
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success());
+    assert!(
+        out.contains(
+            "`failed_states` holds `faild`, which is not a DAG run state (queued, running, success, failed) — did you mean `failed`?"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("`conf` must be a map"), "{out}");
+
+    // At run time: a run id that is not Airflow's pattern (it would name a log folder), a
+    // `logical_date` that is not a date, a `conf` that does not render to an object.
+    let ids = format!(
+        r#"let dag = DAG("ids", #{{ {MANUAL} }});
+        let up = TriggerDagRunOperator(#{{ task_id: "up", trigger_dag_id: "ids", trigger_run_id: "../{{{{ ds }}}}" }});
+        let date = TriggerDagRunOperator(#{{ task_id: "date", trigger_dag_id: "ids", logical_date: "{{{{ ds }}}} o'clock" }});
+        let conf = TriggerDagRunOperator(#{{ task_id: "conf", trigger_dag_id: "ids", conf: "[{{{{ ds_nodash }}}}]" }});"#
+    );
+    let home = Home::new(&[("ids.rhai", &ids)]);
+    let test = |task: &str| {
+        let o = home.run(&["tasks", "test", "ids", task, "2024-01-02"]);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(test("up").contains("`TriggerDagRunOperator` needs the database"), "no database yet");
+    assert!(home.run(&["dags", "pause", "ids"]).status.success());
+    let out = test("up");
+    assert!(out.contains("run id `../2024-01-02` is not allowed"), "{out}");
+    let out = test("date");
+    assert!(out.contains("`logical_date` is `2024-01-02 o'clock`, which is not a date"), "{out}");
+    let out = test("conf");
+    assert!(out.contains("`conf` must be a JSON object, not `[20240102]`"), "{out}");
+    assert!(home.runs("ids").is_empty());
 }

@@ -340,12 +340,14 @@ impl App {
     }
 }
 
-/// Tells the scheduler listening on `socket` the store changed; none listening is fine.
-fn wake_scheduler_at(socket: &std::path::Path) {
-    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) {
-        use std::io::Write;
-        let _ = s.write_all(b"wake\n");
-    }
+/// Tells the scheduler listening on `socket` the store changed; none listening is fine (`false`).
+/// The connection is what wakes it (`listen_for_wakes`), so the line written after may meet a
+/// closed socket; that is no failure.
+fn wake_scheduler_at(socket: &std::path::Path) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = s.write_all(b"wake\n");
+    true
 }
 
 /// A manual run of `dag` pinned to it, in `queued`: at `logical_date` to the microsecond (Airflow

@@ -558,7 +558,7 @@ pub fn trigger_run(
     let paused = store.read(|tx| tx.dag(dag_id)).map_err(refused)?.is_some_and(|d| d.is_paused);
     let inserted = store.write(|tx| insert_run(tx, dag, &run)).map_err(|e| TriggerError::Refused(e.to_string()))?;
     if inserted {
-        return Ok(Triggered { run, reset: false, paused });
+        return Ok(Triggered { run, reset: false, paused, note: None });
     }
     let existing = store
         .read(|tx| -> Result<_, StoreError> {
@@ -582,7 +582,7 @@ pub fn trigger_run(
     clear_run(store, &existing.dag_id, &existing.run_id, retries, now)
         .map_err(|e| TriggerError::Refused(format!("cannot clear run `{}`: {e}", existing.run_id)))?;
     let run = store.read(|tx| tx.dag_run(&existing.dag_id, &existing.run_id)).map_err(refused)?.unwrap_or(existing);
-    Ok(Triggered { run, reset: true, paused })
+    Ok(Triggered { run, reset: true, paused, note: None })
 }
 
 /// A run id given by hand: Airflow's default `allowed_run_id_pattern` (`^[A-Za-z0-9_.~:+-]+$`),
@@ -607,9 +607,12 @@ struct StoreTrigger {
 impl TriggerRuns for StoreTrigger {
     fn trigger(&self, req: &TriggerRequest, now: DateTime<Utc>) -> Result<Triggered, TriggerError> {
         let dag = self.recorded_dag(&req.dag_id)?;
-        let triggered = trigger_run(&self.store, &dag, req, now)?;
-        if let Some(socket) = &self.socket {
-            super::wake_scheduler_at(socket);
+        let mut triggered = trigger_run(&self.store, &dag, req, now)?;
+        if let Some(socket) = &self.socket
+            && !super::wake_scheduler_at(socket)
+        {
+            triggered.note =
+                Some("no scheduler is running: the run starts when one does (`rhaiflow scheduler`)".into());
         }
         Ok(triggered)
     }
@@ -628,11 +631,20 @@ impl StoreTrigger {
             })
             .map_err(refused)?;
         let Some(row) = row else {
-            let dags = self.store.read(|tx| tx.dags()).map_err(refused)?;
+            let (dags, errors) = self
+                .store
+                .read(|tx| -> Result<_, StoreError> { Ok((tx.dags()?, tx.import_errors()?.len())) })
+                .map_err(refused)?;
             let known: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
-            return Err(TriggerError::Refused(match crate::model::suggest::nearest(dag_id, &known) {
-                Some(k) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
-                None => format!("no DAG `{dag_id}` in the dags folder"),
+            return Err(TriggerError::Refused(match (crate::model::suggest::nearest(dag_id, &known), errors) {
+                (Some(k), _) => format!("no DAG `{dag_id}` — did you mean `{k}`?"),
+                (None, 0) => format!(
+                    "no DAG `{dag_id}` in the database (it records the dags folder when the scheduler starts and \
+                     when `dags test`, `dags trigger` or `dags pause` run)"
+                ),
+                (None, n) => format!(
+                    "no DAG `{dag_id}` in the dags folder ({n} file(s) failed to load; see `rhaiflow dags list-import-errors`)"
+                ),
             }));
         };
         let json = json.ok_or_else(|| {

@@ -341,11 +341,16 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
     let outcome = runtime.block_on(async {
         use crate::operators::{Env, Start, TaskRun};
         let settings = Arc::new(settings.clone());
+        // A `TriggerDagRunOperator` creates its run (as Airflow's `tasks test` does) and wakes a scheduler.
+        let trigger = store.as_ref().map(|s| ctx.app.run_trigger(s, true));
         let mut env = Env::new(settings.clone(), store, Arc::new(|| {}));
         env.extra_env = extra_env;
         if let Some(program) = &dag.program {
             // The DAG as loaded now may not be recorded: its closures come from this load.
             env.scripts.preload(&dag.version_hash, &dag.spec.fileloc, program.clone());
+        }
+        if let Some(trigger) = trigger {
+            let _ = env.trigger.set(trigger);
         }
         let env = Arc::new(env);
         let run = Arc::new(TaskRun {
@@ -357,7 +362,13 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
         });
         match crate::operators::start(run.clone()).await {
             Start::Done(outcome) => outcome,
-            Start::Later(work) => work.await,
+            // Bounded as the worker bounds it (Airflow's `tasks test` honours `execution_timeout` too).
+            Start::Later(work) => match task.task().execution_timeout {
+                None => work.await,
+                Some(limit) => tokio::time::timeout(limit.as_std(), work).await.unwrap_or_else(|_| {
+                    crate::operators::Outcome::fail(format!("execution_timeout of {limit} exceeded"))
+                }),
+            },
             Start::Process { process, outcome } => outcome(&task, process.wait().await, &settings),
         }
     });

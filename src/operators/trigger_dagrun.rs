@@ -37,6 +37,8 @@ pub struct Triggered {
     pub reset: bool,
     /// Its DAG is paused: the run waits until it is unpaused (as in Airflow).
     pub paused: bool,
+    /// Anything else the task's log should say (no scheduler is running to start the run).
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +224,8 @@ async fn trigger_and_wait(
     run.log(&format!("{verb} DAG `{dag_id}`: run `{}` at logical date {date}", created.run_id)).await;
     if triggered.paused {
         run.log(&format!("DAG `{dag_id}` is paused: its run waits until it is unpaused")).await;
+    } else if let Some(note) = &triggered.note {
+        run.log(note).await;
     }
     run.push_xcom(XCOM_LOGICAL_DATE_ISO.into(), serde_json::Value::String(date));
     run.push_xcom(XCOM_RUN_ID.into(), serde_json::Value::String(created.run_id.clone()));

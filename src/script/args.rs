@@ -329,6 +329,7 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("trigger_run_id", Kind::Str),
             ("conf", Kind::Json),
             ("logical_date", Kind::Str),
+            ("execution_date", Kind::Str),
             ("reset_dag_run", Kind::Bool),
             ("wait_for_completion", Kind::Bool),
             ("poke_interval", Kind::Duration),

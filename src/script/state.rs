@@ -536,7 +536,8 @@ impl FileState {
                 trigger_dag_id: s("trigger_dag_id"),
                 trigger_run_id: args.str("trigger_run_id"),
                 conf: trigger_conf(args.json("conf"))?,
-                logical_date: args.str("logical_date"),
+                // `execution_date`: Airflow 2's deprecated name, still accepted by 2.10.
+                logical_date: args.str("logical_date").or_else(|| args.str("execution_date")),
                 reset_dag_run: args.bool("reset_dag_run").unwrap_or(false),
                 wait_for_completion: args.bool("wait_for_completion").unwrap_or(false),
                 poke_interval: args.duration("poke_interval").unwrap_or(TimeSpan::from_secs(60)),
