@@ -104,6 +104,7 @@ async fn answer(
             "too late".into_response()
         }
         "/text" => "<html>not json</html>".into_response(),
+        "/leak" => (StatusCode::UNAUTHORIZED, format!("bad password {PASSWORD} for apiuser")).into_response(),
         "/later" => match shared.later_calls.fetch_add(1, Ordering::SeqCst) {
             0 | 1 => (StatusCode::NOT_FOUND, "not there yet").into_response(),
             _ => (json, r#"{"status": "ready"}"#).into_response(),
@@ -210,10 +211,16 @@ fn templated_headers_and_data_reach_the_server_with_basic_auth_from_the_connecti
 HttpOperator(#{ task_id: "get_query", http_conn_id: "api", endpoint: "query", method: "GET",
     data: #{ day: "{{ ds }}", q: "a b" } });
 HttpOperator(#{ task_id: "put_text", http_conn_id: "api", endpoint: "text_body", method: "PUT",
-    data: "day={{ ds }}", headers: #{ "Content-Type": "text/plain" } });"#,
+    data: "day={{ ds }}", headers: #{ "Content-Type": "text/plain" } });
+HttpOperator(#{ task_id: "leak", http_conn_id: "api", endpoint: "leak" });"#,
     ));
     let o = dags_test(&home);
-    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{}{}", text(&o.stdout), text(&o.stderr));
+    let states: Vec<_> = ["post_json", "get_query", "put_text", "leak"].iter().map(|t| state(&home, t)).collect();
+    assert_eq!(states, ["success", "success", "success", "failed"]);
+    // An answer that repeats the password shows it masked.
+    let leak = home.log("h", RUN, "leak");
+    assert!(leak.contains("HTTP error: 401 Unauthorized") && leak.contains("bad password *** for apiuser"), "{leak}");
 
     let post = &server.seen("/echo/20261105")[0];
     assert_eq!(post.method, "POST");
@@ -234,7 +241,7 @@ HttpOperator(#{ task_id: "put_text", http_conn_id: "api", endpoint: "text_body",
     assert_eq!((put.method.as_str(), put.body.as_str()), ("PUT", "day=2026-11-05"));
     assert_eq!(put.headers["content-type"], "text/plain");
 
-    for task in ["post_json", "get_query", "put_text"] {
+    for task in ["post_json", "get_query", "put_text", "leak"] {
         let log = home.log("h", RUN, task);
         assert!(!log.contains(PASSWORD), "the password in the log of {task}:\n{log}");
     }
