@@ -383,3 +383,20 @@ fn http_sensor_response_check_keeps_it_waiting_until_true() {
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     assert_eq!(server.seen("/count").len(), 3, "pokes until n is 3");
 }
+
+/// `timeout` in `default_args` is the sensors' (as in Airflow, where only sensors take one): it is
+/// not an `HttpOperator`'s request timeout, so six hours there is no error.
+#[test]
+fn a_sensor_timeout_in_default_args_is_not_the_operators_request_timeout() {
+    let server = Server::start();
+    let home = server.home(
+        r#"let dag = DAG("h", #{ start_date: datetime(2026, 1, 1), schedule: (), catchup: false,
+    default_args: #{ timeout: hours(6) } });
+let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "json" });
+let get = HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET" });
+wait >> get;"#,
+    );
+    let o = dags_test(&home);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(server.seen("/json").len(), 2);
+}

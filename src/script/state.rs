@@ -293,7 +293,11 @@ impl FileState {
         };
         let allowed = allowed_keys(op);
         let defaults = self.dags[dag_idx].default_args.clone();
-        args.fill_from(&defaults, &allowed);
+        // `timeout` in `default_args` is the sensors' (in Airflow only sensors take it), never
+        // an `HttpOperator`'s request timeout.
+        let fill: Vec<super::args::KeySpec> =
+            allowed.iter().filter(|(k, _)| op.sensor || *k != "timeout").copied().collect();
+        args.fill_from(&defaults, &fill);
         let task_id =
             args.str("task_id").ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
         check_id("task_id", &task_id)?;
