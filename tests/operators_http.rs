@@ -400,3 +400,17 @@ wait >> get;"#,
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     assert_eq!(server.seen("/json").len(), 2);
 }
+
+#[test]
+fn tasks_test_runs_the_request_and_its_filter_without_a_database() {
+    let server = Server::start();
+    let home = server
+        .home(&dag(r#"HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET",
+    response_filter: |response| response.json.items });"#));
+    let o = home.run(&["tasks", "test", "h", "get", "2026-11-05"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("HTTP 200 OK"), "{out}");
+    assert!(out.contains("[rhaiflow] return_value: [1,2,3]"), "{out}");
+    assert!(!home.path().join("rhaiflow.db").exists());
+}
