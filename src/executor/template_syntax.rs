@@ -78,7 +78,7 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
             fields.push(("trigger_dag_id".to_string(), trigger_dag_id.as_str()))
         }
         Operator::Sensor(sensor) => match &sensor.kind {
-            SensorKind::File { filepath } => fields.push(("filepath".to_string(), filepath.as_str())),
+            SensorKind::File { filepath, .. } => fields.push(("filepath".to_string(), filepath.as_str())),
             SensorKind::Bash { bash_command } => fields.push(("bash_command".to_string(), bash_command.as_str())),
             SensorKind::Http { endpoint, headers, request_params, .. } => {
                 fields.push(("endpoint".to_string(), endpoint.as_str()));

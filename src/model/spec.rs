@@ -130,6 +130,9 @@ pub enum SensorMode {
 pub enum SensorKind {
     File {
         filepath: String,
+        /// `**` matches folders at any depth (Airflow's `recursive`; otherwise it is `*`).
+        #[serde(default)]
+        recursive: bool,
     },
     Bash {
         bash_command: String,
@@ -159,6 +162,9 @@ pub enum SensorKind {
         #[serde(default)]
         skipped_states: Vec<String>,
         execution_delta: Option<TimeSpan>,
+        /// Fail at once when the other DAG (or an awaited task of it) does not exist.
+        #[serde(default)]
+        check_existence: bool,
     },
     TimeDelta {
         delta: TimeSpan,

@@ -14,14 +14,18 @@
 //! a `Store` and a `wake` function, never the scheduler or `app` themselves (the layer rule).
 
 mod bash;
+mod bash_sensor;
 mod branch;
 pub mod closure;
 mod context;
 mod empty;
+mod external_task_sensor;
+mod file_sensor;
 pub mod http;
 #[path = "rhai.rs"]
 mod rhai_op;
 pub mod sensor;
+mod time_sensor;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
@@ -252,6 +256,36 @@ pub const RUNNERS: &[Runner] = &[
         name: "HttpSensor",
         start: |run| Box::pin(http::start_sensor(run)),
         templated: http::templated,
+        recover: None,
+    },
+    Runner {
+        name: "FileSensor",
+        start: |run| Box::pin(file_sensor::start(run)),
+        templated: file_sensor::templated,
+        recover: None,
+    },
+    Runner {
+        name: "BashSensor",
+        start: |run| Box::pin(bash_sensor::start(run)),
+        templated: bash_sensor::templated,
+        recover: None,
+    },
+    Runner {
+        name: "TimeDeltaSensor",
+        start: |run| Box::pin(time_sensor::start(run)),
+        templated: time_sensor::templated,
+        recover: None,
+    },
+    Runner {
+        name: "DateTimeSensor",
+        start: |run| Box::pin(time_sensor::start(run)),
+        templated: time_sensor::templated,
+        recover: None,
+    },
+    Runner {
+        name: "ExternalTaskSensor",
+        start: |run| Box::pin(external_task_sensor::start(run)),
+        templated: external_task_sensor::templated,
         recover: None,
     },
 ];

@@ -29,6 +29,9 @@ pub enum Poke {
     /// An error: the try fails at once (its retries apply), whatever `soft_fail` says, as an
     /// exception in Airflow's `poke` does.
     Fail(String),
+    /// A definite failure (Airflow's `AirflowFailException` from `poke`: a `BashSensor`'s exit code
+    /// other than 0 and 1): the try fails at once, or with `soft_fail` is skipped.
+    Fatal(String),
     /// Skip the task at once (Airflow's `AirflowSkipException` from `poke`).
     Skip(String),
 }
@@ -89,6 +92,10 @@ where
                 return Outcome::Success { xcom };
             }
             Poke::Fail(reason) => return Outcome::Fail { reason },
+            Poke::Fatal(reason) if spec.soft_fail => {
+                return Outcome::Skip { reason: format!("{reason} (skipping due to soft_fail is set to True)") };
+            }
+            Poke::Fatal(reason) => return Outcome::Fail { reason },
             Poke::Skip(reason) => return Outcome::Skip { reason },
             Poke::NotYet => None,
             Poke::NotBefore(at) => Some(at),
@@ -97,8 +104,8 @@ where
         if now >= deadline {
             let ran = (now - first_poke).num_milliseconds() as f64 / 1000.0;
             let message = format!(
-                "Sensor has timed out; run duration of {ran} seconds exceeds the specified timeout of {}.",
-                spec.timeout
+                "Sensor has timed out; run duration of {ran} seconds exceeds the specified timeout of {}",
+                spec.timeout.as_secs_f64()
             );
             return if spec.soft_fail { Outcome::Skip { reason: message } } else { Outcome::Fail { reason: message } };
         }

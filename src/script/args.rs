@@ -319,7 +319,12 @@ pub const OPERATORS: &[OperatorDef] = &[
         required: &["trigger_dag_id"],
         sensor: false,
     },
-    OperatorDef { name: "FileSensor", keys: &[("filepath", Kind::Str)], required: &["filepath"], sensor: true },
+    OperatorDef {
+        name: "FileSensor",
+        keys: &[("filepath", Kind::Str), ("recursive", Kind::Bool)],
+        required: &["filepath"],
+        sensor: true,
+    },
     OperatorDef { name: "BashSensor", keys: &[("bash_command", Kind::Str)], required: &["bash_command"], sensor: true },
     OperatorDef {
         name: "HttpSensor",
@@ -345,6 +350,7 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("failed_states", Kind::StrList),
             ("skipped_states", Kind::StrList),
             ("execution_delta", Kind::Duration),
+            ("check_existence", Kind::Bool),
         ],
         required: &["external_dag_id"],
         sensor: true,

@@ -502,7 +502,9 @@ impl FileState {
             },
             sensor => {
                 let kind = match sensor {
-                    "FileSensor" => SensorKind::File { filepath: s("filepath") },
+                    "FileSensor" => {
+                        SensorKind::File { filepath: s("filepath"), recursive: args.bool("recursive").unwrap_or(false) }
+                    }
                     "BashSensor" => SensorKind::Bash { bash_command: s("bash_command") },
                     "HttpSensor" => SensorKind::Http {
                         http_conn_id: args.str("http_conn_id"),
@@ -1056,5 +1058,6 @@ fn external_task_sensor(args: &Args) -> ScriptResult<SensorKind> {
         failed_states: lists.next().unwrap_or_default(),
         skipped_states: lists.next().unwrap_or_default(),
         execution_delta: args.duration("execution_delta"),
+        check_existence: args.bool("check_existence").unwrap_or(false),
     })
 }

@@ -903,6 +903,19 @@ impl Tx<'_> {
 
     // ---- sensors in reschedule mode ---------------------------------------------------------
 
+    /// Records the process group of a running try's latest process (a `BashSensor`'s poke), while
+    /// `owner` still owns the try; `false` when it does not.
+    pub fn set_ti_process(&self, key: &TiKey, owner: &str, pid: i64, pid_token: Option<&str>) -> StoreResult<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE task_instance SET pid = ?5, pid_token = ?6
+                 WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND state = 'running' AND owner = ?4",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, owner, pid, pid_token])?;
+        Ok(n == 1)
+    }
+
     /// Records one poke of a sensor in reschedule mode that was not done (Airflow's `task_reschedule`).
     pub fn insert_task_reschedule(&self, key: &TiKey, poke: &TaskReschedule) -> StoreResult<()> {
         self.tx
