@@ -30,7 +30,8 @@ fn state(home: &Home, dag_id: &str, run_id: &str, task_id: &str) -> String {
 #[test]
 fn closures_get_their_context_return_values_and_pass_xcoms() {
     let dag = format!(
-        r#"let dag = DAG("ctx", #{{ {MANUAL}, params: #{{ name: "dag", keep: 1 }} }});
+        r#"import "schedules" as s;
+        let dag = DAG("ctx", #{{ {MANUAL}, params: #{{ name: "dag", keep: 1 }} }});
         let factor = 3;
         fn double(x) {{ x * 2 }}
         let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| {{
@@ -50,6 +51,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
                 bucket: ctx.var("bucket"), other: ctx.var("nope", "fallback"),
             }} }});
         let c = RhaiOperator(#{{ task_id: "c", callable: || () }});
+        RhaiOperator(#{{ task_id: "imports", callable: |ctx| s::daily_at(3, 4) }});
         a >> b >> c;"#
     );
     let home = Home::new(&[("ctx.rhai", &dag)]);
@@ -73,6 +75,11 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
         })
     );
     assert_eq!(xcom(&home, "ctx", "c", "return_value"), None, "`()` pushes nothing, as Python's None");
+    assert_eq!(
+        xcom(&home, "ctx", "imports", "return_value"),
+        Some(serde_json::json!("4 3 * * *")),
+        "a module the file imported"
+    );
     let log = home.log("ctx", run_id, "a");
     assert!(log.contains("hello from a on 2024-03-05"), "{log}");
     assert!(log.contains("Done. Returned value was: 126"), "{log}");

@@ -143,6 +143,27 @@ struct Compiled {
     program: Arc<ScriptProgram>,
     /// Parameters each closure declares (its captured variables not counted), by callback id.
     arity: HashMap<String, usize>,
+    /// The file's top-level `import "path" as alias;`: a closure calling `alias::f` finds them.
+    imports: Vec<(ImmutableString, ImmutableString)>,
+}
+
+/// Calls a closure as `FnPtr::call` does, with the file's top-level imports in scope (a later
+/// call has no trace of the evaluation that imported them; the stdlib modules are static, so
+/// resolving them again is a lookup).
+fn call_closure(
+    engine: &Engine,
+    compiled: &Compiled,
+    fn_ptr: &rhai::FnPtr,
+    mut args: Vec<Dynamic>,
+) -> RhaiResult<Dynamic> {
+    let mut global = engine.new_global_runtime_state();
+    global.lib.push(compiled.program.ast.shared_lib().clone());
+    for (alias, path) in &compiled.imports {
+        let module = engine.module_resolver().resolve(engine, None, path, rhai::Position::NONE)?;
+        global.push_import(alias.clone(), module);
+    }
+    let ctx = NativeCallContext::new_with_all_fields(engine, fn_ptr.fn_name(), None, &global, rhai::Position::NONE);
+    fn_ptr.call_raw(&ctx, None, args.as_mut_slice())
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Compiled>, ScriptFailure>>>;
@@ -234,7 +255,7 @@ impl TaskScripts {
             engine.memory_base.store(memory::live_bytes(), Ordering::Relaxed);
             engine.deadline.store(deadline_ns, Ordering::Relaxed);
             engine.engine.set_default_tag(Dynamic::from(cell));
-            let r = fn_ptr.call::<Dynamic>(&engine.engine, &compiled.program.ast, args);
+            let r = call_closure(&engine.engine, &compiled, &fn_ptr, args);
             engine.engine.set_default_tag(Dynamic::UNIT);
             engine.deadline.store(u64::MAX, Ordering::Relaxed);
             r
@@ -347,7 +368,19 @@ fn compile_info(file: String, program: Arc<ScriptProgram>) -> Compiled {
             Some((id.clone(), declared.saturating_sub(f.curry().len())))
         })
         .collect();
-    Compiled { file, program, arity }
+    let imports = program
+        .ast
+        .statements()
+        .iter()
+        .filter_map(|stmt| match stmt {
+            rhai::Stmt::Import(import, _) => match &import.0 {
+                rhai::Expr::StringConstant(path, _) => Some((import.1.name.clone(), path.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    Compiled { file, program, arity, imports }
 }
 
 fn evict(cache: &mut VersionCache) {
