@@ -324,3 +324,28 @@ fn a_runaway_closure_does_not_stall_the_scheduler() {
     let log = home.log("spin", &spin_run, "forever");
     assert!(log.contains("the closure ran longer than its 0:00:20 limit"), "{log}");
 }
+
+#[test]
+fn tasks_test_runs_a_closure_without_a_database_and_masks_secrets() {
+    let dag = format!(
+        r#"let dag = DAG("tt", #{{ {MANUAL} }});
+        let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| 2 + 3 }});
+        let b = RhaiOperator(#{{ task_id: "b", callable: |ctx| {{
+            ctx.log(`using ${{ctx.var("api_token")}}`);
+            throw `auth failed with ${{ctx.var("api_token")}}`;
+        }} }});"#
+    );
+    let home = Home::new(&[("tt.rhai", &dag)]);
+    std::fs::write(home.path().join("rhaiflow.toml"), "[variables]\napi_token = \"s3cr3t-value-xyz\"\n").unwrap();
+    let o = home.run(&["tasks", "test", "tt", "a", "2024-01-02"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("[rhaiflow] return_value: 5"), "{out}");
+    assert!(!home.path().join("rhaiflow.db").exists(), "tasks test needs no database");
+    let o = home.run(&["tasks", "test", "tt", "b", "2024-01-02"]);
+    let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("using ***"), "{all}");
+    assert!(all.contains("tt.rhai:5:13: error thrown: auth failed with ***"), "{all}");
+    assert!(!all.contains("s3cr3t-value-xyz"), "{all}");
+}
