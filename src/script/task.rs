@@ -750,3 +750,44 @@ pub(super) fn register(engine: &mut Engine) {
     });
     engine.register_static_module("http", http.into());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_through_rhai_values() {
+        let value = serde_json::json!({"a": [1, 2.5, null, true, "x"], "b": {"c": -3}});
+        assert_eq!(to_json(&from_json(&value), "v"), Ok(value));
+    }
+
+    #[test]
+    fn values_without_a_json_form_are_named_by_their_place() {
+        let mut map = Map::new();
+        map.insert("f".into(), Dynamic::from(rhai::FnPtr::new("x").unwrap()));
+        let value = Dynamic::from_array(vec![Dynamic::from_map(map)]);
+        assert_eq!(to_json(&value, "v"), Err("v[0].f is a function, which has no JSON form".to_string()));
+        assert_eq!(to_json(&Dynamic::from_float(FLOAT::NAN), "v"), Err("v is NaN, which JSON cannot hold".to_string()));
+    }
+
+    #[test]
+    fn a_source_hash_covers_the_file_name_and_the_text() {
+        let text: Arc<str> = Arc::from("let x = 1;");
+        let a = VersionSource::new("a.rhai", text.clone());
+        assert_eq!(a.hash, VersionSource::new("a.rhai", text.clone()).hash);
+        assert_ne!(a.hash, VersionSource::new("b.rhai", text).hash);
+        assert_ne!(a.hash, VersionSource::new("a.rhai", Arc::from("let x = 2;")).hash);
+    }
+
+    #[test]
+    fn the_version_cache_keeps_the_most_recently_used() {
+        let mut cache = VersionCache { entries: HashMap::new(), tick: 0 };
+        for i in 0..=VERSION_CACHE as u64 {
+            cache.entries.insert(format!("v{i}"), (Arc::new(OnceLock::new()), i + 1));
+        }
+        cache.entries.get_mut("v0").unwrap().1 = 10_000;
+        evict(&mut cache);
+        assert_eq!(cache.entries.len(), VERSION_CACHE);
+        assert!(cache.entries.contains_key("v0") && !cache.entries.contains_key("v1"));
+    }
+}
