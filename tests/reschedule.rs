@@ -36,6 +36,7 @@ fn fixture(src: &str) -> Fixture {
             hash: format!("h-{}", d.spec.dag_id),
             json: d.spec.to_json().into(),
             spec: Arc::new(d.spec),
+            source: None,
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
