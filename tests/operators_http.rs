@@ -104,6 +104,7 @@ async fn answer(
             "too late".into_response()
         }
         "/text" => "<html>not json</html>".into_response(),
+        "/leak" => (StatusCode::UNAUTHORIZED, format!("bad password {PASSWORD} for apiuser")).into_response(),
         "/later" => match shared.later_calls.fetch_add(1, Ordering::SeqCst) {
             0 | 1 => (StatusCode::NOT_FOUND, "not there yet").into_response(),
             _ => (json, r#"{"status": "ready"}"#).into_response(),
@@ -210,10 +211,16 @@ fn templated_headers_and_data_reach_the_server_with_basic_auth_from_the_connecti
 HttpOperator(#{ task_id: "get_query", http_conn_id: "api", endpoint: "query", method: "GET",
     data: #{ day: "{{ ds }}", q: "a b" } });
 HttpOperator(#{ task_id: "put_text", http_conn_id: "api", endpoint: "text_body", method: "PUT",
-    data: "day={{ ds }}", headers: #{ "Content-Type": "text/plain" } });"#,
+    data: "day={{ ds }}", headers: #{ "Content-Type": "text/plain" } });
+HttpOperator(#{ task_id: "leak", http_conn_id: "api", endpoint: "leak" });"#,
     ));
     let o = dags_test(&home);
-    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{}{}", text(&o.stdout), text(&o.stderr));
+    let states: Vec<_> = ["post_json", "get_query", "put_text", "leak"].iter().map(|t| state(&home, t)).collect();
+    assert_eq!(states, ["success", "success", "success", "failed"]);
+    // An answer that repeats the password shows it masked.
+    let leak = home.log("h", RUN, "leak");
+    assert!(leak.contains("HTTP error: 401 Unauthorized") && leak.contains("bad password *** for apiuser"), "{leak}");
 
     let post = &server.seen("/echo/20261105")[0];
     assert_eq!(post.method, "POST");
@@ -234,7 +241,7 @@ HttpOperator(#{ task_id: "put_text", http_conn_id: "api", endpoint: "text_body",
     assert_eq!((put.method.as_str(), put.body.as_str()), ("PUT", "day=2026-11-05"));
     assert_eq!(put.headers["content-type"], "text/plain");
 
-    for task in ["post_json", "get_query", "put_text"] {
+    for task in ["post_json", "get_query", "put_text", "leak"] {
         let log = home.log("h", RUN, task);
         assert!(!log.contains(PASSWORD), "the password in the log of {task}:\n{log}");
     }
@@ -375,4 +382,35 @@ fn http_sensor_response_check_keeps_it_waiting_until_true() {
     let o = dags_test(&home);
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
     assert_eq!(server.seen("/count").len(), 3, "pokes until n is 3");
+}
+
+/// `timeout` in `default_args` is the sensors' (as in Airflow, where only sensors take one): it is
+/// not an `HttpOperator`'s request timeout, so six hours there is no error.
+#[test]
+fn a_sensor_timeout_in_default_args_is_not_the_operators_request_timeout() {
+    let server = Server::start();
+    let home = server.home(
+        r#"let dag = DAG("h", #{ start_date: datetime(2026, 1, 1), schedule: (), catchup: false,
+    default_args: #{ timeout: hours(6) } });
+let wait = HttpSensor(#{ task_id: "wait", http_conn_id: "api", endpoint: "json" });
+let get = HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET" });
+wait >> get;"#,
+    );
+    let o = dags_test(&home);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(server.seen("/json").len(), 2);
+}
+
+#[test]
+fn tasks_test_runs_the_request_and_its_filter_without_a_database() {
+    let server = Server::start();
+    let home = server
+        .home(&dag(r#"HttpOperator(#{ task_id: "get", http_conn_id: "api", endpoint: "json", method: "GET",
+    response_filter: |response| response.json.items });"#));
+    let o = home.run(&["tasks", "test", "h", "get", "2026-11-05"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("HTTP 200 OK"), "{out}");
+    assert!(out.contains("[rhaiflow] return_value: [1,2,3]"), "{out}");
+    assert!(!home.path().join("rhaiflow.db").exists());
 }

@@ -30,7 +30,8 @@ fn state(home: &Home, dag_id: &str, run_id: &str, task_id: &str) -> String {
 #[test]
 fn closures_get_their_context_return_values_and_pass_xcoms() {
     let dag = format!(
-        r#"let dag = DAG("ctx", #{{ {MANUAL}, params: #{{ name: "dag", keep: 1 }} }});
+        r#"import "schedules" as s;
+        let dag = DAG("ctx", #{{ {MANUAL}, params: #{{ name: "dag", keep: 1 }} }});
         let factor = 3;
         fn double(x) {{ x * 2 }}
         let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| {{
@@ -50,6 +51,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
                 bucket: ctx.var("bucket"), other: ctx.var("nope", "fallback"),
             }} }});
         let c = RhaiOperator(#{{ task_id: "c", callable: || () }});
+        RhaiOperator(#{{ task_id: "imports", callable: |ctx| s::daily_at(3, 4) }});
         a >> b >> c;"#
     );
     let home = Home::new(&[("ctx.rhai", &dag)]);
@@ -73,6 +75,11 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
         })
     );
     assert_eq!(xcom(&home, "ctx", "c", "return_value"), None, "`()` pushes nothing, as Python's None");
+    assert_eq!(
+        xcom(&home, "ctx", "imports", "return_value"),
+        Some(serde_json::json!("4 3 * * *")),
+        "a module the file imported"
+    );
     let log = home.log("ctx", run_id, "a");
     assert!(log.contains("hello from a on 2024-03-05"), "{log}");
     assert!(log.contains("Done. Returned value was: 126"), "{log}");
@@ -316,4 +323,29 @@ fn a_runaway_closure_does_not_stall_the_scheduler() {
     });
     let log = home.log("spin", &spin_run, "forever");
     assert!(log.contains("the closure ran longer than its 0:00:20 limit"), "{log}");
+}
+
+#[test]
+fn tasks_test_runs_a_closure_without_a_database_and_masks_secrets() {
+    let dag = format!(
+        r#"let dag = DAG("tt", #{{ {MANUAL} }});
+        let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| 2 + 3 }});
+        let b = RhaiOperator(#{{ task_id: "b", callable: |ctx| {{
+            ctx.log(`using ${{ctx.var("api_token")}}`);
+            throw `auth failed with ${{ctx.var("api_token")}}`;
+        }} }});"#
+    );
+    let home = Home::new(&[("tt.rhai", &dag)]);
+    std::fs::write(home.path().join("rhaiflow.toml"), "[variables]\napi_token = \"s3cr3t-value-xyz\"\n").unwrap();
+    let o = home.run(&["tasks", "test", "tt", "a", "2024-01-02"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("[rhaiflow] return_value: 5"), "{out}");
+    assert!(!home.path().join("rhaiflow.db").exists(), "tasks test needs no database");
+    let o = home.run(&["tasks", "test", "tt", "b", "2024-01-02"]);
+    let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("using ***"), "{all}");
+    assert!(all.contains("tt.rhai:5:13: error thrown: auth failed with ***"), "{all}");
+    assert!(!all.contains("s3cr3t-value-xyz"), "{all}");
 }

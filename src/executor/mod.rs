@@ -268,8 +268,8 @@ pub async fn log_line(path: &Path, text: &str) {
         let stamp = capture::stamp();
         let lines: String = text.lines().map(|line| format!("{stamp}{line}\n")).collect();
         let _ = f.write_all(lines.as_bytes()).await;
-        // tokio writes on a blocking thread: without a flush the line may land after a reader
-        // (`tasks test` printing the log) has looked.
+        // tokio's `File` writes in the background: without this the line may land after the
+        // next one, or after a reader (`tasks test`) looked.
         let _ = f.flush().await;
     }
 }

@@ -72,6 +72,7 @@ pub async fn call(
     args: Vec<CallArg>,
 ) -> Result<serde_json::Value, ScriptFailure> {
     let run = run.clone();
+    let settings = run.env.settings.clone();
     let call = ClosureCall { callback: callback.clone(), args, timeout: timeout(&run) };
     let handle = tokio::runtime::Handle::current();
     let joined = tokio::task::spawn_blocking(move || {
@@ -88,12 +89,14 @@ pub async fn call(
         run.env.scripts.call(&run.task.run.version_hash, &load, call, services)
     })
     .await;
-    joined.unwrap_or_else(|_| {
+    let result = joined.unwrap_or_else(|_| {
         Err(ScriptFailure {
             message: "internal error while calling the closure (a bug in rhaiflow)".into(),
             position: None,
         })
-    })
+    });
+    // A message may quote a URL or a value built from a secret variable; it goes to logs and alerts.
+    result.map_err(|f| ScriptFailure { message: super::mask_secrets(&f.message, &settings), ..f })
 }
 
 /// What a closure of one try may reach.

@@ -484,11 +484,18 @@ async fn send(run: &TaskRun, request: Request) -> Result<Response, String> {
     let failed = |e: reqwest::Error| request_error(&what, &e, timeout);
     let mut response = builder.send().await.map_err(failed)?;
     let status = response.status();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-        .collect();
+    // A repeated header is one value, joined with `, `, as `requests` shows it.
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in response.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
     let too_big = |bytes: u64| {
         format!("the answer to {what} is over {} ({}): too big to read", size(MAX_BODY_BYTES), size(bytes))
     };

@@ -303,15 +303,19 @@ impl FileState {
             })?,
         };
         let allowed = allowed_keys(op);
+        // `timeout` in `default_args` (a DAG's or a group's) is the sensors' (in Airflow only
+        // sensors take it), never an `HttpOperator`'s request timeout.
+        let fill: Vec<super::args::KeySpec> =
+            allowed.iter().filter(|(k, _)| op.sensor || *k != "timeout").copied().collect();
         let task_id =
             args.str("task_id").ok_or_else(|| ScriptError::new(format!("`{}` needs a `task_id`", op.name)))?;
         check_id("task_id", &task_id)?;
         let task_id = match group {
-            Some(g) => self.apply_group(g, dag_idx, &task_id, &mut args, &allowed)?,
+            Some(g) => self.apply_group(g, dag_idx, &task_id, &mut args, &fill)?,
             None => task_id,
         };
         let defaults = self.dags[dag_idx].default_args.clone();
-        args.fill_from(&defaults, &allowed);
+        args.fill_from(&defaults, &fill);
         for key in op.required {
             let alias_given = *key == "callable" && args.given("python_callable");
             if !args.given(key) && !alias_given {

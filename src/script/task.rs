@@ -143,6 +143,27 @@ struct Compiled {
     program: Arc<ScriptProgram>,
     /// Parameters each closure declares (its captured variables not counted), by callback id.
     arity: HashMap<String, usize>,
+    /// The file's top-level `import "path" as alias;`: a closure calling `alias::f` finds them.
+    imports: Vec<(ImmutableString, ImmutableString)>,
+}
+
+/// Calls a closure as `FnPtr::call` does, with the file's top-level imports in scope (a later
+/// call has no trace of the evaluation that imported them; the stdlib modules are static, so
+/// resolving them again is a lookup).
+fn call_closure(
+    engine: &Engine,
+    compiled: &Compiled,
+    fn_ptr: &rhai::FnPtr,
+    mut args: Vec<Dynamic>,
+) -> RhaiResult<Dynamic> {
+    let mut global = engine.new_global_runtime_state();
+    global.lib.push(compiled.program.ast.shared_lib().clone());
+    for (alias, path) in &compiled.imports {
+        let module = engine.module_resolver().resolve(engine, None, path, rhai::Position::NONE)?;
+        global.push_import(alias.clone(), module);
+    }
+    let ctx = NativeCallContext::new_with_all_fields(engine, fn_ptr.fn_name(), None, &global, rhai::Position::NONE);
+    fn_ptr.call_raw(&ctx, None, args.as_mut_slice())
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Compiled>, ScriptFailure>>>;
@@ -234,7 +255,7 @@ impl TaskScripts {
             engine.memory_base.store(memory::live_bytes(), Ordering::Relaxed);
             engine.deadline.store(deadline_ns, Ordering::Relaxed);
             engine.engine.set_default_tag(Dynamic::from(cell));
-            let r = fn_ptr.call::<Dynamic>(&engine.engine, &compiled.program.ast, args);
+            let r = call_closure(&engine.engine, &compiled, &fn_ptr, args);
             engine.engine.set_default_tag(Dynamic::UNIT);
             engine.deadline.store(u64::MAX, Ordering::Relaxed);
             r
@@ -347,7 +368,19 @@ fn compile_info(file: String, program: Arc<ScriptProgram>) -> Compiled {
             Some((id.clone(), declared.saturating_sub(f.curry().len())))
         })
         .collect();
-    Compiled { file, program, arity }
+    let imports = program
+        .ast
+        .statements()
+        .iter()
+        .filter_map(|stmt| match stmt {
+            rhai::Stmt::Import(import, _) => match &import.0 {
+                rhai::Expr::StringConstant(path, _) => Some((import.1.name.clone(), path.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    Compiled { file, program, arity, imports }
 }
 
 fn evict(cache: &mut VersionCache) {
@@ -716,4 +749,45 @@ pub(super) fn register(engine: &mut Engine) {
         http_call(&ctx, "POST", url, Some(body), Some(opts))
     });
     engine.register_static_module("http", http.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_through_rhai_values() {
+        let value = serde_json::json!({"a": [1, 2.5, null, true, "x"], "b": {"c": -3}});
+        assert_eq!(to_json(&from_json(&value), "v"), Ok(value));
+    }
+
+    #[test]
+    fn values_without_a_json_form_are_named_by_their_place() {
+        let mut map = Map::new();
+        map.insert("f".into(), Dynamic::from(rhai::FnPtr::new("x").unwrap()));
+        let value = Dynamic::from_array(vec![Dynamic::from_map(map)]);
+        assert_eq!(to_json(&value, "v"), Err("v[0].f is a function, which has no JSON form".to_string()));
+        assert_eq!(to_json(&Dynamic::from_float(FLOAT::NAN), "v"), Err("v is NaN, which JSON cannot hold".to_string()));
+    }
+
+    #[test]
+    fn a_source_hash_covers_the_file_name_and_the_text() {
+        let text: Arc<str> = Arc::from("let x = 1;");
+        let a = VersionSource::new("a.rhai", text.clone());
+        assert_eq!(a.hash, VersionSource::new("a.rhai", text.clone()).hash);
+        assert_ne!(a.hash, VersionSource::new("b.rhai", text).hash);
+        assert_ne!(a.hash, VersionSource::new("a.rhai", Arc::from("let x = 2;")).hash);
+    }
+
+    #[test]
+    fn the_version_cache_keeps_the_most_recently_used() {
+        let mut cache = VersionCache { entries: HashMap::new(), tick: 0 };
+        for i in 0..=VERSION_CACHE as u64 {
+            cache.entries.insert(format!("v{i}"), (Arc::new(OnceLock::new()), i + 1));
+        }
+        cache.entries.get_mut("v0").unwrap().1 = 10_000;
+        evict(&mut cache);
+        assert_eq!(cache.entries.len(), VERSION_CACHE);
+        assert!(cache.entries.contains_key("v0") && !cache.entries.contains_key("v1"));
+    }
 }
