@@ -36,6 +36,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
         fn double(x) {{ x * 2 }}
         let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| {{
             ctx.log(`hello from ${{ctx.task_id}} on ${{ctx.ds}}`);
+            print("printed too");
             ctx.ti.xcom_push("side", #{{ n: 7 }});
             double(21) * factor
         }} }});
@@ -82,6 +83,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
     );
     let log = home.log("ctx", run_id, "a");
     assert!(log.contains("hello from a on 2024-03-05"), "{log}");
+    assert!(log.contains("printed too"), "`print` in a task closure goes to the task's log: {log}");
     assert!(log.contains("Done. Returned value was: 126"), "{log}");
 }
 

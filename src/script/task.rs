@@ -147,6 +147,41 @@ struct Compiled {
     imports: Vec<(ImmutableString, ImmutableString)>,
 }
 
+thread_local! {
+    /// The services of the closure running on this thread, for `print` (engine-wide callback).
+    static PRINTING: std::cell::RefCell<Option<Arc<dyn TaskServices>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, `print` and `debug` on this thread go to the task's log (as Python's `print` in
+/// an Airflow task does).
+struct PrintTo;
+
+impl PrintTo {
+    fn task(services: Arc<dyn TaskServices>) -> PrintTo {
+        PRINTING.with(|p| *p.borrow_mut() = Some(services));
+        PrintTo
+    }
+}
+
+impl Drop for PrintTo {
+    fn drop(&mut self) {
+        PRINTING.with(|p| *p.borrow_mut() = None);
+    }
+}
+
+/// Writes `text` to the log of the task whose closure runs on this thread; `false` when none does
+/// (a DAG file being parsed: its `print` goes to rhaiflow's trace log).
+pub(super) fn print_to_task(text: &str) -> bool {
+    let services = PRINTING.with(|p| p.borrow().clone());
+    match services {
+        Some(s) => {
+            s.log(text);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Calls a closure as `FnPtr::call` does, with the file's top-level imports in scope (a later
 /// call has no trace of the evaluation that imported them; the stdlib modules are static, so
 /// resolving them again is a lookup).
@@ -254,6 +289,7 @@ impl TaskScripts {
             );
             engine.memory_base.store(memory::live_bytes(), Ordering::Relaxed);
             engine.deadline.store(deadline_ns, Ordering::Relaxed);
+            let _printing = PrintTo::task(cell.services.clone());
             engine.engine.set_default_tag(Dynamic::from(cell));
             let r = call_closure(&engine.engine, &compiled, &fn_ptr, args);
             engine.engine.set_default_tag(Dynamic::UNIT);
