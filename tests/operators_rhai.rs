@@ -250,7 +250,7 @@ RhaiOperator(#{{ task_id: "shape", callable: |ctx| json::stringify(json::parse("
     assert_eq!(state_of("slow"), "failed");
     assert!(out.contains("/slow: no answer within 0.3 s"), "{out}");
     assert_eq!(state_of("bad"), "failed");
-    assert!(out.contains("json::parse: not JSON"), "{out}");
+    assert!(out.contains("api.rhai:21:11: json::parse: not JSON"), "errors of natives are placed at their call: {out}");
 }
 
 #[test]

@@ -606,6 +606,16 @@ fn member(map: &Map, name: &str, of: &str) -> RhaiResult<Dynamic> {
     })
 }
 
+/// An error of a native, placed at its call in the closure (Rhai leaves natives' errors unplaced).
+fn at<T>(ctx: &NativeCallContext, r: RhaiResult<T>) -> RhaiResult<T> {
+    r.map_err(|mut e| {
+        if e.position().is_none() {
+            e.set_position(ctx.call_position());
+        }
+        e
+    })
+}
+
 fn cell(ctx: &NativeCallContext, what: &str) -> RhaiResult<TaskCell> {
     ctx.tag().and_then(|t| t.clone().try_cast::<TaskCell>()).ok_or_else(|| {
         ScriptError::new(format!("`{what}` is only available inside a task's closure, not while a DAG file is parsed"))
@@ -614,6 +624,10 @@ fn cell(ctx: &NativeCallContext, what: &str) -> RhaiResult<TaskCell> {
 }
 
 fn pull(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiResult<Dynamic> {
+    at(ctx, pull_raw(ctx, ti, task_id, key))
+}
+
+fn pull_raw(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiResult<Dynamic> {
     let cell = cell(ctx, "ti.xcom_pull")?;
     let _ = ti;
     let value = cell.services.xcom_pull(task_id, key).map_err(|e| ScriptError::new(format!("xcom_pull: {e}")))?;
@@ -621,12 +635,20 @@ fn pull(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiR
 }
 
 fn push(ctx: &NativeCallContext, key: &str, value: &Dynamic) -> RhaiResult<()> {
+    at(ctx, push_raw(ctx, key, value))
+}
+
+fn push_raw(ctx: &NativeCallContext, key: &str, value: &Dynamic) -> RhaiResult<()> {
     let cell = cell(ctx, "ti.xcom_push")?;
     let json = to_json(value, &format!("the XCom `{key}`")).map_err(ScriptError::new)?;
     cell.services.xcom_push(key, json).map_err(|e| ScriptError::new(format!("xcom_push: {e}")).into())
 }
 
 fn variable(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
+    at(ctx, variable_raw(ctx, name, default))
+}
+
+fn variable_raw(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
     let cell = cell(ctx, "ctx.var")?;
     match (cell.services.variable(name), default) {
         (Some(v), _) => Ok(Dynamic::from(ImmutableString::from(v))),
@@ -639,6 +661,10 @@ fn variable(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> Rh
 }
 
 fn log_value(ctx: &NativeCallContext, value: &Dynamic) -> RhaiResult<()> {
+    at(ctx, log_value_raw(ctx, value))
+}
+
+fn log_value_raw(ctx: &NativeCallContext, value: &Dynamic) -> RhaiResult<()> {
     let cell = cell(ctx, "ctx.log")?;
     let text = if value.is_string() { value.clone().into_string().unwrap_or_default() } else { value.to_string() };
     cell.services.log(&text);
@@ -666,6 +692,16 @@ fn seconds(value: &Dynamic) -> Option<Duration> {
 }
 
 fn http_call(
+    ctx: &NativeCallContext,
+    method: &str,
+    url: &str,
+    body: Option<Dynamic>,
+    opts: Option<Map>,
+) -> RhaiResult<Map> {
+    at(ctx, http_call_raw(ctx, method, url, body, opts))
+}
+
+fn http_call_raw(
     ctx: &NativeCallContext,
     method: &str,
     url: &str,
@@ -768,9 +804,11 @@ pub(super) fn register(engine: &mut Engine) {
     });
 
     let mut json = Module::new();
-    json.set_native_fn("parse", |text: &str| json_parse(text));
-    json.set_native_fn("stringify", |value: Dynamic| json_stringify(&value, false));
-    json.set_native_fn("stringify", |value: Dynamic, pretty: bool| json_stringify(&value, pretty));
+    json.set_native_fn("parse", |ctx: NativeCallContext, text: &str| at(&ctx, json_parse(text)));
+    json.set_native_fn("stringify", |ctx: NativeCallContext, value: Dynamic| at(&ctx, json_stringify(&value, false)));
+    json.set_native_fn("stringify", |ctx: NativeCallContext, value: Dynamic, pretty: bool| {
+        at(&ctx, json_stringify(&value, pretty))
+    });
     engine.register_static_module("json", json.into());
 
     let mut http = Module::new();
