@@ -351,3 +351,29 @@ fn tasks_test_runs_a_closure_without_a_database_and_masks_secrets() {
     assert!(all.contains("tt.rhai:5:13: error thrown: auth failed with ***"), "{all}");
     assert!(!all.contains("s3cr3t-value-xyz"), "{all}");
 }
+
+#[test]
+fn bad_arguments_are_named_where_they_are_written() {
+    let dag = format!(
+        r#"let dag = DAG("args", #{{ {MANUAL} }});
+RhaiOperator(#{{ task_id: "a", callable: |ctx| 1, op_args: "not a list" }});
+RhaiOperator(#{{ task_id: "b", callable: |ctx| 1, op_kwargs: [1] }});"#
+    );
+    let home = Home::new(&[("args.rhai", &dag)]);
+    let o = home.run(&["dags", "check"]);
+    let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("`op_args` must be an array"), "{all}");
+    assert!(all.contains("args.rhai:2:"), "{all}");
+    assert!(all.contains("`op_kwargs` must be a map"), "{all}");
+
+    let dag = format!(
+        r#"let dag = DAG("arity", #{{ {MANUAL} }});
+RhaiOperator(#{{ task_id: "greedy", callable: |ctx, args, kwargs, more| 1 }});"#
+    );
+    let home = Home::new(&[("arity.rhai", &dag)]);
+    let o = home.run(&["dags", "test", "arity", "2024-01-02"]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("the closure given as `callable` takes 4 parameters; it is given at most 3"), "{out}");
+}

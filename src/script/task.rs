@@ -265,14 +265,16 @@ impl TaskScripts {
         let id = &call.callback.0;
         let Some(fn_ptr) = compiled.program.callbacks.get(id).cloned() else {
             return Err(ScriptFailure::new(format!(
-                "the closure `{id}` is not in this DAG version's file `{}` (was it declared conditionally?)",
+                "the closure given as {} is not in this DAG version's file `{}` (was it declared conditionally?)",
+                field_of(id),
                 compiled.file
             )));
         };
         let wanted = compiled.arity.get(id).copied().unwrap_or(call.args.len());
         if wanted > call.args.len() {
             return Err(ScriptFailure::new(format!(
-                "the closure `{id}` takes {wanted} parameters; it is given at most {}",
+                "the closure given as {} takes {wanted} parameters; it is given at most {}",
+                field_of(id),
                 call.args.len()
             )));
         }
@@ -391,6 +393,15 @@ impl TaskScripts {
                 )))
             }
         }
+    }
+}
+
+/// `callable` of `dag.task.callable#anon$…`, for messages.
+fn field_of(id: &str) -> String {
+    let named = id.split('#').next().unwrap_or(id);
+    match named.rsplit_once('.') {
+        Some((_, field)) => format!("`{field}`"),
+        None => format!("`{named}`"),
     }
 }
 
