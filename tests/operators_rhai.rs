@@ -36,6 +36,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
         fn double(x) {{ x * 2 }}
         let a = RhaiOperator(#{{ task_id: "a", callable: |ctx| {{
             ctx.log(`hello from ${{ctx.task_id}} on ${{ctx.ds}}`);
+            print("printed too");
             ctx.ti.xcom_push("side", #{{ n: 7 }});
             double(21) * factor
         }} }});
@@ -82,6 +83,7 @@ fn closures_get_their_context_return_values_and_pass_xcoms() {
     );
     let log = home.log("ctx", run_id, "a");
     assert!(log.contains("hello from a on 2024-03-05"), "{log}");
+    assert!(log.contains("printed too"), "`print` in a task closure goes to the task's log: {log}");
     assert!(log.contains("Done. Returned value was: 126"), "{log}");
 }
 
@@ -248,7 +250,7 @@ RhaiOperator(#{{ task_id: "shape", callable: |ctx| json::stringify(json::parse("
     assert_eq!(state_of("slow"), "failed");
     assert!(out.contains("/slow: no answer within 0.3 s"), "{out}");
     assert_eq!(state_of("bad"), "failed");
-    assert!(out.contains("json::parse: not JSON"), "{out}");
+    assert!(out.contains("api.rhai:21:11: json::parse: not JSON"), "errors of natives are placed at their call: {out}");
 }
 
 #[test]
@@ -348,4 +350,30 @@ fn tasks_test_runs_a_closure_without_a_database_and_masks_secrets() {
     assert!(all.contains("using ***"), "{all}");
     assert!(all.contains("tt.rhai:5:13: error thrown: auth failed with ***"), "{all}");
     assert!(!all.contains("s3cr3t-value-xyz"), "{all}");
+}
+
+#[test]
+fn bad_arguments_are_named_where_they_are_written() {
+    let dag = format!(
+        r#"let dag = DAG("args", #{{ {MANUAL} }});
+RhaiOperator(#{{ task_id: "a", callable: |ctx| 1, op_args: "not a list" }});
+RhaiOperator(#{{ task_id: "b", callable: |ctx| 1, op_kwargs: [1] }});"#
+    );
+    let home = Home::new(&[("args.rhai", &dag)]);
+    let o = home.run(&["dags", "check"]);
+    let all = format!("{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("`op_args` must be an array"), "{all}");
+    assert!(all.contains("args.rhai:2:"), "{all}");
+    assert!(all.contains("`op_kwargs` must be a map"), "{all}");
+
+    let dag = format!(
+        r#"let dag = DAG("arity", #{{ {MANUAL} }});
+RhaiOperator(#{{ task_id: "greedy", callable: |ctx, args, kwargs, more| 1 }});"#
+    );
+    let home = Home::new(&[("arity.rhai", &dag)]);
+    let o = home.run(&["dags", "test", "arity", "2024-01-02"]);
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("the closure given as `callable` takes 4 parameters; it is given at most 3"), "{out}");
 }

@@ -158,8 +158,16 @@ impl ScriptHost {
         // Sandbox: no `eval` of strings, no file imports, output goes to the trace log.
         engine.disable_symbol("eval");
         engine.set_module_resolver(self.modules.clone());
-        engine.on_print(|text| tracing::debug!(target: "rhaiflow::dag_file", "{text}"));
-        engine.on_debug(|text, _, pos| tracing::debug!(target: "rhaiflow::dag_file", "{pos:?} {text}"));
+        engine.on_print(|text| {
+            if !task::print_to_task(text) {
+                tracing::debug!(target: "rhaiflow::dag_file", "{text}");
+            }
+        });
+        engine.on_debug(|text, _, pos| {
+            if !task::print_to_task(text) {
+                tracing::debug!(target: "rhaiflow::dag_file", "{pos:?} {text}");
+            }
+        });
         api::register(&mut engine);
         values::register(&mut engine);
         sandbox::register(&mut engine);

@@ -147,6 +147,41 @@ struct Compiled {
     imports: Vec<(ImmutableString, ImmutableString)>,
 }
 
+thread_local! {
+    /// The services of the closure running on this thread, for `print` (engine-wide callback).
+    static PRINTING: std::cell::RefCell<Option<Arc<dyn TaskServices>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, `print` and `debug` on this thread go to the task's log (as Python's `print` in
+/// an Airflow task does).
+struct PrintTo;
+
+impl PrintTo {
+    fn task(services: Arc<dyn TaskServices>) -> PrintTo {
+        PRINTING.with(|p| *p.borrow_mut() = Some(services));
+        PrintTo
+    }
+}
+
+impl Drop for PrintTo {
+    fn drop(&mut self) {
+        PRINTING.with(|p| *p.borrow_mut() = None);
+    }
+}
+
+/// Writes `text` to the log of the task whose closure runs on this thread; `false` when none does
+/// (a DAG file being parsed: its `print` goes to rhaiflow's trace log).
+pub(super) fn print_to_task(text: &str) -> bool {
+    let services = PRINTING.with(|p| p.borrow().clone());
+    match services {
+        Some(s) => {
+            s.log(text);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Calls a closure as `FnPtr::call` does, with the file's top-level imports in scope (a later
 /// call has no trace of the evaluation that imported them; the stdlib modules are static, so
 /// resolving them again is a lookup).
@@ -230,14 +265,16 @@ impl TaskScripts {
         let id = &call.callback.0;
         let Some(fn_ptr) = compiled.program.callbacks.get(id).cloned() else {
             return Err(ScriptFailure::new(format!(
-                "the closure `{id}` is not in this DAG version's file `{}` (was it declared conditionally?)",
+                "the closure given as {} is not in this DAG version's file `{}` (was it declared conditionally?)",
+                field_of(id),
                 compiled.file
             )));
         };
         let wanted = compiled.arity.get(id).copied().unwrap_or(call.args.len());
         if wanted > call.args.len() {
             return Err(ScriptFailure::new(format!(
-                "the closure `{id}` takes {wanted} parameters; it is given at most {}",
+                "the closure given as {} takes {wanted} parameters; it is given at most {}",
+                field_of(id),
                 call.args.len()
             )));
         }
@@ -254,6 +291,7 @@ impl TaskScripts {
             );
             engine.memory_base.store(memory::live_bytes(), Ordering::Relaxed);
             engine.deadline.store(deadline_ns, Ordering::Relaxed);
+            let _printing = PrintTo::task(cell.services.clone());
             engine.engine.set_default_tag(Dynamic::from(cell));
             let r = call_closure(&engine.engine, &compiled, &fn_ptr, args);
             engine.engine.set_default_tag(Dynamic::UNIT);
@@ -355,6 +393,15 @@ impl TaskScripts {
                 )))
             }
         }
+    }
+}
+
+/// `callable` of `dag.task.callable#anon$…`, for messages.
+fn field_of(id: &str) -> String {
+    let named = id.split('#').next().unwrap_or(id);
+    match named.rsplit_once('.') {
+        Some((_, field)) => format!("`{field}`"),
+        None => format!("`{named}`"),
     }
 }
 
@@ -570,6 +617,16 @@ fn member(map: &Map, name: &str, of: &str) -> RhaiResult<Dynamic> {
     })
 }
 
+/// An error of a native, placed at its call in the closure (Rhai leaves natives' errors unplaced).
+fn at<T>(ctx: &NativeCallContext, r: RhaiResult<T>) -> RhaiResult<T> {
+    r.map_err(|mut e| {
+        if e.position().is_none() {
+            e.set_position(ctx.call_position());
+        }
+        e
+    })
+}
+
 fn cell(ctx: &NativeCallContext, what: &str) -> RhaiResult<TaskCell> {
     ctx.tag().and_then(|t| t.clone().try_cast::<TaskCell>()).ok_or_else(|| {
         ScriptError::new(format!("`{what}` is only available inside a task's closure, not while a DAG file is parsed"))
@@ -578,6 +635,10 @@ fn cell(ctx: &NativeCallContext, what: &str) -> RhaiResult<TaskCell> {
 }
 
 fn pull(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiResult<Dynamic> {
+    at(ctx, pull_raw(ctx, ti, task_id, key))
+}
+
+fn pull_raw(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiResult<Dynamic> {
     let cell = cell(ctx, "ti.xcom_pull")?;
     let _ = ti;
     let value = cell.services.xcom_pull(task_id, key).map_err(|e| ScriptError::new(format!("xcom_pull: {e}")))?;
@@ -585,12 +646,20 @@ fn pull(ctx: &NativeCallContext, ti: &TaskTi, task_id: &str, key: &str) -> RhaiR
 }
 
 fn push(ctx: &NativeCallContext, key: &str, value: &Dynamic) -> RhaiResult<()> {
+    at(ctx, push_raw(ctx, key, value))
+}
+
+fn push_raw(ctx: &NativeCallContext, key: &str, value: &Dynamic) -> RhaiResult<()> {
     let cell = cell(ctx, "ti.xcom_push")?;
     let json = to_json(value, &format!("the XCom `{key}`")).map_err(ScriptError::new)?;
     cell.services.xcom_push(key, json).map_err(|e| ScriptError::new(format!("xcom_push: {e}")).into())
 }
 
 fn variable(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
+    at(ctx, variable_raw(ctx, name, default))
+}
+
+fn variable_raw(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> RhaiResult<Dynamic> {
     let cell = cell(ctx, "ctx.var")?;
     match (cell.services.variable(name), default) {
         (Some(v), _) => Ok(Dynamic::from(ImmutableString::from(v))),
@@ -603,6 +672,10 @@ fn variable(ctx: &NativeCallContext, name: &str, default: Option<Dynamic>) -> Rh
 }
 
 fn log_value(ctx: &NativeCallContext, value: &Dynamic) -> RhaiResult<()> {
+    at(ctx, log_value_raw(ctx, value))
+}
+
+fn log_value_raw(ctx: &NativeCallContext, value: &Dynamic) -> RhaiResult<()> {
     let cell = cell(ctx, "ctx.log")?;
     let text = if value.is_string() { value.clone().into_string().unwrap_or_default() } else { value.to_string() };
     cell.services.log(&text);
@@ -630,6 +703,16 @@ fn seconds(value: &Dynamic) -> Option<Duration> {
 }
 
 fn http_call(
+    ctx: &NativeCallContext,
+    method: &str,
+    url: &str,
+    body: Option<Dynamic>,
+    opts: Option<Map>,
+) -> RhaiResult<Map> {
+    at(ctx, http_call_raw(ctx, method, url, body, opts))
+}
+
+fn http_call_raw(
     ctx: &NativeCallContext,
     method: &str,
     url: &str,
@@ -732,9 +815,11 @@ pub(super) fn register(engine: &mut Engine) {
     });
 
     let mut json = Module::new();
-    json.set_native_fn("parse", |text: &str| json_parse(text));
-    json.set_native_fn("stringify", |value: Dynamic| json_stringify(&value, false));
-    json.set_native_fn("stringify", |value: Dynamic, pretty: bool| json_stringify(&value, pretty));
+    json.set_native_fn("parse", |ctx: NativeCallContext, text: &str| at(&ctx, json_parse(text)));
+    json.set_native_fn("stringify", |ctx: NativeCallContext, value: Dynamic| at(&ctx, json_stringify(&value, false)));
+    json.set_native_fn("stringify", |ctx: NativeCallContext, value: Dynamic, pretty: bool| {
+        at(&ctx, json_stringify(&value, pretty))
+    });
     engine.register_static_module("json", json.into());
 
     let mut http = Module::new();
