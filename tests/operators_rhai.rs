@@ -377,3 +377,57 @@ RhaiOperator(#{{ task_id: "greedy", callable: |ctx, args, kwargs, more| 1 }});"#
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("the closure given as `callable` takes 4 parameters; it is given at most 3"), "{out}");
 }
+
+/// A quick closure's log is kept in the store with its outcome (no file, no folder per try); one
+/// that runs on is written to its file, where its lines can be read while it runs; either way
+/// `tasks logs` shows the whole log, and `dags test` shows a failed quick try's last lines.
+#[test]
+fn quick_tries_log_to_the_store_and_long_ones_to_their_file() {
+    let dag = format!(
+        r#"let dag = DAG("logs", #{{ {MANUAL} }});
+        let quick = RhaiOperator(#{{ task_id: "quick", callable: |ctx| {{ ctx.log("quick line"); 1 }} }});
+        let slow = RhaiOperator(#{{ task_id: "slow", callable: |ctx| {{
+            ctx.log("slow starts");
+            let t = timestamp();
+            while t.elapsed < 4.0 {{ }}
+            ctx.log("slow ends");
+            2
+        }} }});
+        let bad = RhaiOperator(#{{ task_id: "bad", callable: |ctx| {{ ctx.log("about to throw"); throw "quick failure" }} }});
+        quick >> slow;"#
+    );
+    let home = Home::new(&[("logs.rhai", &dag)]);
+    let mut cmd = home.command(&["scheduler"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let _scheduler = common::Running(Some(cmd.spawn().unwrap()));
+    assert!(home.run(&["dags", "unpause", "logs"]).status.success());
+    assert!(home.run(&["dags", "trigger", "logs"]).status.success());
+    let run_id = wait_until("the run", || Some(home.runs("logs").first()?["run_id"].as_str()?.to_string()));
+    let folder = |task: &str| home.path().join(format!("logs/dag_id=logs/run_id={run_id}/task_id={task}"));
+    // The slow try's first line is readable while it runs (after the moment it is kept in memory).
+    wait_until("the slow closure's first line in its file", || {
+        let running = state(&home, "logs", &run_id, "slow") == "running";
+        (running && home.log("logs", &run_id, "slow").contains("slow starts")).then_some(())
+    });
+    assert!(folder("slow").join("attempt=1.log").exists(), "a try that runs on writes its file");
+    wait_until("the run to end", || (home.runs("logs")[0]["state"] != "running").then_some(()));
+
+    let quick = home.log("logs", &run_id, "quick");
+    assert!(quick.contains("try 1 of 1") && quick.contains("quick line"), "{quick}");
+    assert!(quick.contains("Marking task as SUCCESS"), "{quick}");
+    assert!(!folder("quick").exists(), "a quick try makes no log file or folder");
+    let slow = home.log("logs", &run_id, "slow");
+    let order: Vec<usize> = ["try 1 of 1", "slow starts", "slow ends", "Marking task as SUCCESS"]
+        .iter()
+        .map(|line| slow.find(line).unwrap_or_else(|| panic!("`{line}` in {slow}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {slow}");
+    let bad = home.log("logs", &run_id, "bad");
+    assert!(bad.contains("about to throw") && bad.contains("quick failure"), "{bad}");
+
+    // `dags test` shows the failed quick try's last lines from the store.
+    let o = home.run(&["dags", "test", "logs", "2024-02-02"]);
+    let out = stdout(&o);
+    assert!(out.contains("about to throw") && out.contains("quick failure"), "{out}");
+    assert!(out.contains("log: rhaiflow tasks logs logs"), "where to read the whole log: {out}");
+}

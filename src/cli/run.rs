@@ -74,6 +74,7 @@ pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
     let mut spec = None;
     let settings = ctx.app.worker_settings();
     let tail = args.verbose.then(LogTail::start);
+    let tail_store: std::cell::OnceCell<Option<crate::store::Store>> = std::cell::OnceCell::new();
     let (run, final_state) = ctx.app.test_dag(&req, ctx.now, &mut |p| match p {
         Progress::RunCreated(run) => {
             println!("dags test {dag_id}: run {} (logical date {})", run.run_id, fmt_time(&run.logical_date))
@@ -81,12 +82,17 @@ pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
         Progress::Started(key, try_number) => {
             println!("  {:<24} running (try {try_number})", key.task_id);
             if let Some(tail) = &tail {
-                tail.follow(&key.task_id, settings.log_path(key, try_number));
+                tail.follow(&key.task_id, try_number, settings.log_path(key, try_number));
             }
         }
         Progress::Finished(key, state, duration) => {
             if let Some(tail) = &tail {
-                tail.finish(&key.task_id);
+                // A quick in-process try's lines are in the store, written with its outcome.
+                let stored = tail_store
+                    .get_or_init(|| ctx.app.open_store().ok())
+                    .as_ref()
+                    .and_then(|s| s.read(|tx| tx.task_log(key, tail.try_of(&key.task_id))).ok().flatten());
+                tail.finish(&key.task_id, stored);
             }
             println!("  {:<24} {state} ({duration:.2}s)", key.task_id)
         }
@@ -109,7 +115,7 @@ pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
         .collect();
     println!();
     println!("{}", table::render(&["task_id", "state", "tries", "duration"], &rows));
-    print_failures(&ctx.app.worker_settings(), &tis);
+    print_failures(&ctx.app.worker_settings(), &store, &tis);
     let how = if final_state.is_finished() { final_state.to_string() } else { "interrupted".to_string() };
     println!("\nrun {} {how} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
     Ok(if final_state == DagRunState::Success { Outcome::Ok } else { Outcome::Failed })
@@ -135,11 +141,12 @@ const FAILED_LOG_LINES: usize = 20;
 
 /// For each failed task instance: the task, its try, the last lines of its log (where the reason
 /// is written) and the log's path.
-fn print_failures(settings: &crate::worker::WorkerSettings, tis: &[crate::store::TiRow]) {
+fn print_failures(settings: &crate::worker::WorkerSettings, store: &crate::store::Store, tis: &[crate::store::TiRow]) {
     for ti in tis.iter().filter(|t| t.state == crate::model::TaskState::Failed) {
         let path = settings.log_path(&ti.key, ti.try_number.max(1));
         println!("\ntask `{}` of run `{}` failed on try {}:", ti.key.task_id, ti.key.run_id, ti.try_number);
-        match last_lines(&path, FAILED_LOG_LINES) {
+        let stored = store.read(|tx| tx.task_log(&ti.key, ti.try_number.max(1))).ok().flatten();
+        match last_lines(stored.as_deref(), &path, FAILED_LOG_LINES) {
             Some(lines) if !lines.is_empty() => {
                 for line in lines {
                     println!("  | {}", crate::executor::capture::unstamped(&line));
@@ -147,20 +154,30 @@ fn print_failures(settings: &crate::worker::WorkerSettings, tis: &[crate::store:
             }
             _ => println!("  (its log is empty or missing)"),
         }
-        println!("  log: {}", path.display());
+        if path.exists() {
+            println!("  log: {}", path.display());
+        } else {
+            println!("  log: rhaiflow tasks logs {} {} {}", ti.key.dag_id, ti.key.run_id, ti.key.task_id);
+        }
     }
 }
 
-/// The last `n` lines of a file, reading at most its last 64 KiB.
-fn last_lines(path: &std::path::Path, n: usize) -> Option<Vec<String>> {
+/// The last `n` lines of a try's log (the text the store kept, then its file), reading at most
+/// the file's last 64 KiB.
+fn last_lines(stored: Option<&str>, path: &std::path::Path, n: usize) -> Option<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
     const TAIL_BYTES: u64 = 64 << 10;
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES))).ok()?;
     let mut bytes = Vec::new();
-    f.take(TAIL_BYTES).read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            let len = f.metadata().ok()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES))).ok()?;
+            f.take(TAIL_BYTES).read_to_end(&mut bytes).ok()?;
+        }
+        Err(_) if stored.is_some() => {}
+        Err(_) => return None,
+    }
+    let text = format!("{}{}", stored.unwrap_or_default(), String::from_utf8_lossy(&bytes));
     let lines: Vec<&str> = text.lines().collect();
     Some(lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect())
 }
@@ -176,6 +193,7 @@ struct LogTail {
 
 struct Followed {
     task_id: String,
+    try_number: u32,
     path: std::path::PathBuf,
     offset: u64,
     partial: Vec<u8>,
@@ -205,16 +223,34 @@ impl LogTail {
         LogTail { followed, stop, thread: Some(thread) }
     }
 
-    fn follow(&self, task_id: &str, path: std::path::PathBuf) {
+    fn follow(&self, task_id: &str, try_number: u32, path: std::path::PathBuf) {
         if let Ok(mut all) = self.followed.lock() {
-            all.push(Followed { task_id: task_id.to_string(), path, offset: 0, partial: Vec::new(), finished: false });
+            all.push(Followed {
+                task_id: task_id.to_string(),
+                try_number,
+                path,
+                offset: 0,
+                partial: Vec::new(),
+                finished: false,
+            });
         }
     }
 
-    /// The try ended: print what is left of its log now.
-    fn finish(&self, task_id: &str) {
+    /// The try of `task_id` being followed (1 when none is).
+    fn try_of(&self, task_id: &str) -> u32 {
+        let all = self.followed.lock();
+        all.ok().and_then(|all| all.iter().find(|i| i.task_id == task_id).map(|i| i.try_number)).unwrap_or(1)
+    }
+
+    /// The try ended: print what is left of its log now (`stored`: the text the store kept).
+    fn finish(&self, task_id: &str, stored: Option<String>) {
         if let Ok(mut all) = self.followed.lock() {
             for item in all.iter_mut().filter(|i| i.task_id == task_id) {
+                if let Some(text) = &stored {
+                    for line in text.lines() {
+                        println!("  [{}] {}", item.task_id, crate::executor::capture::unstamped(line));
+                    }
+                }
                 item.print_new(true);
                 item.finished = true;
             }
@@ -356,7 +392,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
         let run = Arc::new(TaskRun {
             task: task.clone(),
             ctx: crate::operators::template_context(&task, &settings, Vec::new()),
-            log_path: log_path.clone(),
+            trylog: crate::executor::try_log::TryLog::file(log_path.clone()),
             env,
             pushed: Default::default(),
         });
@@ -529,7 +565,7 @@ fn backfill_as(
     bar.finish_and_clear();
     let settings = ctx.app.worker_settings();
     for run_id in failed_runs.iter().take(MAX_FAILED_RUNS_SHOWN) {
-        print_failures(&settings, &store.read(|tx| tx.task_instances_of_run(dag_id, run_id))?);
+        print_failures(&settings, store, &store.read(|tx| tx.task_instances_of_run(dag_id, run_id))?);
     }
     if failed_runs.len() > MAX_FAILED_RUNS_SHOWN {
         println!(
@@ -716,8 +752,21 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
         return Ok(Outcome::Failed);
     }
     let path = ctx.app.worker_settings().log_path(&key, n);
+    // A quick in-process try's text is in the store (`executor::try_log`); the file holds the rest.
+    let stored = store.read(|tx| tx.task_log(&key, n))?;
+    let mut out = std::io::stdout().lock();
+    let printed = |e: std::io::Error| -> anyhow::Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return super::ClosedStdout.into();
+        }
+        anyhow::Error::new(e).context(format!("cannot print the log of try {n} at {}", path.display()))
+    };
+    if let Some(text) = &stored {
+        out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(printed)?;
+    }
     let file = match std::fs::File::open(&path) {
         Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && stored.is_some() => return Ok(Outcome::Ok),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A try writes its log's first line as it starts; only a try just claimed, or a log
             // folder cleaned by hand, has none.
@@ -731,13 +780,7 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
         Err(e) => return Err(e).with_context(|| format!("cannot read the log of try {n} at {}", path.display())),
     };
     // Streamed: a log may be as large as `[logging] max_log_bytes`.
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = std::io::copy(&mut std::io::BufReader::new(file), &mut out).and_then(|_| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            return Err(super::ClosedStdout.into());
-        }
-        return Err(e).with_context(|| format!("cannot print the log of try {n} at {}", path.display()));
-    }
+    std::io::copy(&mut std::io::BufReader::new(file), &mut out).and_then(|_| out.flush()).map_err(printed)?;
     Ok(Outcome::Ok)
 }
 

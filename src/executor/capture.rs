@@ -129,7 +129,23 @@ fn push(partial: &mut Vec<u8>, mut bytes: &[u8], ends_line: bool, cap: usize, si
 
 /// `[2026-12-03T09:47:35.123+0000] `: the prefix of every log line, Airflow's time format.
 pub fn stamp() -> String {
-    chrono::Utc::now().format("[%Y-%m-%dT%H:%M:%S%.3f%z] ").to_string()
+    stamp_at(chrono::Utc::now())
+}
+
+/// The stamp of `at` (written out by hand: `format` parses its pattern on every call, and every
+/// line of every log is stamped).
+pub fn stamp_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::{Datelike as _, Timelike as _};
+    format!(
+        "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+0000] ",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.timestamp_subsec_millis().min(999)
+    )
 }
 
 /// A log line without its stamp (for a console that shows its own context); a line without one
@@ -284,6 +300,17 @@ impl Tracker {
             bytes -= 1;
         }
         LastLine { text: Some(text), bytes }
+    }
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    #[test]
+    fn the_hand_written_stamp_is_chronos_format() {
+        for text in ["2026-12-03T09:47:35.123Z", "0999-01-02T03:04:05.006Z", "2024-02-29T23:59:59.999Z"] {
+            let at = chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc);
+            assert_eq!(super::stamp_at(at), at.format("[%Y-%m-%dT%H:%M:%S%.3f%z] ").to_string());
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod process;
 pub mod supervisor;
 pub mod template;
 pub mod template_syntax;
+pub mod try_log;
 
 pub use process::{STATUS_XATTR, STATUS_XATTR_MAX, is_same_process, process_token, read_status, status_path};
 
@@ -265,9 +266,7 @@ pub async fn log_line(path: &Path, text: &str) {
     let opened = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path);
     if let Ok(f) = opened {
         let mut f = tokio::fs::File::from_std(f);
-        let stamp = capture::stamp();
-        let lines: String = text.lines().map(|line| format!("{stamp}{line}\n")).collect();
-        let _ = f.write_all(lines.as_bytes()).await;
+        let _ = f.write_all(try_log::stamp_lines(text).as_bytes()).await;
         // tokio's `File` writes in the background: without this the line may land after the
         // next one, or after a reader (`tasks test`) looked.
         let _ = f.flush().await;

@@ -433,6 +433,26 @@ pub struct DagSpec {
     /// `Label`s on edges, sorted by upstream then downstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edge_labels: Vec<EdgeLabel>,
+    /// `owners()` joined, computed once (every try's template context shows it).
+    #[serde(skip)]
+    pub owner_memo: Memo<String>,
+}
+
+/// A value derived from the rest of its struct, computed on first use; not part of the struct's
+/// identity (always equal) nor of its serialised form.
+#[derive(Clone, Default)]
+pub struct Memo<T>(std::sync::OnceLock<T>);
+
+impl<T> PartialEq for Memo<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Memo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl DagSpec {
@@ -449,6 +469,11 @@ impl DagSpec {
             }
         }
         owners
+    }
+
+    /// The distinct owners joined with ", " (Airflow's `dag.owner`), computed once.
+    pub fn owner(&self) -> &str {
+        self.owner_memo.0.get_or_init(|| self.owners().join(", "))
     }
 
     /// The stable serialised form the version hash is taken over.

@@ -18,7 +18,7 @@ pub fn templated(operator: &Operator) -> Vec<&str> {
 }
 
 pub async fn start(run: Arc<TaskRun>) -> Start {
-    let prepared = bash_run(&run.task, &run.ctx, &run.env.settings, &run.log_path).map(|mut bash| {
+    let prepared = bash_run(&run.task, &run.ctx, &run.env.settings, run.log_path()).map(|mut bash| {
         let extra = &run.env.extra_env;
         bash.remove_env.retain(|name| !extra.iter().any(|(n, _)| n == name));
         bash.env.extend(extra.iter().cloned());

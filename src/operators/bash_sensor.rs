@@ -52,7 +52,7 @@ async fn poke(run: &TaskRun, command: String) -> Poke {
             .cloned()
             .collect(),
         cwd: None,
-        log_path: run.log_path.clone(),
+        log_path: run.log_path().to_path_buf(),
         max_log_bytes: settings.max_log_bytes,
         max_xcom_bytes: settings.max_xcom_bytes,
         // The try's `execution_timeout` bounds the whole sensor (the worker's), not each poke.
@@ -62,6 +62,8 @@ async fn poke(run: &TaskRun, command: String) -> Poke {
         masks: super::secrets(settings),
     };
     run.log(&format!("Running command: {}", bash.command)).await;
+    // The process appends to the file: what was kept in memory goes there first.
+    run.trylog.spill();
     let process = match spawn_bash(bash).await {
         Ok(p) => p,
         Err(e) => return Poke::Fail(e.to_string()),

@@ -23,7 +23,7 @@ pub fn template_context(
     let dag_attrs = serde_json::json!({
         "dag_id": dag.dag_id,
         "description": dag.description,
-        "owner": dag.owners().join(", "),
+        "owner": dag.owner(),
         "tags": dag.tags,
         "schedule_interval": dag.schedule.to_string(),
         "timezone": dag.timezone.to_string(),

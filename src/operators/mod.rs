@@ -176,16 +176,21 @@ pub struct TaskRun {
     pub task: QueuedTask,
     /// Airflow's template context, with the store reads its templates need already done.
     pub ctx: TemplateContext,
-    pub log_path: PathBuf,
+    /// Where its lines go (in memory, then the store or the file: `executor::try_log`).
+    pub trylog: crate::executor::try_log::TryLog,
     pub env: Arc<Env>,
     /// XComs pushed while running (`ti.xcom_push` from a closure), written with the outcome.
     pub pushed: Mutex<Pushed>,
 }
 
 impl TaskRun {
+    pub fn log_path(&self) -> &std::path::Path {
+        self.trylog.path()
+    }
+
     /// A line in the try's log, stamped and with secrets masked.
     pub async fn log(&self, text: &str) {
-        crate::executor::log_line(&self.log_path, &mask_secrets(text, &self.env.settings)).await;
+        self.trylog.line(&mask_secrets(text, &self.env.settings)).await;
     }
 
     pub fn push_xcom(&self, key: String, value: serde_json::Value) {

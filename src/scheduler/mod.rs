@@ -14,7 +14,7 @@ use crate::script::VersionSource;
 use crate::store::{DagRunRow, NewAlert, NewTaskInstance, Store, StoreError, TiChange, TiStateRow, Tx};
 use chrono::{DateTime, Utc};
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -517,19 +517,64 @@ impl Scheduler {
         }
         let mut dags: BTreeSet<String> = BTreeSet::new();
         let mut runs: BTreeSet<RunKey> = self.stale.drain().collect();
+        // Task instances whose state changed, by run: a run we hold a view of re-reads only those
+        // rows (a wide run's tasks finishing one by one would otherwise re-read the whole run each pass).
+        let mut tis: BTreeMap<RunKey, BTreeSet<String>> = BTreeMap::new();
         for c in tx.changes_since(self.seen_seq)? {
             self.seen_seq = self.seen_seq.max(c.seq);
-            match c.run_id {
-                Some(run_id) => runs.insert((c.dag_id, run_id)),
-                None => dags.insert(c.dag_id),
-            };
+            match (c.run_id, c.task_id) {
+                (Some(run_id), Some(task_id)) => {
+                    tis.entry((c.dag_id, run_id)).or_default().insert(task_id);
+                }
+                (Some(run_id), None) => {
+                    runs.insert((c.dag_id, run_id));
+                }
+                (None, _) => {
+                    dags.insert(c.dag_id);
+                }
+            }
         }
         for dag_id in dags {
             self.refresh_dag(tx, &dag_id, now)?;
         }
+        for (key, task_ids) in tis {
+            if !runs.contains(&key) && self.views.contains_key(&key) {
+                self.refresh_tis(tx, &key, &task_ids, now)?;
+            } else {
+                runs.insert(key);
+            }
+        }
         for key in runs {
             self.refresh_run(tx, &key, now)?;
         }
+        Ok(())
+    }
+
+    /// Some task instances of a run we hold a view of changed state: read those rows again.
+    fn refresh_tis(
+        &mut self,
+        tx: &Tx,
+        key: &RunKey,
+        task_ids: &BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) -> SchedulerResult<()> {
+        self.run_changed(&key.0, now);
+        let Some(mut view) = self.views.remove(key) else { return Ok(()) };
+        for task_id in task_ids {
+            let Some(i) = view.dag.task_index(task_id) else { continue };
+            let ti = TiKey { dag_id: key.0.clone(), run_id: key.1.clone(), task_id: task_id.clone() };
+            let row = tx.task_state(&ti)?;
+            if view.states[i] == TaskState::Scheduled {
+                self.ready.remove(&ready_key(&view.dag, &view.run, i));
+            }
+            view.states[i] = row.as_ref().map_or(TaskState::Removed, |t| t.state);
+            view.rows[i] = row;
+            if view.states[i] == TaskState::Scheduled {
+                self.ready.insert(ready_key(&view.dag, &view.run, i));
+            }
+        }
+        self.views.insert(key.clone(), view);
+        self.dirty.insert(key.clone());
         Ok(())
     }
 

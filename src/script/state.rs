@@ -869,6 +869,7 @@ impl FileState {
             tasks,
             task_groups,
             edge_labels,
+            owner_memo: Default::default(),
         };
         if let (Some(s), Some(e)) = (spec.start_date, spec.end_date)
             && e < s

@@ -181,4 +181,32 @@ CREATE TABLE dag_source (
 ALTER TABLE dag_version ADD COLUMN source_hash TEXT;
 "#,
     ),
+    (
+        6,
+        "change log names the task instance whose state changed, so a pass re-reads that one row, not its whole run",
+        r#"
+ALTER TABLE change_log ADD COLUMN task_id TEXT;
+DROP TRIGGER change_log_ti_state;
+CREATE TRIGGER change_log_ti_state AFTER UPDATE OF state ON task_instance
+    WHEN OLD.state IS NOT NEW.state
+    BEGIN INSERT INTO change_log (dag_id, run_id, task_id) VALUES (NEW.dag_id, NEW.run_id, NEW.task_id); END;
+"#,
+    ),
+    (
+        7,
+        "task_log: the log text of quick in-process tries, written with their outcome instead of a file each",
+        r#"
+CREATE TABLE task_log (
+    dag_id     TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    try_number INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    PRIMARY KEY (dag_id, run_id, task_id, try_number)
+);
+CREATE TRIGGER task_log_ti_delete AFTER DELETE ON task_instance
+    BEGIN DELETE FROM task_log
+          WHERE dag_id = OLD.dag_id AND run_id = OLD.run_id AND task_id = OLD.task_id; END;
+"#,
+    ),
 ];

@@ -4,6 +4,7 @@
 //! (`store.write(|tx| ...)`). SQLite today; the face carries no driver types so PostgreSQL can be
 //! added behind it.
 
+mod batch;
 mod context;
 mod migrations;
 mod scheduling;
@@ -18,7 +19,7 @@ use std::time::Duration;
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open database `{}`: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
@@ -93,6 +94,8 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// Connections for reads, so readers never wait on the writer (WAL lets them read meanwhile).
     readers: Arc<ReadPool>,
+    /// The writer thread that batches `write_async` calls (`batch`), started on first use.
+    writer: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<batch::Job>>>,
     path: PathBuf,
     applied_on_open: Vec<u32>,
 }
@@ -374,8 +377,13 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| open_err(&e))?;
         let readers = Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
-        let mut store =
-            Store { conn: Arc::new(Mutex::new(conn)), readers, path: path.to_path_buf(), applied_on_open: Vec::new() };
+        let mut store = Store {
+            conn: Arc::new(Mutex::new(conn)),
+            readers,
+            writer: Arc::default(),
+            path: path.to_path_buf(),
+            applied_on_open: Vec::new(),
+        };
         store.applied_on_open = store.migrate()?;
         Ok(store)
     }
@@ -469,15 +477,17 @@ impl Store {
         out
     }
 
-    /// `write` on the blocking pool, for async callers.
+    /// `write` for async callers: `f` runs on the store's writer thread, in one transaction with
+    /// the other async writes waiting at that moment (each in its own savepoint: an error from `f`
+    /// rolls back only `f`'s writes); the answer comes once that transaction is committed.
     pub async fn write_async<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Tx) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || crate::model::caught::caught(|| store.write(f)))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        let (job, answer) = batch::Job::new(f);
+        let writer = self.writer.get_or_init(|| batch::start(self.conn.clone()));
+        writer.send(job).map_err(|_| StoreError::Task("the store's writer thread is gone".into()))?;
+        answer.await.map_err(|_| StoreError::Task("the store's writer thread dropped a write".into()))?
     }
 
     /// `read` on the blocking pool, for async callers.
@@ -1072,6 +1082,28 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Appends to the stored log text of one try (`executor::try_log`).
+    pub fn append_task_log(&self, key: &TiKey, try_number: u32, text: &str) -> StoreResult<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO task_log (dag_id, run_id, task_id, try_number, text) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (dag_id, run_id, task_id, try_number) DO UPDATE SET text = text || ?5",
+            )?
+            .execute(params![key.dag_id, key.run_id, key.task_id, try_number, text])?;
+        Ok(())
+    }
+
+    /// The stored log text of one try (`None`: its log is only in its file, if anywhere).
+    pub fn task_log(&self, key: &TiKey, try_number: u32) -> StoreResult<Option<String>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT text FROM task_log WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3 AND try_number = ?4",
+            )?
+            .query_row(params![key.dag_id, key.run_id, key.task_id, try_number], |r| r.get(0))
+            .optional()?)
+    }
+
     pub fn clear_xcoms(&self, key: &TiKey) -> StoreResult<()> {
         self.tx.prepare_cached("DELETE FROM xcom WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3")?.execute([
             &key.dag_id,
@@ -1266,5 +1298,97 @@ mod tests {
         });
         assert!(result.is_err());
         assert!(store.read(|tx| tx.dag_run("d", "r1")).unwrap().is_none());
+    }
+
+    /// Async writes share a transaction (`batch`): one body's error or panic undoes only its own
+    /// writes; the others are committed and answered with their values.
+    #[test]
+    fn batched_writes_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let at = Utc::now();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let answers = runtime.block_on(async {
+            let mut handles = Vec::new();
+            for i in 0..60 {
+                let store = store.clone();
+                handles.push(tokio::spawn(async move {
+                    store
+                        .write_async(move |tx| {
+                            let at = at + chrono::Duration::seconds(i as i64);
+                            assert!(tx.insert_dag_run(&run("d", &format!("r{i}"), at))?);
+                            match i % 3 {
+                                0 => Ok(i),
+                                1 => Err(StoreError::Corrupt(format!("body {i} refuses"))),
+                                _ if i == 2 => panic!("body {i} panics"),
+                                _ => Ok(i),
+                            }
+                        })
+                        .await
+                }));
+            }
+            let mut answers = Vec::new();
+            for h in handles {
+                answers.push(h.await.unwrap());
+            }
+            answers
+        });
+        let all_kept: Vec<bool> =
+            (0..60).map(|i| store.read(|tx| tx.dag_run("d", &format!("r{i}"))).unwrap().is_some()).collect();
+        for (i, answer) in answers.iter().enumerate() {
+            let kept = all_kept[i];
+            match answer {
+                Ok(v) => {
+                    assert_eq!(*v, i);
+                    assert!(kept, "body {i} succeeded, so its run is committed");
+                }
+                Err(e) => {
+                    assert!(i % 3 == 1 || i == 2, "body {i} failed: {e}");
+                    assert!(!kept, "body {i} failed, so its run is rolled back");
+                    if i == 2 {
+                        assert!(e.to_string().contains("panicked"), "{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The change log names the task instance whose state changed, so the scheduler re-reads
+    /// only that row; and a try's stored log text is appended to, and goes with its task instance.
+    #[test]
+    fn change_log_names_the_task_and_task_logs_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let at = Utc::now();
+        let key = TiKey { dag_id: "d".into(), run_id: "r".into(), task_id: "t".into() };
+        store
+            .write(|tx| {
+                tx.insert_dag_run(&run("d", "r", at))?;
+                tx.insert_task_instances(
+                    "d",
+                    "r",
+                    &[NewTaskInstance {
+                        task_id: "t".into(),
+                        operator: "RhaiOperator".into(),
+                        priority_weight: 1,
+                        pool: "default_pool".into(),
+                        pool_slots: 1,
+                        max_tries: 0,
+                    }],
+                )
+            })
+            .unwrap();
+        let (_, seen) = store.read(|tx| tx.change_log_bounds()).unwrap();
+        store.write(|tx| tx.set_ti_state(&key, TaskState::None, TaskState::Scheduled, &TiChange::default())).unwrap();
+        let changes = store.read(|tx| tx.changes_since(seen)).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].run_id.as_deref(), changes[0].task_id.as_deref()), (Some("r"), Some("t")));
+        assert_eq!(store.read(|tx| tx.task_state(&key)).unwrap().unwrap().state, TaskState::Scheduled);
+        store.write(|tx| tx.append_task_log(&key, 1, "a\n")).unwrap();
+        store.write(|tx| tx.append_task_log(&key, 1, "b\n")).unwrap();
+        assert_eq!(store.read(|tx| tx.task_log(&key, 1)).unwrap().as_deref(), Some("a\nb\n"));
+        assert_eq!(store.read(|tx| tx.task_log(&key, 2)).unwrap(), None);
+        store.write(|tx| tx.delete_task_instances_of_run("d", "r")).unwrap();
+        assert_eq!(store.read(|tx| tx.task_log(&key, 1)).unwrap(), None);
     }
 }

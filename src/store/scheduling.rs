@@ -21,6 +21,8 @@ pub struct ChangeRow {
     pub seq: i64,
     pub dag_id: String,
     pub run_id: Option<String>,
+    /// Set when one task instance's state changed (its run is `run_id`); unset for run and DAG rows.
+    pub task_id: Option<String>,
 }
 
 impl Tx<'_> {
@@ -50,9 +52,12 @@ impl Tx<'_> {
 
     /// Change log entries after `seq`, oldest first.
     pub fn changes_since(&self, seq: i64) -> StoreResult<Vec<ChangeRow>> {
-        let mut stmt =
-            self.tx.prepare_cached("SELECT seq, dag_id, run_id FROM change_log WHERE seq > ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([seq], |r| Ok(ChangeRow { seq: r.get(0)?, dag_id: r.get(1)?, run_id: r.get(2)? }))?;
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT seq, dag_id, run_id, task_id FROM change_log WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([seq], |r| {
+            Ok(ChangeRow { seq: r.get(0)?, dag_id: r.get(1)?, run_id: r.get(2)?, task_id: r.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -118,5 +123,25 @@ impl Tx<'_> {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The scheduling view of one task instance (`None`: no such row).
+    pub fn task_state(&self, key: &TiKey) -> StoreResult<Option<TiStateRow>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT state, try_number, max_tries, next_try_at FROM task_instance
+             WHERE dag_id = ?1 AND run_id = ?2 AND task_id = ?3",
+        )?;
+        let row = stmt
+            .query_row(params![key.dag_id, key.run_id, key.task_id], |r| {
+                Ok(TiStateRow {
+                    key: key.clone(),
+                    state: parse_enum(r.get(0)?)?,
+                    try_number: r.get(1)?,
+                    max_tries: r.get(2)?,
+                    next_try_at: r.get(3)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
     }
 }

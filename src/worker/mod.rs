@@ -3,6 +3,7 @@
 //! state, XCom and alert-outbox rows — in one transaction before telling the scheduler.
 
 use crate::executor::template::{self, PrevSuccess, TemplateContext};
+use crate::executor::try_log::{TryLog, stamp_lines};
 use crate::executor::{is_same_process, kill_group, log_line, process_token, read_status};
 use crate::model::{DagSpec, Event, QueuedTask, RunInfo, TaskState, TiEvent, TiKey, retry_delay, transition};
 use crate::operators::{Env, Outcome, Start, TaskRun};
@@ -211,7 +212,7 @@ impl Worker {
                 let run = Arc::new(TaskRun {
                     task: task.clone(),
                     ctx,
-                    log_path: log_path.clone(),
+                    trylog: TryLog::buffered(log_path.clone()),
                     env: self.env.clone(),
                     pushed: Default::default(),
                 });
@@ -243,6 +244,41 @@ impl Worker {
             guard_owner: Some(self.settings.owner.clone()),
             ..TiChange::default()
         };
+        let mut header =
+            format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname);
+        let fallback;
+        let trylog = match &run {
+            Some(run) => &run.trylog,
+            None => {
+                fallback = TryLog::file(log_path.clone());
+                &fallback
+            }
+        };
+        // Work done in this process that ends within `CLAIM_AFTER` is claimed with its outcome, in
+        // one write instead of two (a wide run of quick closures is bound by those writes); longer
+        // work is claimed then, and runs on meanwhile. What this gives up: for that moment the try
+        // shows `queued`, and a try cleared or marked in that moment has already run (its outcome
+        // is not recorded), as a try cleared just after it started has.
+        let start = match start {
+            Start::Done(outcome) => {
+                trylog.line(&header).await;
+                let claim = Some(Claim { fields: claim, pushed });
+                return self.finish(&task, outcome, Vec::new(), started, trylog, claim).await;
+            }
+            Start::Later(work) => {
+                trylog.line(&header).await;
+                let mut bounded = Box::pin(bounded(&task, work));
+                tokio::select! {
+                    outcome = &mut bounded => {
+                        let pushed_by_work = run.as_ref().map(|r| r.take_pushed()).unwrap_or_default();
+                        let claim = Some(Claim { fields: claim, pushed });
+                        return self.finish(&task, outcome, pushed_by_work, started, trylog, claim).await;
+                    }
+                    () = tokio::time::sleep(CLAIM_AFTER) => Pending::Later(bounded),
+                }
+            }
+            Start::Process { process, outcome } => Pending::Process { process, outcome },
+        };
         let claim_key = key.clone();
         let claimed = self
             .store
@@ -260,22 +296,21 @@ impl Worker {
             .await;
         if !matches!(claimed, Ok(true)) {
             // Lost the race (or the store failed): the gated command never ran; take it away.
-            if let Start::Process { process, .. } = start {
+            if let Pending::Process { process, .. } = start {
                 process.abort().await;
             }
             return claimed.map(|_| ());
         }
         let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
-        let mut header =
-            format!("[rhaiflow] {} try {try_number} of {} on {}", key, task.max_tries + 1, self.settings.hostname);
-        if let Start::Process { process, .. } = &start {
+        if let Pending::Process { process, .. } = &start {
+            // A process writes its file: what a runner logged in memory goes there first.
+            trylog.spill();
             header.push('\n');
             header.push_str(&crate::operators::command_line(process.command(), &self.settings));
+            trylog.line(&header).await;
         }
-        log_line(&log_path, &header).await;
         let outcome = match start {
-            Start::Done(outcome) => outcome,
-            Start::Process { mut process, outcome } => {
+            Pending::Process { mut process, outcome } => {
                 let pgid = process.pid();
                 if let Ok(mut running) = self.running.lock() {
                     running.insert(key.clone(), pgid);
@@ -306,30 +341,28 @@ impl Worker {
                 }
                 outcome(&task, exit, &self.settings)
             }
-            Start::Later(work) => {
+            Pending::Later(bounded) => {
                 let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
-                let bounded = async {
-                    match task.task().execution_timeout {
-                        None => work.await,
-                        Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
-                        },
-                    }
+                // A try still running after a moment is written to its file, to be followed.
+                let spill = async {
+                    tokio::time::sleep(crate::executor::try_log::SPILL_AFTER.saturating_sub(CLAIM_AFTER)).await;
+                    trylog.spill();
+                    std::future::pending::<()>().await
                 };
                 let outcome = tokio::select! {
                     outcome = bounded => outcome,
                     () = stopped.notified() => {
                         Outcome::fail("the task instance is no longer running (cleared or marked meanwhile); stopped")
                     }
+                    () = spill => unreachable!("pending"),
                 };
                 heartbeat.abort();
                 self.forget_stop(&key);
                 outcome
             }
         };
-        let pushed = run.map(|r| r.take_pushed()).unwrap_or_default();
-        self.finish(&task, outcome, pushed, started, &log_path).await
+        let pushed = run.as_ref().map(|r| r.take_pushed()).unwrap_or_default();
+        self.finish(&task, outcome, pushed, started, trylog, None).await
     }
 
     /// Writes a try's outcome — state (retries with their delay), XCom, skips a branch decided,
@@ -340,8 +373,11 @@ impl Worker {
         outcome: Outcome,
         pushed: Vec<(String, serde_json::Value)>,
         started: DateTime<Utc>,
-        log_path: &std::path::Path,
+        trylog: &TryLog,
+        claim: Option<Claim>,
     ) -> Result<(), StoreError> {
+        let claiming = claim.is_some();
+        let log_path = trylog.path();
         let key = task.key.clone();
         let try_number = task.try_number;
         let finished = now();
@@ -422,9 +458,24 @@ impl Worker {
         };
         let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let restarted_in_tx = restarted.clone();
+        // A quick in-process try's log goes to the store with its outcome (`executor::try_log`).
+        let buffered = trylog.take();
+        let stored_log =
+            buffered.as_ref().map(|text| format!("{text}{}", stamp_lines(&format!("[rhaiflow] {message}"))));
+        let log_key = key.clone();
         let recorded = self
             .store
             .write_async(move |tx| {
+                if let Some(claim) = &claim {
+                    let running = transition(TaskState::Queued, TiEvent::Start).unwrap_or(TaskState::Running);
+                    if !tx.set_ti_state(&write_key, TaskState::Queued, running, &claim.fields)? {
+                        return Ok(false);
+                    }
+                    tx.clear_xcoms(&write_key)?;
+                    for (name, value) in &claim.pushed {
+                        tx.set_xcom(&write_key, name, value, started)?;
+                    }
+                }
                 if !tx.set_ti_state(&write_key, TaskState::Running, state, &change)? {
                     let Some(again) = transition(TaskState::Restarting, TiEvent::Restart) else { return Ok(false) };
                     let moved = tx.set_ti_state(&write_key, TaskState::Restarting, again, &restart)?;
@@ -455,12 +506,19 @@ impl Worker {
                 for alert in &alerts {
                     tx.insert_alert(alert, finished)?;
                 }
+                if let Some(text) = &stored_log {
+                    tx.append_task_log(&log_key, try_number, text)?;
+                }
                 Ok(true)
             })
             .await?;
         let restarted = restarted.load(std::sync::atomic::Ordering::SeqCst);
-        if !restarted {
-            log_line(log_path, &format!("[rhaiflow] {message}")).await;
+        if !recorded || buffered.is_none() {
+            // Not written with the outcome: to the file, in order.
+            crate::executor::try_log::append(log_path, &buffered.unwrap_or_default());
+            if !restarted {
+                log_line(log_path, &format!("[rhaiflow] {message}")).await;
+            }
         }
         if recorded {
             if let Some(at) = next_try_at
@@ -471,6 +529,9 @@ impl Worker {
                     next_try_at = %at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     "task up for retry"
                 );
+            }
+            if claiming {
+                let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
             }
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
         } else if restarted {
@@ -508,8 +569,8 @@ impl Worker {
                 tx.set_ti_state(&key, TaskState::Queued, running, &claim)
             })
             .await?;
-        let log_path = self.settings.log_path(&task.key, task.try_number);
-        self.finish(task, Outcome::fail(reason), Vec::new(), at, &log_path).await
+        let trylog = TryLog::file(self.settings.log_path(&task.key, task.try_number));
+        self.finish(task, Outcome::fail(reason), Vec::new(), at, &trylog, None).await
     }
 
     /// The template context, with the store reads its templates need: the run's XComs when
@@ -643,6 +704,38 @@ impl Worker {
     }
 }
 
+/// In-process work that ends within this is claimed together with its outcome (see `Worker::run`).
+const CLAIM_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The claim written with a quick try's outcome: its fields and what its templates pushed.
+struct Claim {
+    fields: TiChange,
+    pushed: Vec<(String, serde_json::Value)>,
+}
+
+/// A try not yet claimed: a gated process, or in-process work still running.
+enum Pending {
+    Process { process: Box<crate::executor::RunningBash>, outcome: crate::operators::ProcessOutcome },
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>),
+}
+
+/// In-process work bounded by the task's `execution_timeout`.
+fn bounded(
+    task: &QueuedTask,
+    work: crate::operators::BoxFuture<Outcome>,
+) -> impl std::future::Future<Output = Outcome> + Send + use<> {
+    let limit = task.task().execution_timeout;
+    async move {
+        match limit {
+            None => work.await,
+            Some(limit) => match tokio::time::timeout(limit.as_std(), work).await {
+                Ok(outcome) => outcome,
+                Err(_) => Outcome::fail(format!("execution_timeout of {limit} exceeded")),
+            },
+        }
+    }
+}
+
 /// The message of a panicked task, for the try's log.
 fn panic_message(join: tokio::task::JoinError) -> String {
     match join.try_into_panic() {
@@ -772,7 +865,7 @@ impl Worker {
         };
         log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
         let started = ti.start_date.unwrap_or_else(now);
-        self.finish(&task, ending, Vec::new(), started, &log_path).await?;
+        self.finish(&task, ending, Vec::new(), started, &TryLog::file(log_path), None).await?;
         let state = self.store.read_async(move |tx| tx.task_instance(&key)).await?;
         Ok(state.map(|t| (t.key, t.state)))
     }
