@@ -120,7 +120,8 @@ fn a_bash_sensor_exiting_with_another_code_fails_at_once_or_with_soft_fail_is_sk
 fn a_sensor_past_its_timeout_fails_and_with_soft_fail_is_skipped() {
     let dag = format!(
         r#"let dag = DAG("late", #{{ {MANUAL} }});
-        let hard = FileSensor(#{{ task_id: "hard", filepath: "$HOME_DIR/never/*", poke_interval: 0.1, timeout: 0.5 }});
+        let hard = FileSensor(#{{ task_id: "hard", filepath: "$HOME_DIR/never/*", poke_interval: 0.1, timeout: 0.5,
+            retries: 3, retry_delay: 0 }});
         let soft = FileSensor(#{{ task_id: "soft", filepath: "$HOME_DIR/never/*", poke_interval: 0.1, timeout: 0.5, soft_fail: true }});
         let after_soft = BashOperator(#{{ task_id: "after_soft", bash_command: "echo should not run" }});
         soft >> after_soft;"#
@@ -135,6 +136,9 @@ fn a_sensor_past_its_timeout_fails_and_with_soft_fail_is_skipped() {
     assert!(hard.contains("Sensor has timed out; run duration of "), "{hard}");
     assert!(hard.contains("exceeds the specified timeout of 0.5; marking task as FAILED"), "{hard}");
     assert!(hard.matches("Poking for file").count() >= 2, "{hard}");
+    let run_id = home.runs("late")[0]["run_id"].as_str().unwrap().to_string();
+    let tries = home.states("late", &run_id).into_iter().find(|(t, _, _)| t == "hard").map(|(_, _, n)| n);
+    assert_eq!(tries, Some(1), "a timed-out sensor fails whatever its retries, as Airflow's AirflowSensorTimeout");
     let soft = log_of(&home, "late", "soft");
     assert!(soft.contains("Sensor has timed out") && soft.contains("marking task as SKIPPED"), "{soft}");
 }

@@ -428,7 +428,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
             println!("[rhaiflow] {dag_id}.{task_id}: not done yet; it would poke again at {}", at.to_rfc3339());
             Ok(Outcome::Ok)
         }
-        TaskOutcome::Fail { reason } => {
+        TaskOutcome::Fail { reason, .. } => {
             println!("[rhaiflow] {dag_id}.{task_id}: failed ({reason})");
             Ok(Outcome::Failed)
         }

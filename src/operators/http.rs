@@ -155,7 +155,9 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
     Start::Later(Box::pin(async move {
         let outcome = execute(&run, &spec, request).await;
         match outcome {
-            Outcome::Fail { reason } => Outcome::fail(mask_secrets(&reason, &run.env.settings)),
+            Outcome::Fail { reason, final_try } => {
+                Outcome::Fail { reason: mask_secrets(&reason, &run.env.settings), final_try }
+            }
             other => other,
         }
     }))
@@ -166,7 +168,7 @@ async fn execute(run: &Arc<TaskRun>, spec: &HttpSpec, request: Request) -> Outco
     let what = format!("`{} {}`", request.method, request.url);
     let response = match send(run, request).await {
         Ok(response) => response,
-        Err(reason) => return Outcome::Fail { reason },
+        Err(reason) => return Outcome::fail(reason),
     };
     if response.is_error() {
         log_error_body(run, &response).await;
@@ -179,7 +181,7 @@ async fn execute(run: &Arc<TaskRun>, spec: &HttpSpec, request: Request) -> Outco
                 log_error_body(run, &response).await;
                 return Outcome::fail("Response check returned False.");
             }
-            Err(reason) => return Outcome::Fail { reason },
+            Err(reason) => return Outcome::fail(reason),
         }
     }
     let xcom = match &spec.response_filter {
@@ -187,7 +189,7 @@ async fn execute(run: &Arc<TaskRun>, spec: &HttpSpec, request: Request) -> Outco
             // `()`, as Python's `None`, pushes nothing.
             Ok(serde_json::Value::Null) => return Outcome::Success { xcom: None },
             Ok(value) => value,
-            Err(reason) => return Outcome::Fail { reason },
+            Err(reason) => return Outcome::fail(reason),
         },
         None => serde_json::Value::String(response.text),
     };

@@ -97,36 +97,25 @@ impl WorkerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Done; `xcom` becomes XCom `return_value`.
-    Success {
-        xcom: Option<serde_json::Value>,
-    },
+    Success { xcom: Option<serde_json::Value> },
     /// Done without doing its work (`skip_on_exit_code`, a sensor's `soft_fail`).
-    Skip {
-        reason: String,
-    },
-    Fail {
-        reason: String,
-    },
+    Skip { reason: String },
+    /// Failed; retried while tries are left unless `final_try` (a sensor's timeout, as Airflow's
+    /// `AirflowSensorTimeout`, which fails the task whatever its `retries`).
+    Fail { reason: String, final_try: bool },
     /// A sensor in `mode: "reschedule"` not done yet: poke again at `at`, holding no slot meanwhile.
-    Reschedule {
-        at: DateTime<Utc>,
-    },
+    Reschedule { at: DateTime<Utc> },
     /// Done, and of the direct downstream tasks only `follow` run; the others are skipped and the
     /// skips propagate by trigger rule (`BranchOperator`, `ShortCircuitOperator`, `LatestOnlyOperator`).
-    Branch {
-        follow: Vec<String>,
-        xcom: Option<serde_json::Value>,
-    },
+    Branch { follow: Vec<String>, xcom: Option<serde_json::Value> },
     /// Done, and every task downstream of this one (transitively) is skipped whatever its trigger
     /// rule (`ShortCircuitOperator` with `ignore_downstream_trigger_rules: true`, Airflow's default).
-    SkipDownstream {
-        xcom: Option<serde_json::Value>,
-    },
+    SkipDownstream { xcom: Option<serde_json::Value> },
 }
 
 impl Outcome {
     pub fn fail(reason: impl Into<String>) -> Outcome {
-        Outcome::Fail { reason: reason.into() }
+        Outcome::Fail { reason: reason.into(), final_try: false }
     }
 }
 

@@ -91,11 +91,11 @@ where
                 run.log("Success criteria met. Exiting.").await;
                 return Outcome::Success { xcom };
             }
-            Poke::Fail(reason) => return Outcome::Fail { reason },
+            Poke::Fail(reason) => return Outcome::fail(reason),
             Poke::Fatal(reason) if spec.soft_fail => {
                 return Outcome::Skip { reason: format!("{reason} (skipping due to soft_fail is set to True)") };
             }
-            Poke::Fatal(reason) => return Outcome::Fail { reason },
+            Poke::Fatal(reason) => return Outcome::fail(reason),
             Poke::Skip(reason) => return Outcome::Skip { reason },
             Poke::NotYet => None,
             Poke::NotBefore(at) => Some(at),
@@ -107,7 +107,12 @@ where
                 "Sensor has timed out; run duration of {ran} seconds exceeds the specified timeout of {}",
                 spec.timeout.as_secs_f64()
             );
-            return if spec.soft_fail { Outcome::Skip { reason: message } } else { Outcome::Fail { reason: message } };
+            // As Airflow's `AirflowSensorTimeout`: the task fails, however many retries it has left.
+            return if spec.soft_fail {
+                Outcome::Skip { reason: message }
+            } else {
+                Outcome::Fail { reason: message, final_try: true }
+            };
         }
         let next = match hint {
             Some(at) => at.max(now),

@@ -393,8 +393,8 @@ impl Worker {
                 transition(TaskState::Running, TiEvent::Skip).unwrap_or(TaskState::Skipped),
                 format!("{reason}; marking task as SKIPPED"),
             ),
-            Outcome::Fail { reason } => {
-                let can_retry = try_number <= task.max_tries;
+            Outcome::Fail { reason, final_try } => {
+                let can_retry = try_number <= task.max_tries && !final_try;
                 let state = transition(TaskState::Running, TiEvent::Fail { can_retry }).unwrap_or(TaskState::Failed);
                 let verb = if can_retry { "UP_FOR_RETRY" } else { "FAILED" };
                 if can_retry {
@@ -674,7 +674,7 @@ impl Worker {
         let mut seen = std::collections::HashSet::new();
         channels.retain(|c| seen.insert(c.clone()));
         let error = match outcome {
-            Outcome::Fail { reason } => Some(reason.clone()),
+            Outcome::Fail { reason, .. } => Some(reason.clone()),
             _ => None,
         };
         let payload = serde_json::json!({
