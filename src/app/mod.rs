@@ -145,6 +145,8 @@ impl App {
             on_failure: self.config.alerts.on_failure.clone(),
             on_retry: self.config.alerts.on_retry.clone(),
             on_success: self.config.alerts.on_success.clone(),
+            ding_robot: self.config.alerts.ding_robot().ok().flatten(),
+            hold_alerts: false,
             owner: String::new(),
             heartbeat_timeout: Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
             task_script_timeout: Duration::from_secs_f64(self.config.core.task_script_timeout),

@@ -181,4 +181,21 @@ CREATE TABLE dag_source (
 ALTER TABLE dag_version ADD COLUMN source_hash TEXT;
 "#,
     ),
+    // 6 and 7 are main's (worker throughput); this branch's alerts start at 8 so the merge is a
+    // matter of order.
+    (
+        8,
+        "alert delivery: outbox leases, attempts, next attempt, sent time, coalescing",
+        r#"
+ALTER TABLE alert_outbox ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN attempted_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN sent_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE alert_outbox ADD COLUMN lease_until TEXT;
+ALTER TABLE alert_outbox ADD COLUMN coalesced_into INTEGER;
+UPDATE alert_outbox SET next_attempt_at = created_at WHERE next_attempt_at IS NULL;
+CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);
+CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
+"#,
+    ),
 ];
