@@ -837,9 +837,6 @@ impl Config {
             }
         }
         if let Some(email) = &alerts.email {
-            if email.host.trim().is_empty() {
-                return Err(key_error("alerts.email.host", "is empty; name the SMTP server".into()));
-            }
             if !(email.timeout > 0.0 && email.timeout <= 600.0) {
                 return Err(key_error(
                     "alerts.email.timeout",

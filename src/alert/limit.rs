@@ -100,7 +100,8 @@ mod tests {
         let a = allowance(limits, &five, at(100));
         assert_eq!((a.now, a.window), (0, 95));
         assert_eq!(a.next_free, Some(at(1001)));
-        assert_eq!(allowance(limits, &five, at(1001)).now, 5);
+        assert_eq!(allowance(limits, &five, at(1001)).now, 1);
+        assert_eq!(allowance(limits, &five, at(1041)).now, 5);
         assert_eq!(allowance(&[], &five, at(0)).now, usize::MAX);
     }
 }

@@ -266,7 +266,7 @@ pub fn render(channel: &Channel, ctx: &AlertContext) -> Result<Message, RenderEr
 
 /// The summary a burst is folded into.
 pub fn summary_of(rows: &[OutboxRow]) -> Summary {
-    let count: usize = rows.iter().map(|r| summary_count(r)).sum();
+    let count: usize = rows.iter().map(summary_count).sum();
     let events: std::collections::BTreeSet<&str> =
         rows.iter().map(|r| if r.event == "summary" { "summary" } else { r.event.as_str() }).collect();
     let what = match events.iter().copied().collect::<Vec<_>>().as_slice() {

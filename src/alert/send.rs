@@ -255,6 +255,9 @@ impl Sender {
         use lettre::transport::smtp::authentication::Credentials;
         use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
         let invalid = |what: String| SendError::Invalid(format!("channel `email`: {what}"));
+        if c.host.trim().is_empty() {
+            return Err(invalid("`[alerts.email] host` is empty; name the SMTP server".into()));
+        }
         let recipients: Vec<String> =
             if message.context.email.is_empty() { c.to.clone() } else { message.context.email.clone() };
         if recipients.is_empty() {

@@ -81,6 +81,13 @@ impl Worker {
         }
     }
 
+    /// Tells the outbox's wake that rows may have been written (by another process).
+    pub fn tell_outbox(&self) {
+        if let Some(wake) = self.outbox_written.get() {
+            wake.notify_one();
+        }
+    }
+
     /// Tells `wake` whenever this worker writes outbox rows (`app` sets it once, after `new`).
     pub fn set_outbox_wake(&self, wake: Arc<tokio::sync::Notify>) {
         let _ = self.outbox_written.set(wake);
