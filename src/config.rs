@@ -83,6 +83,9 @@ const BOUNDS: &[Bound] = &[
     Bound { key: "scheduler.kill_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
     Bound { key: "scheduler.task_heartbeat_timeout", min: 0.0, max: 604_800.0, above_min: true, unit: " seconds" },
     Bound { key: "logging.max_log_bytes", min: 0.0, max: (1u64 << 40) as f64, above_min: false, unit: " bytes" },
+    Bound { key: "alerts.delivery_attempts", min: 1.0, max: 1_000.0, above_min: false, unit: "" },
+    Bound { key: "alerts.delivery_backoff_max", min: 0.0, max: 86_400.0, above_min: true, unit: " seconds" },
+    Bound { key: "alerts.delivery_timeout", min: 0.0, max: 600.0, above_min: true, unit: " seconds" },
 ];
 
 impl Bound {
@@ -114,7 +117,8 @@ fn show_number(v: f64) -> String {
 fn is_secret_key(path: &str) -> bool {
     let mut parts = path.split('.');
     let last = parts.next_back().unwrap_or_default();
-    matches!(last, "password" | "webhook" | "secret" | "uri") || path.split('.').any(|p| p == "headers")
+    let webhook_url = path.starts_with("alerts.webhook.") && last == "url";
+    webhook_url || matches!(last, "password" | "webhook" | "secret" | "uri") || path.split('.').any(|p| p == "headers")
 }
 
 /// Drops every `quoted` piece (serde quotes the offending value) from a message about a secret.
@@ -300,58 +304,186 @@ impl Default for WebserverConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     pub host: String,
+    /// Default: 465 with `ssl`, 587 with `starttls`, else 25.
     pub port: Option<u16>,
+    /// Upgrade a plain connection with STARTTLS (required when set).
     pub starttls: bool,
+    /// TLS from the first byte (SMTPS, usually port 465).
     pub ssl: bool,
     pub user: Option<String>,
     pub password: Option<Secret>,
     pub password_env: Option<String>,
     pub mail_from: Option<String>,
+    /// Recipients of alerts whose task names no `email` (`[alerts] on_failure = ["email"]`).
+    pub to: Vec<String>,
+    /// Seconds one SMTP conversation may take.
+    pub timeout: f64,
+    /// A minijinja template for the mail's body (the alert context, see README's Alerts section).
+    pub template: Option<String>,
+    /// A minijinja template for the subject line.
+    pub subject_template: Option<String>,
 }
 
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            host: String::new(),
+            port: None,
+            starttls: false,
+            ssl: false,
+            user: None,
+            password: None,
+            password_env: None,
+            mail_from: None,
+            to: Vec::new(),
+            timeout: 30.0,
+            template: None,
+            subject_template: None,
+        }
+    }
+}
+
+/// `[alerts.dingtalk.NAME]`: a DingTalk custom robot.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DingTalkConfig {
     pub webhook: Option<Secret>,
     pub webhook_env: Option<String>,
+    /// The robot's signing secret (`SEC…`), for robots with "sign" security.
     pub secret: Option<Secret>,
     pub secret_env: Option<String>,
     pub at_mobiles: Vec<String>,
+    pub at_user_ids: Vec<String>,
     pub at_all: bool,
     pub template: Option<String>,
 }
 
+/// `[alerts.feishu.NAME]`: a Feishu/Lark custom bot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeishuConfig {
+    pub webhook: Option<Secret>,
+    pub webhook_env: Option<String>,
+    pub secret: Option<Secret>,
+    pub secret_env: Option<String>,
+    pub template: Option<String>,
+}
+
+/// `[alerts.wecom.NAME]`: a WeCom group robot (its key is in the webhook URL).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeComConfig {
+    pub webhook: Option<Secret>,
+    pub webhook_env: Option<String>,
+    pub mentioned_mobile_list: Vec<String>,
+    pub template: Option<String>,
+}
+
+/// `[alerts.slack.NAME]`: a Slack incoming webhook.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlackConfig {
     pub webhook: Option<Secret>,
     pub webhook_env: Option<String>,
+    pub template: Option<String>,
 }
 
+/// `[alerts.webhook.NAME]`: a JSON POST to any URL, signed when `secret` is set.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
-    pub url: String,
+    /// May hold a token: treated as a secret.
+    pub url: Option<Secret>,
+    pub url_env: Option<String>,
     pub headers: BTreeMap<String, String>,
     pub secret: Option<Secret>,
     pub secret_env: Option<String>,
+    pub template: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// Channels (`email`, `dingtalk.NAME`, `slack.NAME`, `webhook.NAME`) told of every failure.
+    /// Channels (`email`, `dingtalk.NAME`, `feishu.NAME`, `wecom.NAME`, `slack.NAME`,
+    /// `webhook.NAME`) told of every failure.
     pub on_failure: Vec<String>,
     pub on_retry: Vec<String>,
     pub on_success: Vec<String>,
+    pub on_import_error: Vec<String>,
+    /// Tries to deliver one alert before it is marked `failed`.
+    pub delivery_attempts: u32,
+    /// The longest wait between two tries of one alert, in seconds (the backoff doubles up to it).
+    pub delivery_backoff_max: f64,
+    /// Seconds one request to a channel may take.
+    pub delivery_timeout: f64,
     pub email: Option<EmailConfig>,
     pub dingtalk: BTreeMap<String, DingTalkConfig>,
+    pub feishu: BTreeMap<String, FeishuConfig>,
+    pub wecom: BTreeMap<String, WeComConfig>,
     pub slack: BTreeMap<String, SlackConfig>,
     pub webhook: BTreeMap<String, WebhookConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            on_failure: Vec::new(),
+            on_retry: Vec::new(),
+            on_success: Vec::new(),
+            on_import_error: Vec::new(),
+            delivery_attempts: 20,
+            delivery_backoff_max: 300.0,
+            delivery_timeout: 10.0,
+            email: None,
+            dingtalk: BTreeMap::new(),
+            feishu: BTreeMap::new(),
+            wecom: BTreeMap::new(),
+            slack: BTreeMap::new(),
+            webhook: BTreeMap::new(),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Every configured channel's name (`email`, `dingtalk.ops`, …), sorted.
+    pub fn channel_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.email.iter().map(|_| "email".to_string()).collect();
+        let groups: [(&str, Vec<&String>); 5] = [
+            ("dingtalk", self.dingtalk.keys().collect()),
+            ("feishu", self.feishu.keys().collect()),
+            ("wecom", self.wecom.keys().collect()),
+            ("slack", self.slack.keys().collect()),
+            ("webhook", self.webhook.keys().collect()),
+        ];
+        for (kind, keys) in groups {
+            names.extend(keys.into_iter().map(|k| format!("{kind}.{k}")));
+        }
+        names.sort();
+        names
+    }
+
+    /// The robot `ding_on_failure` / `ding_on_retry` use: `dingtalk.default`, or the only robot;
+    /// `None` when no robot is configured.
+    pub fn ding_robot(&self) -> Result<Option<String>, String> {
+        if self.dingtalk.contains_key("default") || self.dingtalk.len() <= 1 {
+            return Ok(self
+                .dingtalk
+                .keys()
+                .find(|k| *k == "default")
+                .or(self.dingtalk.keys().next())
+                .map(|k| format!("dingtalk.{k}")));
+        }
+        let names: Vec<String> = self.dingtalk.keys().map(|k| format!("`dingtalk.{k}`")).collect();
+        Err(format!(
+            "several DingTalk robots ({}) and none named `default`: `ding_on_failure` / `ding_on_retry` \
+             would not know which to use; name one `[alerts.dingtalk.default]`",
+            names.join(", ")
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -538,6 +670,9 @@ impl Config {
             ("scheduler.kill_grace", float(self.scheduler.kill_grace)),
             ("scheduler.task_heartbeat_timeout", float(self.scheduler.task_heartbeat_timeout)),
             ("logging.max_log_bytes", int(self.logging.max_log_bytes)),
+            ("alerts.delivery_attempts", int(self.alerts.delivery_attempts.into())),
+            ("alerts.delivery_backoff_max", float(self.alerts.delivery_backoff_max)),
+            ("alerts.delivery_timeout", float(self.alerts.delivery_timeout)),
         ];
         rows.into_iter().map(|(key, (v, shown))| (key, v, shown)).collect()
     }
@@ -619,14 +754,98 @@ impl Config {
             secret(&format!("alerts.dingtalk.{name}.webhook_env"), &d.webhook_env, &mut d.webhook)?;
             secret(&format!("alerts.dingtalk.{name}.secret_env"), &d.secret_env, &mut d.secret)?;
         }
+        for (name, f) in &mut self.alerts.feishu {
+            secret(&format!("alerts.feishu.{name}.webhook_env"), &f.webhook_env, &mut f.webhook)?;
+            secret(&format!("alerts.feishu.{name}.secret_env"), &f.secret_env, &mut f.secret)?;
+        }
+        for (name, w) in &mut self.alerts.wecom {
+            secret(&format!("alerts.wecom.{name}.webhook_env"), &w.webhook_env, &mut w.webhook)?;
+        }
         for (name, s) in &mut self.alerts.slack {
             secret(&format!("alerts.slack.{name}.webhook_env"), &s.webhook_env, &mut s.webhook)?;
         }
         for (name, w) in &mut self.alerts.webhook {
+            secret(&format!("alerts.webhook.{name}.url_env"), &w.url_env, &mut w.url)?;
             secret(&format!("alerts.webhook.{name}.secret_env"), &w.secret_env, &mut w.secret)?;
         }
+        self.check_alerts(origins)?;
         for (name, c) in &mut self.connections {
             secret(&format!("connections.{name}.uri_env"), &c.uri_env, &mut c.uri)?;
+        }
+        Ok(())
+    }
+
+    /// `[alerts]`: every default names a configured channel, each channel has its address, the
+    /// DingTalk robot `ding_on_*` use is unambiguous, and the email timeout is bounded.
+    fn check_alerts(&self, origins: &BTreeMap<String, Origin>) -> Result<(), ConfigError> {
+        let key_error = |key: &str, reason: String| ConfigError::Key {
+            key: key.into(),
+            origin: origin_of(origins, key).map(|o| o.to_string()).unwrap_or_else(|| "defaults".into()),
+            reason,
+        };
+        let alerts = &self.alerts;
+        let known = alerts.channel_names();
+        let shown = if known.is_empty() {
+            "none is configured".to_string()
+        } else {
+            format!("configured: {}", known.join(", "))
+        };
+        let lists = [
+            ("alerts.on_failure", &alerts.on_failure),
+            ("alerts.on_retry", &alerts.on_retry),
+            ("alerts.on_success", &alerts.on_success),
+            ("alerts.on_import_error", &alerts.on_import_error),
+        ];
+        for (key, names) in lists {
+            let unknown: Vec<String> = names.iter().filter(|n| !known.contains(n)).map(|n| format!("`{n}`")).collect();
+            if !unknown.is_empty() {
+                return Err(key_error(key, format!("unknown alert channel {} ({shown})", unknown.join(", "))));
+            }
+        }
+        if let Err(why) = alerts.ding_robot() {
+            return Err(key_error("alerts.dingtalk", why));
+        }
+        let missing = |kind: &str, name: &str, what: &str| {
+            key_error(
+                &format!("alerts.{kind}.{name}"),
+                format!("channel `{kind}.{name}` has no `{what}` (or `{what}_env`)"),
+            )
+        };
+        for (name, c) in &alerts.dingtalk {
+            if c.webhook.is_none() {
+                return Err(missing("dingtalk", name, "webhook"));
+            }
+        }
+        for (name, c) in &alerts.feishu {
+            if c.webhook.is_none() {
+                return Err(missing("feishu", name, "webhook"));
+            }
+        }
+        for (name, c) in &alerts.wecom {
+            if c.webhook.is_none() {
+                return Err(missing("wecom", name, "webhook"));
+            }
+        }
+        for (name, c) in &alerts.slack {
+            if c.webhook.is_none() {
+                return Err(missing("slack", name, "webhook"));
+            }
+        }
+        for (name, c) in &alerts.webhook {
+            if c.url.is_none() {
+                return Err(missing("webhook", name, "url"));
+            }
+        }
+        if let Some(email) = &alerts.email {
+            if !(email.timeout > 0.0 && email.timeout <= 600.0) {
+                return Err(key_error(
+                    "alerts.email.timeout",
+                    format!("must be above 0 and at most 600 seconds, got {}", show_number(email.timeout)),
+                ));
+            }
+            if email.ssl && email.starttls {
+                return Err(key_error("alerts.email", "`ssl` and `starttls` exclude each other; set one".into()));
+            }
         }
         Ok(())
     }
@@ -654,8 +873,16 @@ impl Config {
             names.extend(d.webhook_env.clone());
             names.extend(d.secret_env.clone());
         }
+        for f in self.alerts.feishu.values() {
+            names.extend(f.webhook_env.clone());
+            names.extend(f.secret_env.clone());
+        }
+        names.extend(self.alerts.wecom.values().filter_map(|w| w.webhook_env.clone()));
         names.extend(self.alerts.slack.values().filter_map(|s| s.webhook_env.clone()));
-        names.extend(self.alerts.webhook.values().filter_map(|w| w.secret_env.clone()));
+        for w in self.alerts.webhook.values() {
+            names.extend(w.url_env.clone());
+            names.extend(w.secret_env.clone());
+        }
         names.extend(self.connections.values().filter_map(|c| c.uri_env.clone()));
         names.sort();
         names.dedup();

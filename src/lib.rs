@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and the rules between them.
 
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;

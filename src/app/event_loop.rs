@@ -149,6 +149,8 @@ pub async fn drive(parts: LoopParts<'_>, report: &mut dyn FnMut(Progress)) -> an
                 // Another command changed the store: a `tasks clear` may have stopped a running try.
                 Event::Wake => {
                     worker.stop_cleared();
+                    // Another process may have written alerts (a backfill, `dags test`).
+                    worker.tell_outbox();
                     need_pass = true;
                 }
                 Event::Shutdown => return shut_down(worker, &mut events, grace, report).await,

@@ -1,10 +1,12 @@
 //! Wiring: turns the one `Config` into the parts (loader, store, scheduler, worker), drives the
 //! event loop that connects them, and owns shutdown. `service` holds the rules the front ends share.
 
+mod alerts;
 mod event_loop;
 pub mod logging;
 mod service;
 
+pub use alerts::AlertPreview;
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 
 pub use service::{BackfillOptions, BackfillPlan, ClearRequest, DagStatus, TestRequest, clear_run};
@@ -145,6 +147,8 @@ impl App {
             on_failure: self.config.alerts.on_failure.clone(),
             on_retry: self.config.alerts.on_retry.clone(),
             on_success: self.config.alerts.on_success.clone(),
+            ding_robot: self.config.alerts.ding_robot().ok().flatten(),
+            hold_alerts: false,
             owner: String::new(),
             heartbeat_timeout: Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
             task_script_timeout: Duration::from_secs_f64(self.config.core.task_script_timeout),
@@ -260,6 +264,14 @@ impl App {
         for (key, state) in runtime.block_on(worker.take_over(TakeOver::All))? {
             tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
         }
+        let released = self.release_alert_leases_of_gone_owners(store)?;
+        if released > 0 {
+            tracing::warn!(alerts = released, "alerts a stopped process was sending are sent again");
+        }
+        // The deliverer runs beside the loop; nothing the loop does awaits a send.
+        let deliverer = self.deliverer(store, runner);
+        worker.set_outbox_wake(deliverer.waker());
+        runtime.spawn(deliverer.run());
         let (versions, bag) = self.sync_dags(store, Utc::now())?;
         for e in &bag.import_errors {
             let first = e.diagnostics.first();
@@ -310,10 +322,26 @@ impl App {
         runs: &[(String, String)],
         report: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<()> {
+        let result = self.run_runs(store, runner, (versions, runs), false, report);
+        // The alerts the runs wrote are the scheduler's to send: tell it to look.
+        self.wake_scheduler();
+        result
+    }
+
+    /// Runs `runs` to completion; with `hold_alerts` their outbox rows are written `held`.
+    fn run_runs(
+        &self,
+        store: &Store,
+        runner: &Runner,
+        (versions, runs): (&[DagVersion], &[(String, String)]),
+        hold_alerts: bool,
+        report: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<()> {
         let runtime = runtime()?;
         let (tx, rx) = unbounded_channel::<Event>();
         forward_signals(&runtime, tx.clone());
-        let worker = Worker::new(store.clone(), self.worker_settings_for(runner), tx.clone(), runtime.handle().clone());
+        let settings = WorkerSettings { hold_alerts, ..self.worker_settings_for(runner) };
+        let worker = Worker::new(store.clone(), settings, tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(store, true));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;

@@ -40,6 +40,8 @@ pub struct TestRequest {
     pub logical_date: Option<DateTime<Utc>>,
     /// `dag_run.conf` (and `params` overrides), a JSON object.
     pub conf: serde_json::Value,
+    /// Send the alerts the run wrote (otherwise they are only shown, and stay `held`).
+    pub send_alerts: bool,
 }
 
 /// The most runs one backfill creates: a longer range is refused before anything is written.
@@ -347,7 +349,13 @@ impl App {
         let store = self.open_store()?;
         let (versions, dag) = self.load_dag(&store, &req.dag_id, now)?;
         let runner = self.register_runner(&store, "dags test")?;
-        let result = self.test_dag_as(&store, &runner, (&versions, &dag), req, now, report);
+        let mut result = self.test_dag_as(&store, &runner, (&versions, &dag), req, now, report);
+        if req.send_alerts
+            && let Ok((run, _)) = &result
+            && let Err(e) = self.send_held_alerts(&store, &runner, (&run.dag_id, &run.run_id), Utc::now())
+        {
+            result = Err(e);
+        }
         let _ = runner.stop(&store, Utc::now());
         result
     }
@@ -371,7 +379,7 @@ impl App {
         };
         report(Progress::RunCreated(&run));
         let ids = [(run.dag_id.clone(), run.run_id.clone())];
-        self.run_to_completion(store, runner, versions, &ids, report)?;
+        self.run_runs(store, runner, (versions, &ids), true, report)?;
         let state = store.read(|tx| tx.dag_run(&run.dag_id, &run.run_id))?.map_or(DagRunState::Running, |r| r.state);
         Ok((run, state))
     }

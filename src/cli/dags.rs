@@ -42,6 +42,9 @@ pub enum DagsCommand {
         /// Print each task's log as it is written.
         #[arg(long, short = 'v')]
         verbose: bool,
+        /// Send the alerts the run writes (without it they are printed, not sent).
+        #[arg(long)]
+        send_alerts: bool,
     },
     /// Create a manual run; a running scheduler picks it up at once.
     Trigger {
@@ -105,8 +108,9 @@ impl clap::builder::TypedValueParser for ConfArg {
 pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     use super::run;
     let cmd = match cmd {
-        DagsCommand::Test { dag_id, date, conf, verbose } => {
-            let args = run::TestArgs { dag_id: &dag_id, date: date.as_deref(), conf: conf.as_deref(), verbose };
+        DagsCommand::Test { dag_id, date, conf, verbose, send_alerts } => {
+            let args =
+                run::TestArgs { dag_id: &dag_id, date: date.as_deref(), conf: conf.as_deref(), verbose, send_alerts };
             return run::dags_test(ctx, args);
         }
         DagsCommand::Trigger { dag_id, conf, logical_date } => {

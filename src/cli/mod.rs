@@ -1,5 +1,6 @@
 //! The command line: argument parsing, printing, and the one funnel from error to exit code.
 
+mod alerts;
 mod crash;
 mod dags;
 mod run;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Work with DAG runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Alerts: the outbox's deliveries, and a test message through a channel.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Pools: named slot limits tasks share (`pool:` and `pool_slots:` on a task).
     #[command(subcommand)]
     Pools(PoolsCommand),
@@ -283,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Logged.into()
         }),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
+        Command::Alerts(cmd) => alerts::run(&ctx, cmd),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }
 }

@@ -62,6 +62,8 @@ pub struct TestArgs<'a> {
     pub conf: Option<&'a str>,
     /// Stream each try's log as it is written (Airflow's `dags test` shows task logs).
     pub verbose: bool,
+    /// Send the run's alerts (else they are only printed).
+    pub send_alerts: bool,
 }
 
 /// `dags test ID [DATE] [--conf JSON] [--verbose]`: one run now, in this process, with a live
@@ -69,7 +71,12 @@ pub struct TestArgs<'a> {
 pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
     let dag_id = args.dag_id;
     let conf = parse_conf(args.conf)?;
-    let req = TestRequest { dag_id: dag_id.to_string(), logical_date: args.date.map(parse_date).transpose()?, conf };
+    let req = TestRequest {
+        dag_id: dag_id.to_string(),
+        logical_date: args.date.map(parse_date).transpose()?,
+        conf,
+        send_alerts: args.send_alerts,
+    };
     let started = Instant::now();
     let mut spec = None;
     let settings = ctx.app.worker_settings();
@@ -116,9 +123,50 @@ pub fn dags_test(ctx: &Context, args: TestArgs) -> anyhow::Result<Outcome> {
     println!();
     println!("{}", table::render(&["task_id", "state", "tries", "duration"], &rows));
     print_failures(&ctx.app.worker_settings(), &store, &tis);
+    print_alerts(ctx, &store, (&run.dag_id, &run.run_id), args.send_alerts)?;
     let how = if final_state.is_finished() { final_state.to_string() } else { "interrupted".to_string() };
     println!("\nrun {} {how} in {:.2}s", run.run_id, started.elapsed().as_secs_f64());
     Ok(if final_state == DagRunState::Success { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// The alerts a `dags test` run wrote: each channel's message, and whether it was sent.
+fn print_alerts(
+    ctx: &Context,
+    store: &crate::store::Store,
+    (dag_id, run_id): (&str, &str),
+    sent: bool,
+) -> anyhow::Result<()> {
+    let previews = ctx.app.preview_alerts(store, dag_id, run_id)?;
+    if previews.is_empty() {
+        return Ok(());
+    }
+    let how =
+        if sent { "alerts (sent with --send-alerts)" } else { "alerts it would send (not sent; add --send-alerts)" };
+    println!(
+        "
+{} {how}:",
+        previews.len()
+    );
+    for p in &previews {
+        let r = &p.row;
+        let task = r.task_id.as_deref().unwrap_or("-");
+        let try_number = r.try_number.map(|n| format!(" try {n}")).unwrap_or_default();
+        let mut state = r.state.clone();
+        if let Some(e) = &r.last_error {
+            state.push_str(&format!(": {e}"));
+        }
+        println!("- {} {} {task}{try_number}: {state}", r.channel, r.event);
+        match &p.message {
+            Ok(m) => {
+                println!("  {}", m.title);
+                for line in m.text.lines() {
+                    println!("  | {line}");
+                }
+            }
+            Err(e) => println!("  cannot be sent: {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// `--conf`: a JSON object (checked by clap already; checked again for other callers).

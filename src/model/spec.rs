@@ -393,6 +393,15 @@ pub struct TaskSpec {
     pub email_on_retry: bool,
     pub ding_on_failure: bool,
     pub ding_on_retry: bool,
+    /// Alert channels (`dingtalk.ops`, `email`, …) told when a try fails for good.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_on_failure: Vec<String>,
+    /// Alert channels told when a try fails and the task will retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_on_retry: Vec<String>,
+    /// Alert channels told when the task succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_on_success: Vec<String>,
     pub on_failure_callback: Option<CallbackRef>,
     pub on_retry_callback: Option<CallbackRef>,
     pub on_success_callback: Option<CallbackRef>,

@@ -71,6 +71,10 @@ pub struct WorkerSettings {
     pub on_failure: Vec<String>,
     pub on_retry: Vec<String>,
     pub on_success: Vec<String>,
+    /// The robot `ding_on_failure` / `ding_on_retry` name (`dingtalk.default` or the only one).
+    pub ding_robot: Option<String>,
+    /// Outbox rows are written `held` (`dags test` without `--send-alerts`).
+    pub hold_alerts: bool,
     /// The runner (this process) that owns what this worker claims.
     pub owner: String,
     /// A runner silent for longer is gone (`[scheduler] task_heartbeat_timeout`).

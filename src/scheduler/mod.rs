@@ -1168,6 +1168,7 @@ impl Scheduler {
                 try_number: None,
                 channel: format!("callback:{}", cb.0),
                 payload: serde_json::json!({ "dag_id": run.dag_id, "run_id": run.run_id, "state": state.as_str(), "reason": reason }),
+                held: false,
             };
             tx.insert_alert(&alert, now)?;
         }

@@ -209,4 +209,19 @@ CREATE TRIGGER task_log_ti_delete AFTER DELETE ON task_instance
           WHERE dag_id = OLD.dag_id AND run_id = OLD.run_id AND task_id = OLD.task_id; END;
 "#,
     ),
+    (
+        8,
+        "alert delivery: outbox leases, attempts, next attempt, sent time, coalescing",
+        r#"
+ALTER TABLE alert_outbox ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN attempted_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN sent_at TEXT;
+ALTER TABLE alert_outbox ADD COLUMN lease_owner TEXT;
+ALTER TABLE alert_outbox ADD COLUMN lease_until TEXT;
+ALTER TABLE alert_outbox ADD COLUMN coalesced_into INTEGER;
+UPDATE alert_outbox SET next_attempt_at = created_at WHERE next_attempt_at IS NULL;
+CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);
+CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
+"#,
+    ),
 ];

@@ -4,6 +4,7 @@
 //! (`store.write(|tx| ...)`). SQLite today; the face carries no driver types so PostgreSQL can be
 //! added behind it.
 
+mod alerts;
 mod batch;
 mod context;
 mod migrations;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use alerts::{AlertFilter, AlertOutcome, OutboxRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
 
@@ -261,6 +263,9 @@ pub struct NewAlert {
     pub try_number: Option<u32>,
     pub channel: String,
     pub payload: serde_json::Value,
+    /// Written `held` rather than `pending`: `dags test` shows what it would send and sends only
+    /// with `--send-alerts`, so no deliverer picks these up meanwhile.
+    pub held: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1152,11 +1157,14 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn insert_alert(&self, alert: &NewAlert, now: DateTime<Utc>) -> StoreResult<()> {
+    /// Writes an outbox row (due at once) and returns its id.
+    pub fn insert_alert(&self, alert: &NewAlert, now: DateTime<Utc>) -> StoreResult<i64> {
+        let state = if alert.held { "held" } else { "pending" };
         self.tx
             .prepare_cached(
-                "INSERT INTO alert_outbox (created_at, event, dag_id, run_id, task_id, try_number, channel, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO alert_outbox (created_at, event, dag_id, run_id, task_id, try_number, channel, payload,
+                                           state, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?1)",
             )?
             .execute(params![
                 now,
@@ -1166,9 +1174,10 @@ impl Tx<'_> {
                 alert.task_id,
                 alert.try_number,
                 alert.channel,
-                alert.payload.to_string()
+                alert.payload.to_string(),
+                state
             ])?;
-        Ok(())
+        Ok(self.tx.last_insert_rowid())
     }
 
     pub fn alerts(&self) -> StoreResult<Vec<AlertRow>> {

@@ -36,6 +36,8 @@ pub struct Worker {
     done: Arc<tokio::sync::Notify>,
     /// Each running try's stop signal (told when the store says it is no longer `running`).
     stops: Arc<Mutex<HashMap<TiKey, Arc<tokio::sync::Notify>>>>,
+    /// Told when outbox rows are written (the alert deliverer's wake; `app` sets it).
+    outbox_written: Arc<std::sync::OnceLock<Arc<tokio::sync::Notify>>>,
 }
 
 /// Counts a launched task instance until its task ends, even by panic.
@@ -76,7 +78,20 @@ impl Worker {
             closing: Arc::default(),
             done: Arc::default(),
             stops: Arc::default(),
+            outbox_written: Arc::default(),
         }
+    }
+
+    /// Tells the outbox's wake that rows may have been written (by another process).
+    pub fn tell_outbox(&self) {
+        if let Some(wake) = self.outbox_written.get() {
+            wake.notify_one();
+        }
+    }
+
+    /// Tells `wake` whenever this worker writes outbox rows (`app` sets it once, after `new`).
+    pub fn set_outbox_wake(&self, wake: Arc<tokio::sync::Notify>) {
+        let _ = self.outbox_written.set(wake);
     }
 
     /// Gives `TriggerDagRunOperator` its way to create runs (`app` sets it once, after `new`).
@@ -414,7 +429,8 @@ impl Worker {
                 )
             }
         };
-        let alerts = self.alerts(task, state, &outcome, log_path);
+        let alerts = self.alerts(task, state, &outcome, log_path, AlertTiming { next_try_at, duration });
+        let has_alerts = !alerts.is_empty();
         let write_key = key.clone();
         let skips = match &outcome {
             Outcome::Branch { follow, .. } => {
@@ -512,6 +528,12 @@ impl Worker {
                 Ok(true)
             })
             .await?;
+        if recorded
+            && has_alerts
+            && let Some(wake) = self.outbox_written.get()
+        {
+            wake.notify_one();
+        }
         let restarted = restarted.load(std::sync::atomic::Ordering::SeqCst);
         if !recorded || buffered.is_none() {
             // Not written with the outcome: to the file, in order.
@@ -643,23 +665,33 @@ impl Worker {
         template_context(task, &self.settings, xcoms)
     }
 
-    /// The outbox rows for a task instance's new state: the task's own flags, `[alerts]` defaults,
-    /// and its callbacks.
+    /// The outbox rows for a task instance's new state: one per channel, whoever asked for it
+    /// (the task's `email_on_*` / `ding_on_*` flags, its `alert_on_*` lists, `[alerts]` defaults),
+    /// names resolved first so a robot named twice gets one message; and its callbacks.
     fn alerts(
         &self,
         task: &QueuedTask,
         state: TaskState,
         outcome: &Outcome,
         log_path: &std::path::Path,
+        timing: AlertTiming,
     ) -> Vec<NewAlert> {
         let t = task.task();
-        // (email flag, DingTalk flag, `[alerts]` defaults, the task's callback) for this state.
-        let (email, ding, defaults, callback) = match state {
-            TaskState::Failed => {
-                (t.email_on_failure, t.ding_on_failure, &self.settings.on_failure, &t.on_failure_callback)
+        // (email flag, DingTalk flag, the task's channels, `[alerts]` defaults, the task's callback).
+        let (email, ding, own, defaults, callback) = match state {
+            TaskState::Failed => (
+                t.email_on_failure,
+                t.ding_on_failure,
+                &t.alert_on_failure,
+                &self.settings.on_failure,
+                &t.on_failure_callback,
+            ),
+            TaskState::UpForRetry => {
+                (t.email_on_retry, t.ding_on_retry, &t.alert_on_retry, &self.settings.on_retry, &t.on_retry_callback)
             }
-            TaskState::UpForRetry => (t.email_on_retry, t.ding_on_retry, &self.settings.on_retry, &t.on_retry_callback),
-            TaskState::Success => (false, false, &self.settings.on_success, &t.on_success_callback),
+            TaskState::Success => {
+                (false, false, &t.alert_on_success, &self.settings.on_success, &t.on_success_callback)
+            }
             _ => return Vec::new(),
         };
         let mut channels: Vec<String> = Vec::new();
@@ -667,8 +699,10 @@ impl Worker {
             channels.push("email".into());
         }
         if ding {
-            channels.push("dingtalk".into());
+            // Unresolved (no robot configured) stays `dingtalk`: the deliverer records why it failed.
+            channels.push(self.settings.ding_robot.clone().unwrap_or_else(|| "dingtalk".into()));
         }
+        channels.extend(own.iter().cloned());
         channels.extend(defaults.iter().cloned());
         channels.extend(callback.iter().map(|c| format!("callback:{}", c.0)));
         let mut seen = std::collections::HashSet::new();
@@ -688,6 +722,10 @@ impl Worker {
             "email": t.email,
             "error": error,
             "log_path": log_path.to_string_lossy(),
+            "next_try_at": timing.next_try_at.filter(|_| state == TaskState::UpForRetry)
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "duration": timing.duration,
+            "hostname": self.settings.hostname,
         });
         channels
             .into_iter()
@@ -699,6 +737,7 @@ impl Worker {
                 try_number: Some(task.try_number),
                 channel,
                 payload: payload.clone(),
+                held: self.settings.hold_alerts,
             })
             .collect()
     }
@@ -734,6 +773,12 @@ fn bounded(
             },
         }
     }
+}
+
+/// When a try ended, for its alert: the next try's time (retries) and how long it took.
+struct AlertTiming {
+    next_try_at: Option<DateTime<Utc>>,
+    duration: f64,
 }
 
 /// The message of a panicked task, for the try's log.
