@@ -277,3 +277,23 @@ fn kill_9_of_the_scheduler_before_the_send_loses_nothing_and_sends_once_after_re
     assert!(texts[0].contains("up for retry") && texts[1].contains("seed.load failed"), "{texts:?}");
     assert_no_secret_anywhere(&s.home, &[out, err, serde_json::to_string(&pending).unwrap()]);
 }
+
+#[test]
+fn an_import_error_is_told_once_to_the_on_import_error_channels() {
+    let s = setup(peer_on(0), None, "on_import_error = [\"dingtalk.ops\"]");
+    std::fs::write(s.home.path().join("dags/broken.rhai"), "let dag = DAG(\"broken\", #{ schedule: \"@daily\" ")
+        .unwrap();
+    let mut scheduler = s.spawn(&["scheduler"]);
+    wait_until("the import error sent", || s.alerts(&["--state", "sent"]).len().eq(&1).then_some(()));
+    scheduler.kill_9();
+    // Loading the folder again (any command that syncs it) finds the same error: no new alert.
+    assert!(s.run(&["dags", "trigger", "seed"]).status.success());
+    let rows = s.alerts(&[]);
+    assert_eq!(rows.len(), 1, "once per new error: {rows:?}");
+    assert_eq!((rows[0]["event"].as_str(), rows[0]["dag_id"].as_str()), (Some("import_error"), Some("broken.rhai")));
+    let got = s.http.received();
+    assert_eq!(got.len(), 1);
+    let md = got[0].body["markdown"]["text"].as_str().unwrap();
+    assert!(md.starts_with("### ❌ import error in broken.rhai\n```\n"), "{md}");
+    assert_eq!(got[0].body["markdown"]["title"], "[rhaiflow] import error in broken.rhai");
+}
