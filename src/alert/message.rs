@@ -80,6 +80,7 @@ fn event_text(event: &str) -> &str {
         "success" => "succeeded",
         "summary" => "summary",
         "test" => "test",
+        "import_error" => "import error",
         other => other,
     }
 }
@@ -197,7 +198,8 @@ pub fn context_of(row: &OutboxRow, base_url: Option<&str>, log_tail: Option<Stri
 }
 
 const TITLE: &str = "{% if summary %}[rhaiflow] {{ summary.count }} more {{ summary.what }}\
-{% elif event == 'test' %}[rhaiflow] test message{% else %}[rhaiflow] {{ dag_id }}.{{ task_id }} {{ event_text }}\
+{% elif event == 'test' %}[rhaiflow] test message\
+{% elif event == 'import_error' %}[rhaiflow] import error in {{ dag_id }}{% else %}[rhaiflow] {{ dag_id }}.{{ task_id }} {{ event_text }}\
 {% if try_number %} (try {{ try_number }} of {{ tries }}){% endif %}{% endif %}";
 
 const MARKDOWN: &str = r#"{% if summary -%}
@@ -205,6 +207,11 @@ const MARKDOWN: &str = r#"{% if summary -%}
 {%- elif event == "test" -%}
 ### rhaiflow test message
 This is a test of the alert channel.
+{%- elif event == "import_error" -%}
+### ❌ import error in {{ dag_id }}
+```
+{{ error }}
+```
 {%- else -%}
 ### {% if event == "success" %}✅{% elif event == "up_for_retry" %}🔁{% else %}❌{% endif %} {{ dag_id }}.{{ task_id }} {{ event_text }}
 - **DAG**: {{ dag_id }}
@@ -226,6 +233,9 @@ const PLAIN: &str = r#"{% if summary -%}
 {{ summary.count }} more {{ summary.what }}: {{ summary.items | join(", ") }}{% if summary.more %}, … ({{ summary.more }} more){% endif %}
 {%- elif event == "test" -%}
 rhaiflow test message: this is a test of the alert channel.
+{%- elif event == "import_error" -%}
+Import error in {{ dag_id }}:
+{{ error }}
 {%- else -%}
 {{ dag_id }}.{{ task_id }} {{ event_text }} (try {{ try_number }} of {{ tries }})
 DAG: {{ dag_id }}

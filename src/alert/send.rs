@@ -21,6 +21,9 @@ pub enum SendError {
     /// Could not reach the service or the conversation broke (retried).
     #[error("{0}")]
     Transport(String),
+    /// No connection was made: the service never saw the message (a rate limit need not count it).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("no answer within {0:?} (the channel's timeout)")]
     Timeout(Duration),
     /// The service answered with an HTTP error status (retried).
@@ -38,6 +41,11 @@ impl SendError {
     /// Another try cannot succeed without a change of config.
     pub fn is_permanent(&self) -> bool {
         matches!(self, SendError::Invalid(_))
+    }
+
+    /// The message certainly did not reach the service.
+    pub fn unreached(&self) -> bool {
+        matches!(self, SendError::Unreachable(_))
     }
 
     /// The service asks for a pause longer than the usual backoff: DingTalk's 130101 (sent too
@@ -129,6 +137,7 @@ impl Sender {
         let secrets = channel.secrets();
         let masked = |e: SendError| match e {
             SendError::Transport(t) => SendError::Transport(mask(&t, &secrets)),
+            SendError::Unreachable(t) => SendError::Unreachable(mask(&t, &secrets)),
             SendError::Status { status, body } => SendError::Status { status, body: mask(&body, &secrets) },
             SendError::Refused { service, code, hint, message } => {
                 SendError::Refused { service, code, hint, message: mask(&message, &secrets) }
@@ -247,7 +256,7 @@ impl Sender {
             source = inner.source();
         }
         causes.dedup();
-        SendError::Transport(causes.join(": "))
+        if e.is_connect() { SendError::Unreachable(causes.join(": ")) } else { SendError::Transport(causes.join(": ")) }
     }
 
     async fn email(&self, c: &crate::config::EmailConfig, message: &Message) -> Result<Answer, SendError> {
