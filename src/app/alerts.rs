@@ -74,7 +74,7 @@ impl App {
         for row in rows.into_iter().filter(|r| !r.channel.starts_with("callback:")) {
             let tail = match row.payload.get("log_path").and_then(|p| p.as_str()) {
                 Some(p) => runtime.block_on(async {
-                    log_tail(crate::alert::stored_log(&store, &row).await, std::path::Path::new(p)).await
+                    log_tail(crate::alert::stored_log(store, &row).await, std::path::Path::new(p)).await
                 }),
                 None => None,
             };
