@@ -15,5 +15,7 @@ mod send;
 pub use channel::{Channel, ChannelError, ChannelKind, Channels, Target};
 pub use deliver::{Deliverer, DeliverySettings, PassReport, WallClock};
 pub use limit::{Allowance, RateLimit, allowance};
-pub use message::{AlertContext, Message, RenderError, Summary, context_of, log_tail, log_url, render, stored_log};
+pub use message::{
+    AlertContext, Message, RenderError, Summary, check_templates, context_of, log_tail, log_url, render, stored_log,
+};
 pub use send::{Answer, SendError, Sender, dingtalk_sign, feishu_sign, mask, webhook_signature};
