@@ -247,6 +247,7 @@ impl App {
         let worker =
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(&store, false));
+        worker.set_notify(Arc::new(self.notifier()));
         let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
         let _ = runner.stop(&store, Utc::now());
         drop(runtime);
@@ -269,7 +270,7 @@ impl App {
             tracing::warn!(alerts = released, "alerts a stopped process was sending are sent again");
         }
         // The deliverer runs beside the loop; nothing the loop does awaits a send.
-        let deliverer = self.deliverer(store, runner);
+        let deliverer = self.deliverer(store, runner).with_callbacks(self.callback_runner(store, worker));
         worker.set_outbox_wake(deliverer.waker());
         runtime.spawn(deliverer.run());
         let (versions, bag) = self.sync_dags(store, Utc::now())?;
@@ -343,6 +344,7 @@ impl App {
         let settings = WorkerSettings { hold_alerts, ..self.worker_settings_for(runner) };
         let worker = Worker::new(store.clone(), settings, tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(store, true));
+        worker.set_notify(Arc::new(self.notifier()));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
         let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));

@@ -14,7 +14,7 @@ mod work;
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::TimeSpan;
 pub use spec::{
-    CallbackRef, DagSpec, EdgeLabel, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec,
+    CallbackRef, DagSpec, DingdingSpec, EdgeLabel, EmailSpec, FeishuSpec, HttpSpec, SlackSpec, WeComSpec, Operator, ScheduleSpec, SensorKind, SensorMode, SensorSpec,
     TaskGroupSpec, TaskSpec, TimeZoneSpec, TriggerRule, TriggerSpec, WeightRule, default_allowlist,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};

@@ -1122,7 +1122,13 @@ impl Scheduler {
                 task_id: None,
                 try_number: None,
                 channel: format!("callback:{}", cb.0),
-                payload: serde_json::json!({ "dag_id": run.dag_id, "run_id": run.run_id, "state": state.as_str(), "reason": reason }),
+                payload: serde_json::json!({
+                    "dag_id": run.dag_id,
+                    "run_id": run.run_id,
+                    "logical_date": run.logical_date.to_rfc3339(),
+                    "state": state.as_str(),
+                    "reason": reason,
+                }),
                 held: false,
             };
             tx.insert_alert(&alert, now)?;
