@@ -168,7 +168,9 @@ fn a_burst_of_25_failures_never_trips_the_robot_and_the_rest_is_summarised() {
     assert_eq!((report.sending, report.coalesced), (20, 6), "19 alone and one summary of 6");
     let got = http.received();
     assert_eq!(got.len(), 20);
-    let summary = got.last().unwrap().body["markdown"]["text"].as_str().unwrap().to_string();
+    // Sent side by side, so in any order.
+    let texts: Vec<String> = got.iter().map(|r| r.body["markdown"]["text"].as_str().unwrap().to_string()).collect();
+    let summary = texts.iter().find(|t| t.contains("more failures")).unwrap().clone();
     assert!(summary.starts_with("### 6 more failures: etl.t19 try 2/3, etl.t20 try 2/3"), "{summary}");
     let rows = f.rows();
     assert_eq!(rows.iter().filter(|r| r.state == "coalesced").count(), 6);

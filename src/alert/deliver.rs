@@ -352,5 +352,5 @@ fn retry_or_fail(
     let wait = e.pause().unwrap_or_default().max(settings.backoff(attempts));
     let at =
         now.checked_add_signed(TimeDelta::from_std(wait).unwrap_or(TimeDelta::MAX)).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    AlertOutcome::Retry { error, at }
+    AlertOutcome::Retry { error, at, reached: !e.unreached() }
 }

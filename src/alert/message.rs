@@ -92,6 +92,7 @@ fn event_text(event: &str) -> &str {
         "dag_run_success" => "run succeeded",
         "summary" => "summary",
         "test" => "test",
+        "import_error" => "import error",
         other => other,
     }
 }
@@ -231,7 +232,8 @@ pub fn callback_context(ctx: &AlertContext) -> serde_json::Value {
 }
 
 const TITLE: &str = "{% if summary %}[rhaiflow] {{ summary.count }} more {{ summary.what }}\
-{% elif event == 'test' %}[rhaiflow] test message{% else %}[rhaiflow] {{ dag_id }}.{{ task_id }} {{ event_text }}\
+{% elif event == 'test' %}[rhaiflow] test message\
+{% elif event == 'import_error' %}[rhaiflow] import error in {{ dag_id }}{% else %}[rhaiflow] {{ dag_id }}.{{ task_id }} {{ event_text }}\
 {% if try_number %} (try {{ try_number }} of {{ tries }}){% endif %}{% endif %}";
 
 const MARKDOWN: &str = r#"{% if summary -%}
@@ -239,6 +241,11 @@ const MARKDOWN: &str = r#"{% if summary -%}
 {%- elif event == "test" -%}
 ### rhaiflow test message
 This is a test of the alert channel.
+{%- elif event == "import_error" -%}
+### ❌ import error in {{ dag_id }}
+```
+{{ error }}
+```
 {%- else -%}
 ### {% if event == "success" %}✅{% elif event == "up_for_retry" %}🔁{% else %}❌{% endif %} {{ dag_id }}.{{ task_id }} {{ event_text }}
 - **DAG**: {{ dag_id }}
@@ -260,6 +267,9 @@ const PLAIN: &str = r#"{% if summary -%}
 {{ summary.count }} more {{ summary.what }}: {{ summary.items | join(", ") }}{% if summary.more %}, … ({{ summary.more }} more){% endif %}
 {%- elif event == "test" -%}
 rhaiflow test message: this is a test of the alert channel.
+{%- elif event == "import_error" -%}
+Import error in {{ dag_id }}:
+{{ error }}
 {%- else -%}
 {{ dag_id }}.{{ task_id }} {{ event_text }} (try {{ try_number }} of {{ tries }})
 DAG: {{ dag_id }}

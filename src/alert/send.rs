@@ -21,6 +21,9 @@ pub enum SendError {
     /// Could not reach the service or the conversation broke (retried).
     #[error("{0}")]
     Transport(String),
+    /// No connection was made: the service never saw the message (a rate limit need not count it).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("no answer within {0:?} (the channel's timeout)")]
     Timeout(Duration),
     /// The service answered with an HTTP error status (retried).
@@ -38,6 +41,11 @@ impl SendError {
     /// Another try cannot succeed without a change of config.
     pub fn is_permanent(&self) -> bool {
         matches!(self, SendError::Invalid(_))
+    }
+
+    /// The message certainly did not reach the service.
+    pub fn unreached(&self) -> bool {
+        matches!(self, SendError::Unreachable(_))
     }
 
     /// The service asks for a pause longer than the usual backoff: DingTalk's 130101 (sent too
@@ -228,7 +236,7 @@ impl Sender {
             source = inner.source();
         }
         causes.dedup();
-        SendError::Transport(causes.join(": "))
+        if e.is_connect() { SendError::Unreachable(causes.join(": ")) } else { SendError::Transport(causes.join(": ")) }
     }
 
     async fn email(&self, c: &crate::config::EmailConfig, m: &Mail) -> Result<Answer, SendError> {
@@ -333,6 +341,7 @@ fn masked(channel: &Channel, result: Result<Answer, SendError>) -> Result<Answer
     match result {
         Ok(a) => Ok(Answer { text: mask(&a.text, &secrets) }),
         Err(SendError::Transport(t)) => Err(SendError::Transport(mask(&t, &secrets))),
+        Err(SendError::Unreachable(t)) => Err(SendError::Unreachable(mask(&t, &secrets))),
         Err(SendError::Status { status, body }) => Err(SendError::Status { status, body: mask(&body, &secrets) }),
         Err(SendError::Refused { service, code, hint, message }) => {
             Err(SendError::Refused { service, code, hint, message: mask(&message, &secrets) })

@@ -107,7 +107,30 @@ impl App {
             .iter()
             .map(|e| (e.file.clone(), e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")))
             .collect();
-        store.write(|tx| record_dags(tx, &versions, &errors, now, self.config.core.dags_are_paused_at_creation))?;
+        let channels = &self.config.alerts.on_import_error;
+        let paused = self.config.core.dags_are_paused_at_creation;
+        store.write(|tx| -> anyhow::Result<()> {
+            // `[alerts] on_import_error`: a file whose error is new or changed, once.
+            let before: std::collections::HashMap<String, String> =
+                if channels.is_empty() { Default::default() } else { tx.import_errors()?.into_iter().collect() };
+            record_dags(tx, &versions, &errors, now, paused)?;
+            for (file, message) in errors.iter().filter(|(f, m)| before.get(f) != Some(m)) {
+                for channel in channels {
+                    let alert = crate::store::NewAlert {
+                        event: "import_error".into(),
+                        dag_id: file.clone(),
+                        run_id: String::new(),
+                        task_id: None,
+                        try_number: None,
+                        channel: channel.clone(),
+                        payload: serde_json::json!({ "file": file, "error": message }),
+                        held: false,
+                    };
+                    tx.insert_alert(&alert, now)?;
+                }
+            }
+            Ok(())
+        })?;
         Ok((versions, bag))
     }
 
@@ -271,9 +294,12 @@ impl App {
         }
         // The deliverer runs beside the loop; nothing the loop does awaits a send.
         let deliverer = self.deliverer(store, runner).with_callbacks(self.callback_runner(store, worker));
-        worker.set_outbox_wake(deliverer.waker());
+        let alert_wake = deliverer.waker();
+        worker.set_outbox_wake(alert_wake.clone());
         runtime.spawn(deliverer.run());
         let (versions, bag) = self.sync_dags(store, Utc::now())?;
+        // Loading may have written import-error alerts.
+        alert_wake.notify_one();
         for e in &bag.import_errors {
             let first = e.diagnostics.first();
             let line = first.and_then(|d| d.pos.as_ref().map(|p| p.line));

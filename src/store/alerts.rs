@@ -46,10 +46,12 @@ pub enum AlertOutcome {
     Sent {
         at: DateTime<Utc>,
     },
-    /// Try again at `at`.
+    /// Try again at `at`. `reached`: the service may have seen the attempt (a connection was
+    /// made), so rate limits count it; an attempt that never connected is not counted.
     Retry {
         error: String,
         at: DateTime<Utc>,
+        reached: bool,
     },
     Failed {
         error: String,
@@ -141,14 +143,15 @@ impl Tx<'_> {
                   WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
                 )?
                 .execute(params![id, owner, at])?,
-            AlertOutcome::Retry { error, at } => self
+            AlertOutcome::Retry { error, at, reached } => self
                 .tx
                 .prepare_cached(
                     "UPDATE alert_outbox SET state = 'pending', next_attempt_at = ?3, last_error = ?4,
-                        lease_owner = NULL, lease_until = NULL
+                        lease_owner = NULL, lease_until = NULL,
+                        attempted_at = CASE WHEN ?5 THEN attempted_at ELSE NULL END
                   WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
                 )?
-                .execute(params![id, owner, at, error])?,
+                .execute(params![id, owner, at, error, reached])?,
             AlertOutcome::Failed { error } => self
                 .tx
                 .prepare_cached(
