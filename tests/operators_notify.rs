@@ -59,7 +59,7 @@ fn every_notifier_operator_sends_through_its_channel() {
     let home = home(
         &http,
         &smtp,
-        r#"let dag = DAG("n", #{ start_date: datetime(2026, 1, 1), schedule: () });
+        r####"let dag = DAG("n", #{ start_date: datetime(2026, 1, 1), schedule: () });
 let mail = EmailOperator(#{
     task_id: "mail",
     to: ["ops@example.com", "{{ params.boss }}"],
@@ -91,7 +91,7 @@ let slack = SlackWebhookOperator(#{
 });
 let feishu = FeishuOperator(#{ task_id: "feishu", message: "feishu {{ ds }}" });
 let wecom = WeComOperator(#{ task_id: "wecom", wecom_conn_id: "group", message: "**wecom** {{ ds }}", mentioned_mobile_list: ["139"] });
-mail >> md >> card >> slack >> feishu >> wecom;"#,
+mail >> md >> card >> slack >> feishu >> wecom;"####,
     );
     let o = home.run(&["dags", "test", "n", "2026-03-04"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", text(&o.stdout), text(&o.stderr));
@@ -196,9 +196,10 @@ RhaiOperator(#{ task_id: "r", callable: |ctx| alerts::send("email", `hello from 
     assert!(log.contains("no recipient"), "{log}");
     std::fs::write(
         home.path().join("rhaiflow.toml"),
-        std::fs::read_to_string(home.path().join("rhaiflow.toml"))
-            .unwrap()
-            .replace("mail_from = \"rhaiflow@example.com\"", "mail_from = \"rhaiflow@example.com\"\nto = [\"ops@example.com\"]"),
+        std::fs::read_to_string(home.path().join("rhaiflow.toml")).unwrap().replace(
+            "mail_from = \"rhaiflow@example.com\"",
+            "mail_from = \"rhaiflow@example.com\"\nto = [\"ops@example.com\"]",
+        ),
     )
     .unwrap();
     let o = home.run(&["dags", "test", "n", "2026-03-04"]);

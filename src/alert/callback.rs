@@ -170,7 +170,9 @@ impl TaskServices for CallbackServices {
         let line = mask(line, &self.secrets);
         match &self.log_path {
             Some(path) => self.handle.block_on(crate::executor::log_line(path, &line)),
-            None => tracing::info!(target: "rhaiflow::callback", dag_id = %self.dag_id, run_id = %self.run_id, "{line}"),
+            None => {
+                tracing::info!(target: "rhaiflow::callback", dag_id = %self.dag_id, run_id = %self.run_id, "{line}")
+            }
         }
     }
 

@@ -377,6 +377,52 @@ mod tests {
     }
 
     #[test]
+    fn a_callbacks_ctx_is_the_alert_context_with_airflows_names() {
+        let row = OutboxRow {
+            id: 1,
+            created_at: chrono::Utc::now(),
+            event: "up_for_retry".into(),
+            dag_id: "etl".into(),
+            run_id: "r1".into(),
+            task_id: Some("load".into()),
+            try_number: Some(1),
+            channel: "callback:etl.load.on_retry_callback#anon$1".into(),
+            payload: serde_json::json!({
+                "state": "up_for_retry", "try_number": 1, "max_tries": 2, "error": "exit 3",
+                "logical_date": "2026-03-04T00:00:00+00:00",
+            }),
+            state: "pending".into(),
+            attempts: 0,
+            last_error: None,
+            sent_at: None,
+            attempted_at: None,
+            next_attempt_at: None,
+            coalesced_into: None,
+        };
+        let ctx = context_of(&row, Some("https://ui.example.com"), Some("last line".into()));
+        assert_eq!((ctx.state.as_str(), ctx.tries, ctx.max_tries), ("up_for_retry", Some(3), Some(2)));
+        let v = callback_context(&ctx);
+        assert_eq!(v["exception"], "exit 3");
+        assert_eq!(v["error"], "exit 3");
+        assert_eq!(v["ds"], "2026-03-04");
+        assert_eq!(v["log_tail"], "last line");
+        assert_eq!(v["ti"]["try_number"], 1);
+        assert_eq!(v["ti"]["state"], "up_for_retry");
+        assert_eq!(v["ti"]["log_url"], "https://ui.example.com/dags/etl/runs/r1/tasks/load/tries/1");
+        // A run's end: its reason is the error, its state the run's.
+        let run_row = OutboxRow {
+            event: "dag_run_failed".into(),
+            task_id: None,
+            try_number: None,
+            payload: serde_json::json!({ "state": "failed", "reason": "dagrun_timeout of 1h reached" }),
+            ..row
+        };
+        let ctx = context_of(&run_row, None, None);
+        assert_eq!((ctx.state.as_str(), ctx.event_text.as_str()), ("failed", "run failed"));
+        assert_eq!(ctx.error.as_deref(), Some("dagrun_timeout of 1h reached"));
+    }
+
+    #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!(duration_text(1.25), "1.2s");
         assert_eq!(duration_text(65.0), "1m 5s");

@@ -71,7 +71,12 @@ impl Notify for Notifier {
                     [only] => only.clone(),
                     _ if of_kind.contains(&default) => default,
                     [] => return Err(listed()),
-                    _ => return Err(format!("several {kind} channels and none is `{default}`: name one ({})", listed())),
+                    _ => {
+                        return Err(format!(
+                            "several {kind} channels and none is `{default}`: name one ({})",
+                            listed()
+                        ));
+                    }
                 }
             }
         };

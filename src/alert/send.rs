@@ -165,7 +165,12 @@ impl Sender {
         masked(channel, result)
     }
 
-    async fn post(&self, channel: &Channel, mut body: serde_json::Value, now: DateTime<Utc>) -> Result<Answer, SendError> {
+    async fn post(
+        &self,
+        channel: &Channel,
+        mut body: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, SendError> {
         let invalid = |what: &str| SendError::Invalid(format!("channel `{}`: {what}", channel.name));
         let url_of = |s: &Option<crate::config::Secret>| {
             let text = s.as_ref().map(|s| s.expose()).unwrap_or_default();
@@ -269,7 +274,8 @@ impl Sender {
         let mail = if m.files.is_empty() {
             mail.header(content_type).body(m.body.clone())
         } else {
-            let mut parts = MultiPart::mixed().singlepart(SinglePart::builder().header(content_type).body(m.body.clone()));
+            let mut parts =
+                MultiPart::mixed().singlepart(SinglePart::builder().header(content_type).body(m.body.clone()));
             for (name, bytes) in &m.files {
                 let octets = ContentType::parse("application/octet-stream").map_err(|e| invalid(e.to_string()))?;
                 parts = parts.singlepart(Attachment::new(name.clone()).body(bytes.clone(), octets));

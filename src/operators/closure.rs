@@ -160,7 +160,13 @@ impl RunServices {
 }
 
 /// `alerts::send` from a closure: through the named channel, with the channel's own shape.
-pub fn send_text(notify: &dyn super::Notify, handle: &tokio::runtime::Handle, channel: &str, title: Option<&str>, text: &str) -> Result<String, String> {
+pub fn send_text(
+    notify: &dyn super::Notify,
+    handle: &tokio::runtime::Handle,
+    channel: &str,
+    title: Option<&str>,
+    text: &str,
+) -> Result<String, String> {
     let title = title.map(str::to_string).unwrap_or_else(|| super::notify::title_of(text));
     let notification = super::Notification::Text { title, text: text.to_string() };
     handle.block_on(notify.send(channel, notification))
@@ -173,8 +179,8 @@ pub fn http_request(
     handle: &tokio::runtime::Handle,
     request: HttpRequest,
 ) -> Result<HttpResponse, String> {
-let client = client.clone();
-handle.block_on(async move {
+    let client = client.clone();
+    handle.block_on(async move {
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
         let mut builder = client.request(method, &request.url).timeout(request.timeout);
         for (k, v) in &request.headers {

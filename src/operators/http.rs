@@ -450,7 +450,11 @@ fn add_query(url: &mut String, data: &serde_json::Value) {
 }
 
 /// Renders every string of templated data, as Airflow renders a dict's values.
-pub(super) fn render_json(value: &serde_json::Value, field: &str, ctx: &TemplateContext) -> Result<serde_json::Value, String> {
+pub(super) fn render_json(
+    value: &serde_json::Value,
+    field: &str,
+    ctx: &TemplateContext,
+) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(s) => serde_json::Value::String(render(field, s, ctx).map_err(|e| e.to_string())?),
         serde_json::Value::Array(items) => serde_json::Value::Array(

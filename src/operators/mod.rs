@@ -322,7 +322,12 @@ pub const RUNNERS: &[Runner] = &[
         templated: |_| Vec::new(),
         recover: None,
     },
-    Runner { name: "EmailOperator", start: |run| Box::pin(email::start(run)), templated: email::templated, recover: None },
+    Runner {
+        name: "EmailOperator",
+        start: |run| Box::pin(email::start(run)),
+        templated: email::templated,
+        recover: None,
+    },
     Runner {
         name: "DingdingOperator",
         start: |run| Box::pin(dingding::start(run)),
@@ -335,8 +340,18 @@ pub const RUNNERS: &[Runner] = &[
         templated: slack::templated,
         recover: None,
     },
-    Runner { name: "FeishuOperator", start: |run| Box::pin(feishu::start(run)), templated: feishu::templated, recover: None },
-    Runner { name: "WeComOperator", start: |run| Box::pin(wecom::start(run)), templated: wecom::templated, recover: None },
+    Runner {
+        name: "FeishuOperator",
+        start: |run| Box::pin(feishu::start(run)),
+        templated: feishu::templated,
+        recover: None,
+    },
+    Runner {
+        name: "WeComOperator",
+        start: |run| Box::pin(wecom::start(run)),
+        templated: wecom::templated,
+        recover: None,
+    },
     Runner { name: "HttpOperator", start: |run| Box::pin(http::start(run)), templated: http::templated, recover: None },
     Runner {
         name: "HttpSensor",

@@ -24,7 +24,10 @@ pub struct MailRequest {
 pub enum Notification {
     /// A text as the channel's alerts take it (`alerts::send`): the channel shapes it (DingTalk
     /// markdown, a mail with `title` as its subject, ...).
-    Text { title: String, text: String },
+    Text {
+        title: String,
+        text: String,
+    },
     /// A service's own JSON body (DingTalk `msgtype`, Feishu `msg_type`, WeCom, Slack), sent
     /// as it is, signed as the channel signs.
     Body(serde_json::Value),

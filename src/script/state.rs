@@ -3,8 +3,9 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagRunState, DagSpec, Diagnostic, DingdingSpec, EmailSpec, FeishuSpec, HttpSpec, SlackSpec, WeComSpec, Operator, ScheduleSpec, SensorKind, SensorMode,
-    SensorSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule, TriggerSpec, WeightRule,
+    CallbackRef, DagRunState, DagSpec, Diagnostic, DingdingSpec, EmailSpec, FeishuSpec, HttpSpec, Operator,
+    ScheduleSpec, SensorKind, SensorMode, SensorSpec, SlackSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec,
+    TriggerRule, TriggerSpec, WeComSpec, WeightRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -1033,10 +1034,10 @@ fn chat_message(key: &str, message_type: &str, message: &serde_json::Value, text
         serde_json::Value::String(_) if text_types.contains(&message_type) => Ok(()),
         // Missing: reported as a missing required key already.
         serde_json::Value::Object(_) | serde_json::Value::Null => Ok(()),
-        serde_json::Value::String(_) => Err(ScriptError::new(format!(
-            "a `{message_type}` message is a map (the service's fields), not a string"
-        ))
-        .at_key(key)),
+        serde_json::Value::String(_) => {
+            Err(ScriptError::new(format!("a `{message_type}` message is a map (the service's fields), not a string"))
+                .at_key(key))
+        }
         _ => Err(ScriptError::new("`message` must be a string or a map").at_key(key)),
     }
 }

@@ -812,7 +812,12 @@ fn send_alert(ctx: &NativeCallContext, channel: &str, text: &str, opts: Option<M
     at(ctx, send_alert_raw(ctx, channel, text, opts))
 }
 
-fn send_alert_raw(ctx: &NativeCallContext, channel: &str, text: &str, opts: Option<Map>) -> RhaiResult<ImmutableString> {
+fn send_alert_raw(
+    ctx: &NativeCallContext,
+    channel: &str,
+    text: &str,
+    opts: Option<Map>,
+) -> RhaiResult<ImmutableString> {
     let cell = cell(ctx, "alerts::send")?;
     let opts = opts.unwrap_or_default();
     let mut title = None;
@@ -820,7 +825,9 @@ fn send_alert_raw(ctx: &NativeCallContext, channel: &str, text: &str, opts: Opti
         match key.as_str() {
             "title" => title = Some(value.to_string()),
             other => {
-                return Err(ScriptError::new(format!("alerts::send: unknown option `{other}`; the option is `title`")).into());
+                return Err(
+                    ScriptError::new(format!("alerts::send: unknown option `{other}`; the option is `title`")).into()
+                );
             }
         }
     }
