@@ -28,8 +28,6 @@ mail_from = "rhaiflow@example.com"
 [alerts.dingtalk.ops]
 webhook = "http://127.0.0.1:{port}/dingtalk?access_token={TOKEN}"
 secret = "{DING_SECRET}"
-[alerts.dingtalk.other]
-webhook = "http://127.0.0.1:{port}/dingtalk?access_token=other{TOKEN}"
 [alerts.feishu.team]
 webhook = "http://127.0.0.1:{port}/feishu/{TOKEN}"
 secret = "{FEISHU_SECRET}"
@@ -37,6 +35,8 @@ secret = "{FEISHU_SECRET}"
 webhook = "http://127.0.0.1:{port}/wecom?key={TOKEN}"
 [alerts.slack.dev]
 webhook = "http://127.0.0.1:{port}/slack/{TOKEN}"
+[alerts.slack.other]
+webhook = "http://127.0.0.1:{port}/slack/other{TOKEN}"
 "#,
         port = http.port,
         smtp = smtp.port
@@ -85,6 +85,7 @@ let card = DingdingOperator(#{
 });
 let slack = SlackWebhookOperator(#{
     task_id: "slack",
+    slack_webhook_conn_id: "dev",
     message: "deployed {{ ds }}",
     channel: "#ops",
     blocks: [#{ "type": "section", text: #{ "type": "mrkdwn", text: "*{{ dag.dag_id }}*" } }],
@@ -168,15 +169,15 @@ fn a_channel_that_is_not_configured_or_ambiguous_fails_naming_the_configured_one
         &http,
         &smtp,
         r#"let dag = DAG("n", #{ start_date: datetime(2026, 1, 1), schedule: () });
-DingdingOperator(#{ task_id: "ambiguous", message: "hello" });
-SlackWebhookOperator(#{ task_id: "unknown", slack_webhook_conn_id: "nope", message: "hi" });"#,
+SlackWebhookOperator(#{ task_id: "ambiguous", message: "hello" });
+DingdingOperator(#{ task_id: "unknown", dingding_conn_id: "nope", message: "hi" });"#,
     );
     let o = home.run(&["dags", "test", "n", "2026-03-04"]);
     assert_eq!(o.status.code(), Some(1));
     let log = home.log("n", RUN, "ambiguous");
-    assert!(log.contains("dingtalk.default") && log.contains("dingtalk.ops, dingtalk.other"), "{log}");
+    assert!(log.contains("`slack.default`") && log.contains("slack.dev, slack.other"), "{log}");
     let log = home.log("n", RUN, "unknown");
-    assert!(log.contains("unknown channel `slack.nope`") && log.contains("slack.dev"), "{log}");
+    assert!(log.contains("unknown channel `dingtalk.nope`") && log.contains("configured: dingtalk.ops"), "{log}");
     assert!(http.received().is_empty());
 }
 
