@@ -345,3 +345,27 @@ fn email_reaches_the_smtp_server_with_recipients_subject_and_body() {
     assert!(mail.data.contains("Log: https://rhaiflow.example.com/dags/etl/runs/"), "{}", mail.data);
     assert!(!mail.auth.is_empty(), "logged in");
 }
+
+#[test]
+fn a_channel_template_replaces_the_body_and_a_broken_one_is_caught_at_start() {
+    let http = peer();
+    let f = Fixture::new(http.port, "");
+    let mut config = f.config.clone();
+    config.alerts.slack.get_mut("dev").unwrap().template =
+        Some("{{ dag_id }}.{{ task_id }}: {{ event_text }} ({{ try_number }}/{{ tries }}) {{ error | upper }}".into());
+    let d = Deliverer::new(
+        f.store.clone(),
+        Channels::from_config(&config.alerts),
+        DeliverySettings::from_config(&config, "t".into()),
+        Arc::new(Utc::now),
+    );
+    f.fail("slack.dev", "load", 2);
+    runtime().block_on(d.deliver_due(f.now())).unwrap();
+    assert_eq!(
+        http.received()[0].body["text"],
+        "etl.load: failed (2/3) BASH COMMAND FAILED. THE COMMAND RETURNED A NON-ZERO EXIT CODE 1."
+    );
+    config.alerts.slack.get_mut("dev").unwrap().template = Some("{{ broken".into());
+    let e = rhaiflow::alert::check_templates(&Channels::from_config(&config.alerts)).unwrap_err();
+    assert!(e.to_string().starts_with("template of channel `slack.dev`: syntax error"), "{e}");
+}

@@ -323,6 +323,28 @@ pub fn render(channel: &Channel, ctx: &AlertContext) -> Result<Message, RenderEr
     })
 }
 
+/// Renders every channel's templates with a sample context, so a broken `template` is an error
+/// at start rather than a failed alert later.
+pub fn check_templates(channels: &super::Channels) -> Result<(), RenderError> {
+    let sample = AlertContext {
+        event: "failed".into(),
+        event_text: "failed".into(),
+        dag_id: "dag".into(),
+        task_id: Some("task".into()),
+        run_id: "manual__2024-01-01T00:00:00+00:00".into(),
+        try_number: Some(1),
+        tries: Some(1),
+        error: Some("exit code 1".into()),
+        ..Default::default()
+    };
+    for name in channels.names() {
+        if let Ok(channel) = channels.get(&name) {
+            render(channel, &sample)?;
+        }
+    }
+    Ok(())
+}
+
 /// The summary a burst is folded into.
 pub fn summary_of(rows: &[OutboxRow]) -> Summary {
     let count: usize = rows.iter().map(summary_count).sum();

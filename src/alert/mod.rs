@@ -21,7 +21,8 @@ pub use channel::{Channel, ChannelError, ChannelKind, Channels, Target};
 pub use deliver::{Deliverer, DeliverySettings, PassReport, WallClock};
 pub use limit::{Allowance, RateLimit, allowance};
 pub use message::{
-    AlertContext, Message, RenderError, Summary, callback_context, context_of, log_tail, log_url, render,
+    AlertContext, Message, RenderError, Summary, callback_context, check_templates, context_of, log_tail, log_url,
+    render,
 };
 pub use notify::Notifier;
 pub use send::{Answer, Mail, SendError, Sender, dingtalk_sign, feishu_sign, mask, webhook_signature};

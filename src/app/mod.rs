@@ -56,6 +56,7 @@ impl App {
         let settings =
             LoaderSettings { dags_folder: config.core.dags_folder.clone(), limits, threads: config.core.parse_threads };
         let loader = Loader::new(settings).context("cannot start the DAG loader")?;
+        crate::alert::check_templates(&crate::alert::Channels::from_config(&config.alerts))?;
         Ok(App { config, loader })
     }
 
@@ -369,6 +370,18 @@ impl App {
         forward_signals(&runtime, tx.clone());
         let settings = WorkerSettings { hold_alerts, ..self.worker_settings_for(runner) };
         let worker = Worker::new(store.clone(), settings, tx.clone(), runtime.handle().clone());
+        if !hold_alerts && let Ok(socket) = self.wake_socket() {
+            // The scheduler's deliverer sends what this process writes: tell it when it writes.
+            let written = Arc::new(tokio::sync::Notify::new());
+            worker.set_outbox_wake(written.clone());
+            runtime.spawn(async move {
+                loop {
+                    written.notified().await;
+                    let socket = socket.clone();
+                    let _ = tokio::task::spawn_blocking(move || wake_scheduler_at(&socket)).await;
+                }
+            });
+        }
         worker.set_trigger(self.run_trigger(store, true));
         worker.set_notify(Arc::new(self.notifier()));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
