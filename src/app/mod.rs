@@ -143,6 +143,7 @@ impl App {
                 on_failure: self.config.alerts.on_failure.clone(),
                 on_retry: self.config.alerts.on_retry.clone(),
                 on_success: self.config.alerts.on_success.clone(),
+                hold: false,
             },
         }
     }
@@ -386,7 +387,9 @@ impl App {
         worker.set_notify(Arc::new(self.notifier()));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
-        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));
+        let mut scheduler_settings = self.scheduler_settings(runner);
+        scheduler_settings.alert_defaults.hold = hold_alerts;
+        let mut scheduler = Scheduler::new(store.clone(), scheduler_settings, Scope::Runs(scope.clone()));
         scheduler.set_dags(versions);
         let keep = runtime.spawn(take_over_periodically(
             worker.clone(),

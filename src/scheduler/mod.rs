@@ -142,6 +142,8 @@ pub struct AlertDefaults {
     pub on_failure: Vec<String>,
     pub on_retry: Vec<String>,
     pub on_success: Vec<String>,
+    /// Rows are written `held` (`dags test` without `--send-alerts`), as the worker's are.
+    pub hold: bool,
 }
 
 /// What one pass decided.
@@ -1129,7 +1131,7 @@ impl Scheduler {
                     "state": state.as_str(),
                     "reason": reason,
                 }),
-                held: false,
+                held: self.settings.alert_defaults.hold,
             };
             tx.insert_alert(&alert, now)?;
         }
