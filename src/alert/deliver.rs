@@ -6,6 +6,7 @@
 //! between the state change and the send leaves the row `pending` (or `sending` with a lease
 //! that runs out), so the next process sends it: as far as the store can know, once.
 
+use super::callback::CallbackRunner;
 use super::channel::{Channel, Channels};
 use super::limit::allowance;
 use super::message::{context_of, log_tail, render, summary_of};
@@ -90,6 +91,8 @@ struct Inner {
     wake: Arc<tokio::sync::Notify>,
     permits: Arc<tokio::sync::Semaphore>,
     secrets: Vec<String>,
+    /// Runs `callback:…` rows; without it they are left for a deliverer that has one.
+    callbacks: Option<Arc<CallbackRunner>>,
 }
 
 /// A row a pass leased, with its channel (or why it has none).
@@ -111,8 +114,18 @@ impl Deliverer {
                 wake: Arc::default(),
                 permits,
                 secrets,
+                callbacks: None,
             }),
         }
+    }
+
+    /// This deliverer also runs callbacks (the scheduler's). Call before the first clone.
+    pub fn with_callbacks(mut self, callbacks: CallbackRunner) -> Deliverer {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.callbacks = Some(Arc::new(callbacks)),
+            None => tracing::error!("a deliverer was given its callback runner after being shared (a bug)"),
+        }
+        self
     }
 
     /// Told when outbox rows are written: the deliverer looks at once.
@@ -127,10 +140,11 @@ impl Deliverer {
     /// Delivers until the task is dropped: a pass, then a sleep until the next row falls due or
     /// a wake.
     pub async fn run(self) {
+        let callbacks = self.inner.callbacks.is_some();
         loop {
             let now = (self.inner.clock)();
             let wait = match self.pass(now).await {
-                Ok(_) => match self.inner.store.read_async(|tx| tx.next_alert_due()).await {
+                Ok(_) => match self.inner.store.read_async(move |tx| tx.next_alert_due(callbacks)).await {
                     Ok(Some(due)) => (due - (self.inner.clock)()).to_std().unwrap_or(Duration::ZERO),
                     Ok(None) => Duration::MAX,
                     Err(e) => {
@@ -192,7 +206,7 @@ impl Deliverer {
 /// Takes the due rows, applies rate limits, and leases what goes now; in one transaction.
 fn plan(tx: &Tx, inner: &Inner, now: DateTime<Utc>) -> StoreResult<(PassReport, Vec<Leased>)> {
     let settings = &inner.settings;
-    let due = tx.due_alerts(now, settings.batch)?;
+    let due = tx.due_alerts(now, settings.batch, inner.callbacks.is_some())?;
     let mut report = PassReport::default();
     let mut leased = Vec::new();
     let until = now.checked_add_signed(settings.lease()).unwrap_or(DateTime::<Utc>::MAX_UTC);
@@ -205,6 +219,19 @@ fn plan(tx: &Tx, inner: &Inner, now: DateTime<Utc>) -> StoreResult<(PassReport, 
         }
     }
     for (name, rows) in by_channel {
+        if let (true, Some(callbacks)) = (name.starts_with("callback:"), &inner.callbacks) {
+            // A callback is user code: no rate limit, and a lease as long as its timeout.
+            let lease = TimeDelta::from_std(callbacks.timeout() + Duration::from_secs(30)).unwrap_or(TimeDelta::MAX);
+            let until = now.checked_add_signed(lease).unwrap_or(DateTime::<Utc>::MAX_UTC);
+            for mut row in rows {
+                if tx.lease_alert(row.id, &settings.owner, now, until)? {
+                    row.attempts += 1;
+                    report.sending += 1;
+                    leased.push(Leased { row });
+                }
+            }
+            continue;
+        }
         let channel = match inner.channels.get(&name) {
             Ok(c) => c,
             Err(e) => {
@@ -274,9 +301,11 @@ fn plan(tx: &Tx, inner: &Inner, now: DateTime<Utc>) -> StoreResult<(PassReport, 
 
 /// Renders and sends one leased row, then records the outcome under the lease.
 async fn deliver_one(inner: &Inner, row: OutboxRow) {
-    let outcome = match inner.channels.get(&row.channel) {
-        Err(e) => AlertOutcome::Failed { error: e.to_string() },
-        Ok(channel) => attempt(inner, channel, &row).await,
+    let outcome = match (&inner.callbacks, inner.channels.get(&row.channel)) {
+        // Run once: a callback that failed is recorded, never retried.
+        (Some(callbacks), _) if row.channel.starts_with("callback:") => callbacks.run(&row).await,
+        (_, Err(e)) => AlertOutcome::Failed { error: e.to_string() },
+        (_, Ok(channel)) => attempt(inner, channel, &row).await,
     };
     if let AlertOutcome::Failed { error } = &outcome {
         tracing::warn!(alert_id = row.id, channel = %row.channel, attempts = row.attempts, error = %error, "alert delivery failed for good");

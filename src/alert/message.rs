@@ -1,15 +1,22 @@
-//! What an alert says: the context built from an outbox row (one shape for every channel, and
-//! the one templates see), and each channel's text from its minijinja template.
+//! What an alert says: the context built from an outbox row (one shape for every channel, the
+//! one templates see, and the `ctx` a callback and `stdlib/alerts.rhai` read: [`AlertContext`]),
+//! and each channel's text from its minijinja template.
 
 use super::channel::{Channel, ChannelKind};
 use crate::store::OutboxRow;
 use serde::{Deserialize, Serialize};
 
-/// Everything a message may say about one event. Templates see these names.
+/// Everything a message may say about one event: the one alert context. Channel templates see
+/// these names, and so do callbacks (`ctx.error`, `ctx.log_url`, `ctx.ti.try_number`: see
+/// [`callback_context`]) and the helpers of `stdlib/alerts.rhai`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AlertContext {
-    /// `failed`, `up_for_retry`, `success`, `summary`, `test`.
+    /// `failed`, `up_for_retry`, `success`, `dag_run_failed`, `dag_run_success`, `summary`, `test`.
     pub event: String,
+    /// The task instance's new state (`failed`, `up_for_retry`, `success`), or the run's for a
+    /// DAG-level event (`failed`, `success`).
+    #[serde(default)]
+    pub state: String,
     /// "failed", "up for retry", "succeeded", as a person reads it.
     pub event_text: String,
     pub dag_id: String,
@@ -19,6 +26,9 @@ pub struct AlertContext {
     pub try_number: Option<u32>,
     /// Tries in all (`retries + 1`): "try 2 of 3".
     pub tries: Option<u32>,
+    /// Airflow's `max_tries` (the retries): a failure retries while `try_number <= max_tries`.
+    #[serde(default)]
+    pub max_tries: Option<u32>,
     /// When the next try is due (retries only).
     pub next_try_at: Option<String>,
     pub error: Option<String>,
@@ -78,6 +88,8 @@ fn event_text(event: &str) -> &str {
         "failed" => "failed",
         "up_for_retry" => "up for retry",
         "success" => "succeeded",
+        "dag_run_failed" => "run failed",
+        "dag_run_success" => "run succeeded",
         "summary" => "summary",
         "test" => "test",
         "import_error" => "import error",
@@ -172,8 +184,10 @@ pub fn context_of(row: &OutboxRow, base_url: Option<&str>, log_tail: Option<Stri
     };
     let summary = p.get("summary").and_then(|s| serde_json::from_value::<Summary>(s.clone()).ok());
     let duration = p.get("duration").and_then(|d| d.as_f64());
+    let state = s(p, "state").unwrap_or_else(|| row.event.trim_start_matches("dag_run_").to_string());
     AlertContext {
         event: row.event.clone(),
+        state,
         event_text: event_text(&row.event).to_string(),
         dag_id: row.dag_id.clone(),
         task_id: row.task_id.clone(),
@@ -181,8 +195,10 @@ pub fn context_of(row: &OutboxRow, base_url: Option<&str>, log_tail: Option<Stri
         logical_date: s(p, "logical_date"),
         try_number,
         tries: u(p, "max_tries").map(|m| m.saturating_add(1)),
+        max_tries: u(p, "max_tries"),
         next_try_at: s(p, "next_try_at"),
-        error: s(p, "error").map(|e| cut(&e, ERROR_CHARS)),
+        // A run's end carries its `reason` (`dagrun_timeout`), a try's its `error`.
+        error: s(p, "error").or_else(|| s(p, "reason")).map(|e| cut(&e, ERROR_CHARS)),
         log_tail,
         duration,
         duration_text: duration.map(duration_text),
@@ -195,6 +211,39 @@ pub fn context_of(row: &OutboxRow, base_url: Option<&str>, log_tail: Option<Stri
             .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
             .unwrap_or_default(),
     }
+}
+
+/// The `ctx` a callback gets: every field of the alert context, Airflow's names for some of them
+/// (`exception` and `reason` for the error, `ds`, `ts`, `dag_run`), and `ti` (`task_instance`)
+/// holding the try's own fields. `script::CallArg::Context` turns it into the read-only `ctx`.
+pub fn callback_context(ctx: &AlertContext) -> serde_json::Value {
+    let mut v = serde_json::to_value(ctx).unwrap_or_else(|_| serde_json::json!({}));
+    let date = ctx.logical_date.clone().unwrap_or_default();
+    let ds = date.get(..10).unwrap_or("").to_string();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("exception".into(), ctx.error.clone().into());
+        map.insert("reason".into(), ctx.error.clone().into());
+        map.insert("ds".into(), ds.clone().into());
+        map.insert("ds_nodash".into(), ds.replace('-', "").into());
+        map.insert("ts".into(), date.clone().into());
+        map.insert(
+            "dag_run".into(),
+            serde_json::json!({
+                "dag_id": ctx.dag_id, "run_id": ctx.run_id, "logical_date": date,
+                "state": if ctx.task_id.is_none() { Some(&ctx.state) } else { None },
+            }),
+        );
+        map.insert(
+            "ti".into(),
+            serde_json::json!({
+                "dag_id": ctx.dag_id, "task_id": ctx.task_id, "run_id": ctx.run_id,
+                "try_number": ctx.try_number, "max_tries": ctx.max_tries, "tries": ctx.tries,
+                "state": ctx.state, "log_url": ctx.log_url, "hostname": ctx.hostname,
+                "duration": ctx.duration, "next_try_at": ctx.next_try_at,
+            }),
+        );
+    }
+    v
 }
 
 const TITLE: &str = "{% if summary %}[rhaiflow] {{ summary.count }} more {{ summary.what }}\
@@ -362,6 +411,52 @@ mod tests {
             Some("https://ui.example.com/base/dags/etl/runs/manual__2024-01-01T00:00:00+00:00/tasks/load/tries/2")
         );
         assert_eq!(log_url("not a url", "a", "b", "c", 1), None);
+    }
+
+    #[test]
+    fn a_callbacks_ctx_is_the_alert_context_with_airflows_names() {
+        let row = OutboxRow {
+            id: 1,
+            created_at: chrono::Utc::now(),
+            event: "up_for_retry".into(),
+            dag_id: "etl".into(),
+            run_id: "r1".into(),
+            task_id: Some("load".into()),
+            try_number: Some(1),
+            channel: "callback:etl.load.on_retry_callback#anon$1".into(),
+            payload: serde_json::json!({
+                "state": "up_for_retry", "try_number": 1, "max_tries": 2, "error": "exit 3",
+                "logical_date": "2026-03-04T00:00:00+00:00",
+            }),
+            state: "pending".into(),
+            attempts: 0,
+            last_error: None,
+            sent_at: None,
+            attempted_at: None,
+            next_attempt_at: None,
+            coalesced_into: None,
+        };
+        let ctx = context_of(&row, Some("https://ui.example.com"), Some("last line".into()));
+        assert_eq!((ctx.state.as_str(), ctx.tries, ctx.max_tries), ("up_for_retry", Some(3), Some(2)));
+        let v = callback_context(&ctx);
+        assert_eq!(v["exception"], "exit 3");
+        assert_eq!(v["error"], "exit 3");
+        assert_eq!(v["ds"], "2026-03-04");
+        assert_eq!(v["log_tail"], "last line");
+        assert_eq!(v["ti"]["try_number"], 1);
+        assert_eq!(v["ti"]["state"], "up_for_retry");
+        assert_eq!(v["ti"]["log_url"], "https://ui.example.com/dags/etl/runs/r1/tasks/load/tries/1");
+        // A run's end: its reason is the error, its state the run's.
+        let run_row = OutboxRow {
+            event: "dag_run_failed".into(),
+            task_id: None,
+            try_number: None,
+            payload: serde_json::json!({ "state": "failed", "reason": "dagrun_timeout of 1h reached" }),
+            ..row
+        };
+        let ctx = context_of(&run_row, None, None);
+        assert_eq!((ctx.state.as_str(), ctx.event_text.as_str()), ("failed", "run failed"));
+        assert_eq!(ctx.error.as_deref(), Some("dagrun_timeout of 1h reached"));
     }
 
     #[test]

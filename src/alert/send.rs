@@ -134,32 +134,50 @@ impl Sender {
     /// Sends `message` through `channel` at `now` (signatures carry the time). Errors and the
     /// answer are masked with the channel's secrets.
     pub async fn send(&self, channel: &Channel, message: &Message, now: DateTime<Utc>) -> Result<Answer, SendError> {
-        let secrets = channel.secrets();
-        let masked = |e: SendError| match e {
-            SendError::Transport(t) => SendError::Transport(mask(&t, &secrets)),
-            SendError::Unreachable(t) => SendError::Unreachable(mask(&t, &secrets)),
-            SendError::Status { status, body } => SendError::Status { status, body: mask(&body, &secrets) },
-            SendError::Refused { service, code, hint, message } => {
-                SendError::Refused { service, code, hint, message: mask(&message, &secrets) }
-            }
-            SendError::Invalid(t) => SendError::Invalid(mask(&t, &secrets)),
-            other => other,
-        };
         let result = match &channel.target {
-            Target::Email(c) => self.email(c, message).await,
-            _ => self.http(channel, message, now).await,
+            Target::Email(c) => self.email(c, &Mail::of(message)).await,
+            _ => match body_of(channel, message) {
+                Ok(body) => self.post(channel, body, now).await,
+                Err(e) => Err(e),
+            },
         };
-        result.map(|a| Answer { text: mask(&a.text, &secrets) }).map_err(masked)
+        masked(channel, result)
     }
 
-    async fn http(&self, channel: &Channel, message: &Message, now: DateTime<Utc>) -> Result<Answer, SendError> {
+    /// Sends a service's own JSON body (a DingTalk `msgtype`, a Feishu `msg_type`, a WeCom or
+    /// Slack message: the notifier operators) through an HTTP channel, signed as the channel
+    /// signs; the answer is judged as the service means it. Masked as [`Sender::send`].
+    pub async fn send_body(
+        &self,
+        channel: &Channel,
+        body: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, SendError> {
+        masked(channel, self.post(channel, body, now).await)
+    }
+
+    /// Sends a mail (`EmailOperator`: cc, bcc, HTML, attachments) through the `email` channel.
+    pub async fn send_mail(&self, channel: &Channel, mail: &Mail) -> Result<Answer, SendError> {
+        let result = match &channel.target {
+            Target::Email(c) => self.email(c, mail).await,
+            _ => Err(SendError::Invalid(format!("channel `{}` does not send mail", channel.name))),
+        };
+        masked(channel, result)
+    }
+
+    async fn post(
+        &self,
+        channel: &Channel,
+        mut body: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, SendError> {
         let invalid = |what: &str| SendError::Invalid(format!("channel `{}`: {what}", channel.name));
         let url_of = |s: &Option<crate::config::Secret>| {
             let text = s.as_ref().map(|s| s.expose()).unwrap_or_default();
             reqwest::Url::parse(text).map_err(|_| invalid("its webhook is not a URL"))
         };
         let mut headers: Vec<(String, String)> = Vec::new();
-        let (url, body) = match &channel.target {
+        let url = match &channel.target {
             Target::DingTalk(c) => {
                 let mut url = url_of(&c.webhook)?;
                 if let Some(secret) = &c.secret {
@@ -167,58 +185,25 @@ impl Sender {
                     let sign = dingtalk_sign(secret.expose(), ts);
                     url.query_pairs_mut().append_pair("timestamp", &ts.to_string()).append_pair("sign", &sign);
                 }
-                let at = serde_json::json!({
-                    "atMobiles": c.at_mobiles, "atUserIds": c.at_user_ids, "isAtAll": c.at_all,
-                });
-                // DingTalk notifies those `@`-mentioned in the text only.
-                let mut text = message.text.clone();
-                for m in c.at_mobiles.iter().chain(&c.at_user_ids) {
-                    text.push_str(&format!(" @{m}"));
-                }
-                let body = serde_json::json!({
-                    "msgtype": "markdown",
-                    "markdown": { "title": message.title, "text": text },
-                    "at": at,
-                });
-                (url, body)
+                url
             }
             Target::Feishu(c) => {
-                let url = url_of(&c.webhook)?;
-                let mut body = serde_json::json!({ "msg_type": "text", "content": { "text": message.text } });
                 if let Some(secret) = &c.secret {
                     let ts = now.timestamp();
                     body["timestamp"] = serde_json::Value::String(ts.to_string());
                     body["sign"] = serde_json::Value::String(feishu_sign(secret.expose(), ts));
                 }
-                (url, body)
+                url_of(&c.webhook)?
             }
-            Target::WeCom(c) => {
-                let url = url_of(&c.webhook)?;
-                let mut content = message.text.clone();
-                for m in &c.mentioned_mobile_list {
-                    content.push_str(&format!("\n<@{m}>"));
-                }
-                let body = serde_json::json!({
-                    "msgtype": "markdown",
-                    "markdown": { "content": content, "mentioned_mobile_list": c.mentioned_mobile_list },
-                });
-                (url, body)
-            }
-            Target::Slack(c) => (url_of(&c.webhook)?, serde_json::json!({ "text": message.text })),
+            Target::WeCom(c) => url_of(&c.webhook)?,
+            Target::Slack(c) => url_of(&c.webhook)?,
             Target::Webhook(c) => {
-                let url = url_of(&c.url)?;
                 headers.extend(c.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-                let body = serde_json::json!({
-                    "channel": channel.name,
-                    "title": message.title,
-                    "text": message.text,
-                    "alert": message.context,
-                });
                 if let Some(secret) = &c.secret {
                     let bytes = serde_json::to_vec(&body).unwrap_or_default();
                     headers.push(("X-Rhaiflow-Signature".into(), webhook_signature(secret.expose(), &bytes)));
                 }
-                (url, body)
+                url_of(&c.url)?
             }
             Target::Email(_) => return Err(invalid("is not an HTTP channel")),
         };
@@ -259,28 +244,45 @@ impl Sender {
         if e.is_connect() { SendError::Unreachable(causes.join(": ")) } else { SendError::Transport(causes.join(": ")) }
     }
 
-    async fn email(&self, c: &crate::config::EmailConfig, message: &Message) -> Result<Answer, SendError> {
+    async fn email(&self, c: &crate::config::EmailConfig, m: &Mail) -> Result<Answer, SendError> {
         use lettre::message::header::ContentType;
+        use lettre::message::{Attachment, MultiPart, SinglePart};
         use lettre::transport::smtp::authentication::Credentials;
         use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
         let invalid = |what: String| SendError::Invalid(format!("channel `email`: {what}"));
         if c.host.trim().is_empty() {
             return Err(invalid("`[alerts.email] host` is empty; name the SMTP server".into()));
         }
-        let recipients: Vec<String> =
-            if message.context.email.is_empty() { c.to.clone() } else { message.context.email.clone() };
+        let recipients: Vec<String> = if m.to.is_empty() { c.to.clone() } else { m.to.clone() };
         if recipients.is_empty() {
             return Err(invalid("no recipient (the task's `email`, or `[alerts.email] to`)".into()));
         }
         let from = c.mail_from.clone().unwrap_or_else(|| "rhaiflow@localhost".into());
         let mut mail = lettre::Message::builder()
             .from(from.parse().map_err(|e| invalid(format!("`mail_from` `{from}`: {e}")))?)
-            .subject(message.title.clone());
+            .subject(m.subject.clone());
         for to in &recipients {
             mail = mail.to(to.parse().map_err(|e| invalid(format!("recipient `{to}`: {e}")))?);
         }
-        let mail =
-            mail.header(ContentType::TEXT_PLAIN).body(message.text.clone()).map_err(|e| invalid(e.to_string()))?;
+        for cc in &m.cc {
+            mail = mail.cc(cc.parse().map_err(|e| invalid(format!("cc `{cc}`: {e}")))?);
+        }
+        for bcc in &m.bcc {
+            mail = mail.bcc(bcc.parse().map_err(|e| invalid(format!("bcc `{bcc}`: {e}")))?);
+        }
+        let content_type = if m.html { ContentType::TEXT_HTML } else { ContentType::TEXT_PLAIN };
+        let mail = if m.files.is_empty() {
+            mail.header(content_type).body(m.body.clone())
+        } else {
+            let mut parts =
+                MultiPart::mixed().singlepart(SinglePart::builder().header(content_type).body(m.body.clone()));
+            for (name, bytes) in &m.files {
+                let octets = ContentType::parse("application/octet-stream").map_err(|e| invalid(e.to_string()))?;
+                parts = parts.singlepart(Attachment::new(name.clone()).body(bytes.clone(), octets));
+            }
+            mail.multipart(parts)
+        }
+        .map_err(|e| invalid(e.to_string()))?;
         let smtp_error = |e: lettre::transport::smtp::Error| SendError::Transport(format!("SMTP: {e}"));
         let builder = if c.ssl {
             AsyncSmtpTransport::<Tokio1Executor>::relay(&c.host).map_err(smtp_error)?
@@ -310,6 +312,88 @@ impl Sender {
         let text = format!("{} {}", response.code(), response.message().collect::<Vec<_>>().join(" "));
         Ok(Answer { text: bounded(&text) })
     }
+}
+
+/// A mail as the `email` channel sends it: an alert's (plain text to the task's `email`) or
+/// `EmailOperator`'s (cc, bcc, HTML, attachments).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mail {
+    /// Empty: `[alerts.email] to`.
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    /// The body is HTML (`html_content`), else plain text.
+    pub html: bool,
+    /// Attachments: file name and content.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl Mail {
+    fn of(message: &Message) -> Mail {
+        Mail {
+            to: message.context.email.clone(),
+            subject: message.title.clone(),
+            body: message.text.clone(),
+            ..Mail::default()
+        }
+    }
+}
+
+/// Errors and answers never show a channel's secrets.
+fn masked(channel: &Channel, result: Result<Answer, SendError>) -> Result<Answer, SendError> {
+    let secrets = channel.secrets();
+    match result {
+        Ok(a) => Ok(Answer { text: mask(&a.text, &secrets) }),
+        Err(SendError::Transport(t)) => Err(SendError::Transport(mask(&t, &secrets))),
+        Err(SendError::Unreachable(t)) => Err(SendError::Unreachable(mask(&t, &secrets))),
+        Err(SendError::Status { status, body }) => Err(SendError::Status { status, body: mask(&body, &secrets) }),
+        Err(SendError::Refused { service, code, hint, message }) => {
+            Err(SendError::Refused { service, code, hint, message: mask(&message, &secrets) })
+        }
+        Err(SendError::Invalid(t)) => Err(SendError::Invalid(mask(&t, &secrets))),
+        Err(other) => Err(other),
+    }
+}
+
+/// The JSON body an alert message takes on an HTTP channel (markdown where the service renders it).
+fn body_of(channel: &Channel, message: &Message) -> Result<serde_json::Value, SendError> {
+    Ok(match &channel.target {
+        Target::DingTalk(c) => {
+            // DingTalk notifies those `@`-mentioned in the text only.
+            let mut text = message.text.clone();
+            for m in c.at_mobiles.iter().chain(&c.at_user_ids) {
+                text.push_str(&format!(" @{m}"));
+            }
+            serde_json::json!({
+                "msgtype": "markdown",
+                "markdown": { "title": message.title, "text": text },
+                "at": { "atMobiles": c.at_mobiles, "atUserIds": c.at_user_ids, "isAtAll": c.at_all },
+            })
+        }
+        Target::Feishu(_) => serde_json::json!({ "msg_type": "text", "content": { "text": message.text } }),
+        Target::WeCom(c) => {
+            let mut content = message.text.clone();
+            for m in &c.mentioned_mobile_list {
+                content.push_str(&format!("\n<@{m}>"));
+            }
+            serde_json::json!({
+                "msgtype": "markdown",
+                "markdown": { "content": content, "mentioned_mobile_list": c.mentioned_mobile_list },
+            })
+        }
+        Target::Slack(_) => serde_json::json!({ "text": message.text }),
+        Target::Webhook(_) => serde_json::json!({
+            "channel": channel.name,
+            "title": message.title,
+            "text": message.text,
+            "alert": message.context,
+        }),
+        Target::Email(_) => {
+            return Err(SendError::Invalid(format!("channel `{}`: is not an HTTP channel", channel.name)));
+        }
+    })
 }
 
 /// A 200 answer that still says no: DingTalk and WeCom `errcode`, Feishu `code`, Slack's `ok`.

@@ -2,9 +2,12 @@
 //! a test message, and `dags test`'s preview and `--send-alerts`.
 
 use super::App;
-use crate::alert::{Answer, Channels, Deliverer, DeliverySettings, Message, context_of, log_tail, render};
+use crate::alert::{
+    Answer, CallbackRunner, CallbackSettings, Channels, Deliverer, DeliverySettings, Message, Notifier, context_of,
+    log_tail, render,
+};
 use crate::store::{AlertFilter, OutboxRow, Store};
-use crate::worker::Runner;
+use crate::worker::{Runner, Worker};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -24,6 +27,25 @@ impl App {
     pub fn deliverer(&self, store: &Store, runner: &Runner) -> Deliverer {
         let settings = DeliverySettings::from_config(&self.config, runner.id.clone());
         Deliverer::new(store.clone(), self.alert_channels(), settings, Arc::new(Utc::now))
+    }
+
+    /// The channels as the operators and `alerts::send` reach them.
+    pub fn notifier(&self) -> Notifier {
+        Notifier::new(self.alert_channels(), std::time::Duration::from_secs_f64(self.config.alerts.delivery_timeout))
+    }
+
+    /// Runs callbacks for the scheduler's deliverer, with `worker`'s closure host.
+    pub fn callback_runner(&self, store: &Store, worker: &Worker) -> CallbackRunner {
+        let settings = self.worker_settings();
+        let mut secrets = crate::operators::secrets(&settings);
+        secrets.extend(self.alert_channels().secrets());
+        let callback_settings = CallbackSettings {
+            timeout: settings.task_script_timeout,
+            base_url: self.config.webserver.base_url.clone(),
+            variables: settings.variables.clone(),
+            secrets,
+        };
+        CallbackRunner::new(store.clone(), worker.scripts(), self.notifier(), callback_settings)
     }
 
     /// Rows a process that is gone left `sending` are sent again now, not when their lease ends.

@@ -79,6 +79,10 @@ pub async fn drive(parts: LoopParts<'_>, report: &mut dyn FnMut(Progress)) -> an
                 );
                 report(Progress::Finished(key, *state, 0.0));
             }
+            if !pass.finished_runs.is_empty() {
+                // A run's end may have written its DAG-level callback to the outbox.
+                worker.tell_outbox();
+            }
             for (dag_id, run_id, state) in &pass.finished_runs {
                 tracing::info!(%dag_id, %run_id, %state, "run finished");
                 report(Progress::RunFinished(dag_id, run_id, *state));

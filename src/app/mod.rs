@@ -143,6 +143,7 @@ impl App {
                 on_failure: self.config.alerts.on_failure.clone(),
                 on_retry: self.config.alerts.on_retry.clone(),
                 on_success: self.config.alerts.on_success.clone(),
+                hold: false,
             },
         }
     }
@@ -271,6 +272,7 @@ impl App {
         let worker =
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(&store, false));
+        worker.set_notify(Arc::new(self.notifier()));
         let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
         let _ = runner.stop(&store, Utc::now());
         drop(runtime);
@@ -293,7 +295,7 @@ impl App {
             tracing::warn!(alerts = released, "alerts a stopped process was sending are sent again");
         }
         // The deliverer runs beside the loop; nothing the loop does awaits a send.
-        let deliverer = self.deliverer(store, runner);
+        let deliverer = self.deliverer(store, runner).with_callbacks(self.callback_runner(store, worker));
         let alert_wake = deliverer.waker();
         worker.set_outbox_wake(alert_wake.clone());
         runtime.spawn(deliverer.run());
@@ -382,9 +384,12 @@ impl App {
             });
         }
         worker.set_trigger(self.run_trigger(store, true));
+        worker.set_notify(Arc::new(self.notifier()));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
-        let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::Runs(scope.clone()));
+        let mut scheduler_settings = self.scheduler_settings(runner);
+        scheduler_settings.alert_defaults.hold = hold_alerts;
+        let mut scheduler = Scheduler::new(store.clone(), scheduler_settings, Scope::Runs(scope.clone()));
         scheduler.set_dags(versions);
         let keep = runtime.spawn(take_over_periodically(
             worker.clone(),

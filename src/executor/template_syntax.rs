@@ -56,7 +56,7 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
         Operator::EmailOperator(email) => {
             fields.push(("subject".to_string(), email.subject.as_str()));
             fields.push(("html_content".to_string(), email.html_content.as_str()));
-            for (name, list) in [("to", &email.to), ("cc", &email.cc), ("bcc", &email.bcc)] {
+            for (name, list) in [("to", &email.to), ("cc", &email.cc), ("bcc", &email.bcc), ("files", &email.files)] {
                 for address in list {
                     fields.push((name.to_string(), address));
                 }
@@ -71,8 +71,21 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
                 fields.push((format!("headers.{k}"), v));
             }
         }
-        Operator::DingdingOperator { message, .. } | Operator::SlackWebhookOperator { message, .. } => {
-            fields.push(("message".to_string(), message.as_str()));
+        Operator::DingdingOperator(d) => json_strings("message", &d.message, &mut fields),
+        Operator::FeishuOperator(f) => json_strings("message", &f.message, &mut fields),
+        Operator::WeComOperator(w) => fields.push(("message".to_string(), w.message.as_str())),
+        Operator::SlackWebhookOperator(slack) => {
+            fields.push(("message".to_string(), slack.message.as_str()));
+            for (name, value) in [("channel", &slack.channel), ("username", &slack.username)] {
+                if let Some(v) = value {
+                    fields.push((name.to_string(), v.as_str()));
+                }
+            }
+            for (name, value) in [("blocks", &slack.blocks), ("attachments", &slack.attachments)] {
+                if let Some(v) = value {
+                    json_strings(name, v, &mut fields);
+                }
+            }
         }
         Operator::TriggerDagRunOperator(trigger) => {
             fields.push(("trigger_dag_id".to_string(), trigger.trigger_dag_id.as_str()));

@@ -263,18 +263,10 @@ pub enum Operator {
     // `BashOperator` (a scheduler holds every task of every DAG); the JSON form is the same.
     EmailOperator(Box<EmailSpec>),
     HttpOperator(Box<HttpSpec>),
-    DingdingOperator {
-        robot: Option<String>,
-        message_type: String,
-        message: String,
-        at_mobiles: Vec<String>,
-        at_all: bool,
-    },
-    SlackWebhookOperator {
-        slack_webhook_conn_id: Option<String>,
-        message: String,
-        channel: Option<String>,
-    },
+    DingdingOperator(Box<DingdingSpec>),
+    SlackWebhookOperator(Box<SlackSpec>),
+    FeishuOperator(Box<FeishuSpec>),
+    WeComOperator(Box<WeComSpec>),
     BranchOperator {
         callable: CallbackRef,
     },
@@ -315,6 +307,63 @@ pub struct EmailSpec {
     pub html_content: String,
     pub cc: Vec<String>,
     pub bcc: Vec<String>,
+    /// Paths of files to attach (templated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+/// `DingdingOperator`: a message through a DingTalk robot (`[alerts.dingtalk.NAME]`). `message`
+/// is the text (`text`, `markdown`) or the message's object as DingTalk documents it (`link`,
+/// `markdown`, `actionCard`, `feedCard`); every string inside it is a template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DingdingSpec {
+    /// The robot: `NAME` of `[alerts.dingtalk.NAME]` (Airflow's `dingding_conn_id`).
+    pub dingding_conn_id: Option<String>,
+    pub message_type: String,
+    pub message: serde_json::Value,
+    pub at_mobiles: Vec<String>,
+    #[serde(default)]
+    pub at_user_ids: Vec<String>,
+    pub at_all: bool,
+}
+
+/// `SlackWebhookOperator`: a message through a Slack incoming webhook (`[alerts.slack.NAME]`).
+/// Templated as Airflow's: `message`, `channel`, `username`, and the strings of `blocks` and
+/// `attachments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlackSpec {
+    /// `NAME` of `[alerts.slack.NAME]`.
+    pub slack_webhook_conn_id: Option<String>,
+    pub message: String,
+    /// The Slack channel to post to (a legacy webhook's override), not a rhaiflow channel.
+    pub channel: Option<String>,
+    pub username: Option<String>,
+    pub icon_emoji: Option<String>,
+    pub icon_url: Option<String>,
+    pub blocks: Option<serde_json::Value>,
+    pub attachments: Option<serde_json::Value>,
+}
+
+/// `FeishuOperator`: a message through a Feishu/Lark bot (`[alerts.feishu.NAME]`). `message` is
+/// the text (`text`) or the content object of `post`, `interactive` (the card), `share_chat`,
+/// `image`; every string inside it is a template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeishuSpec {
+    pub feishu_conn_id: Option<String>,
+    pub message_type: String,
+    pub message: serde_json::Value,
+}
+
+/// `WeComOperator`: a message through a WeCom group robot (`[alerts.wecom.NAME]`), `markdown` or
+/// `text`; `message` is a template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeComSpec {
+    pub wecom_conn_id: Option<String>,
+    pub message_type: String,
+    pub message: String,
+    /// User ids to mention (`text` messages; `@all` for everyone).
+    pub mentioned_list: Vec<String>,
+    pub mentioned_mobile_list: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,8 +397,10 @@ impl Operator {
             Operator::RhaiOperator { .. } => "RhaiOperator",
             Operator::EmailOperator(_) => "EmailOperator",
             Operator::HttpOperator(_) => "HttpOperator",
-            Operator::DingdingOperator { .. } => "DingdingOperator",
-            Operator::SlackWebhookOperator { .. } => "SlackWebhookOperator",
+            Operator::DingdingOperator(_) => "DingdingOperator",
+            Operator::SlackWebhookOperator(_) => "SlackWebhookOperator",
+            Operator::FeishuOperator(_) => "FeishuOperator",
+            Operator::WeComOperator(_) => "WeComOperator",
             Operator::BranchOperator { .. } => "BranchOperator",
             Operator::ShortCircuitOperator { .. } => "ShortCircuitOperator",
             Operator::TriggerDagRunOperator(_) => "TriggerDagRunOperator",

@@ -144,38 +144,72 @@ impl TaskServices for RunServices {
     }
 
     fn http(&self, request: HttpRequest) -> Result<HttpResponse, String> {
-        let client = self.run.env.http.clone();
-        self.handle.block_on(async move {
-            let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
-            let mut builder = client.request(method, &request.url).timeout(request.timeout);
-            for (k, v) in &request.headers {
-                builder = builder.header(k, v);
-            }
-            if let Some(body) = request.body {
-                builder = builder.body(body);
-            }
-            let timed_out = |e: &reqwest::Error| e.is_timeout();
-            let secs = request.timeout.as_secs_f64();
-            let describe = |e: reqwest::Error| {
-                if timed_out(&e) { format!("no answer within {secs} s") } else { error_chain(&e) }
-            };
-            let mut response = builder.send().await.map_err(describe)?;
-            let status = response.status().as_u16();
-            let headers: BTreeMap<String, String> = response
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect();
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(describe)? {
-                if body.len() + chunk.len() > MAX_HTTP_BODY {
-                    return Err(format!("the answer is larger than {}", super::size(MAX_HTTP_BODY as u64)));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(HttpResponse { status, headers, text: String::from_utf8_lossy(&body).into_owned() })
-        })
+        http_request(&self.run.env.http, &self.handle, request)
     }
+
+    fn send_alert(&self, channel: &str, title: Option<&str>, text: &str) -> Result<String, String> {
+        let notify = self.notify()?;
+        send_text(notify.as_ref(), &self.handle, channel, title, text)
+    }
+}
+
+impl RunServices {
+    fn notify(&self) -> Result<Arc<dyn super::Notify>, String> {
+        self.run.env.notify.get().cloned().ok_or_else(|| "this command does not load the alert channels".to_string())
+    }
+}
+
+/// `alerts::send` from a closure: through the named channel, with the channel's own shape.
+pub fn send_text(
+    notify: &dyn super::Notify,
+    handle: &tokio::runtime::Handle,
+    channel: &str,
+    title: Option<&str>,
+    text: &str,
+) -> Result<String, String> {
+    let title = title.map(str::to_string).unwrap_or_else(|| super::notify::title_of(text));
+    let notification = super::Notification::Text { title, text: text.to_string() };
+    handle.block_on(notify.send(channel, notification))
+}
+
+/// A closure's `http::get`/`http::post` (task closures and callbacks): made on `client` from a
+/// blocking thread; the answer is read up to 4 MiB.
+pub fn http_request(
+    client: &reqwest::Client,
+    handle: &tokio::runtime::Handle,
+    request: HttpRequest,
+) -> Result<HttpResponse, String> {
+    let client = client.clone();
+    handle.block_on(async move {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut builder = client.request(method, &request.url).timeout(request.timeout);
+        for (k, v) in &request.headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(body) = request.body {
+            builder = builder.body(body);
+        }
+        let timed_out = |e: &reqwest::Error| e.is_timeout();
+        let secs = request.timeout.as_secs_f64();
+        let describe = |e: reqwest::Error| {
+            if timed_out(&e) { format!("no answer within {secs} s") } else { error_chain(&e) }
+        };
+        let mut response = builder.send().await.map_err(describe)?;
+        let status = response.status().as_u16();
+        let headers: BTreeMap<String, String> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(describe)? {
+            if body.len() + chunk.len() > MAX_HTTP_BODY {
+                return Err(format!("the answer is larger than {}", super::size(MAX_HTTP_BODY as u64)));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse { status, headers, text: String::from_utf8_lossy(&body).into_owned() })
+    })
 }
 
 /// An error and its causes, `a: b: c` (reqwest's own message says little: "error sending request").

@@ -107,7 +107,7 @@ pub fn templated(operator: &Operator) -> Vec<&str> {
     texts
 }
 
-fn strings_of<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+pub(super) fn strings_of<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
     match value {
         serde_json::Value::String(s) => out.push(s),
         serde_json::Value::Array(items) => items.iter().for_each(|v| strings_of(v, out)),
@@ -452,7 +452,11 @@ fn add_query(url: &mut String, data: &serde_json::Value) {
 }
 
 /// Renders every string of templated data, as Airflow renders a dict's values.
-fn render_json(value: &serde_json::Value, field: &str, ctx: &TemplateContext) -> Result<serde_json::Value, String> {
+pub(super) fn render_json(
+    value: &serde_json::Value,
+    field: &str,
+    ctx: &TemplateContext,
+) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(s) => serde_json::Value::String(render(field, s, ctx).map_err(|e| e.to_string())?),
         serde_json::Value::Array(items) => serde_json::Value::Array(

@@ -18,19 +18,26 @@ mod bash_sensor;
 mod branch;
 pub mod closure;
 mod context;
+mod dingding;
+mod email;
 mod empty;
 mod external_task_sensor;
+mod feishu;
 mod file_sensor;
 pub mod http;
 mod latest_only;
+pub mod notify;
 #[path = "rhai.rs"]
 mod rhai_op;
 pub mod sensor;
+mod slack;
 mod time_sensor;
 mod trigger_dagrun;
+mod wecom;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
+pub use notify::{MailRequest, Notification, Notify};
 pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 
 use crate::executor::RunningBash;
@@ -139,12 +146,24 @@ pub struct Env {
     pub trigger: std::sync::OnceLock<Arc<dyn TriggerRuns>>,
     /// The closure host: DAG versions' closures, compiled once per version (`closure::call`).
     pub scripts: Arc<TaskScripts>,
+    /// The alert channels of `[alerts]` (`EmailOperator`, `DingdingOperator`, ..., and
+    /// `alerts::send` in a closure): `alert::Notifier`, injected by `app` (`Worker::set_notify`).
+    pub notify: std::sync::OnceLock<Arc<dyn Notify>>,
 }
 
 impl Env {
     pub fn new(settings: Arc<WorkerSettings>, store: Option<Store>, wake: Arc<dyn Fn() + Send + Sync>) -> Env {
         let scripts = Arc::new(TaskScripts::new(settings.script_limits.clone(), settings.eval_context.clone()));
-        Env { settings, store, http: http_client(), wake, extra_env: Vec::new(), trigger: Default::default(), scripts }
+        Env {
+            settings,
+            store,
+            http: http_client(),
+            wake,
+            extra_env: Vec::new(),
+            trigger: Default::default(),
+            scripts,
+            notify: Default::default(),
+        }
     }
 
     /// The store, or a failure that says the operator needs one.
@@ -295,6 +314,36 @@ pub const RUNNERS: &[Runner] = &[
         name: "ShortCircuitOperator",
         start: |run| Box::pin(branch::start_short_circuit(run)),
         templated: |_| Vec::new(),
+        recover: None,
+    },
+    Runner {
+        name: "EmailOperator",
+        start: |run| Box::pin(email::start(run)),
+        templated: email::templated,
+        recover: None,
+    },
+    Runner {
+        name: "DingdingOperator",
+        start: |run| Box::pin(dingding::start(run)),
+        templated: dingding::templated,
+        recover: None,
+    },
+    Runner {
+        name: "SlackWebhookOperator",
+        start: |run| Box::pin(slack::start(run)),
+        templated: slack::templated,
+        recover: None,
+    },
+    Runner {
+        name: "FeishuOperator",
+        start: |run| Box::pin(feishu::start(run)),
+        templated: feishu::templated,
+        recover: None,
+    },
+    Runner {
+        name: "WeComOperator",
+        start: |run| Box::pin(wecom::start(run)),
+        templated: wecom::templated,
         recover: None,
     },
     Runner { name: "HttpOperator", start: |run| Box::pin(http::start(run)), templated: http::templated, recover: None },

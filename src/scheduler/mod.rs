@@ -142,6 +142,8 @@ pub struct AlertDefaults {
     pub on_failure: Vec<String>,
     pub on_retry: Vec<String>,
     pub on_success: Vec<String>,
+    /// Rows are written `held` (`dags test` without `--send-alerts`), as the worker's are.
+    pub hold: bool,
 }
 
 /// What one pass decided.
@@ -1167,8 +1169,14 @@ impl Scheduler {
                 task_id: None,
                 try_number: None,
                 channel: format!("callback:{}", cb.0),
-                payload: serde_json::json!({ "dag_id": run.dag_id, "run_id": run.run_id, "state": state.as_str(), "reason": reason }),
-                held: false,
+                payload: serde_json::json!({
+                    "dag_id": run.dag_id,
+                    "run_id": run.run_id,
+                    "logical_date": run.logical_date.to_rfc3339(),
+                    "state": state.as_str(),
+                    "reason": reason,
+                }),
+                held: self.settings.alert_defaults.hold,
             };
             tx.insert_alert(&alert, now)?;
         }

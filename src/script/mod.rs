@@ -126,6 +126,11 @@ impl ScriptHost {
             let file = format!("stdlib/{name}.rhai");
             match compile_module(&compile_engine, &file, source) {
                 Ok(module) if *name == "prelude" => host.prelude = module,
+                Ok(module) if *name == "alerts" => {
+                    let mut module = (*module).clone();
+                    task::register_alert_natives(&mut module);
+                    host.modules.insert(*name, module);
+                }
                 Ok(module) => host.modules.insert(*name, (*module).clone()),
                 Err(d) => errors.push(d),
             }

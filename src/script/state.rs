@@ -3,8 +3,9 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagRunState, DagSpec, Diagnostic, EmailSpec, HttpSpec, Operator, ScheduleSpec, SensorKind, SensorMode,
-    SensorSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec, TriggerRule, TriggerSpec, WeightRule,
+    CallbackRef, DagRunState, DagSpec, Diagnostic, DingdingSpec, EmailSpec, FeishuSpec, HttpSpec, Operator,
+    ScheduleSpec, SensorKind, SensorMode, SensorSpec, SlackSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec,
+    TriggerRule, TriggerSpec, WeComSpec, WeightRule,
 };
 use chrono::{DateTime, Offset, Utc};
 use rhai::FnPtr;
@@ -516,6 +517,7 @@ impl FileState {
                 html_content: s("html_content"),
                 cc: list("cc"),
                 bcc: list("bcc"),
+                files: list("files"),
             })),
             "HttpOperator" => Operator::HttpOperator(Box::new(HttpSpec {
                 http_conn_id: args.str("http_conn_id"),
@@ -527,18 +529,54 @@ impl FileState {
                 response_filter: self.callback(scope, "response_filter", args.closure("response_filter")),
                 timeout: http_timeout(args.duration("timeout"))?,
             })),
-            "DingdingOperator" => Operator::DingdingOperator {
-                robot: args.str("dingding_conn_id"),
-                message_type: one_of(args.str("message_type"), "message_type", &["text", "markdown"])?,
-                message: s("message"),
-                at_mobiles: list("at_mobiles"),
-                at_all: args.bool("at_all").unwrap_or(false),
-            },
-            "SlackWebhookOperator" => Operator::SlackWebhookOperator {
+            "DingdingOperator" => {
+                let message_type = one_of(
+                    args.str("message_type"),
+                    "message_type",
+                    &["text", "link", "markdown", "actionCard", "feedCard"],
+                )?;
+                let message = args.body("message").unwrap_or_default();
+                chat_message("message", &message_type, &message, &["text", "markdown"])?;
+                Operator::DingdingOperator(Box::new(DingdingSpec {
+                    dingding_conn_id: args.str("dingding_conn_id"),
+                    message_type,
+                    message,
+                    at_mobiles: list("at_mobiles"),
+                    at_user_ids: list("at_user_ids"),
+                    at_all: args.bool("at_all").unwrap_or(false),
+                }))
+            }
+            "SlackWebhookOperator" => Operator::SlackWebhookOperator(Box::new(SlackSpec {
                 slack_webhook_conn_id: args.str("slack_webhook_conn_id"),
-                message: s("message"),
+                message: args.str("message").unwrap_or_default(),
                 channel: args.str("channel"),
-            },
+                username: args.str("username"),
+                icon_emoji: args.str("icon_emoji"),
+                icon_url: args.str("icon_url"),
+                blocks: args.json("blocks"),
+                attachments: args.json("attachments"),
+            })),
+            "FeishuOperator" => {
+                let message_type = one_of(
+                    args.str("message_type"),
+                    "message_type",
+                    &["text", "post", "interactive", "share_chat", "image"],
+                )?;
+                let message = args.body("message").unwrap_or_default();
+                chat_message("message", &message_type, &message, &["text"])?;
+                Operator::FeishuOperator(Box::new(FeishuSpec {
+                    feishu_conn_id: args.str("feishu_conn_id"),
+                    message_type,
+                    message,
+                }))
+            }
+            "WeComOperator" => Operator::WeComOperator(Box::new(WeComSpec {
+                wecom_conn_id: args.str("wecom_conn_id"),
+                message_type: one_of(args.str("message_type"), "message_type", &["markdown", "text"])?,
+                message: s("message"),
+                mentioned_list: list("mentioned_list"),
+                mentioned_mobile_list: list("mentioned_mobile_list"),
+            })),
             "TriggerDagRunOperator" => Operator::TriggerDagRunOperator(Box::new(TriggerSpec {
                 trigger_dag_id: s("trigger_dag_id"),
                 trigger_run_id: args.str("trigger_run_id"),
@@ -988,6 +1026,21 @@ fn http_statuses(codes: &[String], key: &str) -> ScriptResult<Vec<u16>> {
             })
         })
         .collect()
+}
+
+/// A chat operator's `message`: a string for the types in `text_types` (a map with `text` too,
+/// as Airflow's `markdown` takes `{title, text}`), else a map (the service's own object).
+fn chat_message(key: &str, message_type: &str, message: &serde_json::Value, text_types: &[&str]) -> ScriptResult<()> {
+    match message {
+        serde_json::Value::String(_) if text_types.contains(&message_type) => Ok(()),
+        // Missing: reported as a missing required key already.
+        serde_json::Value::Object(_) | serde_json::Value::Null => Ok(()),
+        serde_json::Value::String(_) => {
+            Err(ScriptError::new(format!("a `{message_type}` message is a map (the service's fields), not a string"))
+                .at_key(key))
+        }
+        _ => Err(ScriptError::new("`message` must be a string or a map").at_key(key)),
+    }
 }
 
 fn one_of(given: Option<String>, key: &str, allowed: &[&str]) -> ScriptResult<String> {

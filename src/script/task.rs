@@ -93,6 +93,12 @@ pub trait TaskServices: Send + Sync {
     /// A line in the task's log.
     fn log(&self, line: &str);
     fn http(&self, request: HttpRequest) -> Result<HttpResponse, String>;
+    /// Sends `text` through the alert channel `channel` (`alerts::send`), with `title` where the
+    /// channel has one (a mail's subject, a DingTalk markdown title); the service's answer.
+    fn send_alert(&self, channel: &str, title: Option<&str>, text: &str) -> Result<String, String> {
+        let _ = (channel, title, text);
+        Err("alert channels are not reachable here".into())
+    }
 }
 
 /// One argument of a closure call.
@@ -606,9 +612,39 @@ const CTX_FIELDS: &[&str] = &[
     "ti",
     "task_instance",
     "conf",
+    // A callback's ctx: the alert context (`alert::AlertContext`).
+    "event",
+    "event_text",
+    "state",
+    "try_number",
+    "max_tries",
+    "tries",
+    "next_try_at",
+    "error",
+    "exception",
+    "reason",
+    "log_tail",
+    "log_url",
+    "duration",
+    "duration_text",
+    "hostname",
+    "email",
 ];
 
-const TI_FIELDS: &[&str] = &["try_number", "max_tries", "task_id", "dag_id", "run_id"];
+const TI_FIELDS: &[&str] = &[
+    "try_number",
+    "max_tries",
+    "task_id",
+    "dag_id",
+    "run_id",
+    // A callback's ctx.ti.
+    "state",
+    "tries",
+    "log_url",
+    "hostname",
+    "duration",
+    "next_try_at",
+];
 
 fn member(map: &Map, name: &str, of: &str) -> RhaiResult<Dynamic> {
     map.get(name).cloned().ok_or_else(|| {
@@ -770,6 +806,48 @@ fn http_call_raw(
     out.insert("text".into(), Dynamic::from(ImmutableString::from(response.text)));
     out.insert("json".into(), json);
     Ok(out)
+}
+
+fn send_alert(ctx: &NativeCallContext, channel: &str, text: &str, opts: Option<Map>) -> RhaiResult<ImmutableString> {
+    at(ctx, send_alert_raw(ctx, channel, text, opts))
+}
+
+fn send_alert_raw(
+    ctx: &NativeCallContext,
+    channel: &str,
+    text: &str,
+    opts: Option<Map>,
+) -> RhaiResult<ImmutableString> {
+    let cell = cell(ctx, "alerts::send")?;
+    let opts = opts.unwrap_or_default();
+    let mut title = None;
+    for (key, value) in &opts {
+        match key.as_str() {
+            "title" => title = Some(value.to_string()),
+            other => {
+                return Err(
+                    ScriptError::new(format!("alerts::send: unknown option `{other}`; the option is `title`")).into()
+                );
+            }
+        }
+    }
+    let answer = cell
+        .services
+        .send_alert(channel, title.as_deref(), text)
+        .map_err(|e| ScriptError::new(format!("alerts::send(\"{channel}\"): {e}")))?;
+    Ok(answer.into())
+}
+
+/// The natives of the stdlib's `alerts` module: `alerts::send(channel, text [, #{ title }])`
+/// sends through a configured channel from a callback or a task closure (through
+/// [`TaskServices::send_alert`]); while a DAG file is parsed it fails.
+pub(super) fn register_alert_natives(module: &mut Module) {
+    module.set_native_fn("send", |ctx: NativeCallContext, channel: &str, text: &str| {
+        send_alert(&ctx, channel, text, None)
+    });
+    module.set_native_fn("send", |ctx: NativeCallContext, channel: &str, text: &str, opts: Map| {
+        send_alert(&ctx, channel, text, Some(opts))
+    });
 }
 
 /// Registers `ctx`, `ctx.ti` and the `json` and `http` modules. They are in every engine (so a

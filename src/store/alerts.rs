@@ -86,30 +86,30 @@ fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
 impl Tx<'_> {
     /// Rows a deliverer may take now, oldest first: `pending` ones whose next attempt is due and
     /// `sending` ones whose lease ran out (their process died mid-send). Callback rows
-    /// (`callback:…`) are the callback runner's, not a channel's.
-    pub fn due_alerts(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<OutboxRow>> {
+    /// (`callback:…`) only with `callbacks` (a deliverer that can run them).
+    pub fn due_alerts(&self, now: DateTime<Utc>, limit: u32, callbacks: bool) -> StoreResult<Vec<OutboxRow>> {
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM alert_outbox
              WHERE ((state = 'pending' AND next_attempt_at <= ?1) OR (state = 'sending' AND lease_until <= ?1))
-               AND channel NOT LIKE 'callback:%'
+               AND (?3 OR channel NOT LIKE 'callback:%')
              ORDER BY id LIMIT ?2"
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![now, limit], outbox_row)?;
+        let rows = stmt.query_map(params![now, limit, callbacks], outbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The earliest time a row falls due (a pending row's next attempt, a lease running out).
-    pub fn next_alert_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+    pub fn next_alert_due(&self, callbacks: bool) -> StoreResult<Option<DateTime<Utc>>> {
         let due: Option<DateTime<Utc>> = self
             .tx
             .query_row(
                 "SELECT MIN(at) FROM (
                      SELECT MIN(next_attempt_at) AS at FROM alert_outbox
-                      WHERE state = 'pending' AND channel NOT LIKE 'callback:%'
+                      WHERE state = 'pending' AND (?1 OR channel NOT LIKE 'callback:%')
                      UNION ALL
                      SELECT MIN(lease_until) FROM alert_outbox WHERE state = 'sending')",
-                [],
+                params![callbacks],
                 |r| r.get(0),
             )
             .optional()?

@@ -94,6 +94,16 @@ impl Worker {
         let _ = self.outbox_written.set(wake);
     }
 
+    /// Gives the notifier operators and `alerts::send` the alert channels (`app` sets it once).
+    pub fn set_notify(&self, notify: Arc<dyn crate::operators::Notify>) {
+        let _ = self.env.notify.set(notify);
+    }
+
+    /// The closure host of this process, shared with the callback runner.
+    pub fn scripts(&self) -> Arc<crate::script::TaskScripts> {
+        self.env.scripts.clone()
+    }
+
     /// Gives `TriggerDagRunOperator` its way to create runs (`app` sets it once, after `new`).
     pub fn set_trigger(&self, trigger: Arc<dyn crate::operators::TriggerRuns>) {
         let _ = self.env.trigger.set(trigger);
