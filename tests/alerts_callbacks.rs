@@ -185,3 +185,81 @@ BashOperator(#{ task_id: "a", bash_command: "echo 42" });"#,
     );
     assert_eq!(callback_rows(&home)[0].1, "sent");
 }
+
+/// A callback that never returns is stopped at `[core] task_script_timeout`, recorded failed
+/// with the reason, and holds up neither its task's state nor the next run.
+#[test]
+fn a_callback_that_never_returns_is_stopped_at_the_timeout_and_holds_up_nothing() {
+    let http = peer();
+    let home = home(
+        &http,
+        r#"let dag = DAG("cb", #{ start_date: datetime(2026, 1, 1), schedule: () });
+BashOperator(#{
+    task_id: "ok",
+    bash_command: "true",
+    on_success_callback: |ctx| { let n = 0; loop { n += 1; } },
+});"#,
+    );
+    let toml = home.path().join("rhaiflow.toml");
+    let config = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("[core]\ntask_script_timeout = 2\n{config}")).unwrap();
+    let mut scheduler = home.spawn(&["scheduler"]);
+    assert!(home.run(&["dags", "trigger", "cb", "--logical-date", "2026-03-04"]).status.success());
+    assert_eq!(finished(&home, "cb"), "success");
+    // The next run finishes while the first callback still spins.
+    assert!(home.run(&["dags", "trigger", "cb", "--logical-date", "2026-03-05"]).status.success());
+    wait_until("both runs done", || {
+        (home.runs("cb").iter().filter(|r| r["state"] == "success").count() == 2).then_some(())
+    });
+    let rows = wait_until("both callbacks stopped", || {
+        let rows = callback_rows(&home);
+        (rows.len() == 2 && rows.iter().all(|r| r.1 == "failed")).then_some(rows)
+    });
+    scheduler.kill_9();
+    let error = rows[0].2.clone().unwrap();
+    assert!(error.contains("2 s") || error.contains("timeout") || error.contains("time"), "{error}");
+    for date in ["2026-03-04", "2026-03-05"] {
+        let run_id = format!("manual__{date}T00:00:00+00:00");
+        assert_eq!(home.states("cb", &run_id), vec![("ok".to_string(), "success".to_string(), 1)]);
+    }
+}
+
+/// A scheduler killed while a callback runs: the next scheduler runs it again (its lease was a
+/// dead process's), once, and records how it ended.
+#[test]
+fn a_callback_cut_off_by_kill_9_runs_again_after_restart() {
+    let http = peer();
+    let home = home(
+        &http,
+        r#"import "alerts" as alerts;
+let dag = DAG("cb", #{ start_date: datetime(2026, 1, 1), schedule: () });
+BashOperator(#{
+    task_id: "ok",
+    bash_command: "true",
+    on_success_callback: |ctx| {
+        let started = timestamp();
+        while started.elapsed < 3.0 { }
+        alerts::send("webhook.hook", `callback done for ${ctx.task_id}`);
+    },
+});"#,
+    );
+    let mut scheduler = home.spawn(&["scheduler"]);
+    assert!(home.run(&["dags", "trigger", "cb", "--logical-date", "2026-03-04"]).status.success());
+    assert_eq!(finished(&home, "cb"), "success");
+    wait_until("the callback leased", || callback_rows(&home).first().filter(|r| r.1 == "sending").map(|_| ()));
+    scheduler.kill_9();
+    assert!(http.received().is_empty(), "killed before the callback could send");
+    let mut scheduler = home.spawn(&["scheduler"]);
+    let rows = wait_until("the callback ran again", || {
+        let rows = callback_rows(&home);
+        rows.first().filter(|r| r.1 == "sent").map(|_| rows.clone())
+    });
+    let received = wait_until("the message", || http.received().first().cloned());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    scheduler.kill_9();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(received.body["text"], "callback done for ok");
+    assert_eq!(http.received().len(), 1);
+    let attempts: u32 = home.db().query_row("SELECT attempts FROM alert_outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(attempts, 2);
+}

@@ -209,3 +209,49 @@ RhaiOperator(#{ task_id: "r", callable: |ctx| alerts::send("email", `hello from 
     assert_eq!(mails.len(), 1);
     assert!(mails[0].data.contains("Subject: closure mail") && mails[0].data.contains("hello from r"));
 }
+
+/// Sends through a DingTalk robot from operators share its 20-a-minute window with the alerts
+/// (and with earlier processes): the window is full of attempts recorded 55 s ago, so the
+/// operators wait until it frees, and no 60-second window ever holds more than 20 attempts.
+#[test]
+fn operator_sends_wait_for_room_in_the_robots_rate_limit_window() {
+    let (http, smtp) = peers();
+    let home = home(
+        &http,
+        &smtp,
+        r#"let dag = DAG("n", #{ start_date: datetime(2026, 1, 1), schedule: () });
+DingdingOperator(#{ task_id: "a", dingding_conn_id: "ops", message: "first" });
+DingdingOperator(#{ task_id: "b", dingding_conn_id: "ops", message: "second" });"#,
+    );
+    let o = home.run(&["db", "migrate"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let earlier = chrono::Utc::now() - chrono::TimeDelta::seconds(55);
+    let db = home.db();
+    for i in 0..20 {
+        db.execute(
+            "INSERT INTO alert_outbox (created_at, event, dag_id, run_id, channel, payload, state, attempts,
+                                       attempted_at, sent_at, next_attempt_at)
+             VALUES (?1, 'failure', 'other', 'r', 'dingtalk.ops', '{}', 'sent', 1, ?1, ?1, ?1)",
+            rusqlite::params![earlier + chrono::TimeDelta::milliseconds(i)],
+        )
+        .unwrap();
+    }
+    let o = home.run(&["dags", "test", "n", "2026-03-04"]);
+    assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(http.received().len(), 2);
+
+    // Both sends are recorded, sent, after the seeded attempts left the window.
+    let mut stmt = db
+        .prepare("SELECT attempted_at, state, task_id FROM alert_outbox WHERE channel = 'dingtalk.ops' ORDER BY attempted_at")
+        .unwrap();
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, String, Option<String>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 22);
+    let sends: Vec<_> = rows.iter().filter(|r| r.2.is_some()).collect();
+    assert_eq!(sends.len(), 2);
+    assert!(sends.iter().all(|r| r.1 == "sent"), "{sends:?}");
+    for (i, row) in rows.iter().enumerate() {
+        let inside = rows[i..].iter().filter(|r| r.0 <= row.0 + chrono::TimeDelta::seconds(60)).count();
+        assert!(inside <= 20, "{inside} attempts in the 60 s from {}", row.0);
+    }
+}

@@ -12,6 +12,7 @@ use super::message::{callback_context, context_of, log_tail};
 use super::notify::Notifier;
 use super::send::mask;
 use crate::model::CallbackRef;
+use crate::operators::Origin;
 use crate::operators::closure::{http_request, send_text};
 use crate::script::{CallArg, ClosureCall, HttpRequest, HttpResponse, TaskScripts, TaskServices, VersionSource};
 use crate::store::{AlertOutcome, OutboxRow, Store};
@@ -110,6 +111,12 @@ impl CallbackRunner {
             handle: tokio::runtime::Handle::current(),
             log_path: log_path(row),
             secrets: self.settings.secrets.clone(),
+            origin: Origin {
+                dag_id: row.dag_id.clone(),
+                run_id: row.run_id.clone(),
+                task_id: row.task_id.clone(),
+                try_number: row.try_number,
+            },
         });
         let (scripts, store, version) = (self.scripts.clone(), self.store.clone(), run.version_hash.clone());
         let joined = tokio::task::spawn_blocking(move || {
@@ -153,6 +160,8 @@ struct CallbackServices {
     handle: tokio::runtime::Handle,
     log_path: Option<PathBuf>,
     secrets: Vec<String>,
+    /// The try (or run) the callback is for: what its `alerts::send` counts under.
+    origin: Origin,
 }
 
 impl TaskServices for CallbackServices {
@@ -183,7 +192,7 @@ impl TaskServices for CallbackServices {
     }
 
     fn send_alert(&self, channel: &str, title: Option<&str>, text: &str) -> Result<String, String> {
-        send_text(&self.notifier, &self.handle, channel, title, text)
+        send_text(&self.notifier, &self.handle, &self.origin, channel, title, text)
     }
 }
 

@@ -1,11 +1,18 @@
 //! The alert channels as a capability for the operators (layer 2): `EmailOperator`, the chat
 //! operators and `alerts::send` in closures and callbacks send through [`Notifier`], which
 //! implements `operators::Notify` with the channels and [`Sender`] the deliverer uses.
+//!
+//! A robot with a published rate limit (DingTalk, WeCom, Feishu) is shared with the deliverer:
+//! each send waits for room in the robot's windows and is recorded in the outbox (event `send`)
+//! in the same transaction as that check, so alerts and operators together never exceed it.
 
 use super::channel::{ChannelKind, Channels};
+use super::limit::{RateLimit, allowance};
 use super::message::{AlertContext, Message};
 use super::send::{Mail, Sender};
-use crate::operators::{BoxFuture, MailRequest, Notification, Notify};
+use crate::operators::{BoxFuture, MailRequest, Notification, Notify, Origin};
+use crate::store::{DirectSend, Store};
+use chrono::{TimeDelta, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +24,61 @@ const MAX_ATTACHMENTS: u64 = 25 << 20;
 pub struct Notifier {
     channels: Arc<Channels>,
     sender: Sender,
+    /// Where sends through rate-limited robots are counted; without one (`tasks test` with no
+    /// database) they go straight out.
+    store: Option<Store>,
 }
 
 impl Notifier {
     /// `timeout` bounds each request (`[alerts] delivery_timeout`).
     pub fn new(channels: Channels, timeout: Duration) -> Notifier {
-        Notifier { channels: Arc::new(channels), sender: Sender::new(timeout) }
+        Notifier { channels: Arc::new(channels), sender: Sender::new(timeout), store: None }
+    }
+
+    /// Counts sends through rate-limited robots in `store`, with the alerts.
+    pub fn with_store(mut self, store: Store) -> Notifier {
+        self.store = Some(store);
+        self
+    }
+
+    /// Waits for room in `channel`'s windows, then records the send; its outbox row id.
+    async fn reserve(
+        &self,
+        store: &Store,
+        origin: &Origin,
+        channel: &str,
+        limits: &'static [RateLimit],
+    ) -> Result<i64, String> {
+        let longest = limits.iter().map(|l| l.per).max().unwrap_or_default();
+        let send = DirectSend {
+            dag_id: origin.dag_id.clone(),
+            run_id: origin.run_id.clone(),
+            task_id: origin.task_id.clone(),
+            try_number: origin.try_number,
+            channel: channel.to_string(),
+        };
+        loop {
+            let now = Utc::now();
+            let send = send.clone();
+            let room = store
+                .write_async(move |tx| {
+                    let attempts = tx.alert_attempts_since(&send.channel, now - longest)?;
+                    let allowed = allowance(limits, &attempts, now);
+                    if allowed.now > 0 {
+                        return Ok(Ok(tx.record_direct_send(&send, now)?));
+                    }
+                    Ok(Err(allowed.next_free.unwrap_or(now + TimeDelta::seconds(1))))
+                })
+                .await
+                .map_err(|e| format!("cannot count the send against the rate limit: {e}"))?;
+            match room {
+                Ok(id) => return Ok(id),
+                // The task's own timeout bounds the wait.
+                Err(at) => {
+                    tokio::time::sleep((at - now).to_std().unwrap_or_default().max(Duration::from_millis(10))).await
+                }
+            }
+        }
     }
 
     fn of_kind(&self, kind: &str) -> Vec<String> {
@@ -30,8 +86,14 @@ impl Notifier {
         self.channels.names().into_iter().filter(|n| n.starts_with(&prefix) || n == kind).collect()
     }
 
-    async fn deliver(&self, channel: String, notification: Notification) -> Result<String, String> {
-        let channel = self.channels.get(&channel).map_err(|e| e.to_string())?.clone();
+    async fn deliver(&self, origin: Origin, channel: String, notification: Notification) -> Result<String, String> {
+        let name = channel;
+        let channel = self.channels.get(&name).map_err(|e| e.to_string())?.clone();
+        let limits = channel.kind().limits();
+        let recorded = match &self.store {
+            Some(store) if !limits.is_empty() => Some((store, self.reserve(store, &origin, &name, limits).await?)),
+            _ => None,
+        };
         let now = chrono::Utc::now();
         let answer = match notification {
             Notification::Text { title, text } => {
@@ -44,6 +106,20 @@ impl Notifier {
                 self.sender.send_mail(&channel, &mail).await
             }
         };
+        if let Some((store, id)) = recorded {
+            let outcome = match &answer {
+                Ok(_) => Ok(Utc::now()),
+                Err(e) => Err((e.to_string(), !e.unreached())),
+            };
+            let written = store
+                .write_async(move |tx| {
+                    tx.finish_direct_send(id, outcome.as_ref().map(|at| *at).map_err(|(e, r)| (e.as_str(), *r)))
+                })
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(alert_id = id, error = %e, "cannot record a send's answer");
+            }
+        }
         answer.map(|a| a.text).map_err(|e| e.to_string())
     }
 }
@@ -83,9 +159,9 @@ impl Notify for Notifier {
         if of_kind.contains(&wanted) { Ok(wanted) } else { Err(format!("unknown channel `{wanted}` ({})", listed())) }
     }
 
-    fn send(&self, channel: &str, notification: Notification) -> BoxFuture<Result<String, String>> {
-        let (this, channel) = (self.clone(), channel.to_string());
-        Box::pin(async move { this.deliver(channel, notification).await })
+    fn send(&self, origin: &Origin, channel: &str, notification: Notification) -> BoxFuture<Result<String, String>> {
+        let (this, origin, channel) = (self.clone(), origin.clone(), channel.to_string());
+        Box::pin(async move { this.deliver(origin, channel, notification).await })
     }
 }
 

@@ -29,9 +29,17 @@ impl App {
         Deliverer::new(store.clone(), self.alert_channels(), settings, Arc::new(Utc::now))
     }
 
-    /// The channels as the operators and `alerts::send` reach them.
-    pub fn notifier(&self) -> Notifier {
-        Notifier::new(self.alert_channels(), std::time::Duration::from_secs_f64(self.config.alerts.delivery_timeout))
+    /// The channels as the operators and `alerts::send` reach them; sends through rate-limited
+    /// robots are counted in `store` with the alerts.
+    pub fn notifier(&self, store: Option<&Store>) -> Notifier {
+        let notifier = Notifier::new(
+            self.alert_channels(),
+            std::time::Duration::from_secs_f64(self.config.alerts.delivery_timeout),
+        );
+        match store {
+            Some(store) => notifier.with_store(store.clone()),
+            None => notifier,
+        }
     }
 
     /// Runs callbacks for the scheduler's deliverer, with `worker`'s closure host.
@@ -45,7 +53,7 @@ impl App {
             variables: settings.variables.clone(),
             secrets,
         };
-        CallbackRunner::new(store.clone(), worker.scripts(), self.notifier(), callback_settings)
+        CallbackRunner::new(store.clone(), worker.scripts(), self.notifier(Some(store)), callback_settings)
     }
 
     /// Rows a process that is gone left `sending` are sent again now, not when their lease ends.

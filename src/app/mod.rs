@@ -272,7 +272,7 @@ impl App {
         let worker =
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(&store, false));
-        worker.set_notify(Arc::new(self.notifier()));
+        worker.set_notify(Arc::new(self.notifier(Some(&store))));
         let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
         let _ = runner.stop(&store, Utc::now());
         drop(runtime);
@@ -384,7 +384,7 @@ impl App {
             });
         }
         worker.set_trigger(self.run_trigger(store, true));
-        worker.set_notify(Arc::new(self.notifier()));
+        worker.set_notify(Arc::new(self.notifier(Some(store))));
         let scope: HashSet<(String, String)> = runs.iter().cloned().collect();
         runtime.block_on(worker.take_over(TakeOver::Runs(scope.clone())))?;
         let mut scheduler_settings = self.scheduler_settings(runner);

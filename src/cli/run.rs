@@ -436,7 +436,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
         if let Some(trigger) = trigger {
             let _ = env.trigger.set(trigger);
         }
-        let _ = env.notify.set(Arc::new(ctx.app.notifier()));
+        let _ = env.notify.set(Arc::new(ctx.app.notifier(env.store.as_ref())));
         let env = Arc::new(env);
         let run = Arc::new(TaskRun {
             task: task.clone(),

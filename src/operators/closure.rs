@@ -149,7 +149,8 @@ impl TaskServices for RunServices {
 
     fn send_alert(&self, channel: &str, title: Option<&str>, text: &str) -> Result<String, String> {
         let notify = self.notify()?;
-        send_text(notify.as_ref(), &self.handle, channel, title, text)
+        let origin = super::Origin::of_try(&self.run.task.key, self.run.task.try_number);
+        send_text(notify.as_ref(), &self.handle, &origin, channel, title, text)
     }
 }
 
@@ -163,13 +164,14 @@ impl RunServices {
 pub fn send_text(
     notify: &dyn super::Notify,
     handle: &tokio::runtime::Handle,
+    origin: &super::Origin,
     channel: &str,
     title: Option<&str>,
     text: &str,
 ) -> Result<String, String> {
     let title = title.map(str::to_string).unwrap_or_else(|| super::notify::title_of(text));
     let notification = super::Notification::Text { title, text: text.to_string() };
-    handle.block_on(notify.send(channel, notification))
+    handle.block_on(notify.send(origin, channel, notification))
 }
 
 /// A closure's `http::get`/`http::post` (task closures and callbacks): made on `client` from a

@@ -37,7 +37,7 @@ mod wecom;
 
 pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
-pub use notify::{MailRequest, Notification, Notify};
+pub use notify::{MailRequest, Notification, Notify, Origin};
 pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
 
 use crate::executor::RunningBash;

@@ -34,13 +34,37 @@ pub enum Notification {
     Mail(MailRequest),
 }
 
+/// Who sends: the try (or the run, for a DAG-level callback) an operator, closure or callback
+/// sends for. A rate-limited robot's sends are recorded in the outbox under it, so they count in
+/// the robot's window as the alerts do.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Origin {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+}
+
+impl Origin {
+    pub fn of_try(key: &crate::model::TiKey, try_number: u32) -> Origin {
+        Origin {
+            dag_id: key.dag_id.clone(),
+            run_id: key.run_id.clone(),
+            task_id: Some(key.task_id.clone()),
+            try_number: Some(try_number),
+        }
+    }
+}
+
 /// The capability: channels by name, and sending through them.
 pub trait Notify: Send + Sync {
     /// The channel a task means: `name` (`"ops"` or `"dingtalk.ops"`) of `kind` (`dingtalk`,
     /// `feishu`, `wecom`, `slack`, `email`), else `KIND.default` or the only one of that kind.
     fn resolve(&self, kind: &str, name: Option<&str>) -> Result<String, String>;
     /// Sends; the service's answer, or its error (never a URL or secret).
-    fn send(&self, channel: &str, notification: Notification) -> BoxFuture<Result<String, String>>;
+    /// A robot with a published rate limit (DingTalk, WeCom, Feishu) waits for room in its
+    /// window, counted with the alerts sent through it.
+    fn send(&self, origin: &Origin, channel: &str, notification: Notification) -> BoxFuture<Result<String, String>>;
 }
 
 /// Sends `notification` through the channel of `kind` the task names, as one operator try:
@@ -57,7 +81,8 @@ pub async fn send(run: &TaskRun, kind: &str, name: Option<&str>, notification: N
         Err(e) => return Outcome::fail(super::mask_secrets(&e, &run.env.settings)),
     };
     run.log(&format!("sending through channel `{channel}`")).await;
-    match notify.send(&channel, notification).await {
+    let origin = Origin::of_try(&run.task.key, run.task.try_number);
+    match notify.send(&origin, &channel, notification).await {
         Ok(answer) => {
             run.log(&format!("`{channel}` answered: {answer}")).await;
             Outcome::Success { xcom: None }

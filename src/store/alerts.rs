@@ -40,6 +40,16 @@ pub struct AlertFilter {
     pub limit: u32,
 }
 
+/// A send made outside the outbox (an operator, `alerts::send`), recorded for rate limits.
+#[derive(Debug, Clone, Default)]
+pub struct DirectSend {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: Option<String>,
+    pub try_number: Option<u32>,
+    pub channel: String,
+}
+
 /// How one delivery attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlertOutcome {
@@ -195,6 +205,39 @@ impl Tx<'_> {
         )?;
         let rows = stmt.query_map(params![channel, since], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a message an operator, a closure's `alerts::send` or a callback sends itself
+    /// through `channel` (event `send`), attempted at `now`, so rate limits count it with the
+    /// deliverer's attempts. It reads `failed` ("interrupted") until [`Tx::finish_direct_send`]
+    /// records the answer: a process killed mid-send leaves a true record.
+    pub fn record_direct_send(&self, origin: &DirectSend, now: DateTime<Utc>) -> StoreResult<i64> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO alert_outbox (created_at, event, dag_id, run_id, task_id, try_number, channel, payload,
+                                           state, attempts, last_error, attempted_at, next_attempt_at)
+                 VALUES (?1, 'send', ?2, ?3, ?4, ?5, ?6, '{}', 'failed', 1,
+                         'interrupted: the process sending it stopped before the service answered', ?1, ?1)",
+            )?
+            .execute(params![now, origin.dag_id, origin.run_id, origin.task_id, origin.try_number, origin.channel])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// The answer to a [`Tx::record_direct_send`]: `Ok(at)` sent, or the error and whether the
+    /// service may have seen the attempt (one that never connected stops counting).
+    pub fn finish_direct_send(&self, id: i64, answer: Result<DateTime<Utc>, (&str, bool)>) -> StoreResult<()> {
+        let (state, sent_at, error, reached) = match answer {
+            Ok(at) => ("sent", Some(at), None, true),
+            Err((error, reached)) => ("failed", None, Some(error), reached),
+        };
+        self.tx
+            .prepare_cached(
+                "UPDATE alert_outbox SET state = ?2, sent_at = ?3, last_error = ?4,
+                    attempted_at = CASE WHEN ?5 THEN attempted_at ELSE NULL END
+                  WHERE id = ?1 AND event = 'send'",
+            )?
+            .execute(params![id, state, sent_at, error, reached])?;
+        Ok(())
     }
 
     /// Gives back the leases of an owner that is gone, so its rows are sent again at once.

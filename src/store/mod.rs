@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use alerts::{AlertFilter, AlertOutcome, OutboxRow};
+pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
 
@@ -378,8 +378,11 @@ impl Store {
             other => other,
         })?;
         // WAL: readers never block the writer. NORMAL: durable across a process crash (kill -9);
-        // only a power loss can drop the last transactions.
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+        // only a power loss can drop the last transactions. temp_store MEMORY keeps the savepoint
+        // journals of a group commit (`batch.rs`) in memory instead of a temporary file.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+        )
             .map_err(|e| open_err(&e))?;
         let readers = Arc::new(ReadPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
         let mut store = Store {
