@@ -182,7 +182,10 @@ impl Loader {
                         return Err(LoaderError::Walk { path: root.clone(), reason: e.to_string() });
                     }
                     if path.is_file() && !is_dag_file(&path) {
-                        tracing::warn!(entry = %path.display(), "skipping a dags folder entry: {e}");
+                        warn_once(
+                            &path,
+                            || tracing::warn!(entry = %path.display(), "skipping a dags folder entry: {e}"),
+                        );
                         continue;
                     }
                     entries.push(ScanEntry { path, error: Some(format!("cannot read: {}", strip_path(&e))) });
@@ -352,7 +355,10 @@ fn symlink_entry(path: &Path, real_root: &Path) -> Option<ScanEntry> {
     };
     if !target.starts_with(real_root) {
         if !dag_named && target.is_dir() {
-            tracing::warn!(link = %path.display(), target = %target.display(), "not following a symlinked folder outside the dags folder");
+            warn_once(
+                path,
+                || tracing::warn!(link = %path.display(), target = %target.display(), "not following a symlinked folder outside the dags folder"),
+            );
         }
         return broken(format!(
             "symlink to `{}`, outside the dags folder; links that leave the dags folder are not followed",
@@ -360,6 +366,15 @@ fn symlink_entry(path: &Path, real_root: &Path) -> Option<ScanEntry> {
         ));
     }
     if target.is_file() { dag_named.then(|| ScanEntry { path: path.to_path_buf(), error: None }) } else { None }
+}
+
+/// A warning about a folder entry is logged once per process, not at every rescan.
+fn warn_once(path: &Path, warn: impl FnOnce()) {
+    static WARNED: Mutex<Option<std::collections::HashSet<PathBuf>>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.get_or_insert_with(Default::default).insert(path.to_path_buf()) {
+        warn();
+    }
 }
 
 fn link_text(path: &Path) -> String {

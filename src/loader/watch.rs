@@ -29,6 +29,18 @@ impl Stopper {
     }
 }
 
+/// Whether an event on `path` can change what the folder declares: a `*.rhai` file (saved, moved,
+/// deleted), an ignore file, or a folder (moved in or out); not a log, swap or temporary file
+/// that exists as a regular file with another name.
+fn matters(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name == super::IGNORE_FILE || name == ".airflowignore" || path.extension().is_some_and(|e| e == "rhai") {
+        return true;
+    }
+    // Gone (a folder moved out, or a file deleted: its kind is unknown now) or a folder.
+    std::fs::symlink_metadata(path).map_or(true, |m| m.is_dir())
+}
+
 /// What [`FolderWatch::wait`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -55,12 +67,16 @@ impl FolderWatch {
         let events = tx.clone();
         let handler = move |event: notify::Result<notify::Event>| {
             // An error (a queue overflow) means events were lost: rescan.
-            let relevant = event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)));
+            let relevant =
+                event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)) && e.paths.iter().any(|p| matters(p)));
             if relevant {
                 let _ = events.send(Message::Changed);
             }
         };
-        let watched = notify::recommended_watcher(handler).and_then(|mut w| {
+        // Symlinked folders are not followed: the scan does not descend into them either, and one
+        // pointing at `/` would put a watch on every folder of the machine.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let watched = notify::RecommendedWatcher::new(handler, config).and_then(|mut w| {
             w.watch(folder, RecursiveMode::Recursive)?;
             Ok(w)
         });
