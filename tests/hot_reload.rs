@@ -350,3 +350,31 @@ fn a_symlink_out_of_the_dags_folder_is_not_watched_and_warned_about_once() {
     assert_eq!(stderr.matches("not following a symlinked folder outside the dags folder").count(), 1, "{stderr}");
     assert!(dag_row(&home, "o0").is_none());
 }
+
+/// The dags folder moved away and made anew (a deploy that swaps folders): its DAGs stay as they
+/// were while it is gone, and the new folder is watched (not only rescanned every hour here).
+#[test]
+fn a_dags_folder_replaced_by_a_new_one_is_watched_again() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let child = home
+        .command(&["scheduler"])
+        .env("RHAIFLOW__CORE__RESCAN_INTERVAL", "3600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut s = Running(Some(child));
+    settle(&home, 0);
+    let dags = home.path().join("dags");
+    std::fs::rename(&dags, home.path().join("dags.old")).unwrap();
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::copy(home.path().join("dags.old/a.rhai"), dags.join("a.rhai")).unwrap();
+    std::fs::copy(home.path().join("dags.old/zz_sentinel.rhai"), dags.join("zz_sentinel.rhai")).unwrap();
+    // The new folder is watched within a second of appearing; each save after that is seen.
+    wait_until("a save in the new folder recorded", || {
+        std::fs::write(dags.join("b.rhai"), dag("b", "true")).unwrap();
+        dag_row(&home, "b").filter(|r| r.0).map(|_| ())
+    });
+    s.kill_9();
+    assert_eq!(dag_row(&home, "a").map(|r| r.0), Some(true), "a was never retired");
+}

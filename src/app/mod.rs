@@ -330,7 +330,7 @@ impl App {
             let reloads = tx.clone();
             let reloader = std::thread::Builder::new()
                 .name("rhaiflow-reload".into())
-                .spawn_scoped(scope, move || self.reload_until_stopped(store, folder, &watch, &reloads));
+                .spawn_scoped(scope, move || self.reload_until_stopped(store, folder, watch, &reloads));
             let result = runtime.block_on(drive(parts, &mut |_| {}));
             stopper.stop();
             if let Ok(handle) = reloader {
