@@ -286,3 +286,38 @@ fn listings_read_the_store_while_a_scheduler_keeps_it_current() {
     let rows = home.json(&["dags", "list"]);
     assert!(rows.as_array().unwrap().iter().all(|r| r["dag_id"] != "gone"), "{rows}");
 }
+
+#[test]
+fn a_dag_moved_to_another_file_is_found_there_and_recorded() {
+    let home = Home::new(&[("first.rhai", &dag_file("moving", &["a"])), ("other.rhai", &dag_file("other", &["b"]))]);
+    ok(&home, &["dags", "trigger", "moving", "--logical-date", "2024-01-01"]);
+    // Renamed: the recorded file is gone while the row is still active.
+    std::fs::rename(home.path().join("dags/first.rhai"), home.path().join("dags/second.rhai")).unwrap();
+    ok(&home, &["dags", "trigger", "moving", "--logical-date", "2024-01-02"]);
+    let fileloc = |home: &Home| -> String {
+        home.db().query_row("SELECT fileloc FROM dag WHERE dag_id = 'moving'", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(fileloc(&home), "second.rhai");
+    // Moved out of a file that still loads: that file no longer declares it.
+    write(&home, "second.rhai", &dag_file("renamed", &["a"]));
+    write(&home, "third.rhai", &dag_file("moving", &["a", "b"]));
+    ok(&home, &["dags", "trigger", "moving", "--logical-date", "2024-01-03"]);
+    assert_eq!(fileloc(&home), "third.rhai");
+    assert_eq!(home.runs("moving").len(), 3);
+}
+
+#[test]
+fn a_dag_its_file_no_longer_declares_becomes_inactive_when_the_file_is_recorded() {
+    let two = format!("{}{}", dag_file("one", &["a"]), dag_file("two", &["b"]).replace("let dag", "let dag2"));
+    let two = two.replace("let b = BashOperator(#{", "let b = BashOperator(#{ dag: dag2,");
+    let home = Home::new(&[("pair.rhai", &two)]);
+    ok(&home, &["dags", "pause", "one"]);
+    let active = |home: &Home, id: &str| -> bool {
+        home.db().query_row("SELECT is_active FROM dag WHERE dag_id = ?1", [id], |r| r.get(0)).unwrap()
+    };
+    assert!(active(&home, "one") && active(&home, "two"));
+    write(&home, "pair.rhai", &dag_file("one", &["a"]));
+    ok(&home, &["dags", "unpause", "one"]);
+    assert!(active(&home, "one"));
+    assert!(!active(&home, "two"), "`two` left the file that was parsed and recorded");
+}
