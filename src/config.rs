@@ -73,6 +73,7 @@ struct Bound {
 const BOUNDS: &[Bound] = &[
     Bound { key: "core.parallelism", min: 1.0, max: 10_000.0, above_min: false, unit: "" },
     Bound { key: "core.dag_file_timeout", min: 0.0, max: 3_600.0, above_min: true, unit: " seconds" },
+    Bound { key: "core.rescan_interval", min: 0.0, max: 86_400.0, above_min: true, unit: " seconds" },
     Bound { key: "core.task_script_timeout", min: 0.0, max: 604_800.0, above_min: true, unit: " seconds" },
     Bound { key: "core.max_tasks_per_dag", min: 1.0, max: 1_000_000.0, above_min: false, unit: "" },
     Bound { key: "core.max_edges_per_dag", min: 1.0, max: 10_000_000.0, above_min: false, unit: "" },
@@ -166,6 +167,9 @@ pub struct CoreConfig {
     pub default_owner: String,
     /// Wall-clock limit on evaluating one DAG file, in seconds.
     pub dag_file_timeout: f64,
+    /// A running scheduler rescans the dags folder this often, in seconds, besides watching it
+    /// (file events can be lost); a rescan re-reads only files whose size or time changed.
+    pub rescan_interval: f64,
     /// Wall-clock limit on a task's Rhai closure (`RhaiOperator`, branch choosers, response
     /// checks) when the task has no `execution_timeout`, in seconds.
     pub task_script_timeout: f64,
@@ -192,6 +196,7 @@ impl Default for CoreConfig {
             default_timezone: "UTC".into(),
             default_owner: "rhaiflow".into(),
             dag_file_timeout: 1.0,
+            rescan_interval: 60.0,
             task_script_timeout: 300.0,
             parse_threads: 0,
             max_tasks_per_dag: 20_000,
@@ -660,6 +665,7 @@ impl Config {
         let rows = [
             ("core.parallelism", int(self.core.parallelism.into())),
             ("core.dag_file_timeout", float(self.core.dag_file_timeout)),
+            ("core.rescan_interval", float(self.core.rescan_interval)),
             ("core.task_script_timeout", float(self.core.task_script_timeout)),
             ("core.parse_threads", int(self.core.parse_threads as u64)),
             ("core.max_xcom_bytes", int(self.core.max_xcom_bytes)),

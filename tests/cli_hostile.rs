@@ -115,18 +115,25 @@ fn the_readme_commands_succeed_and_run_only_what_was_unpaused() {
                 cmd.env_remove(key);
             }
         }
-        (args.first() == Some(&"scheduler"), cmd)
+        (matches!(args.first(), Some(&"scheduler" | &"standalone")), cmd)
     };
     let mut commands: Vec<&str> = readme
         .lines()
         .filter(|l| l.contains("cargo run --release -- ") && !l.starts_with('|'))
         .map(|l| l.trim())
         .collect();
-    // The inline one ("From another terminal, `cargo run ... dags trigger ...`") runs while the
-    // scheduler does.
-    let trigger_at = commands.iter().position(|l| !l.starts_with("cargo") && !l.starts_with("MCWORK_WAIT"));
-    let trigger = trigger_at.map(|i| commands.remove(i));
+    // Inline ones ("From another terminal, `cargo run ... dags trigger ...`") run in their turn.
+    for line in &mut commands {
+        if !line.starts_with("cargo") && !line.starts_with("MCWORK_WAIT") {
+            let inline = &line[line.find("cargo run").unwrap()..];
+            *line = &inline[..inline.find('`').unwrap_or(inline.len())];
+        }
+    }
     assert!(commands.len() >= 4, "{commands:?}");
+    assert!(
+        commands.iter().any(|l| l.contains("dags trigger MCWork")),
+        "the README triggers MCWork while the scheduler runs: {commands:?}"
+    );
     let mut scheduler = None;
     for line in &commands {
         let (long_running, mut cmd) = command(line);
@@ -140,11 +147,6 @@ fn the_readme_commands_succeed_and_run_only_what_was_unpaused() {
         assert!(o.status.success(), "`{line}`: {}{}", stdout(&o), stderr(&o));
     }
     let scheduler = scheduler.expect("the README starts the scheduler");
-    let trigger = trigger.expect("the README triggers MCWork from another terminal");
-    let inline = &trigger[trigger.find("cargo run").unwrap()..];
-    let inline = &inline[..inline.find('`').unwrap_or(inline.len())];
-    let o = output_within_deadline(command(inline).1, inline);
-    assert!(o.status.success(), "`{inline}`: {}", stderr(&o));
     let runs = |dag_id: &str| {
         let line = format!("cargo run --release -- runs list {dag_id} --output json --dags-folder examples/dags");
         let o = output_within_deadline(command(&line).1, "runs list");

@@ -4,6 +4,7 @@
 mod alerts;
 mod event_loop;
 pub mod logging;
+mod reload;
 mod resolve;
 mod service;
 mod stored;
@@ -111,21 +112,9 @@ impl App {
     /// Loads the dags folder and makes the result durable: DAG rows, versions, import errors.
     pub fn sync_dags(&self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<(Vec<DagVersion>, DagBag)> {
         let bag = self.load_dags(now)?;
-        let versions: Vec<DagVersion> = bag
-            .dags
-            .values()
-            .map(|d| DagVersion {
-                spec: d.spec.clone(),
-                json: d.json.clone(),
-                hash: d.version_hash.clone(),
-                source: d.source.clone(),
-            })
-            .collect();
-        let errors: Vec<(String, String)> = bag
-            .import_errors
-            .iter()
-            .map(|e| (e.file.clone(), e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")))
-            .collect();
+        let versions: Vec<DagVersion> = bag.dags.values().map(reload::version_of).collect();
+        let errors: Vec<(String, String)> =
+            bag.import_errors.iter().map(|e| (e.file.clone(), crate::loader::render_import_error(e))).collect();
         let channels = &self.config.alerts.on_import_error;
         let paused = self.config.core.dags_are_paused_at_creation;
         store.write(|tx| -> anyhow::Result<()> {
@@ -134,19 +123,7 @@ impl App {
                 if channels.is_empty() { Default::default() } else { tx.import_errors()?.into_iter().collect() };
             record_dags(tx, &versions, &errors, now, paused)?;
             for (file, message) in errors.iter().filter(|(f, m)| before.get(f) != Some(m)) {
-                for channel in channels {
-                    let alert = crate::store::NewAlert {
-                        event: "import_error".into(),
-                        dag_id: file.clone(),
-                        run_id: String::new(),
-                        task_id: None,
-                        try_number: None,
-                        channel: channel.clone(),
-                        payload: serde_json::json!({ "file": file, "error": message }),
-                        held: false,
-                    };
-                    tx.insert_alert(&alert, now)?;
-                }
+                reload::import_error_alerts(tx, channels, file, message, now)?;
             }
             Ok(())
         })?;
@@ -317,10 +294,21 @@ impl App {
         let alert_wake = deliverer.waker();
         worker.set_outbox_wake(alert_wake.clone());
         runtime.spawn(deliverer.run());
-        let (versions, bag) = self.sync_dags(store, Utc::now())?;
+        // The folder is watched from before the first scan, so no save falls between them.
+        let (watch, unwatched) = crate::loader::watch::FolderWatch::start(&self.config.core.dags_folder);
+        if let Some(reason) = unwatched {
+            tracing::warn!(
+                reason,
+                every_secs = self.config.core.rescan_interval,
+                "cannot watch the dags folder; changes are picked up by the periodic rescan only"
+            );
+        }
+        let mut folder = crate::loader::Folder::default();
+        let first = self.reload(store, &mut folder, true, Utc::now())?;
+        let versions: Vec<DagVersion> = folder.dags().map(reload::version_of).collect();
         // Loading may have written import-error alerts.
         alert_wake.notify_one();
-        for e in &bag.import_errors {
+        for e in folder.import_errors() {
             let first = e.diagnostics.first();
             let line = first.and_then(|d| d.pos.as_ref().map(|p| p.line));
             let error = first.map(|d| d.message.as_str()).unwrap_or("unknown error");
@@ -339,9 +327,9 @@ impl App {
         }
         let mut scheduler = Scheduler::new(store.clone(), self.scheduler_settings(runner), Scope::All);
         scheduler.set_dags(&versions);
-        // The scheduler keeps one copy of each spec; the loader's JSON and bag are not needed.
-        let (dag_count, import_error_count) = (versions.len(), bag.import_errors.len());
-        drop((versions, bag));
+        // The scheduler keeps one copy of each spec; the loader's JSON is not needed.
+        let (dag_count, import_error_count) = (versions.len(), folder.import_errors().count());
+        drop((versions, first));
         release_free_memory();
         let socket = self.wake_socket()?;
         runtime.block_on(async { listen_for_wakes(&socket, tx.clone()) })?;
@@ -355,7 +343,19 @@ impl App {
         let grace = Duration::from_secs_f64(self.config.scheduler.shutdown_grace);
         let parts =
             LoopParts { scheduler: &mut scheduler, worker, events: rx, clock: &SystemClock, until: None, grace };
-        let result = runtime.block_on(drive(parts, &mut |_| {}));
+        let stopper = watch.stopper();
+        let result = std::thread::scope(|scope| {
+            let reloads = tx.clone();
+            let reloader = std::thread::Builder::new()
+                .name("rhaiflow-reload".into())
+                .spawn_scoped(scope, move || self.reload_until_stopped(store, folder, &watch, &reloads));
+            let result = runtime.block_on(drive(parts, &mut |_| {}));
+            stopper.stop();
+            if let Ok(handle) = reloader {
+                let _ = handle.join();
+            }
+            result
+        });
         let _ = std::fs::remove_file(&socket);
         result
     }

@@ -6,7 +6,7 @@
 use super::App;
 use crate::loader::{DagBag, LoadedDag};
 use crate::model::DagSpec;
-use crate::scheduler::{DagVersion, PinnedDag};
+use crate::scheduler::{DagVersion, PinnedDag, record_version};
 use crate::script::{ScriptProgram, VersionSource};
 use crate::store::{DagRecord, Store, StoreError};
 use anyhow::{Context as _, bail};
@@ -35,12 +35,7 @@ pub type Notices = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl ResolvedDag {
     fn loaded(dag: &LoadedDag) -> ResolvedDag {
-        let version = DagVersion {
-            spec: dag.spec.clone(),
-            json: dag.json.clone(),
-            hash: dag.version_hash.clone(),
-            source: dag.source.clone(),
-        };
+        let version = super::reload::version_of(dag);
         let pinned = Arc::new(PinnedDag::new(dag.spec.clone(), dag.version_hash.clone()));
         ResolvedDag { version, pinned, program: dag.program.clone() }
     }
@@ -167,43 +162,31 @@ impl App {
         }
     }
 
-    /// Records what parsing one file found: its DAGs' versions (active again), its DAGs it no
-    /// longer declares inactive, and its import error set or cleared. Other files are untouched.
+    /// Records what parsing one file found, as a reload records a changed file: its DAGs' versions
+    /// (active again), its DAGs it no longer declares inactive, its import error set (with the
+    /// `on_import_error` alerts of a new or changed error) or cleared. Other files are untouched.
     fn record_file(&self, store: &Store, file: &str, bag: &DagBag, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let versions: Vec<DagVersion> = bag
-            .dags
-            .values()
-            .map(|d| DagVersion {
-                spec: d.spec.clone(),
-                json: d.json.clone(),
-                hash: d.version_hash.clone(),
-                source: d.source.clone(),
-            })
-            .collect();
-        let error = bag
-            .import_errors
-            .iter()
-            .find(|e| e.file == file)
-            .map(|e| e.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n"));
+        let versions: Vec<DagVersion> = bag.dags.values().map(super::reload::version_of).collect();
+        let error = bag.import_errors.iter().find(|e| e.file == file).map(crate::loader::render_import_error);
+        let channels = &self.config.alerts.on_import_error;
         let paused = self.config.core.dags_are_paused_at_creation;
-        store.write(|tx| -> Result<(), StoreError> {
+        store.write(|tx| -> anyhow::Result<()> {
             for d in &versions {
-                if let Some(source) = &d.source
-                    && !tx.has_dag_version(&d.hash)?
-                {
-                    tx.insert_dag_source(&source.hash, &source.file, &source.text)?;
-                }
-                let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
-                tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;
-                tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused)?;
+                record_version(tx, d, now, paused)?;
             }
             match &error {
                 // A broken file keeps its DAGs' last good versions.
-                Some(message) => tx.set_import_error(file, message, now)?,
+                Some(message) => {
+                    let before = tx.import_errors()?.into_iter().find(|(f, _)| f == file).map(|(_, m)| m);
+                    tx.set_import_error(file, message, now)?;
+                    if before.as_ref() != Some(message) {
+                        super::reload::import_error_alerts(tx, channels, file, message, now)?;
+                    }
+                }
                 None => {
-                    let present: Vec<String> = versions.iter().map(|d| d.spec.dag_id.clone()).collect();
-                    tx.deactivate_dags_of_file_except(file, &present)?;
-                    tx.delete_import_error(file)?;
+                    let declared: Vec<String> = versions.iter().map(|d| d.spec.dag_id.clone()).collect();
+                    tx.retire_file_dags(file, &declared)?;
+                    tx.clear_import_error(file)?;
                 }
             }
             Ok(())

@@ -63,8 +63,12 @@ pub enum Command {
     /// Pools: named slot limits tasks share (`pool:` and `pool_slots:` on a task).
     #[command(subcommand)]
     Pools(PoolsCommand),
-    /// Run the scheduler with the local executor until SIGINT/SIGTERM.
+    /// Run the scheduler with the local executor until SIGINT/SIGTERM; it watches the dags folder.
     Scheduler,
+    /// Everything in one process, with the embedded defaults (SQLite in ./rhaiflow.db, DAGs from
+    /// ./dags or --dags-folder, logs in ./logs): the scheduler, the dags-folder watcher and the alert
+    /// deliverer. Until SIGINT/SIGTERM.
+    Standalone,
     /// The metadata database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -234,7 +238,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
     let config = Config::load(&flags)?;
-    let default_level = if matches!(cli.command, Command::Scheduler) { "info" } else { "warn" };
+    let standalone = matches!(cli.command, Command::Standalone);
+    let default_level = if matches!(cli.command, Command::Scheduler | Command::Standalone) { "info" } else { "warn" };
     let json_log = config.logging.format == crate::config::LogFormat::Json;
     crate::app::logging::init(&config.logging, default_level);
     let mut app = App::new(config)?;
@@ -285,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         // With `[logging] format = "json"` every line the scheduler writes on stderr is JSON, its
         // last words too.
-        Command::Scheduler => run::scheduler(&ctx).map_err(|e| {
+        Command::Scheduler | Command::Standalone => run::scheduler(&ctx, standalone).map_err(|e| {
             if !json_log || !tracing::enabled!(tracing::Level::ERROR) {
                 return e;
             }

@@ -841,7 +841,27 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
     Ok(Outcome::Ok)
 }
 
-pub fn scheduler(ctx: &Context) -> anyhow::Result<Outcome> {
+/// `scheduler`, and `standalone` (the same process today, with a word on where things are: the
+/// web server joins it when the UI lands).
+pub fn scheduler(ctx: &Context, standalone: bool) -> anyhow::Result<Outcome> {
+    if standalone {
+        let config = &ctx.app.config;
+        let database =
+            config.database_path().map(|p| p.display().to_string()).unwrap_or_else(|| config.database.url.clone());
+        eprintln!(
+            "rhaiflow standalone: DAGs from {} (watched: a saved file is picked up at once), database {}, logs in {}",
+            config.core.dags_folder.display(),
+            database,
+            config.logging.base_log_folder.display(),
+        );
+        if config.core.dags_are_paused_at_creation {
+            eprintln!(
+                "new DAGs start paused: `rhaiflow dags unpause ID` (or trigger one: `rhaiflow dags trigger ID`); Ctrl-C stops"
+            );
+        } else {
+            eprintln!("Ctrl-C stops");
+        }
+    }
     ctx.app.run_scheduler()?;
     Ok(Outcome::Ok)
 }

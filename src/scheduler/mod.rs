@@ -291,18 +291,26 @@ pub fn record_dags(
     paused_at_creation: bool,
 ) -> SchedulerResult<()> {
     for d in dags {
-        if let Some(source) = &d.source
-            && !tx.has_dag_version(&d.hash)?
-        {
-            tx.insert_dag_source(&source.hash, &source.file, &source.text)?;
-        }
-        let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
-        tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;
-        tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused_at_creation)?;
+        record_version(tx, d, now, paused_at_creation)?;
     }
     let present: Vec<String> = dags.iter().map(|d| d.spec.dag_id.clone()).collect();
-    tx.deactivate_dags_except(&present)?;
+    // A broken file's DAGs keep their last good version (scheduled and triggerable).
+    let broken: Vec<String> = import_errors.iter().map(|(file, _)| file.clone()).collect();
+    tx.deactivate_dags_except(&present, &broken)?;
     tx.replace_import_errors(import_errors, now)?;
+    Ok(())
+}
+
+/// A version once, its source once, and the DAG row pointing at it (active again).
+pub fn record_version(tx: &Tx, d: &DagVersion, now: DateTime<Utc>, paused_if_new: bool) -> SchedulerResult<()> {
+    if let Some(source) = &d.source
+        && !tx.has_dag_version(&d.hash)?
+    {
+        tx.insert_dag_source(&source.hash, &source.file, &source.text)?;
+    }
+    let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
+    tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;
+    tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused_if_new)?;
     Ok(())
 }
 
@@ -594,6 +602,9 @@ impl Scheduler {
                 self.latest.remove(dag_id);
                 self.next_due.remove(dag_id);
                 self.blocked.remove(dag_id);
+                // Inactive: neither paused nor unpaused (its runs, if any, go on).
+                self.paused.remove(dag_id);
+                return Ok(());
             }
             Some(r) => {
                 if self.latest.get(dag_id).is_none_or(|p| p.hash != r.latest_version_hash) {

@@ -534,12 +534,44 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Marks DAGs not in `present` inactive (their file is gone or broken).
-    pub fn deactivate_dags_except(&self, present: &[String]) -> StoreResult<()> {
+    /// Marks DAGs not in `present` inactive (their file is gone), except those recorded from one
+    /// of `broken` (files with an import error keep their last good version).
+    pub fn deactivate_dags_except(&self, present: &[String], broken: &[String]) -> StoreResult<()> {
         let list = serde_json::to_string(present).unwrap_or_else(|_| "[]".into());
-        self.tx
-            .execute("UPDATE dag SET is_active = 0 WHERE dag_id NOT IN (SELECT value FROM json_each(?1))", [list])?;
+        let broken = serde_json::to_string(broken).unwrap_or_else(|_| "[]".into());
+        self.tx.execute(
+            "UPDATE dag SET is_active = 0
+              WHERE is_active = 1 AND dag_id NOT IN (SELECT value FROM json_each(?1))
+                AND fileloc NOT IN (SELECT value FROM json_each(?2))",
+            [list, broken],
+        )?;
         Ok(())
+    }
+
+    /// Marks inactive the DAGs recorded from `file` that it no longer declares (`declared`);
+    /// returns their ids.
+    pub fn retire_file_dags(&self, file: &str, declared: &[String]) -> StoreResult<Vec<String>> {
+        let list = serde_json::to_string(declared).unwrap_or_else(|_| "[]".into());
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE dag SET is_active = 0
+              WHERE fileloc = ?1 AND is_active = 1 AND dag_id NOT IN (SELECT value FROM json_each(?2))
+              RETURNING dag_id",
+        )?;
+        let rows = stmt.query_map(params![file, list], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks inactive the DAGs recorded from files that are not in `files` (deleted while no
+    /// scheduler watched); returns their ids.
+    pub fn retire_dags_outside(&self, files: &[String]) -> StoreResult<Vec<String>> {
+        let list = serde_json::to_string(files).unwrap_or_else(|_| "[]".into());
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE dag SET is_active = 0
+              WHERE is_active = 1 AND fileloc NOT IN (SELECT value FROM json_each(?1))
+              RETURNING dag_id",
+        )?;
+        let rows = stmt.query_map(params![list], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records a version once (its hash identifies it); `source_hash` names the file text its
@@ -624,6 +656,22 @@ impl Tx<'_> {
         for (file, message) in errors {
             stmt.execute(params![file, message, now])?;
         }
+        Ok(())
+    }
+
+    /// Records (or replaces) one file's import error.
+    pub fn set_import_error(&self, file: &str, message: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.tx.execute("DELETE FROM import_error WHERE filename = ?1", params![file])?;
+        self.tx.execute(
+            "INSERT INTO import_error (filename, message, timestamp) VALUES (?1, ?2, ?3)",
+            params![file, message, now],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets one file's import error (fixed or deleted).
+    pub fn clear_import_error(&self, file: &str) -> StoreResult<()> {
+        self.tx.execute("DELETE FROM import_error WHERE filename = ?1", params![file])?;
         Ok(())
     }
 

@@ -1,10 +1,9 @@
 //! What the store knows of DAGs for commands that read it instead of parsing the folder: a DAG's
-//! row whether active or not, its recorded versions with the runs that used each, and one file's
-//! share of the DAG rows and import errors (a command that parsed only that file records only it).
+//! row whether active or not, and its recorded versions with the runs that used each.
 
 use super::{StoreResult, Tx};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::OptionalExtension;
 
 /// A DAG row, active or not (`is_active = 0`: its file is gone, or was broken when the folder was
 /// last recorded as a whole).
@@ -74,34 +73,5 @@ impl Tx<'_> {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// DAGs last recorded in `file` that it no longer declares become inactive (a command parsed
-    /// that file alone and found them gone from it).
-    pub fn deactivate_dags_of_file_except(&self, file: &str, present: &[String]) -> StoreResult<()> {
-        let list = serde_json::to_string(present).unwrap_or_else(|_| "[]".into());
-        self.tx.execute(
-            "UPDATE dag SET is_active = 0
-             WHERE fileloc = ?1 AND is_active = 1 AND dag_id NOT IN (SELECT value FROM json_each(?2))",
-            params![file, list],
-        )?;
-        Ok(())
-    }
-
-    /// Records (or replaces) the import error of one file.
-    pub fn set_import_error(&self, file: &str, message: &str, now: DateTime<Utc>) -> StoreResult<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO import_error (filename, message, timestamp) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (filename) DO UPDATE SET message = ?2, timestamp = ?3",
-            )?
-            .execute(params![file, message, now])?;
-        Ok(())
-    }
-
-    /// Forgets the import error of one file (it loads now).
-    pub fn delete_import_error(&self, file: &str) -> StoreResult<()> {
-        self.tx.prepare_cached("DELETE FROM import_error WHERE filename = ?1")?.execute([file])?;
-        Ok(())
     }
 }

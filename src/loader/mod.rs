@@ -2,6 +2,11 @@
 //! the async runtime, validate each DAG's graph and timetable, and return a `DagBag`: the DAGs that
 //! loaded, each with its serialised form and version hash, plus one import error per broken file.
 
+mod folder;
+pub mod watch;
+
+pub use folder::{Changes, Folder, render as render_import_error};
+
 use crate::graph::{GraphError, TaskGraph};
 use crate::model::{DagSpec, Diagnostic, SourcePos};
 use crate::schedule::{CronCache, ScheduleError, Timetable};

@@ -1,0 +1,241 @@
+//! The dags folder as a long-running process keeps it: each file's stamp (size, modification
+//! time, inode), content hash, the DAGs it last loaded, and its import error. A rescan stats every
+//! entry, reads only files whose stamp changed, and evaluates only files whose content changed,
+//! so a rescan of an unchanged folder parses nothing. A file that breaks keeps its last good DAGs
+//! (they stay scheduled and triggerable) and carries its import error until it is fixed.
+
+use super::{DagBag, FileResult, ImportError, LoadedDag, Loader, LoaderError, MAX_FILE_BYTES, ScanEntry};
+use crate::model::Diagnostic;
+use crate::script::EvalContext;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// What identifies a file's content without reading it. A stamp younger than [`RACY`] is not
+/// trusted (a second write in the same clock tick would keep size and time), so such a file is
+/// hashed again at the next rescan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: SystemTime,
+    dev: u64,
+    ino: u64,
+}
+
+const RACY: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    /// SHA-256 of the content; empty for an entry that cannot be read.
+    content_hash: String,
+    /// The DAGs of the last good load (kept while the file is broken).
+    dags: Vec<LoadedDag>,
+    error: Option<ImportError>,
+}
+
+/// What one rescan changed.
+#[derive(Default)]
+pub struct Changes {
+    /// DAGs that are new or have a new version, with their file (relative).
+    pub versions: Vec<LoadedDag>,
+    /// Files that loaded, with the DAG ids each declares now: any other DAG recorded for one of
+    /// these files is gone from it.
+    pub loaded: Vec<(String, Vec<String>)>,
+    /// Files that are gone from the folder (or now ignored).
+    pub deleted: Vec<String>,
+    /// Files whose import error is new or changed.
+    pub errors: Vec<ImportError>,
+    /// Files whose import error went away (fixed, deleted or ignored).
+    pub cleared: Vec<String>,
+    /// How many files were read (stamp changed) and evaluated (content changed).
+    pub read: usize,
+    pub evaluated: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+            && self.loaded.is_empty()
+            && self.deleted.is_empty()
+            && self.errors.is_empty()
+            && self.cleared.is_empty()
+    }
+}
+
+/// The folder's files and what they declare, kept across rescans.
+#[derive(Default)]
+pub struct Folder {
+    files: BTreeMap<String, FileState>,
+}
+
+impl Folder {
+    /// Brings the state up to date with the folder on disk. Only the folder itself failing to be
+    /// listed is an error; a bad entry is its import error.
+    pub fn rescan(&mut self, loader: &Loader, ctx: &EvalContext) -> Result<Changes, LoaderError> {
+        let entries = loader.scan_entries()?;
+        let mut changes = Changes::default();
+        let mut present = BTreeSet::new();
+        let mut to_load: Vec<(ScanEntry, String, Option<Stamp>, String)> = Vec::new();
+        let now = SystemTime::now();
+        for entry in entries {
+            let rel = loader.rel(&entry.path);
+            present.insert(rel.clone());
+            let known = self.files.get(&rel);
+            if let Some(message) = &entry.error {
+                let same = known.is_some_and(|f| {
+                    f.content_hash.is_empty()
+                        && f.error.as_ref().and_then(|e| e.diagnostics.first()).is_some_and(|d| &d.message == message)
+                });
+                if !same {
+                    to_load.push((entry, rel, None, String::new()));
+                }
+                continue;
+            }
+            let stamp = stamp_of(&entry.path, now);
+            if let (Some(s), Some(f)) = (stamp, known)
+                && f.stamp == Some(s)
+            {
+                continue;
+            }
+            changes.read += 1;
+            let hash = content_hash(&entry.path);
+            match self.files.get_mut(&rel) {
+                Some(f) if !f.content_hash.is_empty() && f.content_hash == hash => f.stamp = stamp,
+                _ => to_load.push((entry, rel, stamp, hash)),
+            }
+        }
+        let gone: Vec<String> = self.files.keys().filter(|rel| !present.contains(*rel)).cloned().collect();
+        for rel in gone {
+            if let Some(f) = self.files.remove(&rel) {
+                if f.error.is_some() {
+                    changes.cleared.push(rel.clone());
+                }
+                changes.deleted.push(rel);
+            }
+        }
+        changes.evaluated = to_load.len();
+        let results: Vec<FileResult> = loader.pool.install(|| {
+            to_load
+                .par_iter()
+                .map(|(entry, _, _, _)| match &entry.error {
+                    Some(message) => loader.entry_error(&entry.path, message.clone()),
+                    None => loader.load_file_guarded(&entry.path, ctx),
+                })
+                .collect()
+        });
+        // Which file declares each DAG, before this rescan's loads: the one already holding a
+        // dag_id keeps it, a newly loaded file declaring it too gets an import error.
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (rel, f) in &self.files {
+            if !to_load.iter().any(|(_, r, _, _)| r == rel) {
+                for d in &f.dags {
+                    owner.insert(d.spec.dag_id.clone(), rel.clone());
+                }
+            }
+        }
+        let previous: HashMap<String, String> = self
+            .files
+            .values()
+            .flat_map(|f| f.dags.iter())
+            .map(|d| (d.spec.dag_id.clone(), d.version_hash.clone()))
+            .collect();
+        for ((_, rel, stamp, hash), mut result) in to_load.into_iter().zip(results) {
+            for (dag, pos) in &result.dags {
+                if let Some(first) = owner.get(&dag.spec.dag_id).filter(|f| **f != rel) {
+                    let shown = loader.settings.dags_folder.join(&rel).to_string_lossy().to_string();
+                    let first_file = loader.settings.dags_folder.join(first);
+                    let d = Diagnostic::new(
+                        &shown,
+                        *pos,
+                        format!("DAG `{}` is already declared in `{}`", dag.spec.dag_id, first_file.to_string_lossy()),
+                    )
+                    .with_source(&std::fs::read_to_string(loader.settings.dags_folder.join(&rel)).unwrap_or_default())
+                    .with_help("every DAG needs its own dag_id across the dags folder; rename one of them");
+                    result.diagnostics.push(d);
+                }
+            }
+            let state = self.files.entry(rel.clone()).or_default();
+            state.stamp = stamp;
+            // What was evaluated, if it was read (the file may have changed since it was hashed).
+            state.content_hash = if result.content_hash.is_empty() { hash } else { result.content_hash.clone() };
+            if result.diagnostics.is_empty() {
+                if state.error.take().is_some() {
+                    changes.cleared.push(rel.clone());
+                }
+                let dags: Vec<LoadedDag> = result.dags.into_iter().map(|(d, _)| d).collect();
+                for d in &dags {
+                    owner.insert(d.spec.dag_id.clone(), rel.clone());
+                    if previous.get(&d.spec.dag_id) != Some(&d.version_hash) {
+                        changes.versions.push(d.clone());
+                    }
+                }
+                changes.loaded.push((rel, dags.iter().map(|d| d.spec.dag_id.clone()).collect()));
+                state.dags = dags;
+            } else {
+                let error = ImportError { file: rel.clone(), diagnostics: result.diagnostics };
+                let same = state.error.as_ref().is_some_and(|e| render(e) == render(&error));
+                for d in &state.dags {
+                    owner.entry(d.spec.dag_id.clone()).or_insert_with(|| rel.clone());
+                }
+                if !same {
+                    changes.errors.push(error.clone());
+                }
+                state.error = Some(error);
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Every DAG the folder declares now (a broken file's last good ones included).
+    pub fn dags(&self) -> impl Iterator<Item = &LoadedDag> {
+        self.files.values().flat_map(|f| f.dags.iter())
+    }
+
+    /// The files that do not load now, with their errors, by file.
+    pub fn import_errors(&self) -> impl Iterator<Item = &ImportError> {
+        self.files.values().filter_map(|f| f.error.as_ref())
+    }
+
+    /// Every file of the folder (relative), loaded or not.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    /// The folder as a `DagBag` (what a full load would give, with broken files' last good DAGs).
+    pub fn bag(&self) -> DagBag {
+        DagBag {
+            dags: self.dags().map(|d| (d.spec.dag_id.clone(), d.clone())).collect(),
+            import_errors: self.import_errors().cloned().collect(),
+            files: self.files.iter().map(|(rel, f)| (rel.clone(), f.content_hash.clone())).collect(),
+        }
+    }
+}
+
+/// An import error as the store keeps it: every diagnostic, rendered.
+pub fn render(error: &ImportError) -> String {
+    error.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n\n")
+}
+
+fn stamp_of(path: &Path, now: SystemTime) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?;
+    // A file written within the last moments may be written again within the same tick.
+    if now.duration_since(modified).map_or(true, |age| age < RACY) {
+        return None;
+    }
+    Some(Stamp { len: meta.len(), modified, dev: meta.dev(), ino: meta.ino() })
+}
+
+/// SHA-256 of a file's content (hex); empty when it cannot be read or is too large (loading it
+/// then reports why).
+fn content_hash(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() <= MAX_FILE_BYTES => {}
+        _ => return String::new(),
+    }
+    std::fs::read(path).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()
+}

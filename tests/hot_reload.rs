@@ -1,0 +1,306 @@
+//! Hot reload under a real scheduler: real files in a temporary dags folder, the real store.
+//! Every wait is on the store with a deadline, never a fixed sleep; "nothing else happened" is
+//! checked after a sentinel file's change was recorded (rescans run in order, so every earlier
+//! change has been handled by then).
+
+mod common;
+
+use common::{Home, Running, wait_until};
+use std::path::Path;
+
+fn dag(dag_id: &str, command: &str) -> String {
+    format!(
+        r#"let dag = DAG("{dag_id}", #{{ start_date: datetime(2026, 1, 1), schedule: () }});
+BashOperator(#{{ task_id: "t", bash_command: "{command}" }});
+"#
+    )
+}
+
+/// The versions recorded for a DAG, oldest first.
+fn versions(home: &Home, dag_id: &str) -> Vec<String> {
+    let db = home.db();
+    let mut stmt =
+        db.prepare("SELECT version_hash FROM dag_version WHERE dag_id = ?1 ORDER BY created_at, rowid").unwrap();
+    stmt.query_map([dag_id], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// `(is_active, latest_version_hash)` of a DAG row.
+fn dag_row(home: &Home, dag_id: &str) -> Option<(bool, String)> {
+    let db = home.db();
+    db.query_row("SELECT is_active, latest_version_hash FROM dag WHERE dag_id = ?1", [dag_id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .ok()
+}
+
+fn import_error(home: &Home, file: &str) -> Option<String> {
+    home.db().query_row("SELECT message FROM import_error WHERE filename = ?1", [file], |r| r.get(0)).ok()
+}
+
+fn latest_spec(home: &Home, dag_id: &str) -> Option<String> {
+    home.db()
+        .query_row(
+            "SELECT v.spec_json FROM dag d JOIN dag_version v ON v.version_hash = d.latest_version_hash
+              WHERE d.dag_id = ?1",
+            [dag_id],
+            |r| r.get(0),
+        )
+        .ok()
+}
+
+/// Writes the sentinel DAG with mark `n` and waits until the scheduler recorded it: every change
+/// made before has been rescanned by then.
+fn settle(home: &Home, n: u32) {
+    let mark = format!("echo sentinel {n}");
+    std::fs::write(home.path().join("dags/zz_sentinel.rhai"), dag("sentinel", &mark)).unwrap();
+    wait_until(&format!("sentinel {n} recorded"), || {
+        latest_spec(home, "sentinel").filter(|s| s.contains(&mark)).map(|_| ())
+    });
+}
+
+/// A scheduler on `home`, once it has recorded the folder. Its output is not read (a reload of
+/// hundreds of files logs more than a pipe holds), so it goes nowhere.
+fn scheduler(home: &Home) -> Running {
+    scheduler_with(home, false)
+}
+
+fn scheduler_with(home: &Home, paused_at_creation: bool) -> Running {
+    let child = home
+        .command(&["scheduler"])
+        .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", paused_at_creation.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(Some(child));
+    settle(home, 0);
+    running
+}
+
+fn write(home: &Home, name: &str, text: &str) {
+    let path = home.path().join("dags").join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// An editor's atomic save: a temporary file beside, then a rename over the old one.
+fn atomic_save(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[test]
+fn an_atomic_save_and_an_in_place_rewrite_each_make_exactly_one_version() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let mut s = scheduler(&home);
+    assert_eq!(versions(&home, "a").len(), 1);
+
+    atomic_save(&home.path().join("dags"), "a.rhai", &dag("a", "echo two"));
+    wait_until("the atomic save's version", || (versions(&home, "a").len() == 2).then_some(()));
+    assert!(latest_spec(&home, "a").unwrap().contains("echo two"));
+
+    // Truncate and write in place, in two writes (as an editor without atomic saves does).
+    let text = dag("a", "echo three");
+    let (head, tail) = text.split_at(text.len() / 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(home.path().join("dags/a.rhai")).unwrap();
+        f.write_all(head.as_bytes()).unwrap();
+        f.flush().unwrap();
+        f.write_all(tail.as_bytes()).unwrap();
+    }
+    wait_until("the rewrite's version", || latest_spec(&home, "a").filter(|s| s.contains("echo three")));
+    // A save of the same content, and a touch, make no version.
+    std::fs::write(home.path().join("dags/a.rhai"), &text).unwrap();
+    settle(&home, 1);
+    s.kill_9();
+    assert_eq!(versions(&home, "a").len(), 3, "one version per content");
+    assert_eq!(import_error(&home, "a.rhai"), None);
+}
+
+#[test]
+fn editor_swap_backup_and_lock_files_and_ignored_files_make_no_version_and_no_error() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    std::fs::write(home.path().join("dags/.rhaiflowignore"), "skipped/\n").unwrap();
+    let mut s = scheduler(&home);
+    let dir = home.path().join("dags");
+    // What vim writes around a save, with broken content in each.
+    std::fs::write(dir.join(".a.rhai.swp"), "binary swap \u{0}").unwrap();
+    std::fs::write(dir.join("a.rhai~"), "oops(").unwrap();
+    std::fs::write(dir.join("4913"), "").unwrap();
+    std::fs::write(dir.join(".#a.rhai"), "lock").unwrap();
+    write(&home, "skipped/x.rhai", "oops(");
+    settle(&home, 1);
+    s.kill_9();
+    assert_eq!(versions(&home, "a").len(), 1);
+    let errors: u32 = home.db().query_row("SELECT COUNT(*) FROM import_error", [], |r| r.get(0)).unwrap();
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn a_bulk_rewrite_of_300_files_records_300_versions_and_no_more() {
+    let files: Vec<(String, String)> =
+        (0..300).map(|i| (format!("d{i:03}.rhai"), dag(&format!("d{i:03}"), "echo one"))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let home = Home::new(&refs);
+    let mut s = scheduler(&home);
+    // A `git checkout`: every file rewritten through a rename, as git does.
+    for (name, _) in &files {
+        let id = name.trim_end_matches(".rhai");
+        atomic_save(&home.path().join("dags"), name, &dag(id, "echo two"));
+    }
+    wait_until("every file's second version", || {
+        let n: u32 =
+            home.db().query_row("SELECT COUNT(*) FROM dag_version WHERE dag_id LIKE 'd%'", [], |r| r.get(0)).unwrap();
+        (n >= 600).then_some(())
+    });
+    settle(&home, 1);
+    s.kill_9();
+    let n: u32 =
+        home.db().query_row("SELECT COUNT(*) FROM dag_version WHERE dag_id LIKE 'd%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 600, "exactly two versions per DAG");
+    for (name, _) in files.iter().step_by(37) {
+        let id = name.trim_end_matches(".rhai");
+        assert!(latest_spec(&home, id).unwrap().contains("echo two"), "{id}");
+    }
+}
+
+#[test]
+fn a_broken_save_keeps_the_last_good_version_scheduled_until_the_fix() {
+    let once = |command: &str| {
+        format!(
+            r#"let dag = DAG("a", #{{ start_date: datetime(2026, 1, 1), schedule: "@once" }});
+BashOperator(#{{ task_id: "t", bash_command: "{command}" }});
+"#
+        )
+    };
+    let home = Home::new(&[("a.rhai", &once("echo good"))]);
+    // New DAGs start paused here, so the `@once` run waits for the unpause below.
+    let mut s = scheduler_with(&home, true);
+    let good = dag_row(&home, "a").unwrap();
+    write(
+        &home,
+        "a.rhai",
+        "let dag = DAG(\"a\", #{ start_date: datetime(2026, 1, 1), schedule: \"@once\" });\nBashOperator(#{ task_id: \"t\" bash_command: \"x\" });\n",
+    );
+    let error = wait_until("the import error", || import_error(&home, "a.rhai"));
+    assert!(error.contains("a.rhai:2:"), "names the line: {error}");
+    assert_eq!(dag_row(&home, "a"), Some(good.clone()), "the last good version stays active and latest");
+    // Still scheduled: unpaused now, its `@once` run runs the last good version.
+    home.db().execute("UPDATE dag SET is_paused = 0 WHERE dag_id = 'a'", []).unwrap();
+    write(&home, "zz_wake.rhai", &dag("wake", "true"));
+    let run =
+        wait_until("the run on the last good version", || home.runs("a").into_iter().find(|r| r["state"] == "success"));
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    assert!(home.log("a", &run_id, "t").contains("echo good"));
+    write(&home, "a.rhai", &once("echo fixed"));
+    wait_until("the error cleared", || import_error(&home, "a.rhai").is_none().then_some(()));
+    s.kill_9();
+    assert!(latest_spec(&home, "a").unwrap().contains("echo fixed"));
+    assert_eq!(versions(&home, "a").len(), 2);
+}
+
+#[test]
+fn a_deleted_file_retires_its_dags_with_their_history_and_a_restored_one_brings_them_back() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let mut s = scheduler(&home);
+    assert!(home.run(&["dags", "trigger", "a", "--logical-date", "2026-03-04"]).status.success());
+    wait_until("the run", || home.runs("a").first().filter(|r| r["state"] == "success").map(|_| ()));
+    let text = std::fs::read_to_string(home.path().join("dags/a.rhai")).unwrap();
+    std::fs::remove_file(home.path().join("dags/a.rhai")).unwrap();
+    wait_until("the DAG inactive", || dag_row(&home, "a").filter(|r| !r.0).map(|_| ()));
+    assert_eq!(
+        home.db().query_row("SELECT COUNT(*) FROM dag_run WHERE dag_id = 'a'", [], |r| r.get::<_, u32>(0)).unwrap(),
+        1
+    );
+    std::fs::write(home.path().join("dags/a.rhai"), text).unwrap();
+    wait_until("the DAG active again", || dag_row(&home, "a").filter(|r| r.0).map(|_| ()));
+    settle(&home, 1);
+    s.kill_9();
+    assert_eq!(versions(&home, "a").len(), 1, "the same content is the same version");
+
+    // Deleted while no scheduler ran: retired when the next one starts.
+    std::fs::remove_file(home.path().join("dags/a.rhai")).unwrap();
+    let mut s = scheduler(&home);
+    settle(&home, 2);
+    s.kill_9();
+    assert_eq!(dag_row(&home, "a").map(|r| r.0), Some(false));
+}
+
+#[test]
+fn files_in_subfolders_and_symlinked_files_are_followed() {
+    let home = Home::new(&[]);
+    write(&home, "team/real/b.rhai", &dag("b", "echo one"));
+    // A symlinked file whose target lives in a subfolder of the dags folder.
+    write(&home, "lib/c_target.txt", &dag("c", "echo one"));
+    std::os::unix::fs::symlink(home.path().join("dags/lib/c_target.txt"), home.path().join("dags/c.rhai")).unwrap();
+    let mut s = scheduler(&home);
+    assert!(dag_row(&home, "b").is_some_and(|r| r.0));
+    assert!(dag_row(&home, "c").is_some_and(|r| r.0));
+    atomic_save(&home.path().join("dags/team/real"), "b.rhai", &dag("b", "echo two"));
+    std::fs::write(home.path().join("dags/lib/c_target.txt"), dag("c", "echo two")).unwrap();
+    wait_until("b's new version", || latest_spec(&home, "b").filter(|s| s.contains("echo two")));
+    wait_until("c's new version", || latest_spec(&home, "c").filter(|s| s.contains("echo two")));
+    // A whole subfolder moved in.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("moved")).unwrap();
+    std::fs::write(outside.path().join("moved/m.rhai"), dag("m", "true")).unwrap();
+    std::fs::rename(outside.path().join("moved"), home.path().join("dags/moved")).unwrap();
+    wait_until("the moved-in folder's DAG", || dag_row(&home, "m").filter(|r| r.0).map(|_| ()));
+    s.kill_9();
+}
+
+#[test]
+fn a_run_already_going_finishes_on_the_version_it_started_with() {
+    let home = Home::new(&[(
+        "p.rhai",
+        r#"let dag = DAG("p", #{ start_date: datetime(2026, 1, 1), schedule: () });
+let first = BashOperator(#{ task_id: "first", bash_command: "while [ ! -e $HOME_DIR/go ]; do sleep 0.05; done" });
+let second = BashOperator(#{ task_id: "second", bash_command: "echo old-second" });
+first >> second;"#,
+    )]);
+    let mut s = scheduler(&home);
+    assert!(home.run(&["dags", "trigger", "p", "--logical-date", "2026-03-04"]).status.success());
+    let run_id = "manual__2026-03-04T00:00:00+00:00";
+    wait_until("first running", || {
+        home.states("p", run_id).iter().find(|t| t.0 == "first" && t.1 == "running").map(|_| ())
+    });
+    let text = home.file("dags/p.rhai").replace("old-second", "new-second");
+    atomic_save(&home.path().join("dags"), "p.rhai", &text);
+    wait_until("the new version", || latest_spec(&home, "p").filter(|s| s.contains("new-second")));
+    std::fs::write(home.path().join("go"), "").unwrap();
+    wait_until("the run done", || home.runs("p").first().filter(|r| r["state"] == "success").map(|_| ()));
+    assert!(home.log("p", run_id, "second").contains("old-second"));
+    // A new run uses the new version.
+    assert!(home.run(&["dags", "trigger", "p", "--logical-date", "2026-03-05"]).status.success());
+    let run_id = "manual__2026-03-05T00:00:00+00:00";
+    wait_until("the second run done", || {
+        home.runs("p").iter().find(|r| r["run_id"] == run_id && r["state"] == "success").map(|_| ())
+    });
+    s.kill_9();
+    assert!(home.log("p", run_id, "second").contains("new-second"));
+}
+
+/// `standalone` says where things are, records a saved edit at once, and stops on SIGTERM.
+#[test]
+fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let child = home
+        .command(&["standalone"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = Running(Some(child));
+    settle(&home, 0);
+    atomic_save(&home.path().join("dags"), "a.rhai", &dag("a", "echo two"));
+    wait_until("the saved version", || latest_spec(&home, "a").filter(|s| s.contains("echo two")));
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, _, stderr) = s.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("rhaiflow standalone: DAGs from dags") && stderr.contains("rhaiflow.db"), "{stderr}");
+    assert!(stderr.contains("DAG version recorded") && stderr.contains("dag_id=a"), "{stderr}");
+}
