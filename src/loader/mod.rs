@@ -323,6 +323,16 @@ impl Loader {
         }
         bag
     }
+
+    /// Loads one file of the dags folder (`rel_path` relative to it) as `load_all` loads each file,
+    /// on the loader's pool (its large stacks), without scanning the folder: for commands that act
+    /// on one DAG whose file the store names. Cross-file checks (a `dag_id` declared in another
+    /// file too) are not made: only the folder's loader sees every file.
+    pub fn load_one(&self, rel_path: &str, ctx: &EvalContext) -> DagBag {
+        let path = self.settings.dags_folder.join(rel_path);
+        let result = self.pool.install(|| self.load_file_guarded(&path, ctx));
+        self.assemble(vec![result])
+    }
 }
 
 /// One `*.rhai` entry found in the dags folder.

@@ -9,6 +9,7 @@ mod batch;
 mod context;
 mod migrations;
 mod scheduling;
+mod versions;
 
 use crate::model::{DagRunState, RunType, TaskState, TiKey};
 use chrono::{DateTime, Utc};
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
+pub use versions::{DagRecord, DagVersionRow};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
