@@ -419,9 +419,16 @@ fn next_runs(ctx: &Context, spec: &DagSpec, n: usize) -> anyhow::Result<Outcome>
 }
 
 fn import_errors(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
+    let records = match ctx.app.existing_store()? {
+        Some(store) => store.read(|tx| tx.dag_records())?,
+        None => Vec::new(),
+    };
     if ctx.output == Output::Json {
-        let rows: Vec<_> =
-            bag.import_errors.iter().map(|e| json!({ "file": e.file, "errors": e.diagnostics })).collect();
+        let rows: Vec<_> = bag
+            .import_errors
+            .iter()
+            .map(|e| json!({ "file": e.file, "errors": e.diagnostics, "kept": kept_json(&records, &e.file) }))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(Outcome::Ok);
     }
@@ -432,8 +439,29 @@ fn import_errors(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
         for d in &e.diagnostics {
             println!("{d}\n");
         }
+        print_kept(&records, &e.file);
     }
     Ok(Outcome::Ok)
+}
+
+/// The DAGs recorded from a broken `file` that stay scheduled on their last good version.
+fn kept<'a>(records: &'a [crate::store::DagRecord], file: &str) -> Vec<&'a crate::store::DagRecord> {
+    records.iter().filter(|r| r.is_active && r.fileloc == file).collect()
+}
+
+fn kept_json(records: &[crate::store::DagRecord], file: &str) -> serde_json::Value {
+    kept(records, file).iter().map(|r| json!({ "dag_id": r.dag_id, "version": r.latest_version_hash })).collect()
+}
+
+fn print_kept(records: &[crate::store::DagRecord], file: &str) {
+    let kept = kept(records, file);
+    if !kept.is_empty() {
+        let list: Vec<String> = kept
+            .iter()
+            .map(|r| format!("{} ({})", r.dag_id, r.latest_version_hash.get(..12).unwrap_or(&r.latest_version_hash)))
+            .collect();
+        println!("{file}: the last good version stays scheduled and triggerable: {}\n", list.join(", "));
+    }
 }
 
 /// `dags versions ID`: every recorded version, oldest first, with the runs pinned to each.
@@ -547,18 +575,22 @@ fn stored_list(ctx: &Context, store: &crate::store::Store) -> anyhow::Result<Out
 
 /// `dags list-import-errors` from the store a live scheduler keeps current.
 fn stored_import_errors(ctx: &Context, store: &crate::store::Store) -> anyhow::Result<Outcome> {
-    let errors = store.read(|tx| tx.import_errors())?;
+    let (errors, records) =
+        store.read(|tx| Ok::<_, crate::store::StoreError>((tx.import_errors()?, tx.dag_records()?)))?;
     if ctx.output == Output::Json {
-        let rows: Vec<_> =
-            errors.iter().map(|(file, text)| json!({ "file": file, "errors": parse_rendered(text) })).collect();
+        let rows: Vec<_> = errors
+            .iter()
+            .map(|(file, text)| json!({ "file": file, "errors": parse_rendered(text), "kept": kept_json(&records, file) }))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(Outcome::Ok);
     }
     if errors.is_empty() {
         println!("no import errors");
     }
-    for (_, text) in &errors {
+    for (file, text) in &errors {
         println!("{text}\n");
+        print_kept(&records, file);
     }
     Ok(Outcome::Ok)
 }
