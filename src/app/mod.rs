@@ -6,6 +6,7 @@ mod event_loop;
 pub mod logging;
 mod reload;
 mod service;
+mod web;
 
 pub use alerts::AlertPreview;
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
