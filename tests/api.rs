@@ -129,6 +129,9 @@ fn dags_list_get_details_patch_and_pagination() {
     assert_eq!(page["total_entries"], 3);
     assert_eq!(page["dags"].as_array().unwrap().len(), 1);
     assert_eq!(page["dags"][0]["dag_id"], "ops");
+    // Descending order is the store's, across pages (not one page reversed).
+    assert_eq!(s.get("/api/v1/dags?order_by=-dag_id&limit=1")["dags"][0]["dag_id"], "zeta");
+    s.problem("GET", "/api/v1/dags?order_by=owners", None, 400);
 
     let tagged = s.get("/api/v1/dags?tags=marketing");
     assert_eq!(tagged["total_entries"], 1);
@@ -344,4 +347,47 @@ fn openapi_document_matches_the_routes() {
             assert_ne!(title, "Not Found", "{method} {path} is documented but not served: {}", a.text);
         }
     }
+}
+
+/// What an Airflow client does: trigger through the API while a scheduler runs, follow the
+/// running try's log with its continuation token, see the run succeed; health sees the scheduler.
+#[test]
+fn trigger_with_a_scheduler_and_tail_a_running_log() {
+    let dag = format!(
+        r#"let dag = DAG("live", #{{ {MANUAL} }});
+BashOperator(#{{ task_id: "talk", bash_command: "echo first-line; while [ ! -e $HOME_DIR/go ]; do sleep 0.05; done; echo last-line" }});"#
+    );
+    let home = Home::new(&[("live.rhai", &dag)]);
+    let _scheduler = home.spawn(&["scheduler"]);
+    wait_until("the scheduler records the DAG", || home.path().join("rhaiflow.db").exists().then_some(()));
+    let port = peers::free_port();
+    let process = home.spawn(&["webserver", "--port", &port.to_string()]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = Server {
+        home,
+        _process: process,
+        base: format!("http://127.0.0.1:{port}"),
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        client: reqwest::Client::new(),
+    };
+    wait_until("the scheduler is healthy", || {
+        let h = s.try_send("GET", "/api/v1/health", None, None).ok()?.json();
+        (h["scheduler"]["status"] == "healthy" && s.send("GET", "/api/v1/dags/live", None).status == 200).then_some(())
+    });
+    let made = s.send("POST", "/api/v1/dags/live/dagRuns", Some(r#"{"dag_run_id": "from_api"}"#));
+    assert_eq!(made.status, 200, "{}", made.text);
+    let log = "/api/v1/dags/live/dagRuns/from_api/taskInstances/talk/logs/1";
+    let first = wait_until("the running try's first line", || {
+        let a = s.send("GET", log, None);
+        (a.status == 200 && a.json()["content"].as_str()?.contains("first-line")).then(|| a.json())
+    });
+    let token = first["continuation_token"].as_str().expect("a running try's log has a token").to_string();
+    std::fs::write(s.home.path().join("go"), "").unwrap();
+    wait_until("the run succeeds", || {
+        (s.get("/api/v1/dags/live/dagRuns/from_api")["state"] == "success").then_some(())
+    });
+    let rest = s.get(&format!("{log}?token={token}"));
+    let rest_text = rest["content"].as_str().unwrap();
+    assert!(rest_text.contains("last-line") && !rest_text.contains("first-line"), "{rest}");
+    assert_eq!(rest["continuation_token"], Value::Null);
 }

@@ -16,6 +16,8 @@ pub struct DagFilter {
     /// Only DAGs whose file still declares them.
     pub only_active: bool,
     pub paused: Option<bool>,
+    /// By dag_id descending (`order_by=-dag_id`).
+    pub descending: bool,
 }
 
 /// A DAG row with what a listing shows of it.
@@ -114,7 +116,9 @@ impl Tx<'_> {
               AND (?4 = '[]' OR EXISTS (SELECT 1 FROM json_each(v.spec_json, '$.tags') t
                                          WHERE t.value IN (SELECT value FROM json_each(?4))))";
         let args = params![filter.only_active, filter.paused, filter.dag_id_pattern, tags];
-        let sql = format!("{DAG_ENTRY} {filter_sql} ORDER BY d.dag_id LIMIT {} OFFSET {}", page.limit, page.offset);
+        let dir = if filter.descending { "DESC" } else { "ASC" };
+        let sql =
+            format!("{DAG_ENTRY} {filter_sql} ORDER BY d.dag_id {dir} LIMIT {} OFFSET {}", page.limit, page.offset);
         let mut stmt = self.tx.prepare_cached(&sql)?;
         let rows: Vec<DagEntry> = stmt.query_map(args, dag_entry)?.collect::<Result<_, _>>()?;
         let count = format!(

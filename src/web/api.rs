@@ -264,13 +264,10 @@ async fn list_dags(State(web): State<Web>, q: RawQuery) -> Answer {
         dag_id_pattern: p.get("dag_id_pattern").map(str::to_owned),
         only_active: p.bool("only_active")?.unwrap_or(true),
         paused: p.bool("paused")?,
+        descending: p.get("order_by") == Some("-dag_id"),
     };
-    let descending = p.get("order_by") == Some("-dag_id");
     let (dags, total) = read(&web, move |tx| Ok(tx.dag_page(&filter, page)?)).await?;
-    let mut out: Vec<Value> = dags.iter().map(|e| json::dag(e, json::spec_of(e).as_ref())).collect();
-    if descending {
-        out.reverse();
-    }
+    let out: Vec<Value> = dags.iter().map(|e| json::dag(e, json::spec_of(e).as_ref())).collect();
     ok(json!({"dags": out, "total_entries": total}))
 }
 
