@@ -315,6 +315,10 @@ fn import_errors_health_version_pools_xcoms() {
     // Unknown paths and methods are problems too.
     s.problem("GET", "/api/v1/nothing", None, 404);
     s.problem("DELETE", "/api/v1/dags", None, 405);
+    // axum's own rejections get a problem body too: a path that is not UTF-8, a body too large.
+    s.problem("GET", "/api/v1/dags/%FF", None, 400);
+    let huge = format!(r#"{{"conf": {{"x": "{}"}}}}"#, "a".repeat(3 << 20));
+    s.problem("POST", "/api/v1/dags/zeta/dagRuns", Some(&huge), 413);
     // No secret in any answer: the health of a home without config says nothing of one.
     assert!(!s.home.file("rhaiflow.toml").contains("password"));
 }
@@ -390,4 +394,23 @@ BashOperator(#{{ task_id: "talk", bash_command: "echo first-line; while [ ! -e $
     let rest_text = rest["content"].as_str().unwrap();
     assert!(rest_text.contains("last-line") && !rest_text.contains("first-line"), "{rest}");
     assert_eq!(rest["continuation_token"], Value::Null);
+}
+
+/// Bad addresses are refused at start with a message naming them (exit 2), and a taken port too.
+#[test]
+fn webserver_refuses_bad_addresses() {
+    let home = Home::new(&[]);
+    let o = home.run(&["webserver", "--host", "example.com"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`--host` `example.com` is not an IP address"), "{o:?}");
+    let mut bad_bind = home.command(&["webserver"]);
+    bad_bind.env("RHAIFLOW__WEBSERVER__BIND", "localhost");
+    let o = common::output_within_deadline(bad_bind, "webserver with a bad bind");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`webserver.bind` `localhost` is not an address"), "{o:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let o = home.run(&["webserver", "--port", &port]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{o:?}");
 }

@@ -87,7 +87,10 @@ pub fn router(web: Web) -> Router {
     for route in api::routes() {
         api = api.route(route.path, route.handler);
     }
-    api.fallback(problem::no_route).method_not_allowed_fallback(problem::method_not_allowed).with_state(web)
+    api.fallback(problem::no_route)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(axum::middleware::map_response(problem::as_problem))
+        .with_state(web)
 }
 
 /// The `(method, path)` of every route served, as the OpenAPI document lists them.

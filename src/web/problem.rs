@@ -80,3 +80,16 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         format!("`{method} {}` is not served; see /api/v1/openapi.json", uri.path()),
     )
 }
+
+/// Any other error answer (axum's own rejections: a path segment that is not UTF-8, a body over
+/// the size limit) as a problem body, so every error a client sees has one shape.
+pub async fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 10).await.unwrap_or_default();
+    let title = status.canonical_reason().unwrap_or("Error");
+    Problem::new(status, title, String::from_utf8_lossy(&bytes).trim().to_string()).into_response()
+}
