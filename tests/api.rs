@@ -143,6 +143,13 @@ fn dags_list_get_details_patch_and_pagination() {
     assert_eq!(etl["fileloc"], "etl.rhai");
     assert_eq!(s.get("/api/v1/dags?dag_id_pattern=TL")["total_entries"], 1, "case-insensitive substring");
 
+    let token = etl["file_token"].as_str().unwrap();
+    let source = s.get(&format!("/api/v1/dagSources/{token}"));
+    assert!(source["content"].as_str().unwrap().contains("hello-from-extract"), "{source}");
+    let text = s.try_send("GET", &format!("/api/v1/dagSources/{token}"), None, Some("text/plain")).unwrap();
+    assert!(text.text.starts_with("let dag = DAG(\"etl\""), "{}", text.text);
+    s.problem("GET", "/api/v1/dagSources/nope", None, 404);
+
     let details = s.get("/api/v1/dags/etl/details");
     assert_eq!(details["catchup"], true);
     assert_eq!(details["start_date"], "2024-01-01T00:00:00+00:00");

@@ -144,6 +144,7 @@ impl App {
         let actions = AppActions { app: App::new(self.config.clone())?, store: store.clone() };
         let settings = WebSettings {
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
+            dags_folder: self.config.core.dags_folder.clone(),
         };
         let web = Web { store: store.clone(), actions: Arc::new(actions), settings: Arc::new(settings) };
         Ok(async move {

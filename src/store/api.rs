@@ -253,6 +253,21 @@ impl Tx<'_> {
         Ok((rows, total(n)))
     }
 
+    /// The file of a DAG version (relative to the dags folder) and, when the version kept it (it
+    /// has closures), the file's text as it was.
+    pub fn version_file(&self, version_hash: &str) -> StoreResult<Option<(String, Option<String>)>> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT COALESCE(s.file, d.fileloc), s.source FROM dag_version v
+                   JOIN dag d ON d.dag_id = v.dag_id
+                   LEFT JOIN dag_source s ON s.source_hash = v.source_hash
+                  WHERE v.version_hash = ?1",
+            )?
+            .query_row([version_hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
     /// The latest heartbeat of a scheduler that has not stopped.
     pub fn latest_scheduler_heartbeat(&self) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(self

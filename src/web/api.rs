@@ -82,6 +82,7 @@ pub fn routes() -> Vec<Route> {
             get(get_xcom),
         ),
         route("post", "/api/v1/dags/{dag_id}/clearTaskInstances", "Clear task instances", post(clear_tis)),
+        route("get", "/api/v1/dagSources/{file_token}", "A DAG file's source (`file_token` of a DAG)", get(dag_source)),
         route("get", "/api/v1/importErrors", "List import errors", get(list_import_errors)),
         route("get", "/api/v1/importErrors/{import_error_id}", "Get an import error", get(get_import_error)),
         route("get", "/api/v1/pools", "List pools", get(list_pools)),
@@ -609,11 +610,7 @@ async fn logs(
         .await
         .map_err(|e| Problem::internal(e.to_string()))??;
     let finished = ti.try_number > try_number || ti.state.is_finished();
-    let wants_text = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json"));
-    if wants_text {
+    if wants_text(&headers) {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], chunk.text).into_response());
     }
     let token = (!finished || chunk.more).then(|| chunk.next.to_string());
@@ -692,6 +689,47 @@ async fn get_xcom(
     })
     .await?;
     ok(json::xcom(&x, &ti, &run.logical_date, Some(deserialize)))
+}
+
+// ---- DAG sources --------------------------------------------------------------------------------
+
+/// The most source text served: the loader's file size limit (`loader::MAX_FILE_BYTES`, a layer
+/// beside this one).
+const MAX_SOURCE_BYTES: u64 = 4 << 20;
+
+/// `file_token` is the DAG's version hash: the version's own text when it kept it, else the file
+/// as it is now in the dags folder. `text/plain` or JSON `{content}`, as Airflow.
+async fn dag_source(State(web): State<Web>, Path(token): Path<String>, headers: HeaderMap) -> Answer {
+    let t = token.clone();
+    let missing = || Problem::not_found("DAG source not found", format!("no DAG version with file_token: '{token}'"));
+    let (file, kept) = read(&web, move |tx| Ok(tx.version_file(&t)?)).await?.ok_or_else(missing)?;
+    let text = match kept {
+        Some(text) => text,
+        None => {
+            let path = web.settings.dags_folder.join(&file);
+            tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+                use std::io::Read;
+                let mut text = String::new();
+                std::fs::File::open(&path)?.take(MAX_SOURCE_BYTES).read_to_string(&mut text)?;
+                Ok(text)
+            })
+            .await
+            .map_err(|e| Problem::internal(e.to_string()))?
+            .map_err(|e| Problem::not_found("DAG source not found", format!("cannot read `{file}`: {e}")))?
+        }
+    };
+    if wants_text(&headers) {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    ok(json!({"content": text}))
+}
+
+/// `Accept: text/plain` (and not JSON): the endpoints that can answer either way answer in text.
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json"))
 }
 
 // ---- import errors and pools -------------------------------------------------------------------

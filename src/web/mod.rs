@@ -70,6 +70,8 @@ pub enum ActionError {
 pub struct WebSettings {
     /// A scheduler whose heartbeat is older is reported `unhealthy`.
     pub heartbeat_timeout: Duration,
+    /// Where DAG files are, for `dagSources` of versions that did not keep their text.
+    pub dags_folder: PathBuf,
 }
 
 /// The server's shared state: cheap to clone.
