@@ -421,3 +421,35 @@ fn webserver_refuses_bad_addresses() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{o:?}");
 }
+
+/// A run's own clear (dry run lists, a real one re-queues it) and `PATCH` of its state.
+#[test]
+fn clear_a_run_and_set_its_state() {
+    let s = Server::start();
+    let run_id = etl_run_id(&s);
+    let run_path = format!("/api/v1/dags/etl/dagRuns/{run_id}");
+    let dry = s.send("POST", &format!("{run_path}/clear"), Some(r#"{"only_failed": true}"#));
+    assert_eq!(dry.status, 200, "{}", dry.text);
+    let listed: Vec<Value> =
+        dry.json()["task_instances"].as_array().unwrap().iter().map(|t| t["task_id"].clone()).collect();
+    assert_eq!(listed, [json!("load")]);
+    assert_eq!(s.get(&run_path)["state"], "failed", "a dry run changes nothing");
+    s.problem("POST", &format!("{run_path}/clear"), Some(r#"{"dry_run": "no"}"#), 400);
+    s.problem("POST", "/api/v1/dags/etl/dagRuns/nope/clear", Some("{}"), 404);
+
+    let marked = s.send("PATCH", &run_path, Some(r#"{"state": "success"}"#));
+    assert_eq!(marked.status, 200, "{}", marked.text);
+    assert_eq!(marked.json()["state"], "success");
+    // As Airflow: marking a run success marks its failed task instances success too.
+    assert_eq!(s.get(&format!("{run_path}/taskInstances/load"))["state"], "success");
+    let requeued = s.send("PATCH", &run_path, Some(r#"{"state": "queued"}"#));
+    assert_eq!(requeued.status, 200, "{}", requeued.text);
+    assert_eq!(requeued.json()["state"], "queued");
+    let tis = s.get(&format!("{run_path}/taskInstances"));
+    let states: Vec<&Value> = tis["task_instances"].as_array().unwrap().iter().map(|t| &t["state"]).collect();
+    assert_eq!(states, [&Value::Null, &Value::Null], "{tis}");
+
+    let cleared = s.send("POST", &format!("{run_path}/clear"), Some(r#"{"dry_run": false}"#));
+    assert_eq!(cleared.status, 200, "{}", cleared.text);
+    assert_eq!(cleared.json()["dag_run_id"], run_id.as_str());
+}

@@ -91,19 +91,19 @@ impl Actions for AppActions {
             };
             return self.clear(&req).map(|_| ());
         }
-        // As Airflow's "mark run success/failed": unfinished task instances take the run's state
-        // (`failed`: the running ones fail, the others are skipped), then the run does.
+        // As Airflow's `set_dag_run_state_to_success/failed`: `success` marks every task instance
+        // success (failed ones too); `failed` fails the running ones and skips the other
+        // unfinished ones; then the run takes the state.
         let now = Utc::now();
         let done = self
             .store
             .write(|tx| -> Result<bool, StoreError> {
                 let Some(run) = tx.dag_run(dag_id, run_id)? else { return Ok(false) };
                 for ti in tx.task_instances_of_run(dag_id, run_id)? {
-                    if ti.state.is_finished() {
-                        continue;
-                    }
                     let ti_to = match to {
-                        DagRunState::Success => TaskState::Success,
+                        DagRunState::Success if ti.state != TaskState::Success => TaskState::Success,
+                        DagRunState::Success => continue,
+                        _ if ti.state.is_finished() => continue,
                         _ if ti.state == TaskState::Running => TaskState::Failed,
                         _ => TaskState::Skipped,
                     };
