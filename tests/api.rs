@@ -390,7 +390,8 @@ BashOperator(#{{ task_id: "talk", bash_command: "echo first-line; while [ ! -e $
     let log = "/api/v1/dags/live/dagRuns/from_api/taskInstances/talk/logs/1";
     let first = wait_until("the running try's first line", || {
         let a = s.send("GET", log, None);
-        (a.status == 200 && a.json()["content"].as_str()?.contains("first-line")).then(|| a.json())
+        // The output line, not the `running: bash -c 'echo first-line; …'` line before it.
+        (a.status == 200 && a.json()["content"].as_str()?.contains("] first-line\n")).then(|| a.json())
     });
     let token = first["continuation_token"].as_str().expect("a running try's log has a token").to_string();
     std::fs::write(s.home.path().join("go"), "").unwrap();
@@ -399,7 +400,12 @@ BashOperator(#{{ task_id: "talk", bash_command: "echo first-line; while [ ! -e $
     });
     let rest = s.get(&format!("{log}?token={token}"));
     let rest_text = rest["content"].as_str().unwrap();
-    assert!(rest_text.contains("last-line") && !rest_text.contains("first-line"), "{rest}");
+    assert!(
+        rest_text.contains("] last-line") && !rest_text.contains("] first-line"),
+        "first: {first}\nrest: {rest}\nwhole: {}\nti: {}",
+        s.get(log),
+        s.get("/api/v1/dags/live/dagRuns/from_api/taskInstances/talk")
+    );
     assert_eq!(rest["continuation_token"], Value::Null);
 }
 

@@ -304,3 +304,77 @@ fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
     assert!(stderr.contains("rhaiflow standalone: DAGs from dags") && stderr.contains("rhaiflow.db"), "{stderr}");
     assert!(stderr.contains("DAG version recorded") && stderr.contains("dag_id=a"), "{stderr}");
 }
+
+/// A DAG moved from one file to another in two saves: the new file is a duplicate until the old
+/// one lets the DAG go, and then loads without being saved again.
+#[test]
+fn a_dag_moved_between_files_loads_from_its_new_file_once_the_old_one_lets_go() {
+    let home = Home::new(&[("a.rhai", &format!("{}{}", dag("moving", "echo a"), "// a\n"))]);
+    let mut s = scheduler(&home);
+    write(&home, "b.rhai", &dag("moving", "echo b"));
+    let error = wait_until("b's duplicate error", || import_error(&home, "b.rhai"));
+    assert!(error.contains("already declared in") && error.contains("a.rhai"), "{error}");
+    write(&home, "a.rhai", &dag("other", "true"));
+    wait_until("b loaded", || import_error(&home, "b.rhai").is_none().then_some(()));
+    wait_until("moving's version from b", || latest_spec(&home, "moving").filter(|s| s.contains("echo b")));
+    settle(&home, 1);
+    s.kill_9();
+    let file: String = home
+        .db()
+        .query_row("SELECT fileloc FROM dag WHERE dag_id = 'moving' AND is_active = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(file, "b.rhai");
+}
+
+/// A symlinked folder leading out of the dags folder is neither scanned nor watched: what happens
+/// out there records nothing and wakes nothing, and the warning is logged once, not per rescan.
+#[test]
+fn a_symlink_out_of_the_dags_folder_is_not_watched_and_warned_about_once() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), home.path().join("dags/outside")).unwrap();
+    let child = home
+        .command(&["scheduler"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut s = Running(Some(child));
+    settle(&home, 0);
+    for i in 0..20 {
+        std::fs::write(outside.path().join(format!("o{i}.rhai")), dag(&format!("o{i}"), "true")).unwrap();
+        settle(&home, i + 1);
+    }
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, _, stderr) = s.finish();
+    assert_eq!(stderr.matches("not following a symlinked folder outside the dags folder").count(), 1, "{stderr}");
+    assert!(dag_row(&home, "o0").is_none());
+}
+
+/// The dags folder moved away and made anew (a deploy that swaps folders): its DAGs stay as they
+/// were while it is gone, and the new folder is watched (not only rescanned every hour here).
+#[test]
+fn a_dags_folder_replaced_by_a_new_one_is_watched_again() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let child = home
+        .command(&["scheduler"])
+        .env("RHAIFLOW__CORE__RESCAN_INTERVAL", "3600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut s = Running(Some(child));
+    settle(&home, 0);
+    let dags = home.path().join("dags");
+    std::fs::rename(&dags, home.path().join("dags.old")).unwrap();
+    std::fs::create_dir(&dags).unwrap();
+    std::fs::copy(home.path().join("dags.old/a.rhai"), dags.join("a.rhai")).unwrap();
+    std::fs::copy(home.path().join("dags.old/zz_sentinel.rhai"), dags.join("zz_sentinel.rhai")).unwrap();
+    // The new folder is watched within a second of appearing; each save after that is seen.
+    wait_until("a save in the new folder recorded", || {
+        std::fs::write(dags.join("b.rhai"), dag("b", "true")).unwrap();
+        dag_row(&home, "b").filter(|r| r.0).map(|_| ())
+    });
+    s.kill_9();
+    assert_eq!(dag_row(&home, "a").map(|r| r.0), Some(true), "a was never retired");
+}

@@ -5,13 +5,17 @@ mod alerts;
 mod event_loop;
 pub mod logging;
 mod reload;
+mod resolve;
 mod service;
+mod stored;
 mod web;
 
 pub use alerts::AlertPreview;
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 
+pub use resolve::{DagInactive, Notices, Record, ResolvedDag};
 pub use service::{BackfillOptions, BackfillPlan, ClearRequest, DagStatus, TestRequest, clear_run};
+pub use stored::{StoredDag, StoredVersions};
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};
@@ -35,6 +39,8 @@ use tokio::sync::mpsc::{UnboundedReceiver as Receiver, UnboundedSender as Sender
 pub struct App {
     pub config: Config,
     loader: Loader,
+    /// Where warnings for the user go (the CLI prints them on stderr); else rhaiflow's log.
+    notices: Option<Notices>,
 }
 
 /// What the event loop reports as it goes, for live output.
@@ -59,7 +65,7 @@ impl App {
             LoaderSettings { dags_folder: config.core.dags_folder.clone(), limits, threads: config.core.parse_threads };
         let loader = Loader::new(settings).context("cannot start the DAG loader")?;
         crate::alert::check_templates(&crate::alert::Channels::from_config(&config.alerts))?;
-        Ok(App { config, loader })
+        Ok(App { config, loader, notices: None })
     }
 
     pub fn eval_context(&self, now: DateTime<Utc>) -> EvalContext {
@@ -74,6 +80,18 @@ impl App {
     /// Parses the whole dags folder.
     pub fn load_dags(&self, now: DateTime<Utc>) -> anyhow::Result<DagBag> {
         Ok(self.loader.load_all(&self.eval_context(now))?)
+    }
+
+    /// Sends warnings meant for the user (a broken file's last good version used) to `notices`.
+    pub fn set_notices(&mut self, notices: Notices) {
+        self.notices = Some(notices);
+    }
+
+    fn notice(&self, text: &str) {
+        match &self.notices {
+            Some(notices) => notices(text),
+            None => tracing::warn!("{text}"),
+        }
     }
 
     pub fn loader(&self) -> &Loader {
@@ -331,7 +349,7 @@ impl App {
             let reloads = tx.clone();
             let reloader = std::thread::Builder::new()
                 .name("rhaiflow-reload".into())
-                .spawn_scoped(scope, move || self.reload_until_stopped(store, folder, &watch, &reloads));
+                .spawn_scoped(scope, move || self.reload_until_stopped(store, folder, watch, &reloads));
             let result = runtime.block_on(drive(parts, &mut |_| {}));
             stopper.stop();
             if let Ok(handle) = reloader {

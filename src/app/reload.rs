@@ -6,6 +6,7 @@
 //! already going keep the version they pinned.
 
 use super::App;
+use crate::loader::watch::{FolderWatch, Wake, identity};
 use crate::loader::{Changes, Folder, LoadedDag, render_import_error};
 use crate::model::Event;
 use crate::scheduler::{DagVersion, record_version};
@@ -91,23 +92,50 @@ impl App {
         &self,
         store: &Store,
         mut folder: Folder,
-        watch: &crate::loader::watch::FolderWatch,
+        mut watch: FolderWatch,
         events: &Sender<Event>,
     ) {
         let every = Duration::from_secs_f64(self.config.core.rescan_interval);
+        let path = self.config.core.dags_folder.clone();
+        let mut watched = identity(&path);
+        let mut failing: Option<String> = None;
         loop {
-            if watch.wait(every) == crate::loader::watch::Wake::Stop {
+            // While the folder is gone, look for it every second rather than every rescan interval.
+            let timeout = if watched.is_none() { every.min(Duration::from_secs(1)) } else { every };
+            if watch.wait(timeout) == Wake::Stop {
                 return;
             }
+            let now = identity(&path);
+            if now != watched && now.is_some() {
+                // Moved away and made anew (or back after being gone): the old watch follows the
+                // old folder, so watch this one.
+                if let Some(reason) = watch.rewatch(&path) {
+                    tracing::warn!(reason, "cannot watch the dags folder again; the periodic rescan picks changes up");
+                }
+            }
+            watched = now;
             let started = std::time::Instant::now();
             match self.reload(store, &mut folder, false, Utc::now()) {
-                Ok(r) if r.changes.is_empty() && r.retired.is_empty() => {}
                 Ok(r) => {
-                    log_reload(&r, started.elapsed());
-                    let _ = events.send(Event::Wake);
+                    if failing.take().is_some() {
+                        tracing::info!("the dags folder loads again");
+                    }
+                    if !(r.changes.is_empty() && r.retired.is_empty()) {
+                        log_reload(&r, started.elapsed());
+                        let _ = events.send(Event::Wake);
+                    }
                 }
+                // A folder that is gone (unmounted, moved) retires nothing: its DAGs stay as they
+                // were until it is back. Said once, not at every try.
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot reload the dags folder; trying again at the next change")
+                    let error = format!("{e:#}");
+                    if failing.as_ref() != Some(&error) {
+                        tracing::warn!(
+                            error,
+                            "cannot reload the dags folder; its DAGs stay as they are until it loads again"
+                        );
+                        failing = Some(error);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The service layer: the rules of trigger, pause, clear, mark, backfill and test, which the CLI
 //! and the web API share. Front ends parse and print; they decide nothing.
 
-use super::{App, Progress, manual_run, pinned_for};
+use super::{App, Progress, manual_run};
 use crate::loader::DagBag;
 use crate::model::{DagRunState, DagSpec, RunType, TaskState, TiEvent, TiKey, transition};
 use crate::operators::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
@@ -145,21 +145,18 @@ impl App {
 
     /// Whether `dag_id` is paused in the store.
     pub fn is_paused(&self, store: &Store, dag_id: &str) -> anyhow::Result<bool> {
-        Ok(store.read(|tx| tx.dag(dag_id))?.is_some_and(|d| d.is_paused))
+        Ok(store.read(|tx| tx.dag_record(dag_id))?.is_some_and(|d| d.is_paused))
     }
 
-    /// Loads the folder into the store and returns the versions and the pinned current `dag_id`.
+    /// The DAG `dag_id` for a command that changes state, recorded in the store: its versions (for
+    /// a run's scheduler) and the pinned current one. Parses at most its own file (`resolve_dag`).
     pub fn load_dag(
         &self,
         store: &Store,
         dag_id: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<(Vec<DagVersion>, Arc<PinnedDag>)> {
-        let (versions, bag) = self.sync_dags(store, now)?;
-        match pinned_for(&versions, dag_id) {
-            Some(p) => Ok((versions, p)),
-            None => Err(self.no_dag(&bag, dag_id)),
-        }
+        self.resolve_for_change(store, dag_id, now)
     }
 
     /// The error for a DAG id the bag lacks: the file that declares it when that file failed to

@@ -1,9 +1,10 @@
 //! `rhaiflow dags ...`: list, show, check, next-runs, list-import-errors.
 
 use super::{Context, Outcome, Output, fmt_time, table};
-use crate::app::DagStatus;
+use crate::app::{DagStatus, Record, ResolvedDag};
 use crate::graph::TaskGraph;
 use crate::loader::{DagBag, LoadedDag};
+use crate::model::DagSpec;
 use crate::schedule::{Restriction, Timetable};
 use clap::Subcommand;
 use serde_json::json;
@@ -18,7 +19,12 @@ pub enum DagsCommand {
         /// Print Graphviz DOT instead of a table.
         #[arg(long)]
         dot: bool,
+        /// Show this recorded version (a hash, or its first 6 or more hex digits; see `dags versions`).
+        #[arg(long, value_name = "HASH")]
+        version: Option<String>,
     },
+    /// The recorded versions of a DAG: hash, first seen, source file, the runs that used each.
+    Versions { dag_id: String },
     /// Validate every DAG file; print every error and exit 1 if there is any.
     Check,
     /// The next runs of a DAG's timetable.
@@ -128,29 +134,49 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
             };
             return run::backfill(ctx, args);
         }
+        DagsCommand::Show { dag_id, dot, version } => {
+            let dag = match version {
+                Some(prefix) => ctx.app.version_by_prefix(&dag_id, &prefix)?,
+                None => one_dag(ctx, &dag_id)?,
+            };
+            return show(ctx, &dag.version.spec, dag.short_hash(), dot);
+        }
+        DagsCommand::NextRuns { dag_id, n } => {
+            return next_runs(ctx, &one_dag(ctx, &dag_id)?.version.spec, n as usize);
+        }
+        DagsCommand::Versions { dag_id } => return versions(ctx, &dag_id),
         other => other,
     };
+    // A live scheduler keeps the store current: listings read it instead of parsing the folder.
+    if matches!(cmd, DagsCommand::List | DagsCommand::ListImportErrors)
+        && let Some(store) = ctx.app.store_kept_current()?
+    {
+        return match cmd {
+            DagsCommand::List => stored_list(ctx, &store),
+            _ => stored_import_errors(ctx, &store),
+        };
+    }
     let bag = ctx.app.load_dags(ctx.now)?;
     match cmd {
         DagsCommand::List => list(ctx, &bag),
-        DagsCommand::Show { dag_id, dot } => show(ctx, &bag, &dag_id, dot),
         DagsCommand::Check => check(ctx, &bag),
-        DagsCommand::NextRuns { dag_id, n } => next_runs(ctx, &bag, &dag_id, n as usize),
         DagsCommand::ListImportErrors => import_errors(ctx, &bag),
         _ => Ok(Outcome::Ok),
     }
 }
 
-fn find<'a>(ctx: &Context, bag: &'a DagBag, dag_id: &str) -> anyhow::Result<&'a LoadedDag> {
-    bag.dags.get(dag_id).ok_or_else(|| ctx.app.no_dag(bag, dag_id))
+/// The DAG a read-only command shows: from the store, parsing at most its own file.
+fn one_dag(ctx: &Context, dag_id: &str) -> anyhow::Result<ResolvedDag> {
+    let store = ctx.app.existing_store()?;
+    ctx.app.resolve_dag(store.as_ref(), dag_id, Record::No, ctx.now)
 }
 
 /// When the scheduler will create the DAG's next run: after its latest scheduled run when the
 /// store has one (so a DAG that caught up shows the interval it waits for), else from no history.
-fn next_run(ctx: &Context, dag: &LoadedDag, status: Option<&DagStatus>) -> Option<chrono::DateTime<chrono::Utc>> {
-    let tt = Timetable::new(&dag.spec).ok()?;
+fn next_run(ctx: &Context, spec: &DagSpec, status: Option<&DagStatus>) -> Option<chrono::DateTime<chrono::Utc>> {
+    let tt = Timetable::new(spec).ok()?;
     let last = status.and_then(|s| s.last_interval);
-    tt.next_dagrun_info(last, Restriction::of(&dag.spec), ctx.now)
+    tt.next_dagrun_info(last, Restriction::of(spec), ctx.now)
         .filter(|info| last != Some(info.data_interval))
         .map(|i| i.run_after)
 }
@@ -178,11 +204,12 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                         "dag_id": d.spec.dag_id,
                         "fileloc": d.spec.fileloc,
                         "is_paused": paused(d),
+                        "is_active": true,
                         "schedule": d.spec.schedule.to_string(),
                         "owners": d.spec.owners(),
                         "tasks": d.spec.tasks.len(),
                         "tags": d.spec.tags,
-                        "next_run": next_run(ctx, d, statuses.get(&d.spec.dag_id)).map(|t| t.to_rfc3339()),
+                        "next_run": next_run(ctx, &d.spec, statuses.get(&d.spec.dag_id)).map(|t| t.to_rfc3339()),
                         "version_hash": d.version_hash,
                     })
                 })
@@ -201,7 +228,7 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
                         d.spec.schedule.to_string(),
                         d.spec.owners().join(", "),
                         d.spec.tasks.len().to_string(),
-                        next_run(ctx, d, statuses.get(&d.spec.dag_id))
+                        next_run(ctx, &d.spec, statuses.get(&d.spec.dag_id))
                             .map(|t| fmt_time(&t))
                             .unwrap_or_else(|| "-".into()),
                     ]
@@ -217,9 +244,7 @@ fn list(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<Outcome> {
-    let dag = find(ctx, bag, dag_id)?;
-    let spec = &dag.spec;
+fn show(ctx: &Context, spec: &DagSpec, short_hash: &str, dot: bool) -> anyhow::Result<Outcome> {
     let graph = TaskGraph::build(spec)?;
     let order = graph.topological_order();
     if dot {
@@ -245,10 +270,10 @@ fn show(ctx: &Context, bag: &DagBag, dag_id: &str, dot: bool) -> anyhow::Result<
         return Ok(Outcome::Ok);
     }
     if ctx.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&**spec)?);
+        println!("{}", serde_json::to_string_pretty(spec)?);
         return Ok(Outcome::Ok);
     }
-    println!("DAG {}  ({}, version {})", spec.dag_id, spec.fileloc, dag.short_hash());
+    println!("DAG {}  ({}, version {short_hash})", spec.dag_id, spec.fileloc);
     if let Some(d) = &spec.description {
         println!("  {d}");
     }
@@ -355,10 +380,10 @@ fn check(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
     Ok(if bag.import_errors.is_empty() && pool_problems.is_empty() { Outcome::Ok } else { Outcome::Failed })
 }
 
-fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Result<Outcome> {
-    let dag = find(ctx, bag, dag_id)?;
-    let tt = Timetable::new(&dag.spec)?;
-    let runs = tt.upcoming(None, Restriction::of(&dag.spec), ctx.now, n);
+fn next_runs(ctx: &Context, spec: &DagSpec, n: usize) -> anyhow::Result<Outcome> {
+    let dag_id = spec.dag_id.as_str();
+    let tt = Timetable::new(spec)?;
+    let runs = tt.upcoming(None, Restriction::of(spec), ctx.now, n);
     if ctx.output == Output::Json {
         let rows: Vec<_> = runs
             .iter()
@@ -375,7 +400,7 @@ fn next_runs(ctx: &Context, bag: &DagBag, dag_id: &str, n: usize) -> anyhow::Res
         return Ok(Outcome::Ok);
     }
     if runs.is_empty() {
-        println!("DAG `{dag_id}` has no upcoming scheduled runs (schedule: {})", dag.spec.schedule);
+        println!("DAG `{dag_id}` has no upcoming scheduled runs (schedule: {})", spec.schedule);
         return Ok(Outcome::Ok);
     }
     let rows: Vec<Vec<String>> = runs
@@ -409,4 +434,170 @@ fn import_errors(ctx: &Context, bag: &DagBag) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// `dags versions ID`: every recorded version, oldest first, with the runs pinned to each.
+fn versions(ctx: &Context, dag_id: &str) -> anyhow::Result<Outcome> {
+    // An unknown DAG is what was asked about failing (exit 1), not a usage error.
+    let stored = match ctx.app.stored_versions(dag_id) {
+        Ok(stored) => stored,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Outcome::Failed);
+        }
+    };
+    let latest = stored.record.latest_version_hash.as_str();
+    let file = |v: &crate::store::DagVersionRow| v.fileloc.clone().unwrap_or_else(|| stored.record.fileloc.clone());
+    if ctx.output == Output::Json {
+        let rows: Vec<_> = stored
+            .versions
+            .iter()
+            .map(|v| {
+                json!({
+                    "version_hash": v.version_hash,
+                    "created_at": v.created_at.to_rfc3339(),
+                    "fileloc": file(v),
+                    "runs": v.runs,
+                    "is_latest": v.version_hash == latest,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    let rows: Vec<Vec<String>> = stored
+        .versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.version_hash[..v.version_hash.len().min(12)].to_string(),
+                fmt_time(&v.created_at),
+                file(v),
+                v.runs.to_string(),
+                if v.version_hash == latest { "yes" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    println!("{}", table::render(&["version", "first seen", "file", "runs", "latest"], &rows));
+    if !stored.record.is_active {
+        println!("DAG `{dag_id}` is inactive: no new runs are created from it");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `dags list` from the store a live scheduler keeps current, inactive DAGs included.
+fn stored_list(ctx: &Context, store: &crate::store::Store) -> anyhow::Result<Outcome> {
+    let dags = ctx.app.stored_dags(store)?;
+    let statuses = ctx.app.dag_statuses()?;
+    let next = |d: &crate::app::StoredDag| {
+        let spec = d.spec.as_ref().filter(|_| d.record.is_active)?;
+        next_run(ctx, spec, statuses.get(&d.record.dag_id))
+    };
+    match ctx.output {
+        Output::Json => {
+            let rows: Vec<_> = dags
+                .iter()
+                .map(|d| {
+                    let spec = d.spec.as_deref();
+                    json!({
+                        "dag_id": d.record.dag_id,
+                        "fileloc": d.record.fileloc,
+                        "is_paused": d.record.is_paused,
+                        "is_active": d.record.is_active,
+                        "schedule": spec.map(|s| s.schedule.to_string()),
+                        "owners": spec.map(|s| s.owners()).unwrap_or_default(),
+                        "tasks": spec.map_or(0, |s| s.tasks.len()),
+                        "tags": spec.map(|s| s.tags.clone()).unwrap_or_default(),
+                        "next_run": next(d).map(|t| t.to_rfc3339()),
+                        "version_hash": d.record.latest_version_hash,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = dags
+                .iter()
+                .map(|d| {
+                    let spec = d.spec.as_deref();
+                    vec![
+                        d.record.dag_id.clone(),
+                        d.record.fileloc.clone(),
+                        if d.record.is_paused { "yes" } else { "no" }.to_string(),
+                        spec.map(|s| s.schedule.to_string()).unwrap_or_else(|| "-".into()),
+                        spec.map(|s| s.owners().join(", ")).unwrap_or_default(),
+                        spec.map_or(0, |s| s.tasks.len()).to_string(),
+                        next(d).map(|t| fmt_time(&t)).unwrap_or_else(|| "-".into()),
+                        if d.record.is_active { "active" } else { "inactive" }.to_string(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table::render(&["dag_id", "file", "paused", "schedule", "owner", "tasks", "next run", "state"], &rows)
+            );
+        }
+    }
+    let errors = store.read(|tx| tx.import_errors())?.len();
+    if errors > 0 {
+        eprintln!("warning: {errors} file(s) failed to load; see `rhaiflow dags list-import-errors`");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// `dags list-import-errors` from the store a live scheduler keeps current.
+fn stored_import_errors(ctx: &Context, store: &crate::store::Store) -> anyhow::Result<Outcome> {
+    let errors = store.read(|tx| tx.import_errors())?;
+    if ctx.output == Output::Json {
+        let rows: Vec<_> =
+            errors.iter().map(|(file, text)| json!({ "file": file, "errors": parse_rendered(text) })).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(Outcome::Ok);
+    }
+    if errors.is_empty() {
+        println!("no import errors");
+    }
+    for (_, text) in &errors {
+        println!("{text}\n");
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The diagnostics of a file as the store keeps them (rendered, joined by blank lines) read back:
+/// message, `file:line:col`, source line and help, so JSON from the store has the shape of JSON
+/// from a parse.
+fn parse_rendered(text: &str) -> Vec<crate::model::Diagnostic> {
+    let mut out = Vec::new();
+    for block in text.split("\n\nerror: ") {
+        let block = block.strip_prefix("error: ").unwrap_or(block);
+        let mut message = Vec::new();
+        let mut d = crate::model::Diagnostic::new("", None, "");
+        let mut lines = block.lines();
+        for line in lines.by_ref() {
+            if let Some(at) = line.strip_prefix("  --> ") {
+                d.file = at.to_string();
+                let mut parts = at.rsplitn(3, ':');
+                if let (Some(col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next())
+                    && let (Ok(line), Ok(col)) = (line.parse(), col.parse())
+                {
+                    d.file = file.to_string();
+                    d.pos = Some(crate::model::SourcePos::new(line, col));
+                }
+                break;
+            }
+            message.push(line);
+        }
+        d.message = message.join("\n");
+        for line in lines {
+            if let Some(help) = line.strip_prefix("  = help: ") {
+                d.help = Some(help.to_string());
+            } else if let Some(pos) = d.pos
+                && let Some(code) = line.strip_prefix(&format!("{} | ", pos.line))
+            {
+                d.source_line = Some(code.to_string());
+            }
+        }
+        out.push(d);
+    }
+    out
 }

@@ -213,6 +213,11 @@ fn parse_and_run() -> i32 {
         Ok(Outcome::Failed) => EXIT_FAILED,
         Err(e) if e.is::<ClosedStdout>() => crash::EXIT_CLOSED_STDOUT,
         Err(e) if e.is::<Logged>() => EXIT_ERROR,
+        // What was asked about cannot be done: the DAG's file is gone.
+        Err(e) if e.is::<crate::app::DagInactive>() => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             EXIT_ERROR
@@ -252,7 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     };
     let json_log = config.logging.format == crate::config::LogFormat::Json;
     crate::app::logging::init(&config.logging, default_level);
-    let app = App::new(config)?;
+    let mut app = App::new(config)?;
+    app.set_notices(print_once());
     let ctx = Context { app, output: cli.output, now: cli.now.unwrap_or_else(Utc::now) };
     match cli.command {
         Command::Dags(cmd) => dags::run(&ctx, cmd),
@@ -311,6 +317,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Alerts(cmd) => alerts::run(&ctx, cmd),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }
+}
+
+/// Warnings from the service layer on stderr, each once (a command may resolve its DAG twice).
+fn print_once() -> crate::app::Notices {
+    let printed = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+    std::sync::Arc::new(move |text: &str| {
+        if printed.lock().map(|mut p| p.insert(text.to_string())).unwrap_or(true) {
+            eprintln!("{text}");
+        }
+    })
 }
 
 /// What every command gets.

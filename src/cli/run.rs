@@ -385,8 +385,11 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
     let (dag_id, task_id, date) = (args.dag_id, args.task_id, args.date);
     let task_params = args.task_params.map(|t| json_object("--task-params", t)).transpose()?;
     let extra_env = args.env_vars.map(env_vars).transpose()?.unwrap_or_default();
-    let bag = ctx.app.load_dags(ctx.now)?;
-    let Some(dag) = bag.dags.get(dag_id) else { return Err(ctx.app.no_dag(&bag, dag_id)) };
+    // From the store, parsing at most the DAG's own file (its last good version if that broke).
+    let store = ctx.app.existing_store()?;
+    let dag = ctx.app.resolve_dag(store.as_ref(), dag_id, crate::app::Record::No, ctx.now)?;
+    let dag_hash = dag.version.hash.clone();
+    let dag = DagOf { spec: dag.version.spec.clone(), program: dag.program.clone() };
     let Some(task_index) = dag.spec.tasks.iter().position(|t| t.task_id == task_id) else {
         let known: Vec<&str> = dag.spec.tasks.iter().map(|t| t.task_id.as_str()).collect();
         bail!("DAG `{dag_id}` has no task `{task_id}`{}", did_you_mean(task_id, &known))
@@ -412,7 +415,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
             data_interval_start: logical,
             data_interval_end: logical,
             conf: serde_json::json!({}),
-            version_hash: dag.version_hash.clone(),
+            version_hash: dag_hash.clone(),
         },
         try_number: 1,
         max_tries: 0,
@@ -421,7 +424,6 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
     let log_path = settings.log_path(&task.key, 1);
     let _ = std::fs::remove_file(&log_path);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let store = ctx.app.existing_store()?;
     let outcome = runtime.block_on(async {
         use crate::operators::{Env, Start, TaskRun};
         let settings = Arc::new(settings.clone());
@@ -431,7 +433,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
         env.extra_env = extra_env;
         if let Some(program) = &dag.program {
             // The DAG as loaded now may not be recorded: its closures come from this load.
-            env.scripts.preload(&dag.version_hash, &dag.spec.fileloc, program.clone());
+            env.scripts.preload(&dag_hash, &dag.spec.fileloc, program.clone());
         }
         if let Some(trigger) = trigger {
             let _ = env.trigger.set(trigger);
@@ -482,6 +484,12 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// What `tasks test` runs of its DAG.
+struct DagOf {
+    spec: Arc<crate::model::DagSpec>,
+    program: Option<Arc<crate::script::ScriptProgram>>,
 }
 
 /// `dags trigger ID [--conf JSON] [--logical-date D]`.

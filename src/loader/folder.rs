@@ -56,6 +56,18 @@ pub struct Changes {
 }
 
 impl Changes {
+    fn merge(&mut self, more: Changes) {
+        self.versions.extend(more.versions);
+        self.loaded.extend(more.loaded);
+        self.deleted.extend(more.deleted);
+        // A file fixed in the second round: its error is cleared, not set.
+        self.errors.retain(|e| !more.cleared.contains(&e.file));
+        self.errors.extend(more.errors);
+        self.cleared.extend(more.cleared);
+        self.read += more.read;
+        self.evaluated += more.evaluated;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.versions.is_empty()
             && self.loaded.is_empty()
@@ -75,6 +87,11 @@ impl Folder {
     /// Brings the state up to date with the folder on disk. Only the folder itself failing to be
     /// listed is an error; a bad entry is its import error.
     pub fn rescan(&mut self, loader: &Loader, ctx: &EvalContext) -> Result<Changes, LoaderError> {
+        self.rescan_once(loader, ctx, false)
+    }
+
+    /// `retry`: this is the second round for files a freed dag_id may unblock (no third).
+    fn rescan_once(&mut self, loader: &Loader, ctx: &EvalContext, retry: bool) -> Result<Changes, LoaderError> {
         let entries = loader.scan_entries()?;
         let mut changes = Changes::default();
         let mut present = BTreeSet::new();
@@ -185,6 +202,32 @@ impl Folder {
                 }
                 state.error = Some(error);
             }
+        }
+        // A dag_id no file declares any more may be what kept another file broken ("already
+        // declared in"): evaluate that file again now, not at its next save.
+        let declared: BTreeSet<&str> = self.dags().map(|d| d.spec.dag_id.as_str()).collect();
+        let freed: Vec<&String> = previous.keys().filter(|id| !declared.contains(id.as_str())).collect();
+        let blocked: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| {
+                f.error.as_ref().is_some_and(|e| {
+                    e.diagnostics.iter().any(|d| {
+                        freed.iter().any(|id| d.message.starts_with(&format!("DAG `{id}` is already declared in")))
+                    })
+                })
+            })
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        if !blocked.is_empty() && !retry {
+            for rel in &blocked {
+                if let Some(f) = self.files.get_mut(rel) {
+                    f.stamp = None;
+                    f.content_hash.clear();
+                }
+            }
+            let again = self.rescan_once(loader, ctx, true)?;
+            changes.merge(again);
         }
         Ok(changes)
     }

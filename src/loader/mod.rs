@@ -182,7 +182,10 @@ impl Loader {
                         return Err(LoaderError::Walk { path: root.clone(), reason: e.to_string() });
                     }
                     if path.is_file() && !is_dag_file(&path) {
-                        tracing::warn!(entry = %path.display(), "skipping a dags folder entry: {e}");
+                        warn_once(
+                            &path,
+                            || tracing::warn!(entry = %path.display(), "skipping a dags folder entry: {e}"),
+                        );
                         continue;
                     }
                     entries.push(ScanEntry { path, error: Some(format!("cannot read: {}", strip_path(&e))) });
@@ -320,6 +323,16 @@ impl Loader {
         }
         bag
     }
+
+    /// Loads one file of the dags folder (`rel_path` relative to it) as `load_all` loads each file,
+    /// on the loader's pool (its large stacks), without scanning the folder: for commands that act
+    /// on one DAG whose file the store names. Cross-file checks (a `dag_id` declared in another
+    /// file too) are not made: only the folder's loader sees every file.
+    pub fn load_one(&self, rel_path: &str, ctx: &EvalContext) -> DagBag {
+        let path = self.settings.dags_folder.join(rel_path);
+        let result = self.pool.install(|| self.load_file_guarded(&path, ctx));
+        self.assemble(vec![result])
+    }
 }
 
 /// One `*.rhai` entry found in the dags folder.
@@ -352,7 +365,10 @@ fn symlink_entry(path: &Path, real_root: &Path) -> Option<ScanEntry> {
     };
     if !target.starts_with(real_root) {
         if !dag_named && target.is_dir() {
-            tracing::warn!(link = %path.display(), target = %target.display(), "not following a symlinked folder outside the dags folder");
+            warn_once(
+                path,
+                || tracing::warn!(link = %path.display(), target = %target.display(), "not following a symlinked folder outside the dags folder"),
+            );
         }
         return broken(format!(
             "symlink to `{}`, outside the dags folder; links that leave the dags folder are not followed",
@@ -360,6 +376,15 @@ fn symlink_entry(path: &Path, real_root: &Path) -> Option<ScanEntry> {
         ));
     }
     if target.is_file() { dag_named.then(|| ScanEntry { path: path.to_path_buf(), error: None }) } else { None }
+}
+
+/// A warning about a folder entry is logged once per process, not at every rescan.
+fn warn_once(path: &Path, warn: impl FnOnce()) {
+    static WARNED: Mutex<Option<std::collections::HashSet<PathBuf>>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.get_or_insert_with(Default::default).insert(path.to_path_buf()) {
+        warn();
+    }
 }
 
 fn link_text(path: &Path) -> String {

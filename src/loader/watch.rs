@@ -29,6 +29,18 @@ impl Stopper {
     }
 }
 
+/// Whether an event on `path` can change what the folder declares: a `*.rhai` file (saved, moved,
+/// deleted), an ignore file, or a folder (moved in or out); not a log, swap or temporary file
+/// that exists as a regular file with another name.
+fn matters(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name == super::IGNORE_FILE || name == ".airflowignore" || path.extension().is_some_and(|e| e == "rhai") {
+        return true;
+    }
+    // Gone (a folder moved out, or a file deleted: its kind is unknown now) or a folder.
+    std::fs::symlink_metadata(path).map_or(true, |m| m.is_dir())
+}
+
 /// What [`FolderWatch::wait`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -52,21 +64,21 @@ impl FolderWatch {
     /// watch still works on its timer alone and the reason is returned.
     pub fn start(folder: &Path) -> (FolderWatch, Option<String>) {
         let (tx, rx) = channel();
-        let events = tx.clone();
-        let handler = move |event: notify::Result<notify::Event>| {
-            // An error (a queue overflow) means events were lost: rescan.
-            let relevant = event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)));
-            if relevant {
-                let _ = events.send(Message::Changed);
-            }
-        };
-        let watched = notify::recommended_watcher(handler).and_then(|mut w| {
-            w.watch(folder, RecursiveMode::Recursive)?;
-            Ok(w)
-        });
-        match watched {
+        match watcher(folder, tx.clone()) {
             Ok(w) => (FolderWatch { _watcher: Some(w), rx, tx }, None),
             Err(e) => (FolderWatch { _watcher: None, rx, tx }, Some(e.to_string())),
+        }
+    }
+
+    /// Watches `folder` again (it was replaced: moved away and made anew, or it reappeared).
+    pub fn rewatch(&mut self, folder: &Path) -> Option<String> {
+        self._watcher = None;
+        match watcher(folder, self.tx.clone()) {
+            Ok(w) => {
+                self._watcher = Some(w);
+                None
+            }
+            Err(e) => Some(e.to_string()),
         }
     }
 
@@ -94,4 +106,28 @@ impl FolderWatch {
             }
         }
     }
+}
+
+/// The folder's identity (device, inode): a folder moved away and made anew is another one.
+pub fn identity(folder: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(folder).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// An inotify watch of `folder` and everything under it, feeding `tx`.
+fn watcher(folder: &Path, tx: Sender<Message>) -> notify::Result<notify::RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| {
+        // An error (a queue overflow) means events were lost: rescan.
+        let relevant =
+            event.map_or(true, |e| !matches!(e.kind, EventKind::Access(_)) && e.paths.iter().any(|p| matters(p)));
+        if relevant {
+            let _ = tx.send(Message::Changed);
+        }
+    };
+    // Symlinked folders are not followed: the scan does not descend into them either, and one
+    // pointing at `/` would put a watch on every folder of the machine.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut w = notify::RecommendedWatcher::new(handler, config)?;
+    w.watch(folder, RecursiveMode::Recursive)?;
+    Ok(w)
 }

@@ -10,6 +10,7 @@ mod batch;
 mod context;
 mod migrations;
 mod scheduling;
+mod versions;
 
 use crate::model::{DagRunState, RunType, TaskState, TiKey};
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
 pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunOrder, XComRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
+pub use versions::{DagRecord, DagVersionRow};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
