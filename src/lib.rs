@@ -15,4 +15,5 @@ pub mod schedule;
 pub mod scheduler;
 pub mod script;
 pub mod store;
+pub mod web;
 pub mod worker;

@@ -8,6 +8,7 @@ mod reload;
 mod resolve;
 mod service;
 mod stored;
+mod web;
 
 pub use alerts::AlertPreview;
 pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};

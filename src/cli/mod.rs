@@ -5,6 +5,7 @@ mod crash;
 mod dags;
 mod run;
 mod table;
+mod web;
 
 use crate::app::App;
 use crate::config::{Config, Flags};
@@ -69,6 +70,16 @@ pub enum Command {
     /// ./dags or --dags-folder, logs in ./logs): the scheduler, the dags-folder watcher and the alert
     /// deliverer. Until SIGINT/SIGTERM.
     Standalone,
+    /// The REST API (Airflow 2's `/api/v1`) until SIGINT/SIGTERM; no authentication, so it binds
+    /// `[webserver] bind` (default 127.0.0.1:8080).
+    Webserver {
+        /// The port to listen on (default: the port of `[webserver] bind`).
+        #[arg(long, short = 'p')]
+        port: Option<u16>,
+        /// The IP address to listen on (default: the address of `[webserver] bind`).
+        #[arg(long = "host", short = 'H')]
+        host: Option<String>,
+    },
     /// The metadata database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -239,7 +250,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
     let config = Config::load(&flags)?;
     let standalone = matches!(cli.command, Command::Standalone);
-    let default_level = if matches!(cli.command, Command::Scheduler | Command::Standalone) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Scheduler | Command::Standalone | Command::Webserver { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     let json_log = config.logging.format == crate::config::LogFormat::Json;
     crate::app::logging::init(&config.logging, default_level);
     let mut app = App::new(config)?;
@@ -297,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             tracing::error!(error = %format!("{e:#}"), "the scheduler ended with an error");
             Logged.into()
         }),
+        Command::Webserver { port, host } => web::webserver(&ctx, host.as_deref(), port),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Alerts(cmd) => alerts::run(&ctx, cmd),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),

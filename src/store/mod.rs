@@ -5,6 +5,7 @@
 //! added behind it.
 
 mod alerts;
+mod api;
 mod batch;
 mod context;
 mod migrations;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
+pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunOrder, XComRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
 pub use versions::{DagRecord, DagVersionRow};
