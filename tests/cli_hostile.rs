@@ -110,11 +110,14 @@ fn the_readme_commands_succeed_and_run_only_what_was_unpaused() {
             .env_remove("MCWORK_HOME")
             // MCWork's two-minute sleep, shortened as the README does for `dags test`.
             .env("MCWORK_WAIT", "0");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("RHAIFLOW__") {
                 cmd.env_remove(key);
             }
         }
+        // `standalone` serves the REST API: on a free port, not 8080, which may be taken here.
+        cmd.env("RHAIFLOW__WEBSERVER__BIND", format!("127.0.0.1:{port}"));
         (matches!(args.first(), Some(&"scheduler" | &"standalone")), cmd)
     };
     let mut commands: Vec<&str> = readme

@@ -284,12 +284,15 @@ first >> second;"#,
     assert!(home.log("p", run_id, "second").contains("new-second"));
 }
 
-/// `standalone` says where things are, records a saved edit at once, and stops on SIGTERM.
+/// `standalone` says where things are, records a saved edit at once, serves the REST API, and
+/// stops on SIGTERM.
 #[test]
 fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
     let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = home
         .command(&["standalone"])
+        .env("RHAIFLOW__WEBSERVER__BIND", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -298,10 +301,21 @@ fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
     settle(&home, 0);
     atomic_save(&home.path().join("dags"), "a.rhai", &dag("a", "echo two"));
     wait_until("the saved version", || latest_spec(&home, "a").filter(|s| s.contains("echo two")));
+    // The REST API answers from the same process (a raw HTTP/1.1 request: no client needed).
+    let health = wait_until("the REST API", || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        conn.write_all(b"GET /api/v1/dags/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    });
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains("\"dag_id\":\"a\""), "{health}");
     s.signal(nix::sys::signal::Signal::SIGTERM);
     let (code, _, stderr) = s.finish();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("rhaiflow standalone: DAGs from dags") && stderr.contains("rhaiflow.db"), "{stderr}");
+    assert!(stderr.contains(&format!("REST API at http://127.0.0.1:{port}/api/v1")), "{stderr}");
     assert!(stderr.contains("DAG version recorded") && stderr.contains("dag_id=a"), "{stderr}");
 }
 
@@ -377,4 +391,18 @@ fn a_dags_folder_replaced_by_a_new_one_is_watched_again() {
     });
     s.kill_9();
     assert_eq!(dag_row(&home, "a").map(|r| r.0), Some(true), "a was never retired");
+}
+
+/// `standalone` on a taken address stops at start, naming it, before it runs anything.
+#[test]
+fn standalone_on_a_taken_address_stops_at_start_naming_it() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut cmd = home.command(&["standalone"]);
+    cmd.env("RHAIFLOW__WEBSERVER__BIND", addr.to_string());
+    let o = common::output_within_deadline(cmd, "standalone");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
 }

@@ -253,7 +253,9 @@ impl App {
     }
 
     /// `rhaiflow scheduler`: until SIGINT/SIGTERM.
-    pub fn run_scheduler(&self) -> anyhow::Result<()> {
+    /// The scheduler until SIGINT/SIGTERM; with `web`, the REST API served on that address from
+    /// the same process (`standalone`).
+    pub fn run_scheduler(&self, web: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
         // Signals first: a SIGTERM while the folder loads stops the start-up cleanly.
         let runtime = runtime()?;
         let (tx, rx) = unbounded_channel::<Event>();
@@ -269,7 +271,7 @@ impl App {
             Worker::new(store.clone(), self.worker_settings_for(&runner), tx.clone(), runtime.handle().clone());
         worker.set_trigger(self.run_trigger(&store, false));
         worker.set_notify(Arc::new(self.notifier(Some(&store))));
-        let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx));
+        let result = self.schedule_until_shutdown(&runtime, &store, &runner, &worker, (tx, rx), web);
         let _ = runner.stop(&store, Utc::now());
         drop(runtime);
         result
@@ -282,7 +284,23 @@ impl App {
         runner: &Runner,
         worker: &Worker,
         (tx, mut rx): (Sender<Event>, Receiver<Event>),
+        web: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<()> {
+        // The web server stops when the loop does (after the running tasks' grace).
+        let web_stop = Arc::new(tokio::sync::Notify::new());
+        if let Some(addr) = web {
+            // Refuse a taken address before anything starts, naming it.
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (`[webserver] bind`)"))?;
+            let stop = web_stop.clone();
+            let server = self.serve_web(store, addr, async move { stop.notified().await })?;
+            runtime.spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %format!("{e:#}"), "the web server stopped; the scheduler goes on");
+                }
+            });
+        }
+        let _stop_web = StopOnDrop(web_stop);
         for (key, state) in runtime.block_on(worker.take_over(TakeOver::All))? {
             tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
         }
@@ -434,6 +452,15 @@ impl App {
 /// Tells the scheduler listening on `socket` the store changed; none listening is fine (`false`).
 /// The connection is what wakes it (`listen_for_wakes`), so the line written after may meet a
 /// closed socket; that is no failure.
+/// Tells a `Notify`'s waiter to stop when dropped (the end of `schedule_until_shutdown`, however it ends).
+struct StopOnDrop(Arc<tokio::sync::Notify>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
 fn wake_scheduler_at(socket: &std::path::Path) -> bool {
     use std::io::Write;
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };

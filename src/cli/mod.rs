@@ -67,8 +67,8 @@ pub enum Command {
     /// Run the scheduler with the local executor until SIGINT/SIGTERM; it watches the dags folder.
     Scheduler,
     /// Everything in one process, with the embedded defaults (SQLite in ./rhaiflow.db, DAGs from
-    /// ./dags or --dags-folder, logs in ./logs): the scheduler, the dags-folder watcher and the alert
-    /// deliverer. Until SIGINT/SIGTERM.
+    /// ./dags or --dags-folder, logs in ./logs): the scheduler, the dags-folder watcher, the alert
+    /// deliverer and the REST API on `[webserver] bind`. Until SIGINT/SIGTERM.
     Standalone,
     /// The REST API (Airflow 2's `/api/v1`) until SIGINT/SIGTERM; no authentication, so it binds
     /// `[webserver] bind` (default 127.0.0.1:8080).

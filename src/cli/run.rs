@@ -841,8 +841,8 @@ pub fn logs(ctx: &Context, key: TiKey, try_number: Option<u32>) -> anyhow::Resul
     Ok(Outcome::Ok)
 }
 
-/// `scheduler`, and `standalone` (the same process today, with a word on where things are: the
-/// web server joins it when the UI lands).
+/// `scheduler`, and `standalone`: the same, with the REST API served from the process and a word on
+/// where things are.
 pub fn scheduler(ctx: &Context, standalone: bool) -> anyhow::Result<Outcome> {
     if standalone {
         let config = &ctx.app.config;
@@ -862,7 +862,11 @@ pub fn scheduler(ctx: &Context, standalone: bool) -> anyhow::Result<Outcome> {
             eprintln!("Ctrl-C stops");
         }
     }
-    ctx.app.run_scheduler()?;
+    let web = if standalone { Some(super::web::address(&ctx.app.config.webserver.bind, None, None)?) } else { None };
+    if let Some(addr) = web {
+        eprintln!("REST API at http://{addr}/api/v1 (`[webserver] bind`; no authentication)");
+    }
+    ctx.app.run_scheduler(web)?;
     Ok(Outcome::Ok)
 }
 
