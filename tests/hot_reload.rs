@@ -406,3 +406,22 @@ fn standalone_on_a_taken_address_stops_at_start_naming_it() {
     assert!(!o.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
 }
+
+/// With no scheduler running, `dags list` parses the folder: a broken file's DAG is still listed
+/// (its last good version stays scheduled and triggerable), beside the warning about the file.
+#[test]
+fn dags_list_without_a_scheduler_shows_a_broken_files_dag_on_its_last_good_version() {
+    let home = Home::new(&[("a.rhai", &dag("a", "echo one")), ("b.rhai", &dag("b", "true"))]);
+    assert!(home.run(&["dags", "pause", "a"]).status.success());
+    let good = dag_row(&home, "a").unwrap().1;
+    write(&home, "a.rhai", "oops(");
+    let o = home.run(&["dags", "list", "--output", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = rows.as_array().unwrap().iter().find(|r| r["dag_id"] == "a").cloned().expect("a is listed");
+    assert_eq!(a["version_hash"], good.as_str());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("failed to load"));
+    let o = home.run(&["dags", "list-import-errors"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("a.rhai: the last good version stays scheduled and triggerable: a ("), "{out}");
+}

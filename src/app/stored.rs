@@ -34,6 +34,33 @@ impl App {
         Ok(live.then_some(store))
     }
 
+    /// `bag` (a parse of the folder) with the DAGs of its broken files that the store keeps
+    /// active on their last good version: they are still scheduled and triggerable, so a listing
+    /// shows them.
+    pub fn with_last_good(&self, mut bag: crate::loader::DagBag) -> anyhow::Result<crate::loader::DagBag> {
+        if bag.import_errors.is_empty() {
+            return Ok(bag);
+        }
+        let Some(store) = self.existing_store()? else { return Ok(bag) };
+        for stored in self.stored_dags(&store)? {
+            let broken = bag.import_errors.iter().any(|e| e.file == stored.record.fileloc);
+            if !stored.record.is_active || !broken || bag.dags.contains_key(&stored.record.dag_id) {
+                continue;
+            }
+            let Some(spec) = stored.spec else { continue };
+            let json: Arc<str> = Arc::from(spec.to_json());
+            let dag = crate::loader::LoadedDag {
+                spec,
+                json,
+                version_hash: stored.record.latest_version_hash.clone(),
+                program: None,
+                source: None,
+            };
+            bag.dags.insert(stored.record.dag_id.clone(), dag);
+        }
+        Ok(bag)
+    }
+
     /// Every DAG the store has recorded, active or not, with its latest version's spec.
     pub fn stored_dags(&self, store: &Store) -> anyhow::Result<Vec<StoredDag>> {
         let rows = store.read(|tx| -> Result<_, StoreError> {

@@ -158,7 +158,8 @@ pub fn run(ctx: &Context, cmd: DagsCommand) -> anyhow::Result<Outcome> {
     }
     let bag = ctx.app.load_dags(ctx.now)?;
     match cmd {
-        DagsCommand::List => list(ctx, &bag),
+        // A broken file's DAGs stay scheduled on their last good version: listed too.
+        DagsCommand::List => list(ctx, &ctx.app.with_last_good(bag)?),
         DagsCommand::Check => check(ctx, &bag),
         DagsCommand::ListImportErrors => import_errors(ctx, &bag),
         _ => Ok(Outcome::Ok),
