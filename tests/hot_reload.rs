@@ -65,14 +65,17 @@ fn scheduler(home: &Home) -> Running {
 }
 
 fn scheduler_with(home: &Home, paused_at_creation: bool) -> Running {
-    let child = home
-        .command(&["scheduler"])
-        .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", paused_at_creation.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let running = Running(Some(child));
+    let paused = paused_at_creation.to_string();
+    started(home, "scheduler", &[("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", &paused)], false)
+}
+
+/// `command` (`scheduler` or `standalone`) with `env`, once it has recorded the folder; its
+/// stderr kept for `Running::finish` with `keep_stderr` (only for commands that log little).
+fn started(home: &Home, command: &str, env: &[(&str, &str)], keep_stderr: bool) -> Running {
+    let mut cmd = home.command(&[command]);
+    cmd.envs(env.iter().copied()).stdout(std::process::Stdio::null());
+    cmd.stderr(if keep_stderr { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+    let running = Running(Some(cmd.spawn().unwrap()));
     settle(home, 0);
     running
 }
@@ -290,15 +293,8 @@ first >> second;"#,
 fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
     let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = home
-        .command(&["standalone"])
-        .env("RHAIFLOW__WEBSERVER__BIND", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut s = Running(Some(child));
-    settle(&home, 0);
+    let bind = format!("127.0.0.1:{port}");
+    let mut s = started(&home, "standalone", &[("RHAIFLOW__WEBSERVER__BIND", &bind)], true);
     atomic_save(&home.path().join("dags"), "a.rhai", &dag("a", "echo two"));
     wait_until("the saved version", || latest_spec(&home, "a").filter(|s| s.contains("echo two")));
     // The REST API answers from the same process (a raw HTTP/1.1 request: no client needed).
@@ -347,14 +343,7 @@ fn a_symlink_out_of_the_dags_folder_is_not_watched_and_warned_about_once() {
     let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
     let outside = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), home.path().join("dags/outside")).unwrap();
-    let child = home
-        .command(&["scheduler"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut s = Running(Some(child));
-    settle(&home, 0);
+    let mut s = started(&home, "scheduler", &[], true);
     for i in 0..20 {
         std::fs::write(outside.path().join(format!("o{i}.rhai")), dag(&format!("o{i}"), "true")).unwrap();
         settle(&home, i + 1);
@@ -370,15 +359,7 @@ fn a_symlink_out_of_the_dags_folder_is_not_watched_and_warned_about_once() {
 #[test]
 fn a_dags_folder_replaced_by_a_new_one_is_watched_again() {
     let home = Home::new(&[("a.rhai", &dag("a", "echo one"))]);
-    let child = home
-        .command(&["scheduler"])
-        .env("RHAIFLOW__CORE__RESCAN_INTERVAL", "3600")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut s = Running(Some(child));
-    settle(&home, 0);
+    let mut s = started(&home, "scheduler", &[("RHAIFLOW__CORE__RESCAN_INTERVAL", "3600")], false);
     let dags = home.path().join("dags");
     std::fs::rename(&dags, home.path().join("dags.old")).unwrap();
     std::fs::create_dir(&dags).unwrap();

@@ -5,7 +5,6 @@
 //! (they stay scheduled and triggerable) and carries its import error until it is fixed.
 
 use super::{DagBag, FileResult, ImportError, LoadedDag, Loader, LoaderError, MAX_FILE_BYTES, ScanEntry};
-use crate::model::Diagnostic;
 use crate::script::EvalContext;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -133,6 +132,10 @@ impl Folder {
                 changes.deleted.push(rel);
             }
         }
+        // Nothing read anew and nothing gone: the DAGs are as they were (the usual rescan).
+        if to_load.is_empty() && changes.deleted.is_empty() {
+            return Ok(changes);
+        }
         changes.evaluated = to_load.len();
         let results: Vec<FileResult> = loader.pool.install(|| {
             to_load
@@ -162,16 +165,7 @@ impl Folder {
         for ((_, rel, stamp, hash), mut result) in to_load.into_iter().zip(results) {
             for (dag, pos) in &result.dags {
                 if let Some(first) = owner.get(&dag.spec.dag_id).filter(|f| **f != rel) {
-                    let shown = loader.settings.dags_folder.join(&rel).to_string_lossy().to_string();
-                    let first_file = loader.settings.dags_folder.join(first);
-                    let d = Diagnostic::new(
-                        &shown,
-                        *pos,
-                        format!("DAG `{}` is already declared in `{}`", dag.spec.dag_id, first_file.to_string_lossy()),
-                    )
-                    .with_source(&std::fs::read_to_string(loader.settings.dags_folder.join(&rel)).unwrap_or_default())
-                    .with_help("every DAG needs its own dag_id across the dags folder; rename one of them");
-                    result.diagnostics.push(d);
+                    result.diagnostics.push(loader.duplicate(&rel, &dag.spec.dag_id, *pos, first));
                 }
             }
             let state = self.files.entry(rel.clone()).or_default();

@@ -289,6 +289,19 @@ impl Loader {
         result
     }
 
+    /// The import error of `rel` declaring `dag_id` (at `pos`) that `first` (relative) already declares.
+    fn duplicate(&self, rel: &str, dag_id: &str, pos: Option<SourcePos>, first: &str) -> Diagnostic {
+        let path = self.settings.dags_folder.join(rel);
+        let first_file = self.settings.dags_folder.join(first);
+        Diagnostic::new(
+            path.to_string_lossy(),
+            pos,
+            format!("DAG `{dag_id}` is already declared in `{}`", first_file.to_string_lossy()),
+        )
+        .with_source(&std::fs::read_to_string(&path).unwrap_or_default())
+        .with_help("every DAG needs its own dag_id across the dags folder; rename one of them")
+    }
+
     fn take_engine(&self) -> FileEngine {
         let reused = self.engines.lock().unwrap_or_else(|p| p.into_inner()).pop();
         reused.unwrap_or_else(|| self.host.engine())
@@ -299,18 +312,9 @@ impl Loader {
         let mut bag = DagBag::default();
         for mut r in results {
             bag.files.insert(r.rel.clone(), r.content_hash.clone());
-            let shown = self.settings.dags_folder.join(&r.rel).to_string_lossy().to_string();
             for (dag, pos) in &r.dags {
                 if let Some(first) = bag.dags.get(&dag.spec.dag_id) {
-                    let first_file = self.settings.dags_folder.join(&first.spec.fileloc);
-                    let d = Diagnostic::new(
-                        &shown,
-                        *pos,
-                        format!("DAG `{}` is already declared in `{}`", dag.spec.dag_id, first_file.to_string_lossy()),
-                    )
-                    .with_source(&std::fs::read_to_string(self.settings.dags_folder.join(&r.rel)).unwrap_or_default())
-                    .with_help("every DAG needs its own dag_id across the dags folder; rename one of them");
-                    r.diagnostics.push(d);
+                    r.diagnostics.push(self.duplicate(&r.rel, &dag.spec.dag_id, *pos, &first.spec.fileloc));
                 }
             }
             if r.diagnostics.is_empty() {
