@@ -44,9 +44,15 @@ impl App {
             return Ok(Reloaded { changes, retired: Vec::new() });
         }
         let versions: Vec<DagVersion> = changes.versions.iter().map(version_of).collect();
-        let files: Vec<String> = folder.files().map(str::to_string).collect();
-        let all_errors: Vec<(String, String)> =
-            folder.import_errors().map(|e| (e.file.clone(), render_import_error(e))).collect();
+        // The whole folder's files and errors only for the first load (later ones record changes).
+        let (files, all_errors): (Vec<String>, Vec<(String, String)>) = if first {
+            (
+                folder.files().map(str::to_string).collect(),
+                folder.import_errors().map(|e| (e.file.clone(), render_import_error(e))).collect(),
+            )
+        } else {
+            Default::default()
+        };
         let channels = &self.config.alerts.on_import_error;
         let paused = self.config.core.dags_are_paused_at_creation;
         let retired = store.write(|tx| -> anyhow::Result<Vec<String>> {
@@ -65,7 +71,7 @@ impl App {
             let told: Vec<(String, String)> = if first {
                 retired.extend(tx.retire_dags_outside(&files)?);
                 tx.replace_import_errors(&all_errors, now)?;
-                all_errors.clone()
+                all_errors
             } else {
                 for file in &changes.cleared {
                     tx.clear_import_error(file)?;
