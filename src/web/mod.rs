@@ -4,6 +4,7 @@
 //! No SQL and no scheduling rules here.
 
 mod api;
+pub mod auth;
 mod json;
 mod openapi;
 mod problem;
@@ -92,6 +93,7 @@ pub fn router(web: Web) -> Router {
     api.fallback(problem::no_route)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::map_response(problem::as_problem))
+        .layer(axum::middleware::from_fn_with_state(auth::Auth::new(), auth::identify))
         .with_state(web)
 }
 
