@@ -406,3 +406,43 @@ fn dags_list_without_a_scheduler_shows_a_broken_files_dag_on_its_last_good_versi
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("a.rhai: the last good version stays scheduled and triggerable: a ("), "{out}");
 }
+
+#[test]
+fn a_change_to_a_shared_module_re_evaluates_its_importers_and_only_them() {
+    let importer = |dag_id: &str| {
+        format!(
+            r#"import "lib/common" as common;
+let dag = DAG("{dag_id}", #{{ start_date: datetime(2026, 1, 1), schedule: () }});
+BashOperator(#{{ task_id: "t", bash_command: common::command("{dag_id}") }});
+"#
+        )
+    };
+    let home = Home::new(&[("a.rhai", &importer("a")), ("b.rhai", &importer("b")), ("c.rhai", &dag("c", "echo c"))]);
+    // The module sits in an ignored folder: it is not a DAG file, yet its changes count.
+    write(&home, ".rhaiflowignore", "lib/\n");
+    write(&home, "lib/common.rhai", "fn command(name) { `echo one ${name}` }\n");
+    let mut s = scheduler(&home);
+    assert!(latest_spec(&home, "a").unwrap().contains("echo one a"));
+
+    write(&home, "lib/common.rhai", "fn command(name) { `echo two ${name}` }\n");
+    wait_until("a's new version", || latest_spec(&home, "a").filter(|s| s.contains("echo two a")));
+    wait_until("b's new version", || latest_spec(&home, "b").filter(|s| s.contains("echo two b")));
+    settle(&home, 1);
+    assert_eq!(versions(&home, "a").len(), 2);
+    assert_eq!(versions(&home, "c").len(), 1, "a file that does not import the module is untouched");
+
+    // A module that breaks: its importers keep their last good version and say why, at the
+    // module's line; fixing it clears the error.
+    write(&home, "lib/common.rhai", "fn command(name) {\n  let = 1;\n}\n");
+    let error = wait_until("a's import error", || import_error(&home, "a.rhai"));
+    assert!(error.contains("lib/common.rhai"), "{error}");
+    assert!(error.contains("line 2"), "{error}");
+    assert!(latest_spec(&home, "a").unwrap().contains("echo two a"), "the last good version stays");
+    write(&home, "lib/common.rhai", "fn command(name) { `echo three ${name}` }\n");
+    wait_until("a's fixed version", || latest_spec(&home, "a").filter(|s| s.contains("echo three a")));
+    wait_until("the error cleared", || import_error(&home, "a.rhai").is_none().then_some(()));
+    settle(&home, 2);
+    assert_eq!(versions(&home, "a").len(), 3);
+    assert!(import_error(&home, "b.rhai").is_none());
+    s.kill_9();
+}

@@ -124,7 +124,7 @@ impl CallbackRunner {
                 let version = version.clone();
                 move || -> Result<Option<VersionSource>, String> {
                     let found = store.read(|tx| tx.dag_version_source(&version)).map_err(|e| e.to_string())?;
-                    Ok(found.map(|(file, text)| VersionSource::new(file, Arc::from(text))))
+                    Ok(found.map(|k| VersionSource::kept(k.file, k.text, k.modules)))
                 }
             };
             scripts.call(&version, &load, call, services)

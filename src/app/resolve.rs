@@ -129,10 +129,10 @@ impl App {
         spec: DagSpec,
         json: Arc<str>,
         hash: &str,
-        source: Option<(String, String)>,
+        source: Option<crate::store::KeptSource>,
     ) -> anyhow::Result<ResolvedDag> {
         let spec = Arc::new(spec);
-        let source = source.map(|(file, text)| Arc::new(VersionSource::new(file, Arc::from(text))));
+        let source = source.map(|k| Arc::new(VersionSource::kept(k.file, k.text, k.modules)));
         let version = DagVersion { spec: spec.clone(), json, hash: hash.to_string(), source };
         let pinned = Arc::new(PinnedDag::new(spec, hash.to_string()));
         Ok(ResolvedDag { version, pinned, program: None })

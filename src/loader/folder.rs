@@ -33,6 +33,9 @@ struct FileState {
     /// The DAGs of the last good load (kept while the file is broken).
     dags: Vec<LoadedDag>,
     error: Option<ImportError>,
+    /// The dags-folder modules its last evaluation asked for, with the hash of each as read
+    /// (empty: missing or unreadable).
+    imports: Vec<(String, String)>,
 }
 
 /// What one rescan changed.
@@ -80,6 +83,8 @@ impl Changes {
 #[derive(Default)]
 pub struct Folder {
     files: BTreeMap<String, FileState>,
+    /// Modules some file imports: stamp and content hash, so an unchanged one is not read.
+    modules: HashMap<String, (Option<Stamp>, String)>,
 }
 
 impl Folder {
@@ -132,6 +137,29 @@ impl Folder {
                 changes.deleted.push(rel);
             }
         }
+        // A file whose modules changed is evaluated again, though its own text did not change.
+        let importers: Vec<(String, Option<Stamp>, String)> = self
+            .files
+            .iter()
+            .filter(|(rel, f)| !f.imports.is_empty() && present.contains(*rel))
+            .filter(|(rel, _)| !to_load.iter().any(|(_, r, _, _)| r == *rel))
+            .map(|(rel, f)| (rel.clone(), f.stamp, f.content_hash.clone()))
+            .collect();
+        if !importers.is_empty() {
+            let root = loader.dags_folder().to_path_buf();
+            for (rel, stamp, hash) in importers {
+                let imports = &self.files[&rel].imports;
+                let mut changed = false;
+                for (path, read) in imports {
+                    let current = module_hash(&mut self.modules, &root, path, now, &mut changes.read);
+                    changed |= current != *read;
+                }
+                if changed {
+                    let entry = ScanEntry { path: root.join(&rel), error: None };
+                    to_load.push((entry, rel, stamp, hash));
+                }
+            }
+        }
         // Nothing read anew and nothing gone: the DAGs are as they were (the usual rescan).
         if to_load.is_empty() && changes.deleted.is_empty() {
             return Ok(changes);
@@ -170,6 +198,7 @@ impl Folder {
             }
             let state = self.files.entry(rel.clone()).or_default();
             state.stamp = stamp;
+            state.imports = std::mem::take(&mut result.imports);
             // What was evaluated, if it was read (the file may have changed since it was hashed).
             state.content_hash = if result.content_hash.is_empty() { hash } else { result.content_hash.clone() };
             if result.diagnostics.is_empty() {
@@ -267,9 +296,30 @@ fn stamp_of(path: &Path, now: SystemTime) -> Option<Stamp> {
     Some(Stamp { len: meta.len(), modified, dev: meta.dev(), ino: meta.ino() })
 }
 
+/// The content hash of module `path` now, read again only when its stamp changed.
+fn module_hash(
+    cache: &mut HashMap<String, (Option<Stamp>, String)>,
+    root: &Path,
+    path: &str,
+    now: SystemTime,
+    read: &mut usize,
+) -> String {
+    let file = root.join(path);
+    let stamp = stamp_of(&file, now);
+    if let (Some(s), Some((Some(known), hash))) = (stamp, cache.get(path))
+        && *known == s
+    {
+        return hash.clone();
+    }
+    *read += 1;
+    let hash = content_hash(&file);
+    cache.insert(path.to_string(), (stamp, hash.clone()));
+    hash
+}
+
 /// SHA-256 of a file's content (hex); empty when it cannot be read or is too large (loading it
 /// then reports why).
-fn content_hash(path: &Path) -> String {
+pub(super) fn content_hash(path: &Path) -> String {
     match std::fs::metadata(path) {
         Ok(m) if m.len() <= MAX_FILE_BYTES => {}
         _ => return String::new(),

@@ -10,7 +10,9 @@ pub use folder::{Changes, Folder, render as render_import_error};
 use crate::graph::{GraphError, TaskGraph};
 use crate::model::{DagSpec, Diagnostic, SourcePos};
 use crate::schedule::{CronCache, ScheduleError, Timetable};
-use crate::script::{DeclaredDag, EvalContext, FileEngine, ScriptHost, ScriptLimits, ScriptProgram, VersionSource};
+use crate::script::{
+    DeclaredDag, EvalContext, FileEngine, Imports, ScriptHost, ScriptLimits, ScriptProgram, VersionSource,
+};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -124,6 +126,8 @@ struct FileResult {
     /// Each DAG with where it was declared (serialised and hashed here, in parallel).
     dags: Vec<(LoadedDag, Option<SourcePos>)>,
     diagnostics: Vec<Diagnostic>,
+    /// The dags-folder modules the file imported, with the SHA-256 of the text it read of each.
+    imports: Vec<(String, String)>,
 }
 
 impl Loader {
@@ -142,6 +146,13 @@ impl Loader {
 
     pub fn dags_folder(&self) -> &Path {
         &self.settings.dags_folder
+    }
+
+    /// Where `import "lib/common"` looks: the dags folder with its links resolved, so a module
+    /// whose real path leaves it is refused.
+    fn modules_root(&self) -> Arc<Path> {
+        let folder = &self.settings.dags_folder;
+        Arc::from(std::fs::canonicalize(folder).unwrap_or_else(|_| folder.clone()))
     }
 
     /// Every `*.rhai` file under the dags folder not excluded by `.rhaiflowignore`, sorted.
@@ -231,6 +242,7 @@ impl Loader {
             content_hash: String::new(),
             dags: Vec::new(),
             diagnostics: vec![Diagnostic::new(&shown, None, message)],
+            imports: Vec::new(),
         }
     }
 
@@ -255,7 +267,13 @@ impl Loader {
     fn load_file(&self, path: &Path, ctx: &EvalContext) -> FileResult {
         let rel = self.rel(path);
         let shown = path.to_string_lossy().to_string();
-        let mut result = FileResult { rel, content_hash: String::new(), dags: Vec::new(), diagnostics: Vec::new() };
+        let mut result = FileResult {
+            rel,
+            content_hash: String::new(),
+            dags: Vec::new(),
+            diagnostics: Vec::new(),
+            imports: Vec::new(),
+        };
         let source = match read_source(path) {
             Ok(s) => s,
             Err(message) => {
@@ -265,12 +283,25 @@ impl Loader {
         };
         result.content_hash = hex::encode(Sha256::digest(source.as_bytes()));
         let mut engine = self.take_engine();
-        let outcome = engine.evaluate(&shown, &source, ctx);
-        // Only a file with closures keeps its text (for its runs to call them).
-        let file = outcome
-            .program
-            .as_ref()
-            .map(|_| Arc::new(VersionSource::new(result.rel.clone(), Arc::from(source.as_str()))));
+        let root = self.modules_root();
+        let outcome = engine.evaluate_with(&shown, &source, ctx, Imports::Folder(root.clone()));
+        // What each module was when read; one that did not load, what it is on disk now.
+        result.imports = outcome
+            .module_paths
+            .iter()
+            .map(|path| {
+                let hash = match outcome.modules.iter().find(|m| m.path == *path) {
+                    Some(m) => hex::encode(Sha256::digest(m.text.as_bytes())),
+                    None => folder::content_hash(&root.join(path)),
+                };
+                (path.clone(), hash)
+            })
+            .collect();
+        // Only a file with closures keeps its text and its modules' (for its runs to call them).
+        let file = outcome.program.as_ref().map(|_| {
+            let modules = outcome.modules.iter().map(|m| (m.path.clone(), m.text.clone())).collect();
+            Arc::new(VersionSource::with_modules(result.rel.clone(), Arc::from(source.as_str()), modules))
+        });
         self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
         result.diagnostics = outcome.diagnostics;
         for mut declared in outcome.dags {

@@ -84,7 +84,7 @@ pub async fn call(
                 return Err("no database: create it with `rhaiflow db migrate`".into());
             };
             let found = store.read(|tx| tx.dag_version_source(&version)).map_err(|e| e.to_string())?;
-            Ok(found.map(|(file, text)| VersionSource::new(file, Arc::from(text))))
+            Ok(found.map(|k| VersionSource::kept(k.file, k.text, k.modules)))
         };
         run.env.scripts.call(&run.task.run.version_hash, &load, call, services)
     })

@@ -306,7 +306,8 @@ pub fn record_version(tx: &Tx, d: &DagVersion, now: DateTime<Utc>, paused_if_new
     if let Some(source) = &d.source
         && !tx.has_dag_version(&d.hash)?
     {
-        tx.insert_dag_source(&source.hash, &source.file, &source.text)?;
+        let modules: Vec<(&str, &str)> = source.modules.iter().map(|(p, t)| (p.as_str(), &**t)).collect();
+        tx.insert_dag_source(&source.hash, &source.file, &source.text, &modules)?;
     }
     let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
     tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;

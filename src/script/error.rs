@@ -269,7 +269,7 @@ pub fn eval_diagnostic(file: &str, source: &str, err: &EvalAltResult, limits: &L
             message
         }
         EvalAltResult::ErrorModuleNotFound(name, _) => {
-            help = Some("stdlib modules are imported by name, e.g. `import \"alerts\" as alerts;`".into());
+            help = Some("stdlib modules are imported by name, e.g. `import \"alerts\" as alerts;`; modules of your own are `.rhai` files under the dags folder, imported by their path in it: `import \"lib/common\" as common;`".into());
             format!("no stdlib module named `{name}`")
         }
         other => {

@@ -8,12 +8,14 @@ mod args;
 mod error;
 mod groups;
 mod memory;
+mod modules;
 mod python;
 mod sandbox;
 mod state;
 mod task;
 mod values;
 
+pub use modules::{ImportedModule, Imports};
 use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
 pub use task::{
@@ -88,12 +90,18 @@ pub struct FileOutcome {
     pub diagnostics: Vec<Diagnostic>,
     /// The compiled file, kept when it defines closures that later calls need.
     pub program: Option<Arc<ScriptProgram>>,
+    /// The dags-folder modules the file imported (directly or through another module).
+    pub modules: Vec<ImportedModule>,
+    /// Every dags-folder module path the file asked for, read or not.
+    pub module_paths: Vec<String>,
 }
 
 /// A compiled DAG file and the closures it handed to the DAG API, callable later by `CallbackRef`.
 pub struct ScriptProgram {
     ast: Arc<AST>,
     callbacks: BTreeMap<String, FnPtr>,
+    /// The dags-folder modules the file imported, evaluated (its closures may call them).
+    modules: Vec<ImportedModule>,
 }
 
 impl ScriptProgram {
@@ -160,7 +168,8 @@ impl ScriptHost {
         // string interner scans its whole table to evict on every new string (measured: ~15 % of a
         // 1,000-file load; BENCHMARKS.md).
         engine.set_optimization_level(rhai::OptimizationLevel::None).set_max_strings_interned(0);
-        // Sandbox: no `eval` of strings, no file imports, output goes to the trace log.
+        // Sandbox: no `eval` of strings, imports only of the stdlib and of modules under the dags
+        // folder (`modules`), output goes to the trace log.
         engine.disable_symbol("eval");
         engine.set_module_resolver(self.modules.clone());
         engine.on_print(|text| {
@@ -183,7 +192,6 @@ impl ScriptHost {
     /// An engine for one thread; evaluate many files with it, one at a time.
     pub fn engine(&self) -> FileEngine {
         let mut engine = self.raw_engine();
-        engine.set_module_resolver(self.modules.clone());
         engine.register_global_module(self.prelude.clone());
         let base = Instant::now();
         let deadline = Arc::new(AtomicU64::new(u64::MAX));
@@ -220,7 +228,13 @@ impl ScriptHost {
                 token => token,
             }
         });
-        FileEngine { engine, base, deadline, memory_base, limits: self.limits.clone() }
+        let imports = modules::SharedSession::default();
+        engine.set_module_resolver(modules::Resolver {
+            stdlib: self.modules.clone(),
+            session: imports.clone(),
+            max_bytes: self.limits.max_string_size,
+        });
+        FileEngine { engine, base, deadline, memory_base, limits: self.limits.clone(), imports }
     }
 
     /// Evaluates one file with a fresh engine (convenient; the loader reuses engines per thread).
@@ -266,12 +280,23 @@ pub struct FileEngine {
     /// The thread's live bytes when the current file started.
     memory_base: Arc<AtomicIsize>,
     limits: ScriptLimits,
+    /// Where the current evaluation's `import`s go, and what they read.
+    imports: modules::SharedSession,
 }
 
 impl FileEngine {
     /// Compiles and runs one DAG file. `file` is the name diagnostics show.
     pub fn evaluate(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
+        self.evaluate_with(file, source, ctx, Imports::Stdlib)
+    }
+
+    /// As [`FileEngine::evaluate`], with `import`s of modules other than the stdlib found as
+    /// `imports` says.
+    pub fn evaluate_with(&mut self, file: &str, source: &str, ctx: &EvalContext, imports: Imports) -> FileOutcome {
+        self.imports.lock().unwrap_or_else(|p| p.into_inner()).begin(imports);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.evaluate_inner(file, source, ctx)));
+        let (modules, module_paths) = self.imports.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = outcome.map(|o| FileOutcome { modules, module_paths: module_paths.clone(), ..o });
         outcome.unwrap_or_else(|_| FileOutcome {
             dags: Vec::new(),
             diagnostics: vec![
@@ -279,11 +304,19 @@ impl FileEngine {
                     .with_help("this is a bug in rhaiflow; please report it with the file"),
             ],
             program: None,
+            modules: Vec::new(),
+            module_paths,
         })
     }
 
     fn evaluate_inner(&mut self, file: &str, source: &str, ctx: &EvalContext) -> FileOutcome {
-        let fail = |diagnostics: Vec<Diagnostic>| FileOutcome { dags: Vec::new(), diagnostics, program: None };
+        let fail = |diagnostics: Vec<Diagnostic>| FileOutcome {
+            dags: Vec::new(),
+            diagnostics,
+            program: None,
+            modules: Vec::new(),
+            module_paths: Vec::new(),
+        };
         let shared_source: Arc<str> = Arc::from(source);
         let started = Instant::now();
         let deadline_ms = u64::try_from(self.limits.deadline.as_millis()).unwrap_or(u64::MAX);
@@ -333,7 +366,9 @@ impl FileEngine {
         }
         let callbacks = state.callbacks.clone();
         let (dags, diagnostics) = state.finish();
-        let program = (!callbacks.is_empty()).then(|| Arc::new(ScriptProgram { ast: Arc::new(ast), callbacks }));
-        FileOutcome { dags, diagnostics, program }
+        let modules = self.imports.lock().unwrap_or_else(|p| p.into_inner()).done().to_vec();
+        let program =
+            (!callbacks.is_empty()).then(|| Arc::new(ScriptProgram { ast: Arc::new(ast), callbacks, modules }));
+        FileOutcome { dags, diagnostics, program, modules: Vec::new(), module_paths: Vec::new() }
     }
 }

@@ -45,23 +45,43 @@ pub const VERSION_CACHE: usize = 128;
 /// How long an `http::get`/`http::post` waits by default (capped by the closure's deadline).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A DAG file's text as a version keeps it: `hash` covers the file name and the text.
+/// A DAG file's text as a version keeps it, with the dags-folder modules it imports: `hash`
+/// covers the file name, the text and each module's path and text.
 #[derive(Debug, Clone)]
 pub struct VersionSource {
     pub hash: String,
     /// The file's path relative to the dags folder, as positions show it (`boom.rhai:4:5`).
     pub file: String,
     pub text: Arc<str>,
+    /// (path relative to the dags folder, text) of each module imported, in import order.
+    pub modules: Arc<[(String, Arc<str>)]>,
 }
 
 impl VersionSource {
     pub fn new(file: impl Into<String>, text: Arc<str>) -> VersionSource {
+        VersionSource::with_modules(file, text, Vec::new())
+    }
+
+    pub fn with_modules(file: impl Into<String>, text: Arc<str>, modules: Vec<(String, Arc<str>)>) -> VersionSource {
         let file = file.into();
         let mut hasher = Sha256::new();
         hasher.update(file.as_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
-        VersionSource { hash: hex::encode(hasher.finalize()), file, text }
+        // A file without modules keeps the hash it had before modules existed.
+        for (path, text) in &modules {
+            hasher.update([0]);
+            hasher.update(path.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+        }
+        VersionSource { hash: hex::encode(hasher.finalize()), file, text, modules: modules.into() }
+    }
+
+    /// A version's source as the store kept it.
+    pub fn kept(file: String, text: String, modules: Vec<(String, String)>) -> VersionSource {
+        let modules = modules.into_iter().map(|(p, t)| (p, Arc::from(t))).collect();
+        VersionSource::with_modules(file, Arc::from(text), modules)
     }
 }
 
@@ -150,7 +170,9 @@ struct Compiled {
     /// Parameters each closure declares (its captured variables not counted), by callback id.
     arity: HashMap<String, usize>,
     /// The file's top-level `import "path" as alias;`: a closure calling `alias::f` finds them.
-    imports: Vec<(ImmutableString, ImmutableString)>,
+    /// A dags-folder module comes evaluated from the version's own text of it; the stdlib's are
+    /// looked up per call.
+    imports: Vec<(ImmutableString, ImmutableString, Option<super::SharedModule>)>,
 }
 
 thread_local! {
@@ -199,8 +221,15 @@ fn call_closure(
 ) -> RhaiResult<Dynamic> {
     let mut global = engine.new_global_runtime_state();
     global.lib.push(compiled.program.ast.shared_lib().clone());
-    for (alias, path) in &compiled.imports {
-        let module = engine.module_resolver().resolve(engine, None, path, rhai::Position::NONE)?;
+    // A closure made inside a module's function, and the functions it calls, live there.
+    for m in &compiled.program.modules {
+        global.lib.push(m.ast.shared_lib().clone());
+    }
+    for (alias, path, kept) in &compiled.imports {
+        let module = match kept {
+            Some(m) => m.clone(),
+            None => engine.module_resolver().resolve(engine, None, path, rhai::Position::NONE)?,
+        };
         global.push_import(alias.clone(), module);
     }
     let ctx = NativeCallContext::new_with_all_fields(engine, fn_ptr.fn_name(), None, &global, rhai::Position::NONE);
@@ -387,7 +416,8 @@ impl TaskScripts {
             })?;
         let mut engine = self.take_engine()?;
         let ctx = EvalContext { now: chrono::Utc::now(), ..self.eval.clone() };
-        let outcome = engine.evaluate(&source.file, &source.text, &ctx);
+        let imports = super::Imports::Pinned(source.modules.clone());
+        let outcome = engine.evaluate_with(&source.file, &source.text, &ctx, imports);
         self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
         match outcome.program {
             Some(program) => Ok(Arc::new(compile_info(source.file, program))),
@@ -412,7 +442,12 @@ fn field_of(id: &str) -> String {
 }
 
 fn compile_info(file: String, program: Arc<ScriptProgram>) -> Compiled {
-    let params: HashMap<&str, usize> = program.ast.iter_functions().map(|f| (f.name, f.params.len())).collect();
+    let params: HashMap<&str, usize> = program
+        .ast
+        .iter_functions()
+        .chain(program.modules.iter().flat_map(|m| m.ast.iter_functions()))
+        .map(|f| (f.name, f.params.len()))
+        .collect();
     let arity = program
         .callbacks
         .iter()
@@ -427,7 +462,12 @@ fn compile_info(file: String, program: Arc<ScriptProgram>) -> Compiled {
         .iter()
         .filter_map(|stmt| match stmt {
             rhai::Stmt::Import(import, _) => match &import.0 {
-                rhai::Expr::StringConstant(path, _) => Some((import.1.name.clone(), path.clone())),
+                rhai::Expr::StringConstant(path, _) => {
+                    let name = super::modules::module_path(path).ok();
+                    let kept =
+                        program.modules.iter().find(|m| Some(&m.path) == name.as_ref()).map(|m| m.module.clone());
+                    Some((import.1.name.clone(), path.clone(), kept))
+                }
                 _ => None,
             },
             _ => None,

@@ -224,4 +224,11 @@ CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);
 CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
 "#,
     ),
+    (
+        9,
+        "DAG versions keep the dags-folder modules their file imports",
+        r#"
+ALTER TABLE dag_source ADD COLUMN modules TEXT;
+"#,
+    ),
 ];

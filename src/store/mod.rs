@@ -52,6 +52,15 @@ pub enum StoreError {
     NotOurs { path: PathBuf, id: i64 },
 }
 
+/// A DAG version's file text as kept for its closures, with the dags-folder modules it imported
+/// (path relative to the dags folder, text).
+#[derive(Debug, Clone)]
+pub struct KeptSource {
+    pub file: String,
+    pub text: String,
+    pub modules: Vec<(String, String)>,
+}
+
 /// SQLite `PRAGMA application_id` of a rhaiflow database: "RHAF".
 pub const APPLICATION_ID: i64 = 0x5248_4146;
 
@@ -615,27 +624,56 @@ impl Tx<'_> {
             .is_some())
     }
 
-    /// Keeps a DAG file's text once per content (`source_hash` covers the file name and text).
-    pub fn insert_dag_source(&self, source_hash: &str, file: &str, source: &str) -> StoreResult<()> {
+    /// Keeps a DAG file's text, and the modules it imports, once per content (`source_hash`
+    /// covers the file name, the text and the modules).
+    pub fn insert_dag_source(
+        &self,
+        source_hash: &str,
+        file: &str,
+        source: &str,
+        modules: &[(&str, &str)],
+    ) -> StoreResult<()> {
+        let modules = (!modules.is_empty()).then(|| {
+            let list: Vec<serde_json::Value> =
+                modules.iter().map(|(path, text)| serde_json::json!({ "path": path, "text": text })).collect();
+            serde_json::Value::Array(list).to_string()
+        });
         self.tx
             .prepare_cached(
-                "INSERT INTO dag_source (source_hash, file, source) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                "INSERT INTO dag_source (source_hash, file, source, modules) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![source_hash, file, source])?;
+            .execute(params![source_hash, file, source, modules])?;
         Ok(())
     }
 
-    /// The file name and text a DAG version's closures come from; `None` when the version has no
-    /// closures or was recorded before sources were kept.
-    pub fn dag_version_source(&self, version_hash: &str) -> StoreResult<Option<(String, String)>> {
-        Ok(self
+    /// The file and text a DAG version's closures come from, with the modules it imported;
+    /// `None` when the version has no closures or was recorded before sources were kept.
+    pub fn dag_version_source(&self, version_hash: &str) -> StoreResult<Option<KeptSource>> {
+        let row: Option<(String, String, Option<String>)> = self
             .tx
             .prepare_cached(
-                "SELECT s.file, s.source FROM dag_version v JOIN dag_source s ON s.source_hash = v.source_hash
+                "SELECT s.file, s.source, s.modules FROM dag_version v JOIN dag_source s ON s.source_hash = v.source_hash
                  WHERE v.version_hash = ?1",
             )?
-            .query_row([version_hash], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .query_row([version_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((file, text, modules)) = row else { return Ok(None) };
+        let modules = match modules {
+            None => Vec::new(),
+            Some(json) => {
+                #[derive(serde::Deserialize)]
+                struct Kept {
+                    path: String,
+                    text: String,
+                }
+                let kept: Vec<Kept> = serde_json::from_str(&json).map_err(|e| {
+                    StoreError::Corrupt(format!("the modules kept with DAG version {version_hash} do not read: {e}"))
+                })?;
+                kept.into_iter().map(|k| (k.path, k.text)).collect()
+            }
+        };
+        Ok(Some(KeptSource { file, text, modules }))
     }
 
     pub fn dag_version_json(&self, version_hash: &str) -> StoreResult<Option<String>> {
