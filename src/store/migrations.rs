@@ -224,4 +224,16 @@ CREATE INDEX alert_outbox_due ON alert_outbox (state, next_attempt_at);
 CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
 "#,
     ),
+    (
+        9,
+        "web users: name, role, argon2 password hash (PHC string)",
+        r#"
+CREATE TABLE web_user (
+    username      TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created       TEXT NOT NULL
+);
+"#,
+    ),
 ];
