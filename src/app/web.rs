@@ -156,11 +156,6 @@ pub fn refuse_public_without_auth(config: &WebserverConfig, addr: SocketAddr) ->
         return Ok(());
     }
     if config.allow_public_without_auth {
-        tracing::warn!(
-            address = %addr,
-            "serving without authentication beyond loopback (`[webserver] allow_public_without_auth = true`): \
-             anyone who can reach this address can trigger and clear runs"
-        );
         return Ok(());
     }
     anyhow::bail!(
@@ -180,6 +175,13 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
         refuse_public_without_auth(&self.config.webserver, addr)?;
+        if !addr.ip().is_loopback() && self.config.webserver.auth == WebAuth::None {
+            tracing::warn!(
+                address = %addr,
+                "serving without authentication beyond loopback (`[webserver] allow_public_without_auth = true`): \
+                 anyone who can reach this address can trigger and clear runs"
+            );
+        }
         let actions = AppActions { app: App::new(self.config.clone())?, store: store.clone() };
         let settings = WebSettings {
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),

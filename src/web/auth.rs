@@ -691,6 +691,27 @@ pub struct LogoutForm {
     csrf: String,
 }
 
+/// `GET /logout`: a page with the one button that logs out (the form carries the session's CSRF
+/// token), for a browser without the UI's own "log out" button.
+pub async fn logout_form(axum::Extension(caller): axum::Extension<Caller>, headers: HeaderMap) -> Response {
+    let zh = std::ptr::eq(words(&headers), &CHINESE);
+    let (lang, label) = if zh { ("zh-CN", "退出登录") } else { ("en", "Log out") };
+    let user = caller.user.as_deref().unwrap_or("");
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    let html = env
+        .render_str(
+            "<!doctype html><html lang=\"{{ lang }}\"><meta charset=utf-8>\
+             <meta name=viewport content=\"width=device-width, initial-scale=1\"><title>{{ label }}</title>\
+             <body style=\"font: 15px/1.5 system-ui, sans-serif; margin: 3rem auto; max-width: 22rem\">\
+             <p>{{ user }}</p><form method=post action=/logout>\
+             <input type=hidden name=\"csrf\" value=\"{{ csrf }}\"><button type=submit>{{ label }}</button></form>",
+            minijinja::context! { lang => lang, label => label, user => user, csrf => caller.csrf.as_ref() },
+        )
+        .unwrap_or_default();
+    page(StatusCode::OK, html, None)
+}
+
 /// `POST /logout` (with the session's CSRF token): the session ends, back to the login page.
 pub async fn logout(
     axum::extract::State(auth): axum::extract::State<Auth>,

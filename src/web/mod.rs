@@ -102,7 +102,7 @@ pub fn router(web: Web) -> Router {
     }
     let login = Router::new()
         .route("/login", axum::routing::get(auth::login_form).post(auth::login_submit))
-        .route("/logout", axum::routing::post(auth::logout))
+        .route("/logout", axum::routing::get(auth::logout_form).post(auth::logout))
         .with_state(auth.clone());
     api.fallback(problem::no_route)
         .method_not_allowed_fallback(problem::method_not_allowed)
