@@ -12,7 +12,8 @@ pub enum UsersCommand {
     Create {
         #[arg(long, short = 'u')]
         username: String,
-        #[arg(long, short = 'r', value_enum)]
+        /// Airflow's names work too, in any case (`Admin`, `Op`, `Viewer`).
+        #[arg(long, short = 'r', value_enum, ignore_case = true)]
         role: RoleArg,
         /// Read the password from stdin (required: a password is never an argument).
         #[arg(long)]
@@ -32,6 +33,7 @@ pub enum RoleArg {
     /// Reads everything.
     Viewer,
     /// Also triggers, clears, marks and pauses.
+    #[value(alias = "op")]
     Operator,
     /// Also manages users.
     Admin,
