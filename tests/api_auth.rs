@@ -76,7 +76,8 @@ fn run_with_stdin(home: &Home, args: &[&str], stdin: &str, outputs: &Outputs) ->
     let mut c = command(home, args);
     c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // A command refused before it reads stdin (a bad argument) closes it: that is no error here.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     outputs.keep(&child.wait_with_output().unwrap())
 }
 
@@ -265,6 +266,17 @@ fn csrf_field(html: &str) -> String {
     html[at..].split('"').next().unwrap().to_string()
 }
 
+/// Logs in through the form; the session id.
+fn login(s: &Server, user: &str, password: &str) -> String {
+    let page = s.send("GET", "/login", None, As::Nobody);
+    let nonce = cookie_value(&page.header("set-cookie"), "rhaiflow_login").unwrap();
+    let csrf = csrf_field(&page.text);
+    let fields = [("username", user), ("password", password), ("csrf", csrf.as_str()), ("next", "/")];
+    let a = s.form("/login", &fields, &format!("rhaiflow_login={nonce}"), &[]);
+    assert_eq!(a.status, 303, "{}", a.text);
+    cookie_value(&a.header("set-cookie"), "rhaiflow_session").unwrap()
+}
+
 fn etl_run(s: &Server) -> String {
     s.get("/api/v1/dags/etl/dagRuns", As::Basic("vic", VIEWER_PW))["dag_runs"][0]["dag_run_id"]
         .as_str()
@@ -352,10 +364,14 @@ fn api_takes_basic_auth_and_checks_roles() {
     );
     assert_eq!(s.get("/api/v1/dags", As::Basic("nina", new_pw))["total_entries"], 2);
     assert_eq!(s.get("/api/v1/users/nina", admin)["username"], "nina");
+    let session = login(&s, "nina", new_pw);
+    assert_eq!(s.get("/api/v1/dags", As::Session(&session, None))["total_entries"], 2);
     assert_eq!(s.send("DELETE", "/api/v1/users/nina", None, admin).status, 204);
+    // A deleted user is out at once: basic auth and their session alike.
+    s.problem("GET", "/api/v1/dags", None, As::Session(&session, None), 401);
     s.problem("DELETE", "/api/v1/users/nina", None, admin, 404);
     s.problem("GET", "/api/v1/dags", None, As::Basic("nina", new_pw), 401);
-    s.finish(&[new_pw]);
+    s.finish(&[new_pw, &session]);
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! With `auth = "password"`: API requests (`/api/v1/…`) send HTTP basic auth (Airflow's
 //! `basic_auth` backend) or a session cookie with the session's CSRF token in `X-CSRF-Token` on
 //! anything but GET; UI requests need a session (the login page makes one). Sessions live in this
-//! process's memory ([`Sessions`]); failed logins are limited per user name and per address
-//! ([`Failures`]). Public: `/api/v1/health`, `/login` and `/static/…`.
+//! process's memory ([`Auth`]); failed logins are limited per user name and per address.
+//! Public: `/api/v1/health`, `/login` and `/static/…`.
 
 use super::Problem;
 use crate::store::Store;
@@ -236,6 +236,7 @@ impl Auth {
         let keys = [Some(format!("user:{username}")), from.map(|ip| format!("addr:{ip}"))];
         let keys: Vec<String> = keys.into_iter().flatten().collect();
         if self.limited(&keys) {
+            tracing::warn!(address = ?from, "login refused: too many failed logins for this user name or address");
             return Err(LoginError::TooMany);
         }
         let store = self.inner.store.clone().ok_or(LoginError::Unavailable)?;
@@ -268,6 +269,8 @@ impl Auth {
                 user.role.parse().map_err(|_| LoginError::Wrong)
             }
             _ => {
+                // Not the name: a password typed into the name field would land in the log.
+                tracing::info!(address = ?from, "failed login");
                 self.record_failure(&keys);
                 Err(LoginError::Wrong)
             }
