@@ -98,7 +98,8 @@ pub fn router(web: Web) -> Router {
     for route in api::routes() {
         let role = route.role;
         let guard = axum::middleware::from_fn(move |req, next| auth::require(role, req, next));
-        api = api.route(route.path, route.handler.route_layer(guard));
+        let handler = route.handler.route_layer(axum::middleware::from_fn(problem::needs_json));
+        api = api.route(route.path, handler.route_layer(guard));
     }
     let login = Router::new()
         .route("/login", axum::routing::get(auth::login_form).post(auth::login_submit))
