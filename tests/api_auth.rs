@@ -553,11 +553,12 @@ fn public_bind_without_auth_is_refused_unless_allowed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("webserver.auth") && err.contains("ldap"), "{err}");
 
-    let answers = |port: &str| {
+    let answers = |port: &str, path: &str| {
         wait_until("the server answers", || {
             std::net::TcpStream::connect(format!("127.0.0.1:{port}")).ok().map(|mut c| {
                 use std::io::Read;
-                c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                c.write_all(request.as_bytes()).unwrap();
                 let mut text = String::new();
                 let _ = c.read_to_string(&mut text);
                 text
@@ -571,8 +572,22 @@ fn public_bind_without_auth_is_refused_unless_allowed() {
         let mut c = home.command(&["webserver", "--host", "0.0.0.0", "--port", &port]);
         c.env(env, value).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let _server = Running(Some(c.spawn().unwrap()));
-        assert!(answers(&port).starts_with("HTTP/1.1 200"), "{env}");
+        assert!(answers(&port, "/api/v1/health").starts_with("HTTP/1.1 200"), "{env}");
     }
+    // `standalone` with auth serves beyond loopback, and asks for users.
+    let port = peers::free_port().to_string();
+    let mut c = home.command(&["standalone"]);
+    c.env("RHAIFLOW__WEBSERVER__BIND", format!("0.0.0.0:{port}"))
+        .env("RHAIFLOW__WEBSERVER__AUTH", "password")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut standalone = Running(Some(c.spawn().unwrap()));
+    assert!(answers(&port, "/api/v1/health").starts_with("HTTP/1.1 200"));
+    assert!(answers(&port, "/api/v1/dags").starts_with("HTTP/1.1 401"));
+    standalone.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, _, err) = standalone.finish();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("users log in: `rhaiflow users`"), "{err}");
 }
 
 #[test]
