@@ -134,6 +134,8 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Checked basic-auth credentials remembered (as MACs), so a client's every call does not pay
 /// for argon2.
 const MAX_VERIFIED: usize = 1024;
+/// Password checks (argon2) running at once; more wait their turn.
+const MAX_CHECKS: usize = 2;
 
 pub const SESSION_COOKIE: &str = "rhaiflow_session";
 const LOGIN_COOKIE: &str = "rhaiflow_login";
@@ -165,6 +167,8 @@ struct Inner {
     verified: Mutex<HashMap<Vec<u8>, String>>,
     /// A hash to check unknown users' passwords against, so they take as long as known ones.
     decoy: OnceLock<String>,
+    /// Password checks running at once.
+    checking: tokio::sync::Semaphore,
 }
 
 /// Why a login was refused.
@@ -202,6 +206,7 @@ impl Auth {
                 failures: Mutex::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
                 decoy: OnceLock::new(),
+                checking: tokio::sync::Semaphore::new(MAX_CHECKS),
             }),
         }
     }
@@ -249,17 +254,23 @@ impl Auth {
         {
             return user.role.parse().map_err(|_| LoginError::Wrong);
         }
-        let phc = match &found {
-            Some((_, phc)) => phc.clone(),
-            None => self.decoy(),
-        };
-        let pw = password.to_string();
-        let checked = {
-            let phc = phc.clone();
-            tokio::task::spawn_blocking(move || verify_password(&pw, &phc)).await.unwrap_or(false)
-        };
-        match found {
-            Some((user, _)) if checked => {
+        let known = found.as_ref().map(|(_, phc)| phc.clone());
+        let (pw, auth) = (password.to_string(), self.clone());
+        // Each check takes argon2's 19 MiB for tens of ms: a few at a time, whatever arrives.
+        let Ok(_permit) = self.inner.checking.acquire().await else { return Err(LoginError::Unavailable) };
+        // Failures recorded while this one waited count too.
+        if self.limited(&keys) {
+            return Err(LoginError::TooMany);
+        }
+        let checked = tokio::task::spawn_blocking(move || {
+            let phc = known.unwrap_or_else(|| auth.decoy());
+            verify_password(&pw, &phc).then_some(phc)
+        })
+        .await
+        .ok()
+        .flatten();
+        match (found, checked) {
+            (Some((user, _)), Some(phc)) => {
                 if let Ok(mut v) = self.inner.verified.lock() {
                     if v.len() >= MAX_VERIFIED {
                         v.clear();
