@@ -300,12 +300,32 @@ pub struct WebserverConfig {
     pub bind: String,
     /// The public address of the UI, for log links in alerts.
     pub base_url: Option<String>,
-    pub auth: Option<String>,
+    /// Who may use the UI and the API: nobody needs to log in (`none`, the default) or users
+    /// log in with a password (`password`).
+    pub auth: WebAuth,
+    /// Serve on an address other than loopback with `auth = "none"` (refused otherwise).
+    pub allow_public_without_auth: bool,
+}
+
+/// `[webserver] auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebAuth {
+    /// No login: everyone is an admin (the server binds loopback).
+    #[default]
+    None,
+    /// Users of `rhaiflow users` log in (UI) or send HTTP basic auth (API).
+    Password,
 }
 
 impl Default for WebserverConfig {
     fn default() -> Self {
-        WebserverConfig { bind: "127.0.0.1:8080".into(), base_url: None, auth: None }
+        WebserverConfig {
+            bind: "127.0.0.1:8080".into(),
+            base_url: None,
+            auth: WebAuth::None,
+            allow_public_without_auth: false,
+        }
     }
 }
 
@@ -1176,5 +1196,20 @@ mod tests {
         let v = c.variables();
         assert_eq!(v["cfg"], r#"{"a":1,"b":[true,"x"]}"#);
         assert_eq!((v["n"].as_str(), v["s"].as_str()), ("3", "text"));
+    }
+
+    #[test]
+    fn webserver_auth_is_none_or_password() {
+        let load = |toml: &str| {
+            let dir = home_with(toml);
+            Config::load_from(&Flags { home: Some(dir.path().into()), ..Flags::default() }, env(&[]))
+        };
+        assert_eq!(load("").unwrap().webserver.auth, WebAuth::None);
+        assert_eq!(load("[webserver]\nauth = \"none\"").unwrap().webserver.auth, WebAuth::None);
+        let c = load("[webserver]\nauth = \"password\"\nallow_public_without_auth = true").unwrap();
+        assert_eq!(c.webserver.auth, WebAuth::Password);
+        assert!(c.webserver.allow_public_without_auth);
+        let e = load("[webserver]\nauth = \"ldap\"").unwrap_err().to_string();
+        assert!(e.contains("webserver.auth") && e.contains("ldap") && e.contains("password"), "{e}");
     }
 }

@@ -67,6 +67,14 @@ impl Restriction {
     }
 }
 
+/// The run the scheduler creates next for `spec`, after `last` (the data interval of its latest
+/// scheduled run, `None` without history): what `dags list` shows as the next run and the API as
+/// `next_dagrun*`. `None` for manual-only DAGs and once the timetable has no more runs.
+pub fn next_dagrun(spec: &DagSpec, last: Option<DataInterval>, now: DateTime<Utc>) -> Option<DagRunInfo> {
+    let tt = Timetable::new(spec).ok()?;
+    tt.next_dagrun_info(last, Restriction::of(spec), now).filter(|info| last != Some(info.data_interval))
+}
+
 /// Parses a 5-field Unix cron expression strictly: no seconds, no year; day-of-month OR day-of-week.
 pub fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
     let fields = expr.split_whitespace().count();

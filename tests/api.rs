@@ -428,6 +428,27 @@ fn webserver_refuses_bad_addresses() {
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{o:?}");
 }
 
+/// A POST must carry JSON (415 otherwise, as Airflow): a form or a body-less POST from another web
+/// site (which a browser sends without asking) changes nothing.
+#[test]
+fn posts_must_be_json() {
+    let s = Server::start();
+    let runs = s.get("/api/v1/dags/etl/dagRuns")["total_entries"].clone();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let mut req = s.client.post(format!("{}/api/v1/dags/etl/dagRuns", s.base));
+        if let Some(c) = content_type {
+            req = req.header("content-type", c).body("{}");
+        }
+        let (status, text) = s.rt.block_on(async {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+        assert_eq!(status, 415, "{content_type:?}: {text}");
+        assert!(text.contains("application/json"), "{text}");
+    }
+    assert_eq!(s.get("/api/v1/dags/etl/dagRuns")["total_entries"], runs, "no run was triggered");
+}
+
 /// A run's own clear (dry run lists, a real one re-queues it) and `PATCH` of its state.
 #[test]
 fn clear_a_run_and_set_its_state() {

@@ -8,6 +8,7 @@ mod reload;
 mod resolve;
 mod service;
 mod stored;
+mod users;
 mod web;
 
 pub use alerts::AlertPreview;
@@ -16,6 +17,8 @@ pub use event_loop::{Clock, LoopParts, SystemClock, TokioClock, drive};
 pub use resolve::{DagInactive, Notices, Record, ResolvedDag};
 pub use service::{BackfillOptions, BackfillPlan, ClearRequest, DagStatus, TestRequest, clear_run};
 pub use stored::{StoredDag, StoredVersions};
+pub use users::{NewUser, UserError};
+pub use web::refuse_public_without_auth;
 
 use crate::config::Config;
 use crate::loader::{DagBag, Loader, LoaderSettings};

@@ -1,10 +1,11 @@
 //! The web API's actions through the service layer (`web::Actions`), and the server's wiring:
 //! `App::serve_web` (run by `rhaiflow webserver`, and by `standalone` in the same process).
 
-use super::{App, ClearRequest};
+use super::{App, ClearRequest, NewUser, UserError};
+use crate::config::{WebAuth, WebserverConfig};
 use crate::model::{DagRunState, TaskState, TiKey};
 use crate::operators::{TriggerError, TriggerRequest};
-use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow};
+use crate::store::{DagRunRow, Store, StoreError, TiChange, TiRow, WebUserRow};
 use crate::web::{ActionError, Actions, ClearTasks, Web, WebSettings};
 use anyhow::Context;
 use chrono::Utc;
@@ -130,6 +131,38 @@ impl Actions for AppActions {
     fn log_path(&self, key: &TiKey, try_number: u32) -> PathBuf {
         self.app.worker_settings().log_path(key, try_number)
     }
+
+    fn create_user(&self, username: &str, role: &str, password: &str) -> Result<WebUserRow, ActionError> {
+        let new = NewUser { username, role, password };
+        self.app.create_user(&self.store, &new, Utc::now()).map_err(user_error)
+    }
+
+    fn delete_user(&self, username: &str) -> Result<(), ActionError> {
+        self.app.delete_user(&self.store, username).map_err(user_error)
+    }
+}
+
+fn user_error(e: UserError) -> ActionError {
+    match e {
+        UserError::Exists(_) => ActionError::Conflict(e.to_string()),
+        UserError::Unknown(_) | UserError::Invalid(_) => ActionError::Invalid(e.to_string()),
+        UserError::Store(e) => ActionError::Failed(e.to_string()),
+    }
+}
+
+/// Listening beyond loopback without auth is refused, unless the configuration says it is meant.
+pub fn refuse_public_without_auth(config: &WebserverConfig, addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() || config.auth != WebAuth::None {
+        return Ok(());
+    }
+    if config.allow_public_without_auth {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} without authentication: anyone who can reach it could trigger and clear runs; \
+         set `[webserver] auth = \"password\"` (and add users with `rhaiflow users create`), bind 127.0.0.1 \
+         (`[webserver] bind`), or set `[webserver] allow_public_without_auth = true`"
+    )
 }
 
 impl App {
@@ -141,10 +174,19 @@ impl App {
         addr: SocketAddr,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
+        refuse_public_without_auth(&self.config.webserver, addr)?;
+        if !addr.ip().is_loopback() && self.config.webserver.auth == WebAuth::None {
+            tracing::warn!(
+                address = %addr,
+                "serving without authentication beyond loopback (`[webserver] allow_public_without_auth = true`): \
+                 anyone who can reach this address can trigger and clear runs"
+            );
+        }
         let actions = AppActions { app: App::new(self.config.clone())?, store: store.clone() };
         let settings = WebSettings {
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
             dags_folder: self.config.core.dags_folder.clone(),
+            password_auth: self.config.webserver.auth == WebAuth::Password,
         };
         let web = Web { store: store.clone(), actions: Arc::new(actions), settings: Arc::new(settings) };
         Ok(async move {

@@ -175,11 +175,7 @@ fn one_dag(ctx: &Context, dag_id: &str) -> anyhow::Result<ResolvedDag> {
 /// When the scheduler will create the DAG's next run: after its latest scheduled run when the
 /// store has one (so a DAG that caught up shows the interval it waits for), else from no history.
 fn next_run(ctx: &Context, spec: &DagSpec, status: Option<&DagStatus>) -> Option<chrono::DateTime<chrono::Utc>> {
-    let tt = Timetable::new(spec).ok()?;
-    let last = status.and_then(|s| s.last_interval);
-    tt.next_dagrun_info(last, Restriction::of(spec), ctx.now)
-        .filter(|info| last != Some(info.data_interval))
-        .map(|i| i.run_after)
+    crate::schedule::next_dagrun(spec, status.and_then(|s| s.last_interval), ctx.now).map(|i| i.run_after)
 }
 
 fn warn_import_errors(bag: &DagBag) {

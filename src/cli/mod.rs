@@ -5,6 +5,7 @@ mod crash;
 mod dags;
 mod run;
 mod table;
+mod users;
 mod web;
 
 use crate::app::App;
@@ -64,14 +65,17 @@ pub enum Command {
     /// Pools: named slot limits tasks share (`pool:` and `pool_slots:` on a task).
     #[command(subcommand)]
     Pools(PoolsCommand),
+    /// Web users and their roles (`[webserver] auth = "password"`).
+    #[command(subcommand)]
+    Users(users::UsersCommand),
     /// Run the scheduler with the local executor until SIGINT/SIGTERM; it watches the dags folder.
     Scheduler,
     /// Everything in one process, with the embedded defaults (SQLite in ./rhaiflow.db, DAGs from
     /// ./dags or --dags-folder, logs in ./logs): the scheduler, the dags-folder watcher, the alert
     /// deliverer and the REST API on `[webserver] bind`. Until SIGINT/SIGTERM.
     Standalone,
-    /// The REST API (Airflow 2's `/api/v1`) until SIGINT/SIGTERM; no authentication, so it binds
-    /// `[webserver] bind` (default 127.0.0.1:8080).
+    /// The REST API (Airflow 2's `/api/v1`) until SIGINT/SIGTERM, on `[webserver] bind` (default
+    /// 127.0.0.1:8080); `[webserver] auth = "password"` makes users log in.
     Webserver {
         /// The port to listen on (default: the port of `[webserver] bind`).
         #[arg(long, short = 'p')]
@@ -315,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Webserver { port, host } => web::webserver(&ctx, host.as_deref(), port),
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Alerts(cmd) => alerts::run(&ctx, cmd),
+        Command::Users(cmd) => users::run(&ctx, cmd),
         Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
     }
 }

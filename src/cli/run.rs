@@ -864,7 +864,8 @@ pub fn scheduler(ctx: &Context, standalone: bool) -> anyhow::Result<Outcome> {
     }
     let web = if standalone { Some(super::web::address(&ctx.app.config.webserver.bind, None, None)?) } else { None };
     if let Some(addr) = web {
-        eprintln!("REST API at http://{addr}/api/v1 (`[webserver] bind`; no authentication)");
+        crate::app::refuse_public_without_auth(&ctx.app.config.webserver, addr)?;
+        eprintln!("REST API at http://{addr}/api/v1 (`[webserver] bind`; {})", super::web::auth_words(ctx));
     }
     ctx.app.run_scheduler(web)?;
     Ok(Outcome::Ok)

@@ -18,9 +18,7 @@ pub fn address(bind: &str, host: Option<&str>, port: Option<u16>) -> anyhow::Res
 
 pub fn webserver(ctx: &Context, host: Option<&str>, port: Option<u16>) -> anyhow::Result<Outcome> {
     let addr = address(&ctx.app.config.webserver.bind, host, port)?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(address = %addr, "the REST API has no authentication yet: anyone who can reach this address can trigger and clear runs");
-    }
+    crate::app::refuse_public_without_auth(&ctx.app.config.webserver, addr)?;
     let store = ctx.app.open_store()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -41,7 +39,15 @@ pub fn webserver(ctx: &Context, host: Option<&str>, port: Option<u16>) -> anyhow
         }
     };
     let server = ctx.app.serve_web(&store, addr, shutdown)?;
-    eprintln!("rhaiflow webserver: REST API at http://{addr}/api/v1 (no authentication; Ctrl-C stops)");
+    eprintln!("rhaiflow webserver: REST API at http://{addr}/api/v1 ({}; Ctrl-C stops)", auth_words(ctx));
     runtime.block_on(server)?;
     Ok(Outcome::Ok)
+}
+
+/// How callers are let in, for the start-up line.
+pub fn auth_words(ctx: &Context) -> &'static str {
+    match ctx.app.config.webserver.auth {
+        crate::config::WebAuth::None => "no authentication",
+        crate::config::WebAuth::Password => "users log in: `rhaiflow users`",
+    }
 }

@@ -272,6 +272,25 @@ impl Tx<'_> {
         Ok(self.tx.prepare_cached(&sql)?.query_row(params![id], outbox_row).optional()?)
     }
 
+    /// A page of outbox rows, newest first, in one state and/or of one channel, with the total.
+    pub fn alert_page(
+        &self,
+        state: Option<&str>,
+        channel: Option<&str>,
+        page: super::Page,
+    ) -> StoreResult<(Vec<OutboxRow>, u64)> {
+        let filter_sql = "WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR channel = ?2)";
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM alert_outbox {filter_sql} ORDER BY id DESC LIMIT {} OFFSET {}",
+            page.limit, page.offset
+        );
+        let rows: Vec<OutboxRow> =
+            self.tx.prepare_cached(&sql)?.query_map(params![state, channel], outbox_row)?.collect::<Result<_, _>>()?;
+        let count = format!("SELECT COUNT(*) FROM alert_outbox {filter_sql}");
+        let n: i64 = self.tx.prepare_cached(&count)?.query_row(params![state, channel], |r| r.get(0))?;
+        Ok((rows, n.max(0) as u64))
+    }
+
     /// Outbox rows, newest first, filtered.
     pub fn alert_list(&self, filter: &AlertFilter) -> StoreResult<Vec<OutboxRow>> {
         let sql = format!(

@@ -231,4 +231,16 @@ CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
 ALTER TABLE dag_source ADD COLUMN modules TEXT;
 "#,
     ),
+    (
+        10,
+        "web users: name, role, argon2 password hash (PHC string)",
+        r#"
+CREATE TABLE web_user (
+    username      TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created       TEXT NOT NULL
+);
+"#,
+    ),
 ];

@@ -1,31 +1,42 @@
 //! The `/api/v1` routes: one table ([`routes`]) that both the router and the OpenAPI document
 //! are built from, and the handlers. Reads go to the store; actions to [`super::Actions`].
 
+use super::auth::Role;
 use super::json;
 use super::{ActionError, Actions, ClearTasks, Problem, Web};
 use crate::model::{DagRunState, TaskState, TiKey};
 use crate::operators::TriggerRequest;
+use crate::schedule::DataInterval;
 use crate::store::{DagFilter, DagRunRow, Page, RunOrder, TiRow, Tx};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// One route: method, path (OpenAPI's `{param}` syntax, which axum 0.8 shares), what it does.
+/// One route: method, path (OpenAPI's `{param}` syntax, which axum 0.8 shares), what it does, and
+/// the role it needs (checked by the router's guard, `auth::require`, in one place).
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
     pub handler: MethodRouter<Web>,
+    pub role: Role,
 }
 
+/// Reads need a viewer, anything else an operator.
 fn route(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<Web>) -> Route {
-    Route { method, path, summary, handler }
+    let role = if method == "get" { Role::Viewer } else { Role::Operator };
+    Route { method, path, summary, handler, role }
+}
+
+/// A route only admins may use (users).
+fn admin(method: &'static str, path: &'static str, summary: &'static str, handler: MethodRouter<Web>) -> Route {
+    Route { role: Role::Admin, ..route(method, path, summary, handler) }
 }
 
 const RUN: &str = "/api/v1/dags/{dag_id}/dagRuns/{dag_run_id}";
@@ -40,6 +51,12 @@ pub fn routes() -> Vec<Route> {
         route("get", "/api/v1/dags/{dag_id}", "Get a DAG", get(get_dag)),
         route("patch", "/api/v1/dags/{dag_id}", "Pause or unpause a DAG (`is_paused`)", patch(patch_dag)),
         route("get", "/api/v1/dags/{dag_id}/details", "Get a DAG's details", get(dag_details)),
+        route(
+            "get",
+            "/api/v1/dags/{dag_id}/versions",
+            "rhaiflow: a DAG's recorded versions and the runs pinned to each",
+            get(dag_versions),
+        ),
         route("get", "/api/v1/dags/{dag_id}/dagRuns", "List DAG runs (`~` for every DAG)", get(list_runs)),
         route("post", "/api/v1/dags/{dag_id}/dagRuns", "Trigger a DAG run", post(trigger)),
         route("get", RUN, "Get a DAG run", get(get_run)),
@@ -87,6 +104,16 @@ pub fn routes() -> Vec<Route> {
         route("get", "/api/v1/importErrors/{import_error_id}", "Get an import error", get(get_import_error)),
         route("get", "/api/v1/pools", "List pools", get(list_pools)),
         route("get", "/api/v1/pools/{pool_name}", "Get a pool", get(get_pool)),
+        route(
+            "get",
+            "/api/v1/alertDeliveries",
+            "rhaiflow: the alert outbox by `state` and `channel` (no addresses or secrets)",
+            get(alert_deliveries),
+        ),
+        admin("get", "/api/v1/users", "List web users (admin)", get(list_users)),
+        admin("post", "/api/v1/users", "Create a web user (admin)", post(create_user)),
+        admin("get", "/api/v1/users/{username}", "Get a web user (admin)", get(get_user)),
+        admin("delete", "/api/v1/users/{username}", "Delete a web user (admin)", delete(delete_user)),
     ]
 }
 
@@ -267,19 +294,71 @@ async fn list_dags(State(web): State<Web>, q: RawQuery) -> Answer {
         paused: p.bool("paused")?,
         descending: p.get("order_by") == Some("-dag_id"),
     };
-    let (dags, total) = read(&web, move |tx| Ok(tx.dag_page(&filter, page)?)).await?;
-    let out: Vec<Value> = dags.iter().map(|e| json::dag(e, json::spec_of(e).as_ref())).collect();
-    ok(json!({"dags": out, "total_entries": total}))
+    let out = read(&web, move |tx| {
+        let (dags, total) = tx.dag_page(&filter, page)?;
+        let out = dags.iter().map(|e| dag_object(tx, e, json::dag)).collect::<Result<Vec<Value>, Problem>>()?;
+        Ok(json!({"dags": out, "total_entries": total}))
+    })
+    .await?;
+    ok(out)
+}
+
+/// A DAG's JSON (`json::dag` or `json::dag_detail`) with its next run, as the scheduler's
+/// timetable computes it after the DAG's latest scheduled run.
+fn dag_object(
+    tx: &Tx,
+    e: &crate::store::DagEntry,
+    shape: fn(&crate::store::DagEntry, Option<&crate::model::DagSpec>) -> Value,
+) -> Result<Value, Problem> {
+    let spec = json::spec_of(e);
+    let mut v = shape(e, spec.as_ref());
+    if let Some(spec) = &spec {
+        let last = tx.latest_scheduled_interval(&e.dag_id)?.map(|(start, end)| DataInterval { start, end });
+        json::set_next_dagrun(&mut v, crate::schedule::next_dagrun(spec, last, Utc::now()).as_ref());
+    }
+    Ok(v)
 }
 
 async fn get_dag(State(web): State<Web>, Path(dag_id): Path<String>) -> Answer {
-    let e = read(&web, move |tx| entry(tx, &dag_id)).await?;
-    ok(json::dag(&e, json::spec_of(&e).as_ref()))
+    ok(read(&web, move |tx| dag_object(tx, &entry(tx, &dag_id)?, json::dag)).await?)
 }
 
 async fn dag_details(State(web): State<Web>, Path(dag_id): Path<String>) -> Answer {
-    let e = read(&web, move |tx| entry(tx, &dag_id)).await?;
-    ok(json::dag_detail(&e, json::spec_of(&e).as_ref()))
+    ok(read(&web, move |tx| dag_object(tx, &entry(tx, &dag_id)?, json::dag_detail)).await?)
+}
+
+/// rhaiflow's own: every recorded version of a DAG, oldest first, with the runs pinned to each.
+async fn dag_versions(State(web): State<Web>, Path(dag_id): Path<String>, q: RawQuery) -> Answer {
+    let page = Params::of(q)?.page()?;
+    let id = dag_id.clone();
+    let (e, versions) = read(&web, move |tx| Ok((entry(tx, &id)?, tx.dag_versions(&id)?))).await?;
+    let total = versions.len();
+    let out: Vec<Value> = versions
+        .iter()
+        .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+        .take(page.limit as usize)
+        .map(|v| json::dag_version(&dag_id, v, &e.latest_version_hash))
+        .collect();
+    ok(json!({"versions": out, "total_entries": total}))
+}
+
+/// The outbox's states (`store/alerts.rs`).
+const ALERT_STATES: [&str; 6] = ["held", "pending", "sending", "sent", "failed", "coalesced"];
+
+/// rhaiflow's own: the alert outbox, newest first, by `state` and `channel`.
+async fn alert_deliveries(State(web): State<Web>, q: RawQuery) -> Answer {
+    let p = Params::of(q)?;
+    let page = p.page()?;
+    let state = p.get("state").map(str::to_owned);
+    if let Some(s) = state.as_deref().filter(|s| !ALERT_STATES.contains(s)) {
+        return Err(Problem::bad_request(format!(
+            "`state` `{s}` is not an alert delivery state ({})",
+            ALERT_STATES.join(", ")
+        )));
+    }
+    let channel = p.get("channel").map(str::to_owned);
+    let (rows, total) = read(&web, move |tx| Ok(tx.alert_page(state.as_deref(), channel.as_deref(), page)?)).await?;
+    ok(json!({"alert_deliveries": rows.iter().map(json::alert_delivery).collect::<Vec<_>>(), "total_entries": total}))
 }
 
 async fn patch_dag(State(web): State<Web>, Path(dag_id): Path<String>, q: RawQuery, bytes: Bytes) -> Answer {
@@ -295,8 +374,7 @@ async fn patch_dag(State(web): State<Web>, Path(dag_id): Path<String>, q: RawQue
     read(&web, move |tx| entry(tx, &id)).await?;
     let id = dag_id.clone();
     act(&web, move |a| a.set_paused(&id, paused)).await?;
-    let e = read(&web, move |tx| entry(tx, &dag_id)).await?;
-    ok(json::dag(&e, json::spec_of(&e).as_ref()))
+    ok(read(&web, move |tx| dag_object(tx, &entry(tx, &dag_id)?, json::dag)).await?)
 }
 
 // ---- DAG runs -----------------------------------------------------------------------------------
@@ -765,4 +843,60 @@ async fn get_pool(State(web): State<Web>, Path(name): Path<String>) -> Answer {
         .pop()
         .ok_or_else(|| Problem::not_found("Pool not found", format!("Pool with name:'{name}' not found")))?;
     ok(json::pool(&pool))
+}
+
+// ---- users --------------------------------------------------------------------------------------
+
+fn no_user(name: &str) -> Problem {
+    Problem::not_found("User not found", format!("The User with username `{name}` was not found"))
+}
+
+async fn list_users(State(web): State<Web>, q: RawQuery) -> Answer {
+    let page = Params::of(q)?.page()?;
+    let (users, total) = read(&web, move |tx| Ok(tx.web_user_page(page)?)).await?;
+    ok(json!({"users": users.iter().map(json::user).collect::<Vec<_>>(), "total_entries": total}))
+}
+
+async fn get_user(State(web): State<Web>, Path(name): Path<String>) -> Answer {
+    let n = name.clone();
+    let user = read(&web, move |tx| Ok(tx.web_user(&n)?)).await?.ok_or_else(|| no_user(&name))?;
+    ok(json::user(&user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserBody {
+    username: String,
+    password: String,
+    roles: Vec<RoleName>,
+    /// Accepted for Airflow's clients; rhaiflow keeps no names or addresses of users.
+    #[allow(dead_code)]
+    email: Option<String>,
+    #[allow(dead_code)]
+    first_name: Option<String>,
+    #[allow(dead_code)]
+    last_name: Option<String>,
+}
+
+async fn create_user(State(web): State<Web>, bytes: Bytes) -> Answer {
+    let b: NewUserBody = body(&bytes)?;
+    let [role] = b.roles.as_slice() else {
+        return Err(Problem::bad_request("`roles` must name exactly one role: viewer, operator or admin"));
+    };
+    let role = role.name.clone();
+    let user = act(&web, move |a| a.create_user(&b.username, &role, &b.password)).await?;
+    ok(json::user(&user))
+}
+
+async fn delete_user(State(web): State<Web>, Path(name): Path<String>) -> Answer {
+    let n = name.clone();
+    read(&web, move |tx| Ok(tx.web_user(&n)?)).await?.ok_or_else(|| no_user(&name))?;
+    act(&web, move |a| a.delete_user(&name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -2,7 +2,7 @@
 //! Airflow's field names; fields rhaiflow has no notion of are present with Airflow's empty value.
 
 use crate::model::{DagSpec, ScheduleSpec, TaskState};
-use crate::store::{DagEntry, DagRunRow, ImportErrorRow, PoolRow, TiRow, XComRow};
+use crate::store::{DagEntry, DagRunRow, ImportErrorRow, PoolRow, TiRow, WebUserRow, XComRow};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
@@ -228,4 +228,61 @@ pub fn xcom(x: &XComRow, ti: &TiRow, logical_date: &DateTime<Utc>, value: Option
         o.insert("value".into(), v);
     }
     out
+}
+
+/// Airflow's `User` object, as far as rhaiflow keeps users (one role, no names or address).
+pub fn user(u: &WebUserRow) -> Value {
+    json!({
+        "username": u.username,
+        "roles": [{"name": u.role}],
+        "active": true,
+        "created_on": time(&u.created),
+        "first_name": "",
+        "last_name": "",
+        "email": null,
+    })
+}
+
+/// A `DAG` object's `next_dagrun*` fields from the run the scheduler creates next.
+pub fn set_next_dagrun(dag: &mut Value, next: Option<&crate::schedule::DagRunInfo>) {
+    let field = |f: fn(&crate::schedule::DagRunInfo) -> DateTime<Utc>| next.map_or(Value::Null, |n| json!(time(&f(n))));
+    dag["next_dagrun"] = field(|n| n.logical_date);
+    dag["next_dagrun_data_interval_start"] = field(|n| n.data_interval.start);
+    dag["next_dagrun_data_interval_end"] = field(|n| n.data_interval.end);
+    dag["next_dagrun_create_after"] = field(|n| n.run_after);
+}
+
+/// rhaiflow's `DAGVersion` object: one recorded version and the runs pinned to it.
+pub fn dag_version(dag_id: &str, v: &crate::store::DagVersionRow, latest: &str) -> Value {
+    json!({
+        "dag_id": dag_id,
+        "version_hash": v.version_hash,
+        "file_token": v.version_hash,
+        "first_seen": time(&v.created_at),
+        "fileloc": v.fileloc,
+        "runs": v.runs,
+        "is_latest": v.version_hash == latest,
+    })
+}
+
+/// rhaiflow's `AlertDelivery` object: one outbox row, by channel name (never an address, a URL
+/// or the message).
+pub fn alert_delivery(a: &crate::store::OutboxRow) -> Value {
+    json!({
+        "id": a.id,
+        "channel": a.channel,
+        "event": a.event,
+        "dag_id": a.dag_id,
+        "dag_run_id": a.run_id,
+        "task_id": a.task_id,
+        "try_number": a.try_number,
+        "state": a.state,
+        "attempts": a.attempts,
+        "last_error": a.last_error,
+        "created_at": time(&a.created_at),
+        "attempted_at": opt_time(&a.attempted_at),
+        "next_attempt_at": opt_time(&a.next_attempt_at),
+        "sent_at": opt_time(&a.sent_at),
+        "coalesced_into": a.coalesced_into,
+    })
 }

@@ -14,7 +14,7 @@ pub use problem::Problem;
 
 use crate::model::{DagRunState, TaskState, TiKey};
 use crate::operators::TriggerRequest;
-use crate::store::{DagRunRow, Store, TiRow};
+use crate::store::{DagRunRow, Store, TiRow, WebUserRow};
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +35,9 @@ pub trait Actions: Send + Sync {
     fn set_run_state(&self, dag_id: &str, run_id: &str, to: DagRunState) -> Result<(), ActionError>;
     /// Where a try's log file is.
     fn log_path(&self, key: &TiKey, try_number: u32) -> PathBuf;
+    /// Adds a web user (`role`: viewer, operator or admin); a taken name is a conflict.
+    fn create_user(&self, username: &str, role: &str, password: &str) -> Result<WebUserRow, ActionError>;
+    fn delete_user(&self, username: &str) -> Result<(), ActionError>;
 }
 
 /// What `clearTaskInstances` (and a run's `clear`) selects.
@@ -73,6 +76,8 @@ pub struct WebSettings {
     pub heartbeat_timeout: Duration,
     /// Where DAG files are, for `dagSources` of versions that did not keep their text.
     pub dags_folder: PathBuf,
+    /// `[webserver] auth = "password"`: users log in (see [`auth`]).
+    pub password_auth: bool,
 }
 
 /// The server's shared state: cheap to clone.
@@ -83,18 +88,29 @@ pub struct Web {
     pub settings: Arc<WebSettings>,
 }
 
-/// The whole server's router: the API and its fallbacks (problem bodies for unknown paths and
-/// methods).
+/// The whole server's router: the API (each route behind its role's guard) and its fallbacks
+/// (problem bodies for unknown paths and methods), the login page, and the layer that identifies
+/// every caller.
 pub fn router(web: Web) -> Router {
+    let auth =
+        if web.settings.password_auth { auth::Auth::with_passwords(web.store.clone()) } else { auth::Auth::new() };
     let mut api = Router::new();
     for route in api::routes() {
-        api = api.route(route.path, route.handler);
+        let role = route.role;
+        let guard = axum::middleware::from_fn(move |req, next| auth::require(role, req, next));
+        let handler = route.handler.route_layer(axum::middleware::from_fn(problem::needs_json));
+        api = api.route(route.path, handler.route_layer(guard));
     }
+    let login = Router::new()
+        .route("/login", axum::routing::get(auth::login_form).post(auth::login_submit))
+        .route("/logout", axum::routing::get(auth::logout_form).post(auth::logout))
+        .with_state(auth.clone());
     api.fallback(problem::no_route)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::map_response(problem::as_problem))
-        .layer(axum::middleware::from_fn_with_state(auth::Auth::new(), auth::identify))
         .with_state(web)
+        .merge(login)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::identify))
 }
 
 /// The `(method, path)` of every route served, as the OpenAPI document lists them.
@@ -108,5 +124,7 @@ pub async fn serve(
     web: Web,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(web)).with_graceful_shutdown(shutdown).await
+    // The peer's address limits failed logins per address.
+    let service = router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

@@ -19,12 +19,21 @@ pub fn document() -> Value {
         if route.method == "post" && route.path.ends_with("/dagRuns") {
             responses["409"] = json!({"$ref": "#/components/responses/AlreadyExists"});
         }
-        let operation = json!({
+        if route.path != "/api/v1/health" {
+            responses["401"] = json!({"$ref": "#/components/responses/Unauthenticated"});
+        }
+        if route.role > super::auth::Role::Viewer {
+            responses["403"] = json!({"$ref": "#/components/responses/PermissionDenied"});
+        }
+        let mut operation = json!({
             "summary": route.summary,
             "operationId": operation_id(route.method, route.path),
             "parameters": parameters,
             "responses": responses,
         });
+        if route.path == "/api/v1/health" {
+            operation["security"] = json!([]);
+        }
         let entry = paths.entry(route.path.to_string()).or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(methods) = entry {
             methods.insert(route.method.to_string(), operation);
@@ -41,11 +50,13 @@ pub fn document() -> Value {
         "info": {
             "title": "rhaiflow REST API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Airflow 2's stable REST API (/api/v1), as rhaiflow serves it. No authentication: the server binds 127.0.0.1 by default.",
+            "description": "Airflow 2's stable REST API (/api/v1), as rhaiflow serves it. With `[webserver] auth = \"password\"` every route but /api/v1/health takes HTTP basic auth (users of `rhaiflow users`): viewers read, operators also act, admins also manage users. Without it the server binds 127.0.0.1 and asks nobody.",
         },
+        "security": [{"basic": []}],
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -63,6 +74,8 @@ pub fn document() -> Value {
                 "BadRequest": with("Client specified an invalid argument."),
                 "NotFound": with("A specified resource is not found."),
                 "AlreadyExists": with("An existing resource conflicts with the request."),
+                "Unauthenticated": with("Request not authenticated due to missing, invalid, authentication info."),
+                "PermissionDenied": with("Client does not have sufficient permission."),
             },
         },
     })

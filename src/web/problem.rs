@@ -44,6 +44,7 @@ impl Problem {
             StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
             StatusCode::UNAUTHORIZED => "Unauthenticated",
             StatusCode::FORBIDDEN => "PermissionDenied",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
             _ => "Unknown",
         }
     }
@@ -92,4 +93,25 @@ pub async fn as_problem(resp: Response) -> Response {
     let bytes = axum::body::to_bytes(resp.into_body(), 64 << 10).await.unwrap_or_default();
     let title = status.canonical_reason().unwrap_or("Error");
     Problem::new(status, title, String::from_utf8_lossy(&bytes).trim().to_string()).into_response()
+}
+
+/// A POST to the API must say its body is JSON (`Content-Type: application/json`), as Airflow's
+/// API does (415 otherwise). This also keeps other web sites out: a browser sends a cross-site
+/// POST without asking first only with a form's content types (or none), never with JSON.
+pub async fn needs_json(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if req.method() == axum::http::Method::POST && !json {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type",
+            "the request body must be JSON, sent with `Content-Type: application/json`",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
