@@ -480,3 +480,26 @@ fn clear_a_run_and_set_its_state() {
     assert_eq!(cleared.status, 200, "{}", cleared.text);
     assert_eq!(cleared.json()["dag_run_id"], run_id.as_str());
 }
+
+#[test]
+fn without_auth_only_loopback_host_names_are_answered() {
+    let server = Server::start();
+    let with_host = |host: &str| -> (u16, String) {
+        let req = server.client.get(format!("{}/api/v1/dags", server.base)).header("host", host);
+        server.rt.block_on(async {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "LOCALHOST".into(), format!("[::1]:{port}")]
+    {
+        assert_eq!(with_host(&host).0, 200, "{host}");
+    }
+    // DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1.
+    for host in [format!("attacker.example:{port}"), "10.0.0.5".into(), "localhost.attacker.example".into()] {
+        let (status, body) = with_host(&host);
+        assert_eq!(status, 403, "{host}: {body}");
+        assert!(body.contains("loopback"), "{body}");
+    }
+}

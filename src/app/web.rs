@@ -187,6 +187,7 @@ impl App {
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.config.scheduler.task_heartbeat_timeout),
             dags_folder: self.config.core.dags_folder.clone(),
             password_auth: self.config.webserver.auth == WebAuth::Password,
+            loopback_hosts_only: self.config.webserver.auth != WebAuth::Password && addr.ip().is_loopback(),
         };
         let web = Web { store: store.clone(), actions: Arc::new(actions), settings: Arc::new(settings) };
         Ok(async move {

@@ -157,6 +157,8 @@ pub struct Auth {
 struct Inner {
     /// `[webserver] auth = "password"`.
     on: bool,
+    /// Auth off on loopback: refuse requests naming another host (see `WebSettings`).
+    loopback_hosts_only: bool,
     store: Option<Store>,
     /// The token for callers when auth is off.
     anonymous_csrf: Arc<str>,
@@ -185,20 +187,26 @@ pub enum LoginError {
 impl Auth {
     /// Auth off: every caller is an anonymous admin.
     pub fn new() -> Auth {
-        Auth::build(false, None)
+        Auth::build(false, None, false)
+    }
+
+    /// Auth off, refusing requests whose `Host` is not `localhost` or a loopback address.
+    pub fn loopback_only() -> Auth {
+        Auth::build(false, None, true)
     }
 
     /// `[webserver] auth = "password"` over the users in `store`.
     pub fn with_passwords(store: Store) -> Auth {
-        Auth::build(true, Some(store))
+        Auth::build(true, Some(store), false)
     }
 
-    fn build(on: bool, store: Option<Store>) -> Auth {
+    fn build(on: bool, store: Option<Store>, loopback_hosts_only: bool) -> Auth {
         let mut key = [0u8; 32];
         fill_random(&mut key);
         Auth {
             inner: Arc::new(Inner {
                 on,
+                loopback_hosts_only,
                 store,
                 anonymous_csrf: random_token().into(),
                 key,
@@ -447,6 +455,15 @@ pub async fn identify(
     next: Next,
 ) -> Response {
     if !auth.is_on() {
+        if auth.inner.loopback_hosts_only && !is_loopback_host(req.headers()) {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "this server has no authentication and answers only requests to localhost or a loopback address \
+                 (the `Host` header); turn on `[webserver] auth = \"password\"` to serve other names",
+            )
+            .into_response();
+        }
         let caller = Caller { user: None, role: Role::Admin, auth_on: false, csrf: auth.inner.anonymous_csrf.clone() };
         req.extensions_mut().insert(caller);
         return next.run(req).await;
@@ -495,6 +512,21 @@ pub async fn identify(
     };
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// Whether the request's `Host` names this machine's loopback (`localhost`, `x.localhost`,
+/// `127.0.0.1`, `[::1]`, with any port); a request without `Host` (HTTP/1.0) is let through.
+fn is_loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers.get(axum::http::header::HOST) else { return true };
+    let Ok(host) = host.to_str() else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A UI request without a session goes to the login page, which comes back to it.

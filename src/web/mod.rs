@@ -78,6 +78,9 @@ pub struct WebSettings {
     pub dags_folder: PathBuf,
     /// `[webserver] auth = "password"`: users log in (see [`auth`]).
     pub password_auth: bool,
+    /// Serving on loopback without auth: a request must name a loopback host (`Host`), so a web
+    /// page whose domain resolves to 127.0.0.1 (DNS rebinding) cannot use the API.
+    pub loopback_hosts_only: bool,
 }
 
 /// The server's shared state: cheap to clone.
@@ -92,8 +95,13 @@ pub struct Web {
 /// (problem bodies for unknown paths and methods), the login page, and the layer that identifies
 /// every caller.
 pub fn router(web: Web) -> Router {
-    let auth =
-        if web.settings.password_auth { auth::Auth::with_passwords(web.store.clone()) } else { auth::Auth::new() };
+    let auth = if web.settings.password_auth {
+        auth::Auth::with_passwords(web.store.clone())
+    } else if web.settings.loopback_hosts_only {
+        auth::Auth::loopback_only()
+    } else {
+        auth::Auth::new()
+    };
     let mut api = Router::new();
     for route in api::routes() {
         let role = route.role;
