@@ -51,6 +51,13 @@ impl Session {
         *self = Session { mode, ..Session::default() };
     }
 
+    /// Starts a closure call of a version whose modules are `kept` (already evaluated): an
+    /// `import` run inside a function finds them, not whatever this engine evaluated last.
+    pub(super) fn pin(&mut self, kept: &[ImportedModule]) {
+        let texts: Vec<(String, Arc<str>)> = kept.iter().map(|m| (m.path.clone(), m.text.clone())).collect();
+        *self = Session { mode: Imports::Pinned(texts.into()), done: kept.to_vec(), ..Session::default() };
+    }
+
     /// The modules read so far.
     pub(super) fn done(&self) -> &[ImportedModule] {
         &self.done

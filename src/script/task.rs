@@ -326,6 +326,7 @@ impl TaskScripts {
             );
             engine.memory_base.store(memory::live_bytes(), Ordering::Relaxed);
             engine.deadline.store(deadline_ns, Ordering::Relaxed);
+            engine.imports.lock().unwrap_or_else(|p| p.into_inner()).pin(&compiled.program.modules);
             let _printing = PrintTo::task(cell.services.clone());
             engine.engine.set_default_tag(Dynamic::from(cell));
             let r = call_closure(&engine.engine, &compiled, &fn_ptr, args);
