@@ -10,6 +10,7 @@ mod batch;
 mod context;
 mod migrations;
 mod scheduling;
+mod ui;
 mod versions;
 
 use crate::model::{DagRunState, RunType, TaskState, TiKey};
@@ -23,6 +24,7 @@ pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
 pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunOrder, XComRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
+pub use ui::OutboxFilter;
 pub use versions::{DagRecord, DagVersionRow};
 
 #[derive(Debug, Clone, thiserror::Error)]

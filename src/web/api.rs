@@ -266,6 +266,7 @@ async fn list_dags(State(web): State<Web>, q: RawQuery) -> Answer {
         only_active: p.bool("only_active")?.unwrap_or(true),
         paused: p.bool("paused")?,
         descending: p.get("order_by") == Some("-dag_id"),
+        failed_only: false,
     };
     let (dags, total) = read(&web, move |tx| Ok(tx.dag_page(&filter, page)?)).await?;
     let out: Vec<Value> = dags.iter().map(|e| json::dag(e, json::spec_of(e).as_ref())).collect();
