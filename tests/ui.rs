@@ -146,6 +146,10 @@ fn every_page_answers_and_bad_input_gets_an_html_error_page() {
             assert!(page.content_type.starts_with("text/html"), "{path}: {}", page.content_type);
             assert!(page.text.contains(names), "{path} names `{names}`: {}", page.text);
         }
+        // The link alert messages carry goes to the try's tab.
+        let link = client.get(format!("{b}/dags/ui_smoke/runs/r/tasks/hello/tries/2")).send().await.unwrap();
+        assert_eq!(link.status().as_u16(), 303);
+        assert_eq!(link.headers()["location"], "/dags/ui_smoke/runs/r/tasks/hello?try=2");
         // The API keeps its problem bodies.
         let api = get(&client, &format!("{b}/api/v1/nope")).await;
         assert_eq!(api.status, 404);

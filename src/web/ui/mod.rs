@@ -162,6 +162,7 @@ pub fn router(web: Web) -> (Router, Ui) {
         .route("/dags/{dag_id}/details", get(views::details))
         .route("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}", get(pages::task_instance))
         .route("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/log", get(pages::log_download))
+        .route("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}", get(pages::try_link))
         .route("/dags/{dag_id}/pause", post(pages::pause))
         .route("/dags/{dag_id}/trigger", post(pages::trigger))
         .route("/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/clear", post(pages::clear))

@@ -699,6 +699,12 @@ fn templated_fields(op: &crate::model::Operator) -> Vec<(String, String)> {
     }
 }
 
+/// `…/tries/{n}`: the link alert messages carry (`alert::message`), the task page on that try.
+pub(super) async fn try_link(Path((dag_id, run_id, task_id, n)): Path<(String, String, String, String)>) -> Response {
+    let key = TiKey { dag_id, run_id, task_id };
+    axum::response::Redirect::to(&format!("{}?try={}", ti_path(&key), path_segment(&n))).into_response()
+}
+
 /// The whole log of a try as a download.
 pub(super) async fn log_download(
     r: Req,
