@@ -68,10 +68,10 @@ pub enum AlertOutcome {
     },
 }
 
-const OUTBOX_COLUMNS: &str = "id, created_at, event, dag_id, run_id, task_id, try_number, channel, payload, state, \
+pub(super) const OUTBOX_COLUMNS: &str = "id, created_at, event, dag_id, run_id, task_id, try_number, channel, payload, state, \
      attempts, last_error, sent_at, attempted_at, next_attempt_at, coalesced_into";
 
-fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
+pub(super) fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
     let payload: String = r.get(8)?;
     Ok(OutboxRow {
         id: r.get(0)?,

@@ -18,6 +18,8 @@ pub struct DagFilter {
     pub paused: Option<bool>,
     /// By dag_id descending (`order_by=-dag_id`).
     pub descending: bool,
+    /// Only DAGs whose latest run (by logical date) failed (the UI's "failed only").
+    pub failed_only: bool,
 }
 
 /// A DAG row with what a listing shows of it.
@@ -114,8 +116,10 @@ impl Tx<'_> {
               AND (?2 IS NULL OR d.is_paused = ?2)
               AND (?3 IS NULL OR d.dag_id LIKE '%' || ?3 || '%')
               AND (?4 = '[]' OR EXISTS (SELECT 1 FROM json_each(v.spec_json, '$.tags') t
-                                         WHERE t.value IN (SELECT value FROM json_each(?4))))";
-        let args = params![filter.only_active, filter.paused, filter.dag_id_pattern, tags];
+                                         WHERE t.value IN (SELECT value FROM json_each(?4))))
+              AND (?5 = 0 OR (SELECT r.state FROM dag_run r WHERE r.dag_id = d.dag_id
+                               ORDER BY r.logical_date DESC LIMIT 1) = 'failed')";
+        let args = params![filter.only_active, filter.paused, filter.dag_id_pattern, tags, filter.failed_only];
         let dir = if filter.descending { "DESC" } else { "ASC" };
         let sql =
             format!("{DAG_ENTRY} {filter_sql} ORDER BY d.dag_id {dir} LIMIT {} OFFSET {}", page.limit, page.offset);

@@ -10,6 +10,7 @@ mod batch;
 mod context;
 mod migrations;
 mod scheduling;
+mod ui;
 mod users;
 mod versions;
 
@@ -24,6 +25,7 @@ pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
 pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunOrder, XComRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
+pub use ui::OutboxFilter;
 pub use users::WebUserRow;
 pub use versions::{DagRecord, DagVersionRow};
 

@@ -293,6 +293,7 @@ async fn list_dags(State(web): State<Web>, q: RawQuery) -> Answer {
         only_active: p.bool("only_active")?.unwrap_or(true),
         paused: p.bool("paused")?,
         descending: p.get("order_by") == Some("-dag_id"),
+        failed_only: false,
     };
     let out = read(&web, move |tx| {
         let (dags, total) = tx.dag_page(&filter, page)?;

@@ -428,7 +428,11 @@ fn peer(req: &Request) -> Option<std::net::IpAddr> {
 
 /// Paths anyone may reach when auth is on.
 fn is_public(path: &str) -> bool {
-    path == "/api/v1/health" || path == "/login" || path.starts_with("/static/")
+    path == "/api/v1/health"
+        || path == "/login"
+        || path.starts_with("/static/")
+        || path.starts_with("/ui/static/")
+        || path == "/ui/lang"
 }
 
 fn unauthenticated(detail: &str) -> Response {

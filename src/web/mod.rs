@@ -1,13 +1,15 @@
 //! The HTTP server: Airflow 2's stable REST API under `/api/v1` (same paths, JSON field names,
-//! status codes, RFC 7807 problem bodies). Reads go to the store; actions that need the service
-//! layer's rules (trigger, clear, mark, pause) go through [`Actions`], which `app` implements.
-//! No SQL and no scheduling rules here.
+//! status codes, RFC 7807 problem bodies) and the web UI everywhere else (`ui`: HTML pages, HTML
+//! error pages). Reads go to the store; actions that need the service layer's rules (trigger,
+//! clear, mark, pause) go through [`Actions`], which `app` implements. No SQL and no scheduling
+//! rules here.
 
 mod api;
 pub mod auth;
 mod json;
 mod openapi;
 mod problem;
+mod ui;
 
 pub use openapi::document as openapi_document;
 pub use problem::Problem;
@@ -16,6 +18,9 @@ use crate::model::{DagRunState, TaskState, TiKey};
 use crate::operators::TriggerRequest;
 use crate::store::{DagRunRow, Store, TiRow, WebUserRow};
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,10 +96,15 @@ pub struct Web {
     pub settings: Arc<WebSettings>,
 }
 
-/// The whole server's router: the API (each route behind its role's guard) and its fallbacks
-/// (problem bodies for unknown paths and methods), the login page, and the layer that identifies
-/// every caller.
+/// The whole server's router: the API (each route behind its role's guard; problem bodies for
+/// every error under `/api/`), the login page, the UI (HTML pages and error pages everywhere
+/// else), and the layer that identifies every caller.
 pub fn router(web: Web) -> Router {
+    app(web).0
+}
+
+/// The router and the UI's state (whose event bus is closed at shutdown so event streams end).
+fn app(web: Web) -> (Router, ui::Ui) {
     let auth = if web.settings.password_auth {
         auth::Auth::with_passwords(web.store.clone())
     } else if web.settings.loopback_hosts_only {
@@ -113,12 +123,47 @@ pub fn router(web: Web) -> Router {
         .route("/login", axum::routing::get(auth::login_form).post(auth::login_submit))
         .route("/logout", axum::routing::get(auth::logout_form).post(auth::logout))
         .with_state(auth.clone());
-    api.fallback(problem::no_route)
-        .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(axum::middleware::map_response(problem::as_problem))
-        .with_state(web)
+    let api = api.with_state(web.clone());
+    let (pages, ui) = ui::router(web);
+    let (for_404, for_405) = (ui.clone(), ui.clone());
+    let router = api
         .merge(login)
-        .layer(axum::middleware::from_fn_with_state(auth, auth::identify))
+        .merge(pages)
+        .fallback(move |req: Request| not_found(for_404.clone(), req))
+        .method_not_allowed_fallback(move |req: Request| method_not_allowed(for_405.clone(), req))
+        .layer(axum::middleware::from_fn_with_state(ui.clone(), error_bodies))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::identify));
+    (router, ui)
+}
+
+fn is_api(uri: &axum::http::Uri) -> bool {
+    uri.path() == "/api" || uri.path().starts_with("/api/")
+}
+
+async fn not_found(ui: ui::Ui, req: Request) -> Response {
+    if is_api(req.uri()) {
+        problem::no_route(req.uri().clone()).await.into_response()
+    } else {
+        ui::not_found(ui, req).await
+    }
+}
+
+async fn method_not_allowed(ui: ui::Ui, req: Request) -> Response {
+    if is_api(req.uri()) {
+        problem::method_not_allowed(req.method().clone(), req.uri().clone()).await.into_response()
+    } else {
+        ui::method_not_allowed(ui, req).await
+    }
+}
+
+/// Every error answer in its family's shape: a problem body under `/api/`, an HTML page elsewhere
+/// (axum's own rejections included).
+async fn error_bodies(State(ui): State<ui::Ui>, req: Request, next: Next) -> Response {
+    let api = is_api(req.uri());
+    let caller = req.extensions().get::<auth::Caller>().cloned();
+    let headers = req.headers().clone();
+    let resp = next.run(req).await;
+    if api { problem::as_problem(resp).await } else { ui::as_error_page(&ui, resp, caller, &headers).await }
 }
 
 /// The `(method, path)` of every route served, as the OpenAPI document lists them.
@@ -132,7 +177,14 @@ pub async fn serve(
     web: Web,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (router, ui) = app(web);
+    // Event streams never end by themselves: the bus ends them when shutdown begins, so the
+    // graceful shutdown does not wait on open browser tabs.
+    let shutdown = async move {
+        shutdown.await;
+        ui.bus().close();
+    };
     // The peer's address limits failed logins per address.
-    let service = router(web).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }
