@@ -306,3 +306,112 @@ fn in_chromium_a_user_triggers_a_dag_and_watches_it_turn_green() {
         c.close().await.unwrap();
     });
 }
+
+/// `standalone` with `[webserver] auth = "password"` and two users made with `rhaiflow users`.
+fn start_with_auth() -> Server {
+    let home = Home::new(&[("smoke.rhai", SMOKE)]);
+    for (name, role, password) in [("olga", "operator", "op-secret-1"), ("vera", "viewer", "view-secret-2")] {
+        let mut cmd = home.command(&["users", "create", "--username", name, "--role", role, "--password-stdin"]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "users create {name}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let port = peers::free_port();
+    let child = home
+        .command(&["standalone"])
+        .env("RHAIFLOW__WEBSERVER__AUTH", "password")
+        .env("RHAIFLOW__WEBSERVER__BIND", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rhaiflow standalone starts");
+    let server = Server { home, _process: Running(Some(child)), base: format!("http://127.0.0.1:{port}") };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = runtime();
+    wait_until("the login page answers", || {
+        rt.block_on(async { reqwest::get(format!("{}/login", server.base)).await.ok()?.text().await.ok() })
+            .filter(|page| page.contains("password"))
+    });
+    server
+}
+
+#[test]
+fn in_chromium_users_log_in_and_out_and_a_viewer_cannot_trigger() {
+    let server = start_with_auth();
+    let (_driver, port) = chromedriver();
+    let rt = runtime();
+    rt.block_on(async {
+        use fantoccini::Locator;
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,900", "--lang=en-US"],
+                "prefs": {"intl.accept_languages": "en-US"}
+            }),
+        );
+        let c = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a chromium session");
+        let b = &server.base;
+        let log_in = |name: &'static str, password: &'static str| {
+            let c = c.clone();
+            async move {
+                c.find(Locator::Id("username")).await.unwrap().send_keys(name).await.unwrap();
+                c.find(Locator::Id("password")).await.unwrap().send_keys(password).await.unwrap();
+                c.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+            }
+        };
+
+        // Without a session, a page sends the browser to the login page, and back after it.
+        c.goto(&format!("{b}/dags/ui_smoke")).await.unwrap();
+        wait_js(&c, "the login page", "return location.pathname === '/login' && !!document.getElementById('password')").await;
+        shot(&c, "10-login").await;
+        // A wrong password: the same page again, nobody logged in.
+        log_in("vera", "not-her-password").await;
+        wait_js(&c, "the login page again", "return location.pathname === '/login' && !!document.getElementById('password')").await;
+
+        // The viewer sees the DAG but no trigger, and a forged trigger is refused.
+        c.find(Locator::Id("username")).await.unwrap().clear().await.unwrap();
+        log_in("vera", "view-secret-2").await;
+        wait_js(&c, "the grid as vera", "return location.pathname === '/dags/ui_smoke' && document.body.textContent.includes('vera')").await;
+        let trigger = c.find_all(Locator::Id("trigger-open")).await.unwrap();
+        assert!(trigger.is_empty(), "a viewer is offered no trigger");
+        let status = c
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 const csrf = document.querySelector('input[name=csrf]').value;
+                 fetch('/dags/ui_smoke/trigger', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'},
+                        body: 'csrf=' + encodeURIComponent(csrf) + '&conf='}).then(r => done(r.status));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, serde_json::json!(403), "the server refuses a viewer's trigger");
+        shot(&c, "11-viewer").await;
+
+        // Log out: back to the login page; the pages need a session again.
+        c.find(Locator::Css("form[action='/logout'] button")).await.unwrap().click().await.unwrap();
+        c.goto(&format!("{b}/")).await.unwrap();
+        wait_js(&c, "logged out", "return location.pathname === '/login'").await;
+
+        // The operator may trigger.
+        log_in("olga", "op-secret-1").await;
+        wait_js(&c, "the list as olga", "return document.body.textContent.includes('olga')").await;
+        c.goto(&format!("{b}/dags/ui_smoke")).await.unwrap();
+        c.find(Locator::Id("trigger-open")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Id("trigger-submit")).await.unwrap().click().await.unwrap();
+        wait_js(&c, "olga's run", "return document.querySelectorAll('a.cell[data-task]').length >= 3").await;
+        shot(&c, "12-operator").await;
+        c.close().await.unwrap();
+    });
+    assert_eq!(server.home.runs("ui_smoke").len(), 1, "one run: the operator's");
+}
