@@ -446,3 +446,23 @@ BashOperator(#{{ task_id: "t", bash_command: common::command("{dag_id}") }});
     assert!(import_error(&home, "b.rhai").is_none());
     s.kill_9();
 }
+
+#[test]
+fn deleting_the_file_that_owns_a_dag_id_lets_the_duplicate_load() {
+    let home = Home::new(&[("one.rhai", &dag("same", "echo one"))]);
+    let mut s = scheduler(&home);
+    let two = format!("{}{}", dag("same", "echo two"), dag("two_own", "echo own").replace("let dag =", "let d2 ="));
+    let two = two.replace(
+        "BashOperator(#{ task_id: \"t\", bash_command: \"echo own\" });",
+        "BashOperator(#{ task_id: \"t\", bash_command: \"echo own\", dag: d2 });",
+    );
+    write(&home, "two.rhai", &two);
+    let error = wait_until("two.rhai's duplicate error", || import_error(&home, "two.rhai"));
+    assert!(error.contains("already declared in"), "{error}");
+    std::fs::remove_file(home.path().join("dags/one.rhai")).unwrap();
+    wait_until("two.rhai loads", || import_error(&home, "two.rhai").is_none().then_some(()));
+    wait_until("same from two.rhai", || latest_spec(&home, "same").filter(|s| s.contains("echo two")));
+    assert!(dag_row(&home, "same").unwrap().0, "`same` is active again");
+    assert!(dag_row(&home, "two_own").is_some_and(|(active, _)| active), "two.rhai's other DAG loads");
+    s.kill_9();
+}

@@ -84,10 +84,16 @@ fn imports_never_leave_the_dags_folder_and_bad_ones_are_that_files_error() {
         ("linked.rhai", "import \"link/evil\" as e;".to_string(), "outside the dags folder"),
         ("cycle.rhai", "import \"lib/ping\" as p;".to_string(), "import cycle"),
         ("spin.rhai", "import \"lib/spin\" as p;".to_string(), "ms limit"),
+        // A FIFO would block the read, and every command with it.
+        ("fifo.rhai", "import \"lib/fifo\" as p;".to_string(), "module `lib/fifo.rhai` is not a regular file"),
+        ("dotted.rhai", "import \"lib/./ping\" as p;".to_string(), "is not plain"),
+        ("doubled.rhai", "import \"lib//ping\" as p;".to_string(), "is not plain"),
+        ("control.rhai", "import \"lib/pi\\nng\" as p;".to_string(), "control character"),
     ];
     std::os::unix::fs::symlink(outside.path(), home.path().join("dags/link")).unwrap();
     write(&home, "lib/ping.rhai", "import \"lib/pong\" as q;\nfn f() { 1 }\n");
     write(&home, "lib/pong.rhai", "import \"lib/ping\" as p;\nfn g() { 2 }\n");
+    nix::unistd::mkfifo(&home.path().join("dags/lib/fifo.rhai"), nix::sys::stat::Mode::S_IRWXU).unwrap();
     // The deadline of the importing file covers its modules.
     write(&home, "lib/spin.rhai", "let n = 0;\nloop { n += 1; }\n");
     for (file, text, _) in &cases {
@@ -148,4 +154,29 @@ common::make("made");
     s.kill_9();
     assert_eq!(first, r#""v1 greets greeter" "v1 greets made""#);
     assert_eq!(second, r#""v2 greets greeter" "v2 greets made""#);
+}
+
+#[test]
+fn a_module_text_is_stored_once_however_many_files_import_it() {
+    let closure_dag = |dag_id: &str| {
+        format!(
+            r#"import "lib/common" as common;
+let dag = DAG("{dag_id}", #{{ {MANUAL} }});
+RhaiOperator(#{{ task_id: "greet", callable: |ctx| common::greet(ctx.dag_id) }});
+"#
+        )
+    };
+    let home =
+        Home::new(&[("a.rhai", &closure_dag("a")), ("b.rhai", &closure_dag("b")), ("c.rhai", &closure_dag("c"))]);
+    write(&home, ".rhaiflowignore", "lib/\n");
+    write(&home, "lib/common.rhai", LIB);
+    let count = |table: &str| -> i64 {
+        home.db().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap_or(0)
+    };
+    let mut s = home.spawn(&["scheduler"]);
+    wait_until("three sources recorded", || (count("dag_source") == 3).then_some(()));
+    write(&home, "lib/common.rhai", &LIB.replace("v1 greets", "v2 greets"));
+    wait_until("three more sources recorded", || (count("dag_source") == 6).then_some(()));
+    s.kill_9();
+    assert_eq!(count("dag_module"), 2, "one row per module text, not one per importer");
 }

@@ -129,8 +129,11 @@ impl Folder {
             }
         }
         let gone: Vec<String> = self.files.keys().filter(|rel| !present.contains(*rel)).cloned().collect();
+        // The dag_ids of files gone: another file may be waiting for one ("already declared in").
+        let mut gone_dags: Vec<String> = Vec::new();
         for rel in gone {
             if let Some(f) = self.files.remove(&rel) {
+                gone_dags.extend(f.dags.iter().map(|d| d.spec.dag_id.clone()));
                 if f.error.is_some() {
                     changes.cleared.push(rel.clone());
                 }
@@ -229,7 +232,8 @@ impl Folder {
         // A dag_id no file declares any more may be what kept another file broken ("already
         // declared in"): evaluate that file again now, not at its next save.
         let declared: BTreeSet<&str> = self.dags().map(|d| d.spec.dag_id.as_str()).collect();
-        let freed: Vec<&String> = previous.keys().filter(|id| !declared.contains(id.as_str())).collect();
+        let freed: Vec<&String> =
+            previous.keys().chain(gone_dags.iter()).filter(|id| !declared.contains(id.as_str())).collect();
         let blocked: Vec<String> = self
             .files
             .iter()
@@ -321,7 +325,8 @@ fn module_hash(
 /// then reports why).
 pub(super) fn content_hash(path: &Path) -> String {
     match std::fs::metadata(path) {
-        Ok(m) if m.len() <= MAX_FILE_BYTES => {}
+        // Not a FIFO or a device: reading one would block.
+        Ok(m) if m.is_file() && m.len() <= MAX_FILE_BYTES => {}
         _ => return String::new(),
     }
     std::fs::read(path).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()

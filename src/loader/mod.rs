@@ -329,7 +329,7 @@ impl Loader {
             pos,
             format!("DAG `{dag_id}` is already declared in `{}`", first_file.to_string_lossy()),
         )
-        .with_source(&std::fs::read_to_string(&path).unwrap_or_default())
+        .with_source(&read_source(&path).unwrap_or_default())
         .with_help("every DAG needs its own dag_id across the dags folder; rename one of them")
     }
 
@@ -449,6 +449,10 @@ fn strip_path(e: &ignore::Error) -> String {
 
 fn read_source(path: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    // A FIFO or a device would block the read (and every command with it).
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, socket or device); DAG files are regular files".into());
+    }
     if meta.len() > MAX_FILE_BYTES {
         return Err(format!("file is {} bytes; DAG files are limited to {} MiB", meta.len(), MAX_FILE_BYTES >> 20));
     }

@@ -7,7 +7,7 @@ use super::SharedModule;
 use super::error::{LimitNames, ScriptError, eval_diagnostic, parse_diagnostic};
 use rhai::module_resolvers::StaticModuleResolver;
 use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope};
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Where `import` finds modules other than the stdlib.
@@ -89,20 +89,26 @@ fn refuse(message: String, help: &str, pos: Position) -> Box<EvalAltResult> {
     e
 }
 
-/// `lib/common` or `lib/common.rhai` → `lib/common.rhai`: relative, plain names only.
+/// `lib/common` or `lib/common.rhai` → `lib/common.rhai`: relative, plain names separated by
+/// single `/`s (no empty, `.` or `..` segment, no control character).
 pub(super) fn module_path(path: &str) -> Result<String, String> {
     let trimmed = path.strip_suffix(".rhai").unwrap_or(path);
-    let p = Path::new(trimmed);
-    if trimmed.is_empty() || path.contains('\\') || path.contains('\0') {
+    if path.chars().any(char::is_control) {
+        return Err(format!("{path:?} is not a module path: it holds a control character"));
+    }
+    if trimmed.is_empty() || path.contains('\\') {
         return Err(format!("`{path}` is not a module path"));
     }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) => {}
-            Component::RootDir => {
-                return Err(format!("`{path}` is absolute: modules are imported relative to the dags folder"));
+    if trimmed.starts_with('/') {
+        return Err(format!("`{path}` is absolute: modules are imported relative to the dags folder"));
+    }
+    for segment in trimmed.split('/') {
+        match segment {
+            ".." => return Err(format!("`{path}` leaves the dags folder (`..` is not allowed)")),
+            "" | "." => {
+                return Err(format!("`{path}` is not plain: write the path from the dags folder, like `lib/common`"));
             }
-            _ => return Err(format!("`{path}` leaves the dags folder or is not plain (`.` and `..` are not allowed)")),
+            _ => {}
         }
     }
     Ok(format!("{trimmed}.rhai"))
@@ -178,26 +184,29 @@ impl ModuleResolver for Resolver {
     }
 }
 
-/// The text of `name` under `root`, if it is a regular file that stays inside `root`.
+/// The text of `name` under `root`, if it is a regular file that stays inside `root`. Messages
+/// name the module as imported (relative to the dags folder), never the machine's absolute path.
 fn read_module(root: &Path, name: &str, max_bytes: usize) -> Result<Arc<str>, String> {
     let joined = root.join(name);
+    if std::fs::symlink_metadata(&joined).is_ok_and(|m| m.file_type().is_symlink()) && !joined.exists() {
+        return Err(format!("module `{name}` is a symlink to nothing"));
+    }
     let real = std::fs::canonicalize(&joined).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            format!("no module `{name}` in the dags folder (`{}` does not exist)", joined.display())
-        }
-        _ => format!("cannot read module `{}`: {e}", joined.display()),
+        std::io::ErrorKind::NotFound => format!("no module `{name}` in the dags folder"),
+        _ => format!("cannot read module `{name}`: {e}"),
     })?;
     if !real.starts_with(root) {
         return Err(format!("module `{name}` is a link to `{}`, outside the dags folder", real.display()));
     }
-    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read module `{}`: {e}", joined.display()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read module `{name}`: {e}"))?;
+    // Checked before opening: a FIFO or a device would block the read.
     if !meta.is_file() {
-        return Err(format!("module `{}` is not a file", joined.display()));
+        return Err(format!("module `{name}` is not a regular file"));
     }
     if meta.len() > max_bytes as u64 {
-        return Err(format!("module `{}` is larger than {} bytes", joined.display(), max_bytes));
+        return Err(format!("module `{name}` is {} bytes; modules are limited to {max_bytes} bytes", meta.len()));
     }
-    let text = std::fs::read_to_string(&real).map_err(|e| format!("cannot read module `{}`: {e}", joined.display()))?;
+    let text = std::fs::read_to_string(&real).map_err(|e| format!("cannot read module `{name}`: {e}"))?;
     Ok(Arc::from(text))
 }
 

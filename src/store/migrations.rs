@@ -226,8 +226,13 @@ CREATE INDEX alert_outbox_attempted ON alert_outbox (channel, attempted_at);
     ),
     (
         9,
-        "DAG versions keep the dags-folder modules their file imports",
+        "DAG versions keep the dags-folder modules their file imports (each text once)",
         r#"
+CREATE TABLE dag_module (
+    module_hash TEXT PRIMARY KEY,
+    path        TEXT NOT NULL,
+    text        TEXT NOT NULL
+);
 ALTER TABLE dag_source ADD COLUMN modules TEXT;
 "#,
     ),

@@ -628,8 +628,9 @@ impl Tx<'_> {
             .is_some())
     }
 
-    /// Keeps a DAG file's text, and the modules it imports, once per content (`source_hash`
-    /// covers the file name, the text and the modules).
+    /// Keeps a DAG file's text once per content (`source_hash` covers the file name, the text and
+    /// the modules), and each module it imports once per path and text (`dag_module`: many files
+    /// importing one module, and many versions of one file, share it).
     pub fn insert_dag_source(
         &self,
         source_hash: &str,
@@ -637,11 +638,22 @@ impl Tx<'_> {
         source: &str,
         modules: &[(&str, &str)],
     ) -> StoreResult<()> {
-        let modules = (!modules.is_empty()).then(|| {
-            let list: Vec<serde_json::Value> =
-                modules.iter().map(|(path, text)| serde_json::json!({ "path": path, "text": text })).collect();
-            serde_json::Value::Array(list).to_string()
-        });
+        use sha2::Digest;
+        let mut list = Vec::with_capacity(modules.len());
+        for (path, text) in modules {
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(path.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            let hash = hex::encode(hasher.finalize());
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO dag_module (module_hash, path, text) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![hash, path, text])?;
+            list.push(serde_json::json!({ "path": path, "hash": hash }));
+        }
+        let modules = (!list.is_empty()).then(|| serde_json::Value::Array(list).to_string());
         self.tx
             .prepare_cached(
                 "INSERT INTO dag_source (source_hash, file, source, modules) VALUES (?1, ?2, ?3, ?4)
@@ -663,21 +675,27 @@ impl Tx<'_> {
             .query_row([version_hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let Some((file, text, modules)) = row else { return Ok(None) };
-        let modules = match modules {
-            None => Vec::new(),
-            Some(json) => {
-                #[derive(serde::Deserialize)]
-                struct Kept {
-                    path: String,
-                    text: String,
-                }
-                let kept: Vec<Kept> = serde_json::from_str(&json).map_err(|e| {
-                    StoreError::Corrupt(format!("the modules kept with DAG version {version_hash} do not read: {e}"))
-                })?;
-                kept.into_iter().map(|k| (k.path, k.text)).collect()
+        let mut kept_modules = Vec::new();
+        if let Some(json) = modules {
+            #[derive(serde::Deserialize)]
+            struct Kept {
+                path: String,
+                hash: String,
             }
-        };
-        Ok(Some(KeptSource { file, text, modules }))
+            let corrupt =
+                |what: String| StoreError::Corrupt(format!("the modules kept with DAG version {version_hash}: {what}"));
+            let kept: Vec<Kept> = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+            for k in kept {
+                let text: Option<String> = self
+                    .tx
+                    .prepare_cached("SELECT text FROM dag_module WHERE module_hash = ?1")?
+                    .query_row([&k.hash], |r| r.get(0))
+                    .optional()?;
+                let text = text.ok_or_else(|| corrupt(format!("module `{}` ({}) is missing", k.path, k.hash)))?;
+                kept_modules.push((k.path, text));
+            }
+        }
+        Ok(Some(KeptSource { file, text, modules: kept_modules }))
     }
 
     pub fn dag_version_json(&self, version_hash: &str) -> StoreResult<Option<String>> {
