@@ -301,7 +301,7 @@ fn standalone_runs_the_scheduler_with_its_watcher_and_says_where_things_are() {
     let health = wait_until("the REST API", || {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        conn.write_all(b"GET /api/v1/dags/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        conn.write_all(b"GET /api/v1/dags/a HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
         let mut answer = String::new();
         conn.read_to_string(&mut answer).ok()?;
         Some(answer)

@@ -12,13 +12,43 @@ use common::{Home, Running, wait_until};
 use std::time::Duration;
 
 const SMOKE: &str = r#"let dag = DAG("ui_smoke", #{ start_date: datetime(2024, 1, 1), schedule: (), tags: ["ui"] });
-let hello = BashOperator(#{ task_id: "hello", bash_command: "while [ ! -f $HOME_DIR/go ]; do sleep 0.1; done; echo hello-from-the-ui-test" });
+let hello = BashOperator(#{ task_id: "hello", bash_command: "for i in $(seq 1200); do [ -f $HOME_DIR/go ] && break; sleep 0.1; done; echo hello-from-the-ui-test" });
 let world = BashOperator(#{ task_id: "world", bash_command: "echo world" });
 let done = EmptyOperator(#{ task_id: "done" });
 hello >> world >> done;
 "#;
 
 const BROKEN: &str = "let x = 1;\nlet dag = DAG(\"broken\", #{ schedule: ( });\n";
+
+/// A failed test shows what the server logged and where each task stood.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.home.path().join("standalone.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("standalone's last log lines:");
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+            if let Ok(db) = rusqlite::Connection::open(self.home.path().join("rhaiflow.db")) {
+                let rows = db.prepare("SELECT run_id, task_id, state FROM task_instance ORDER BY run_id").and_then(
+                    |mut st| {
+                        st.query_map([], |r| {
+                            Ok(format!(
+                                "{} {} {}",
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?
+                            ))
+                        })?
+                        .collect::<Result<Vec<String>, _>>()
+                    },
+                );
+                eprintln!("task instances: {rows:#?}");
+            }
+        }
+    }
+}
 
 /// `rhaiflow standalone` on a free port; new DAGs start paused (the default), so nothing runs
 /// until a test unpauses it.
@@ -39,7 +69,7 @@ impl Server {
             .env("RHAIFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "true")
             .env("RHAIFLOW__WEBSERVER__BIND", format!("127.0.0.1:{port}"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(home.path().join("standalone.log")).unwrap())
             .spawn()
             .expect("rhaiflow standalone starts");
         let server = Server { home, _process: Running(Some(child)), base: format!("http://127.0.0.1:{port}") };
@@ -183,6 +213,41 @@ fn every_page_answers_and_bad_input_gets_an_html_error_page() {
 
 // ---- headless chromium --------------------------------------------------------------------------
 
+/// The event stream: a listener arriving when nobody listened is told to reload (what changed
+/// between its page and its stream is unknown), then gets a `change` for each run that changes
+/// and nothing for other DAGs.
+#[test]
+fn the_event_stream_tells_a_first_listener_to_reload_then_sends_each_change() {
+    use std::io::{BufRead, Write};
+    let server = Server::start();
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(conn, "GET /ui/events?dag_id=ui_smoke HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut lines = std::io::BufReader::new(conn.try_clone().unwrap()).lines();
+    // The next event: its name and data.
+    let mut next_event = || -> (String, String) {
+        let mut name = String::new();
+        loop {
+            let line = lines.next().expect("the stream stays open").expect("an event within 60 s");
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                return (name, data.to_string());
+            }
+        }
+    };
+    assert_eq!(next_event().0, "refresh", "the first listener reloads what it shows");
+    for dag_id in ["MCWork", "ui_smoke"] {
+        let out = server.home.run(&["dags", "trigger", dag_id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (name, data) = next_event();
+    assert_eq!(name, "change");
+    assert!(data.contains("\"dag_id\":\"ui_smoke\"") && data.contains("manual__"), "only ui_smoke's run: {data}");
+    std::fs::write(server.home.path().join("go"), "").unwrap();
+}
+
 /// chromedriver on a free port, killed on drop; the test fails with the install command when
 /// chromium or chromedriver is missing.
 fn chromedriver() -> (Running, u16) {
@@ -226,7 +291,15 @@ async fn wait_js(c: &fantoccini::Client, what: &str, script: &str) {
         }
         if std::time::Instant::now() > deadline {
             let _ = shot(c, &format!("timeout-{}", what.replace(' ', "-"))).await;
-            panic!("timed out waiting for {what}");
+            // What the page fetched and when: tells a lost event from a fetch that never ended.
+            let fetched = c
+                .execute(
+                    "return performance.getEntriesByType('resource').map(e => e.name + ' ' + Math.round(e.startTime) + '..' + Math.round(e.responseEnd)).join('\\n') + '\\nnow ' + Math.round(performance.now())",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}; the page's requests:\n{}", fetched.as_str().unwrap_or_default());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

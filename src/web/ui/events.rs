@@ -93,7 +93,9 @@ async fn follow(bus: Arc<BusInner>) {
             .store
             .read_async(move |tx| {
                 let (oldest, newest) = tx.change_log_bounds()?;
-                let Some(from) = from else { return Ok((newest, false, Vec::new())) };
+                // The first listener after none: what changed between its page and now is
+                // unknown, so it reloads what it shows (a "gap").
+                let Some(from) = from else { return Ok((newest, true, Vec::new())) };
                 let gap = from < newest && oldest > from + 1;
                 if gap {
                     return Ok((newest, true, Vec::new()));

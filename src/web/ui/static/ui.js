@@ -71,6 +71,9 @@
     const es = new EventSource("/ui/events" + (dag ? "?dag_id=" + encodeURIComponent(dag) : ""));
     es.addEventListener("change", schedule);
     es.addEventListener("refresh", schedule);
+    // What changed between this page's rendering and the stream's start (or a reconnection)
+    // came before the stream: fetch the live part once it is open.
+    es.addEventListener("open", schedule);
     window.addEventListener("beforeunload", () => es.close());
   }
 
