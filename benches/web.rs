@@ -57,9 +57,9 @@ fn small_dag(i: usize) -> String {
 fn wide_dag() -> String {
     let mut s = String::from(
         "let dag = DAG(\"wide\", #{ start_date: datetime(2024, 1, 1), schedule: () });\nlet prev = [];\n\
-         for layer in 0..5 {\n    let this = [];\n    for i in 0..10 {\n        \
-         this.push(EmptyOperator(#{ task_id: `l${layer}_t${i}` }));\n    }\n    \
-         if prev.len() > 0 { cross_downstream(prev, this); }\n    prev = this;\n}\n",
+         for layer in 0..5 {\n    let cur = [];\n    for i in 0..10 {\n        \
+         cur.push(EmptyOperator(#{ task_id: `l${layer}_t${i}` }));\n    }\n    \
+         if prev.len() > 0 { cross_downstream(prev, cur); }\n    prev = cur;\n}\n",
     );
     s.push('\n');
     s
