@@ -77,7 +77,7 @@ impl Home {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("rhaiflow starts");
-        Running(Some(child))
+        Running(Some(drained(child)))
     }
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
@@ -137,6 +137,31 @@ pub fn output_within_deadline(mut cmd: std::process::Command, what: &str) -> std
     }
 }
 
+/// What drainer threads read from spawned children's pipes, by pid, for `Running::finish`.
+static DRAINED: std::sync::Mutex<Vec<(i32, DrainedOutput)>> = std::sync::Mutex::new(Vec::new());
+
+type DrainedOutput = (std::thread::JoinHandle<Vec<u8>>, std::thread::JoinHandle<Vec<u8>>);
+
+/// Reads a long-running child's stdout and stderr as they come, so a chatty scheduler never blocks
+/// on a full pipe (64 KiB) while a test waits on it; `finish` returns what was read.
+fn drained(mut child: std::process::Child) -> std::process::Child {
+    use std::io::Read;
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = r.read_to_end(&mut out);
+            out
+        })
+    }
+    if let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) {
+        let pid = child.id() as i32;
+        let mut all = DRAINED.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(p, _)| *p != pid);
+        all.push((pid, (drain(out), drain(err))));
+    }
+    child
+}
+
 /// A child process killed (SIGKILL) if the test ends before it does.
 pub struct Running(pub Option<std::process::Child>);
 
@@ -170,7 +195,15 @@ impl Running {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let out = waiter.join().unwrap().unwrap();
+        let mut out = waiter.join().unwrap().unwrap();
+        let drained = {
+            let mut all = DRAINED.lock().unwrap_or_else(|e| e.into_inner());
+            all.iter().position(|(p, _)| *p == pid).map(|i| all.remove(i).1)
+        };
+        if let Some((stdout, stderr)) = drained {
+            out.stdout = stdout.join().unwrap_or_default();
+            out.stderr = stderr.join().unwrap_or_default();
+        }
         let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     }
