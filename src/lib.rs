@@ -9,6 +9,7 @@ pub mod config;
 pub mod executor;
 pub mod graph;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod operators;
 pub mod schedule;

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 1),
     ("executor", 1),
     ("config", 1),
+    ("metrics", 0),
     ("operators", 2),
     ("loader", 3),
     ("scheduler", 3),

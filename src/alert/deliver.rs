@@ -307,6 +307,13 @@ async fn deliver_one(inner: &Inner, row: OutboxRow) {
         (_, Err(e)) => AlertOutcome::Failed { error: e.to_string() },
         (_, Ok(channel)) => attempt(inner, channel, &row).await,
     };
+    let channel_kind = if row.channel.starts_with("callback:") { "callback" } else { row.channel.as_str() };
+    let result = match &outcome {
+        AlertOutcome::Failed { .. } => "failed",
+        AlertOutcome::Retry { .. } => "retry",
+        _ => "sent",
+    };
+    crate::metrics::global().alert_delivery(channel_kind, result);
     if let AlertOutcome::Failed { error } = &outcome {
         tracing::warn!(alert_id = row.id, channel = %row.channel, attempts = row.attempts, error = %error, "alert delivery failed for good");
     } else if let AlertOutcome::Retry { error, .. } = &outcome {

@@ -135,6 +135,7 @@ impl App {
     }
 
     pub fn scheduler_settings(&self, runner: &Runner) -> SchedulerSettings {
+        crate::metrics::global().slots(self.config.core.parallelism);
         SchedulerSettings {
             parallelism: self.config.core.parallelism,
             owner: runner.id.clone(),

@@ -248,11 +248,15 @@ impl Loader {
 
     /// `load_file`, with a panic (a bug) turned into this file's import error.
     fn load_file_guarded(&self, path: &Path, ctx: &EvalContext) -> FileResult {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_file(path, ctx))).unwrap_or_else(|_| {
-            let mut r = self.entry_error(path, "internal error while loading this file".into());
-            r.diagnostics[0].help = Some("this is a bug in rhaiflow; please report it with the file".into());
-            r
-        })
+        let began = std::time::Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_file(path, ctx)))
+            .unwrap_or_else(|_| {
+                let mut r = self.entry_error(path, "internal error while loading this file".into());
+                r.diagnostics[0].help = Some("this is a bug in rhaiflow; please report it with the file".into());
+                r
+            });
+        crate::metrics::global().dag_file_parsed(began.elapsed());
+        result
     }
 
     /// The limits each file is evaluated under.

@@ -821,7 +821,10 @@ impl Scheduler {
     /// One scheduling pass at `now`.
     pub fn pass(&mut self, now: DateTime<Utc>) -> SchedulerResult<Pass> {
         let store = self.store.clone();
-        store.write(|tx| self.pass_in(tx, now))
+        let began = std::time::Instant::now();
+        let pass = store.write(|tx| self.pass_in(tx, now));
+        crate::metrics::global().scheduler_pass(began.elapsed());
+        pass
     }
 
     /// A pass touches only what changed since the last one: the runs and DAGs the change log

@@ -78,3 +78,24 @@ impl Tx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+impl Tx<'_> {
+    /// What `/metrics` reports from the store: runs and task instances by state (index scans of
+    /// their `state` indexes), the queue, import errors, active DAGs by paused.
+    pub fn metrics_counts(&self) -> StoreResult<crate::metrics::StoreCounts> {
+        let by_state = |sql: &str| -> StoreResult<Vec<(String, i64)>> {
+            let mut stmt = self.tx.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        let runs = by_state("SELECT state, count(*) FROM dag_run GROUP BY state")?;
+        let task_instances = by_state("SELECT state, count(*) FROM task_instance GROUP BY state")?;
+        let queue_depth =
+            task_instances.iter().filter(|(s, _)| s == "scheduled" || s == "queued").map(|(_, n)| n).sum();
+        let import_errors = self.tx.prepare_cached("SELECT count(*) FROM import_error")?.query_row([], |r| r.get(0))?;
+        let mut stmt =
+            self.tx.prepare_cached("SELECT is_paused, count(*) FROM dag WHERE is_active = 1 GROUP BY is_paused")?;
+        let dags = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(crate::metrics::StoreCounts { runs, task_instances, queue_depth, import_errors, dags })
+    }
+}

@@ -124,16 +124,39 @@ fn app(web: Web) -> (Router, ui::Ui) {
         .route("/logout", axum::routing::get(auth::logout_form).post(auth::logout))
         .with_state(auth.clone());
     let api = api.with_state(web.clone());
+    // Prometheus scrapes `/metrics` as a viewer (basic auth when auth is on).
+    let metrics = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(metrics_text)
+                .route_layer(axum::middleware::from_fn(|req, next| auth::require(auth::Role::Viewer, req, next))),
+        )
+        .with_state(web.clone());
     let (pages, ui) = ui::router(web);
     let (for_404, for_405) = (ui.clone(), ui.clone());
     let router = api
         .merge(login)
+        .merge(metrics)
         .merge(pages)
         .fallback(move |req: Request| not_found(for_404.clone(), req))
         .method_not_allowed_fallback(move |req: Request| method_not_allowed(for_405.clone(), req))
         .layer(axum::middleware::from_fn_with_state(ui.clone(), error_bodies))
         .layer(axum::middleware::from_fn_with_state(auth, auth::identify));
     (router, ui)
+}
+
+/// `/metrics`: this process's metrics and the store's counts, in the OpenMetrics text format.
+async fn metrics_text(State(web): State<Web>) -> Response {
+    match web.store.read_async(|tx| tx.metrics_counts()).await {
+        Ok(counts) => (
+            [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            crate::metrics::global().encode(&counts),
+        )
+            .into_response(),
+        Err(e) => {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be read: {e}\n")).into_response()
+        }
+    }
 }
 
 fn is_api(uri: &axum::http::Uri) -> bool {

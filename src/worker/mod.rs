@@ -45,7 +45,8 @@ struct InFlight(Arc<std::sync::atomic::AtomicUsize>, Arc<tokio::sync::Notify>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let left = self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst).saturating_sub(1);
+        crate::metrics::global().slots_used(left);
         self.1.notify_waiters();
     }
 }
@@ -140,7 +141,8 @@ impl Worker {
     pub fn launch(&self, task: QueuedTask) {
         use std::sync::atomic::Ordering;
         let worker = self.clone();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let used = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::metrics::global().slots_used(used);
         let guard = InFlight(self.in_flight.clone(), self.done.clone());
         self.runtime.spawn(async move {
             let key = task.key.clone();
@@ -327,6 +329,7 @@ impl Worker {
             return claimed.map(|_| ());
         }
         let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
+        crate::metrics::global().task_started((now() - started).num_microseconds().unwrap_or(0) as f64 / 1e6);
         if let Pending::Process { process, .. } = &start {
             // A process writes its file: what a runner logged in memory goes there first.
             trylog.spill();
@@ -565,6 +568,7 @@ impl Worker {
             if claiming {
                 let _ = self.events.send(Event::TaskStarted { key: key.clone(), try_number });
             }
+            crate::metrics::global().task_finished(task.task().operator.name(), state.as_str(), duration);
             let _ = self.events.send(Event::TaskFinished { key, state, try_number, duration });
         } else if restarted {
             log_line(log_path, "[rhaiflow] cleared while running: the task runs again now (RESTARTING → UP_FOR_RETRY)")

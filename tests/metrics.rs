@@ -1,0 +1,75 @@
+//! `/metrics` of `rhaiflow standalone`: a real run with a failing task, a real webhook receiver on
+//! 127.0.0.1 taking the alert, then the Prometheus text read over a real socket.
+
+mod common;
+mod peers;
+
+use common::{Home, Running, wait_until};
+use std::io::{Read, Write};
+
+const DAG: &str = r#"let dag = DAG("metered", #{ start_date: datetime(2024, 1, 1), schedule: () });
+let ok = BashOperator(#{ task_id: "ok", bash_command: "echo fine" });
+let bad = BashOperator(#{ task_id: "bad", bash_command: "exit 3" });
+ok >> bad;
+"#;
+
+fn scrape(port: u16) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// The value of the sample named exactly `series` (name and labels), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}
+
+#[test]
+fn metrics_count_what_ran_what_the_store_holds_and_the_alerts_sent() {
+    let receiver = peers::Http::start_on(0, ("ding", "feishu", "hook-secret-1"));
+    let home = Home::new(&[("metered.rhai", DAG), ("broken.rhai", "let dag = DAG(\"broken\", #{ schedule: ( });\n")]);
+    let port = peers::free_port();
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        format!(
+            "[webserver]\nbind = \"127.0.0.1:{port}\"\n[alerts]\non_failure = [\"webhook.hook\"]\n\
+             [alerts.webhook.hook]\nurl = \"http://127.0.0.1:{}/webhook\"\nsecret = \"hook-secret-1\"\n",
+            receiver.port
+        ),
+    )
+    .unwrap();
+    let _standalone = Running(Some(
+        home.command(&["standalone"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until("standalone serves /metrics", || scrape(port).filter(|a| a.starts_with("HTTP/1.1 200")));
+    let out = home.run(&["dags", "trigger", "metered"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("the failure alert arrives", || (!receiver.received().is_empty()).then_some(()));
+    let text = wait_until("the alert's delivery counted", || {
+        scrape(port)
+            .filter(|t| t.contains("rhaiflow_alert_deliveries_total{channel=\"webhook.hook\",outcome=\"sent\"} 1"))
+    });
+    assert!(text.contains("content-type: application/openmetrics-text"), "{text}");
+    let expect = |series: &str, value: f64| {
+        assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
+    };
+    expect("rhaiflow_task_duration_seconds_count{operator=\"BashOperator\",state=\"success\"}", 1.0);
+    expect("rhaiflow_task_duration_seconds_count{operator=\"BashOperator\",state=\"failed\"}", 1.0);
+    expect("rhaiflow_dag_runs{state=\"failed\"}", 1.0);
+    expect("rhaiflow_task_instances{state=\"success\"}", 1.0);
+    expect("rhaiflow_task_instances{state=\"failed\"}", 1.0);
+    expect("rhaiflow_queue_depth", 0.0);
+    expect("rhaiflow_import_errors", 1.0);
+    expect("rhaiflow_task_start_delay_seconds_count", 2.0);
+    expect("rhaiflow_worker_slots_used", 0.0);
+    for series in ["rhaiflow_scheduler_pass_duration_seconds_count", "rhaiflow_dag_file_parse_duration_seconds_count"] {
+        assert!(sample(&text, series).is_some_and(|n| n >= 1.0), "{series} in:\n{text}");
+    }
+    assert!(sample(&text, "rhaiflow_worker_slots").is_some_and(|n| n >= 1.0), "{text}");
+}
