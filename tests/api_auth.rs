@@ -371,6 +371,15 @@ fn api_takes_basic_auth_and_checks_roles() {
     s.problem("GET", "/api/v1/dags", None, As::Session(&session, None), 401);
     s.problem("DELETE", "/api/v1/users/nina", None, admin, 404);
     s.problem("GET", "/api/v1/dags", None, As::Basic("nina", new_pw), 401);
+    // A user deleted and made again (the way a password is reset, here with a higher role) is
+    // another user: a session of the old one stays out.
+    let session = login(&s, "otto", OPERATOR_PW);
+    assert_eq!(s.send("DELETE", "/api/v1/users/otto", None, admin).status, 204);
+    let body = format!(r#"{{"username": "otto", "password": "{new_pw}", "roles": [{{"name": "admin"}}]}}"#);
+    assert_eq!(s.send("POST", "/api/v1/users", Some(&body), admin).status, 200);
+    s.problem("GET", "/api/v1/users", None, As::Session(&session, None), 401);
+    assert_eq!(s.send("GET", "/", None, As::Session(&session, None)).status, 303, "the UI sends it to log in");
+    assert_eq!(s.get("/api/v1/users/otto", As::Basic("otto", new_pw))["username"], "otto");
     s.finish(&[new_pw, &session]);
 }
 
@@ -653,4 +662,29 @@ fn versions_alert_deliveries_and_next_dagrun() {
     let listed = s.get("/api/v1/dags?dag_id_pattern=daily", viewer);
     assert_eq!(listed["dags"][0]["next_dagrun"], daily["next_dagrun"]);
     s.finish(&[]);
+}
+
+/// An event stream opened by a session ends once the session does (here: its user deleted),
+/// instead of going on feeding a browser that is logged out.
+#[test]
+fn an_event_stream_ends_with_its_session() {
+    use std::io::{Read, Write};
+    let s = Server::start();
+    let session = login(&s, "vic", VIEWER_PW);
+    let mut conn = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    write!(
+        conn,
+        "GET /ui/events HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: rhaiflow_session={session}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let admin = As::Basic("ada", ADMIN_PW);
+    assert_eq!(s.send("DELETE", "/api/v1/users/vic", None, admin).status, 204);
+    // The stream closes (end of file) well within the read timeout.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("the stream closes instead of running on");
+    s.finish(&[&session]);
 }

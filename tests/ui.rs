@@ -213,6 +213,57 @@ fn every_page_answers_and_bad_input_gets_an_html_error_page() {
 
 // ---- headless chromium --------------------------------------------------------------------------
 
+/// A raw GET over a new connection (`Connection: close`): the whole answer, or what came within 60 s.
+fn raw_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The live log tail reads only the logs of tries the store has (the ids never make a path that
+/// leaves the logs folder), sends a line longer than its chunk instead of waiting for its end,
+/// and ends (an `end` event, then the stream closes) once the try is over and its log sent.
+#[test]
+fn the_log_tail_reads_only_known_tries_sends_long_lines_and_ends_with_the_try() {
+    let server = Server::start();
+    for query in [
+        "dag_id=ui_smoke/../../../elsewhere&run_id=r&task_id=t&try=1",
+        "dag_id=ui_smoke&run_id=no_such_run&task_id=hello&try=1",
+    ] {
+        let answer = raw_get(&server.base, &format!("/ui/log-tail?{query}"));
+        assert!(answer.starts_with("HTTP/1.1 404"), "{query}: {answer}");
+    }
+    let long = r#"let dag = DAG("long_line", #{ start_date: datetime(2024, 1, 1), schedule: () });
+BashOperator(#{ task_id: "long", bash_command: "printf '%070000d' 7; echo; echo after-the-long-line" });
+"#;
+    std::fs::write(server.home.path().join("dags/long_line.rhai"), long).unwrap();
+    wait_until("long_line recorded", || {
+        server.home.run(&["dags", "unpause", "long_line"]).status.success().then_some(())
+    });
+    assert!(server.home.run(&["dags", "trigger", "long_line"]).status.success());
+    let run_id = wait_until("the run ends", || {
+        let runs = server.home.runs("long_line");
+        let run = runs.first()?;
+        (run["state"] == "success").then(|| run["run_id"].as_str().unwrap().to_string())
+    });
+    let answer = raw_get(
+        &server.base,
+        &format!(
+            "/ui/log-tail?dag_id=long_line&run_id={}&task_id=long&try=1",
+            run_id.replace('+', "%2B").replace(':', "%3A")
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&"0".repeat(60_000)), "the long line came");
+    let after = answer.find("after-the-long-line").expect("the lines after it came");
+    let end = answer.find("event: end").expect("the tail says it ended");
+    assert!(after < end);
+}
+
 /// The event stream: a listener arriving when nobody listened is told to reload (what changed
 /// between its page and its stream is unknown), then gets a `change` for each run that changes
 /// and nothing for other DAGs.

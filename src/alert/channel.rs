@@ -101,10 +101,22 @@ impl Channel {
                 out.extend(c.headers.values().cloned());
             }
         }
-        // A URL's query values (`access_token=…`, `key=…`) and last path segment are tokens too.
+        // A URL's query values (`access_token=…`, `key=…`) and last path segment are tokens too,
+        // and so is its password, however a receiver may echo it back: as written, decoded, as
+        // `user:password`, and as the Basic credentials it becomes.
         let mut parts = Vec::new();
         for s in &out {
             if let Ok(url) = reqwest::Url::parse(s) {
+                if let Some(password) = url.password() {
+                    use base64::Engine;
+                    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy().into_owned();
+                    let user = percent_encoding::percent_decode_str(url.username()).decode_utf8_lossy().into_owned();
+                    let pair = format!("{user}:{decoded}");
+                    parts.push(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+                    parts.push(pair);
+                    parts.push(password.to_string());
+                    parts.push(decoded);
+                }
                 parts.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
                 if let Some(last) = url.path_segments().and_then(|mut p| p.next_back()) {
                     parts.push(last.to_string());
@@ -196,5 +208,31 @@ impl Channels {
         all.sort_by_key(|s| std::cmp::Reverse(s.len()));
         all.dedup();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A webhook URL's password is masked however a receiver echoes it back in an error: as
+    /// written, decoded, as `user:password`, and as the Basic credentials it becomes.
+    #[test]
+    fn a_urls_password_is_a_secret_in_every_form() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rhaiflow.toml"), "[alerts.webhook.pager]\nurl_env = \"PAGER_URL\"\n").unwrap();
+        let url = "http://hookuser:Hook%40Passw0rd@127.0.0.1:1/hook/TOKEN123abc?key=SECRETKEY456";
+        let env = [("PAGER_URL".to_string(), url.to_string())].into_iter().collect();
+        let flags = crate::config::Flags { home: Some(dir.path().into()), ..Default::default() };
+        let config = crate::config::Config::load_from(&flags, env).unwrap();
+        let secrets = Channels::from_config(&config.alerts).secrets();
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode("hookuser:Hook@Passw0rd");
+        let echoed =
+            format!("HTTP 500: auth=Basic {basic} decoded=hookuser:Hook@Passw0rd raw=Hook%40Passw0rd url={url}");
+        let masked = crate::alert::send::mask(&echoed, &secrets);
+        for leak in ["Passw0rd", basic.as_str(), "TOKEN123abc", "SECRETKEY456"] {
+            assert!(!masked.contains(leak), "{leak} in {masked}");
+        }
     }
 }

@@ -131,6 +131,11 @@ pub fn secrets(settings: &WorkerSettings) -> Vec<String> {
             secrets.push(raw.to_string());
         }
         let Ok(conn) = template::Connection::parse(conn_id, uri) else { continue };
+        if let (Some(login), Some(password)) = (&conn.login, &conn.password) {
+            // The Basic credentials a request with this login sends, as a receiver may echo them.
+            use base64::Engine;
+            secrets.push(base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}")));
+        }
         secrets.extend(conn.password);
         if let Some(extra) = conn.extra.and_then(|e| serde_json::from_str::<serde_json::Value>(&e).ok()) {
             sensitive_values(&extra, false, &mut secrets);

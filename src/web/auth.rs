@@ -144,6 +144,9 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 
 struct Session {
     username: String,
+    /// When the user row it logged in as was made: a user deleted and made again (the way a
+    /// password is reset) is another user, and the session ends.
+    user_created: Option<chrono::DateTime<chrono::Utc>>,
     csrf: Arc<str>,
     expires: Instant,
 }
@@ -329,7 +332,7 @@ impl Auth {
     }
 
     /// A new session for `username`: its id (the cookie's value).
-    fn open_session(&self, username: &str) -> String {
+    fn open_session(&self, username: &str, user_created: Option<chrono::DateTime<chrono::Utc>>) -> String {
         let id = random_token();
         let now = Instant::now();
         if let Ok(mut sessions) = self.inner.sessions.lock() {
@@ -343,6 +346,7 @@ impl Auth {
             }
             let session = Session {
                 username: username.to_string(),
+                user_created,
                 csrf: random_token().into(),
                 expires: now + SESSION_LIFETIME,
             };
@@ -352,14 +356,21 @@ impl Auth {
     }
 
     /// The live session `id` names: its user and CSRF token.
-    fn session(&self, id: &str) -> Option<(String, Arc<str>)> {
+    fn session(&self, id: &str) -> Option<(String, Option<chrono::DateTime<chrono::Utc>>, Arc<str>)> {
         let mut sessions = self.inner.sessions.lock().ok()?;
         let s = sessions.get(id)?;
         if s.expires <= Instant::now() {
             sessions.remove(id);
             return None;
         }
-        Some((s.username.clone(), s.csrf.clone()))
+        Some((s.username.clone(), s.user_created, s.csrf.clone()))
+    }
+
+    /// When user `name`'s row was made, if there is one.
+    async fn user_created(&self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let store = self.inner.store.clone()?;
+        let name = name.to_string();
+        store.read_async(move |tx| tx.web_user(&name)).await.ok().flatten().map(|u| u.created)
     }
 
     fn close_session(&self, id: &str) {
@@ -371,11 +382,11 @@ impl Auth {
     /// The session's user as the store has them now (a deleted user's session ends).
     async fn session_caller(&self, headers: &HeaderMap) -> Option<Caller> {
         let id = cookie(headers, SESSION_COOKIE)?;
-        let (username, csrf) = self.session(&id)?;
+        let (username, created, csrf) = self.session(&id)?;
         let store = self.inner.store.clone()?;
         let name = username.clone();
         let user = store.read_async(move |tx| tx.web_user(&name)).await.ok().flatten();
-        let Some(user) = user else {
+        let Some(user) = user.filter(|u| Some(u.created) == created) else {
             self.close_session(&id);
             return None;
         };
@@ -474,6 +485,14 @@ pub async fn identify(
     }
     let path = req.uri().path().to_string();
     let session = auth.session_caller(req.headers()).await;
+    if session.is_some() {
+        // A long-lived answer (an event stream) asks again later whether the session stands.
+        let mut headers = HeaderMap::new();
+        for v in req.headers().get_all(header::COOKIE) {
+            headers.append(header::COOKIE, v.clone());
+        }
+        req.extensions_mut().insert(SessionCheck { auth: auth.clone(), headers });
+    }
     if is_public(&path) {
         let caller = session.unwrap_or(Caller { user: None, role: Role::Viewer, auth_on: true, csrf: "".into() });
         req.extensions_mut().insert(caller);
@@ -516,6 +535,20 @@ pub async fn identify(
     };
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// Lets a long-lived answer (an event stream, a log tail) ask whether the session that opened it
+/// still stands: logged out, expired, or its user deleted, the stream ends.
+#[derive(Clone)]
+pub struct SessionCheck {
+    auth: Auth,
+    headers: HeaderMap,
+}
+
+impl SessionCheck {
+    pub async fn alive(&self) -> bool {
+        self.auth.session_caller(&self.headers).await.is_some()
+    }
 }
 
 /// Whether the request's `Host` names this machine's loopback (`localhost`, `x.localhost`,
@@ -719,7 +752,8 @@ pub async fn login_submit(
     }
     match auth.login(&form.username, &form.password, from).await {
         Ok(_) => {
-            let id = auth.open_session(&form.username);
+            let created = auth.user_created(&form.username).await;
+            let id = auth.open_session(&form.username, created);
             let mut resp = redirect(&next);
             resp.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, SESSION_LIFETIME.as_secs()));
             resp.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));

@@ -104,6 +104,8 @@
       if (log.dataset.tail !== "1" || !window.EventSource) return;
       const src = log.dataset.src + "&offset=" + encodeURIComponent(log.dataset.offset || "0");
       tail = new EventSource(src);
+      // The try is over and its log sent: no reconnecting.
+      tail.addEventListener("end", () => { if (tail) { tail.close(); tail = null; } });
       tail.addEventListener("append", (e) => {
         log.dataset.full = (log.dataset.full || original) + e.data + "\n";
         const empty = document.getElementById("log-empty");
