@@ -256,6 +256,9 @@ fn task_instances_clear_dry_run_and_mark() {
     );
     assert_eq!(marked.status, 200, "{}", marked.text);
     assert_eq!(s.get(&format!("/api/v1/dags/etl/dagRuns/{run_id}/taskInstances/load"))["state"], "success");
+    // As Airflow: the failed run goes back to `queued`, for a scheduler to decide again (the
+    // scheduler: `marking_the_failed_task_success_makes_the_run_succeed`).
+    assert_eq!(s.get(&format!("/api/v1/dags/etl/dagRuns/{run_id}"))["state"], "queued");
 
     // Cleared for real: the failed... now-marked task is no longer failed, so clear with only_failed=false.
     let cleared = s.send(
@@ -502,4 +505,37 @@ fn without_auth_only_loopback_host_names_are_answered() {
         assert_eq!(status, 403, "{host}: {body}");
         assert!(body.contains("loopback"), "{body}");
     }
+}
+
+/// As Airflow: marking the one failed task `success` sends its run back to `queued`, and the
+/// scheduler then decides it `success`.
+#[test]
+fn marking_the_failed_task_success_makes_the_run_succeed() {
+    let dag = format!(
+        r#"let dag = DAG("fixme", #{{ {MANUAL} }});
+BashOperator(#{{ task_id: "broken", bash_command: "exit 3" }});"#
+    );
+    let home = Home::new(&[("fixme.rhai", &dag)]);
+    let _scheduler = home.spawn(&["scheduler"]);
+    wait_until("the scheduler records the DAG", || home.path().join("rhaiflow.db").exists().then_some(()));
+    let port = peers::free_port();
+    let process = home.spawn(&["webserver", "--port", &port.to_string()]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s = Server {
+        home,
+        _process: process,
+        base: format!("http://127.0.0.1:{port}"),
+        rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        client: reqwest::Client::new(),
+    };
+    wait_until("the DAG is served", || {
+        (s.try_send("GET", "/api/v1/dags/fixme", None, None).ok()?.status == 200).then_some(())
+    });
+    let made = s.send("POST", "/api/v1/dags/fixme/dagRuns", Some(r#"{"dag_run_id": "r1"}"#));
+    assert_eq!(made.status, 200, "{}", made.text);
+    let run = "/api/v1/dags/fixme/dagRuns/r1";
+    wait_until("the run fails", || (s.get(run)["state"] == "failed").then_some(()));
+    let marked = s.send("PATCH", &format!("{run}/taskInstances/broken"), Some(r#"{"new_state": "success"}"#));
+    assert_eq!(marked.status, 200, "{}", marked.text);
+    wait_until("the run succeeds", || (s.get(run)["state"] == "success").then_some(()));
 }

@@ -317,7 +317,17 @@ impl App {
                 return Ok(true);
             }
             let change = TiChange { end_date: Some(now), ..TiChange::default() };
-            tx.set_ti_state(key, ti.state, to, &change)
+            if !tx.set_ti_state(key, ti.state, to, &change)? {
+                return Ok(false);
+            }
+            // As Airflow: a finished run goes back to `queued`, so the scheduler decides it again
+            // (marking the one failed task `success` makes the run succeed).
+            if let Some(run) = tx.dag_run(&key.dag_id, &key.run_id)?
+                && run.state.is_finished()
+            {
+                tx.set_run_state(&key.dag_id, &key.run_id, run.state, DagRunState::Queued, now)?;
+            }
+            Ok(true)
         })?;
         if !marked {
             bail!(
