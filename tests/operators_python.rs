@@ -45,6 +45,10 @@ def everything(first, **context):
 def only_args(a, b):
     return [a, b]
 
+def leaky(url):
+    print("calling " + url)
+    raise RuntimeError("refused by " + url)
+
 def boom(x):
     print("about to fail")
     raise ValueError("boom from python " + x)
@@ -98,15 +102,22 @@ fn functions_get_their_context_and_pass_xcoms_in_and_out() {
             op_args: ["{{{{ ds }}}}"], op_kwargs: #{{ extra: #{{ side: #{{ xcom_pull: "transform", key: "side" }} }} }},
             templates_dict: #{{ when: "{{{{ ds }}}}", run: "{{{{ run_id }}}}" }} }});
         let only_args = PythonOperator(#{{ task_id: "only_args", python_callable: "etl_tasks:only_args", op_args: [1, "x"] }});
+        let leaky = PythonOperator(#{{ task_id: "leaky", python_callable: "etl_tasks:leaky",
+            op_args: ["{{{{ var.value.api_token }}}}"], trigger_rule: "all_done" }});
         [shell, extract] >> transform >> everything;"#
     );
     let home = home_with(&dag);
-    std::fs::write(home.path().join("rhaiflow.toml"), "[alerts.slack.ops]\nwebhook_env = \"PY_TEST_SECRET\"\n")
-        .unwrap();
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        "[alerts.slack.ops]\nwebhook_env = \"PY_TEST_SECRET\"\n[variables]\napi_token = \"tok-s3cr3t-value\"\n",
+    )
+    .unwrap();
     let mut cmd = home.command(&["dags", "test", "etl", "2024-03-05", "--conf", r#"{"name": "conf"}"#]);
     cmd.env("PY_TEST_SECRET", "https://hooks.example/s3cr3t");
     let o = common::output_within_deadline(cmd, "dags test etl");
-    assert!(o.status.success(), "{}", all_output(&o));
+    let out = all_output(&o);
+    assert_eq!(o.status.code(), Some(1), "only `leaky` fails: {out}");
+    assert!(out.contains("leaky") && !out.contains("s3cr3t"), "{out}");
 
     let run_id = "manual__2024-03-05T00:00:00+00:00";
     assert_eq!(xcom(&home, "etl", "extract", "return_value"), Some(serde_json::json!([1, 2, 3])));
@@ -142,6 +153,10 @@ fn functions_get_their_context_and_pass_xcoms_in_and_out() {
     assert!(log.contains("Done. Returned value was: [1, 2, 3]"), "{log}");
     let log = log_of("transform");
     assert!(log.contains("`requirements` are not installed by rhaiflow (pandas==2.2)"), "{log}");
+    assert!(!log.contains("s3cr3t"), "{log}");
+    let log = log_of("leaky");
+    assert!(log.contains("calling ***"), "a secret printed is masked: {log}");
+    assert!(log.contains("`etl_tasks:leaky` raised RuntimeError: refused by ***"), "{log}");
     assert!(!log.contains("s3cr3t"), "{log}");
     let leftovers: Vec<_> = walk(&home.path().join("logs")).into_iter().filter(|p| p.contains(".python")).collect();
     assert!(leftovers.is_empty(), "the payload and results are removed once read: {leftovers:?}");
@@ -282,4 +297,38 @@ PythonOperator(#{{ task_id: "d", python_callable: "m:f", op_args: #{{ a: 1 }} }}
     assert!(out.contains("`python_callable` in `PythonOperator` must be a string"), "{out}");
     assert!(out.contains("a Rhai closure runs with `RhaiOperator"), "{out}");
     assert!(out.contains("`op_args` must be an array"), "{out}");
+}
+
+/// The runner's choice of keyword arguments, as Airflow's `KeywordParameters.determine`, checked
+/// on the embedded runner itself with a real `python3`.
+#[test]
+fn the_runner_passes_what_the_signature_asks_for() {
+    let script = r#"
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("runner", sys.argv[1])
+runner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runner)
+ctx = {"ds": 1, "ti": 2, "params": 3, "table": 4}
+def named(ds, table): pass
+def kwargs(ds, **context): pass
+def positional(ds, params, ti=None): pass
+def keyword_only(*, ti, other=5): pass
+print(json.dumps([
+    sorted(runner.select_kwargs(named, [], ctx)),
+    sorted(runner.select_kwargs(kwargs, [], ctx)),
+    sorted(runner.select_kwargs(positional, ["x"], ctx)),
+    sorted(runner.select_kwargs(keyword_only, [], ctx)),
+    sorted(runner.select_kwargs(len, [], ctx)),
+]))
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", script, concat!(env!("CARGO_MANIFEST_DIR"), "/src/operators/python_runner.py")])
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        got,
+        serde_json::json!([["ds", "table"], ["ds", "params", "table", "ti"], ["params", "ti"], ["ti"], [],])
+    );
 }

@@ -4,7 +4,7 @@
 //! builder, in `script::args::OPERATORS`, because the DAG language is the script host's), and its
 //! runner: one module here and one line in [`RUNNERS`]. A runner gets a [`TaskRun`] (the queued
 //! task, its template context, its log, the shared [`Env`]) and answers a [`Start`]: a gated
-//! process whose group the claim records before it runs (bash, bash sensors), work to do in this
+//! process whose group the claim records before it runs (bash, bash sensors, python), work to do in this
 //! process once claimed (everything else), or an outcome decided before the claim (a template
 //! error). The worker owns what is generic: claiming, heartbeats, `execution_timeout`, the log's
 //! header and end lines, and turning the one [`Outcome`] type into a state.
