@@ -332,3 +332,18 @@ print(json.dumps([
         serde_json::json!([["ds", "table"], ["ds", "params", "table", "ti"], ["params", "ti"], ["ti"], [],])
     );
 }
+
+/// `examples/dags/python_etl.rhai` and its module run green with `dags test`.
+#[test]
+fn the_python_example_runs_green() {
+    let rhai = std::fs::read_to_string("examples/dags/python_etl.rhai").unwrap();
+    let py = std::fs::read_to_string("examples/dags/python_etl_tasks.py").unwrap();
+    let home = Home::new(&[("python_etl.rhai", &rhai), ("python_etl_tasks.py", &py)]);
+    let o = home.run(&["dags", "test", "python_etl", "2024-01-02"]);
+    assert!(o.status.success(), "{}", all_output(&o));
+    assert_eq!(xcom(&home, "python_etl", "transform", "dropped"), Some(serde_json::json!(1)));
+    assert_eq!(
+        xcom(&home, "python_etl", "load", "return_value"),
+        Some(serde_json::json!({"loaded": 2, "try_number": 1}))
+    );
+}

@@ -27,6 +27,9 @@ const MAX_PRELOADED_BYTES: usize = 64 << 20;
 /// The most lines of `result.jsonl` read (pushes and the end).
 const MAX_RESULT_LINES: usize = 10_000;
 
+/// The most bytes of `result.jsonl` read, unless one XCom line may be larger.
+const MAX_RESULT_BYTES: u64 = 64 << 20;
+
 pub fn templated(operator: &Operator) -> Vec<&str> {
     let mut texts = Vec::new();
     if let Operator::PythonOperator(spec) = operator {
@@ -56,7 +59,10 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
     match prepare(&run).await {
         Ok(bash) => match spawn_bash(bash).await {
             Ok(process) => Start::Process { process: Box::new(process), outcome: process_end },
-            Err(e) => Start::Done(Outcome::fail(e.to_string())),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(work_dir(run.log_path()));
+                Start::Done(Outcome::fail(e.to_string()))
+            }
         },
         Err(reason) => {
             let _ = std::fs::remove_dir_all(work_dir(run.log_path()));
@@ -97,21 +103,21 @@ async fn prepare(run: &Arc<TaskRun>) -> Result<BashRun, String> {
     let run_id = &run.task.key.run_id;
     replace_markers("op_args", &mut args, &xcoms, run_id)?;
     replace_markers("op_kwargs", &mut kwargs, &xcoms, run_id)?;
+    // Lines the runner prints first, so they follow the log's header.
+    let mut notes = Vec::new();
     if !spec.requirements.is_empty() {
-        run.log(&format!(
+        notes.push(format!(
             "[rhaiflow] `requirements` are not installed by rhaiflow ({}); the task runs with `{}` as it is",
             spec.requirements.join(", "),
             spec.python
-        ))
-        .await;
+        ));
     }
     let (xcoms, left_out) = bounded_xcoms(xcoms);
     if left_out > 0 {
-        run.log(&format!(
+        notes.push(format!(
             "[rhaiflow] {left_out} XComs of this run are past {} and not passed to Python: `ti.xcom_pull` of them returns None",
             size(MAX_PRELOADED_BYTES as u64)
-        ))
-        .await;
+        ));
     }
     let dag_folder = dag_folder(settings, &run.task.dag.fileloc);
     let python = interpreter(&spec.python, &dag_folder)?;
@@ -123,13 +129,22 @@ async fn prepare(run: &Arc<TaskRun>) -> Result<BashRun, String> {
         "context": context(run),
         "xcoms": xcoms.iter().map(|(t, k, v)| serde_json::json!([t, k, v])).collect::<Vec<_>>(),
         "dag_folder": dag_folder,
+        "dags_folder": std::path::absolute(&settings.dags_folder).unwrap_or_else(|_| settings.dags_folder.clone()),
         "max_xcom_bytes": settings.max_xcom_bytes,
         "show_return_value_in_logs": spec.show_return_value_in_logs,
+        "notes": notes,
     });
     let dir = work_dir(run.log_path());
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    write_work_dir(&dir, &payload)
-        .map_err(|e| format!("cannot write the Python task's files in `{}`: {e}", dir.display()))?;
+    let written = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || write_work_dir(&dir, &payload)).await
+    };
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("cannot write the Python task's files in `{}`: {e}", dir.display())),
+        Err(_) => return Err("internal error while writing the Python task's files (a bug in rhaiflow)".into()),
+    }
     let mut env = context_env(&run.task);
     // Lines reach the log as they are printed, and in order with the traceback on stderr.
     env.push(("PYTHONUNBUFFERED".into(), "1".into()));
@@ -325,7 +340,14 @@ fn read_results(path: &Path, max_line: u64) -> Result<Results, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(results),
         Err(e) => return Err(format!("cannot read the Python runner's results: {e}")),
     };
-    let mut reader = std::io::BufReader::new(file);
+    let cap = MAX_RESULT_BYTES.max(max_line.saturating_mul(2));
+    if file.metadata().map(|m| m.len()).unwrap_or(0) > cap {
+        return Err(format!(
+            "the Python task pushed more than {} of XComs (`ti.xcom_push`); push less, or keep data in files",
+            size(cap)
+        ));
+    }
+    let mut reader = std::io::BufReader::new(std::io::Read::take(file, cap));
     for _ in 0..MAX_RESULT_LINES {
         let mut line = Vec::new();
         let n = std::io::Read::take(&mut reader, max_line + 1)

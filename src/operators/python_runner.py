@@ -135,6 +135,9 @@ def select_kwargs(fn, args, context):
 
 def main():
     work = sys.argv[1]
+    # One pipe for both, so a traceback lands after the lines printed before it.
+    sys.stderr.flush()
+    os.dup2(sys.stdout.fileno(), sys.stderr.fileno())
     results = _Results(os.path.join(work, "result.jsonl"))
     results.emit({"started": True})
     payload_path = os.path.join(work, "payload.json")
@@ -144,8 +147,13 @@ def main():
         os.unlink(payload_path)
     except OSError:
         pass
-    # As Airflow puts the dags folder on sys.path: the DAG file's folder first, not this file's.
+    for line in payload.get("notes") or []:
+        print(line, flush=True)
+    # As Airflow puts the dags folder on sys.path: the DAG file's folder first (instead of this
+    # file's), then the dags folder when the DAG file is in a subfolder of it.
     sys.path[0] = payload["dag_folder"]
+    if payload.get("dags_folder") and payload["dags_folder"] != payload["dag_folder"]:
+        sys.path.insert(1, payload["dags_folder"])
     module_name, function_path = payload["callable"].split(":", 1)
     callable_name = payload["callable"]
     try:
