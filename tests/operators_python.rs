@@ -347,3 +347,39 @@ fn the_python_example_runs_green() {
         Some(serde_json::json!({"loaded": 2, "try_number": 1}))
     );
 }
+
+/// A function outlives a kill -9 of its scheduler (the supervisor holds its output); the next
+/// scheduler takes the try over and reads what the runner recorded: its return value and pushes.
+#[test]
+fn a_function_outlives_its_scheduler_and_the_next_one_reads_its_results() {
+    let tasks = r#"
+import os, time
+def waits(ti):
+    print("started", flush=True)
+    while not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "go")):
+        time.sleep(0.05)
+    ti.xcom_push("side", "pushed-after-the-kill")
+    return {"done": True}
+"#;
+    let dag = r#"let dag = DAG("survivor", #{ start_date: datetime(2024, 3, 9), schedule: "@once" });
+        PythonOperator(#{ task_id: "t", python_callable: "survivor_tasks:waits" });"#;
+    let home = Home::new(&[("survivor.rhai", dag), ("survivor_tasks.py", tasks)]);
+    std::fs::write(home.path().join("rhaiflow.toml"), "[scheduler]\ntask_heartbeat_timeout = 0.5\n").unwrap();
+    let quiet = |args: &[&str]| {
+        let mut c = home.command(args);
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        common::Running(Some(c.spawn().unwrap()))
+    };
+    let mut scheduler = quiet(&["scheduler"]);
+    let log = common::wait_until("the task to start", || {
+        let log = walk(&home.path().join("logs")).into_iter().find(|p| p.ends_with("task_id=t/attempt=1.log"))?;
+        std::fs::read_to_string(&log).unwrap_or_default().contains("] started\n").then_some(log)
+    });
+    scheduler.kill_9();
+    std::fs::write(home.path().join("go"), "").unwrap();
+    common::wait_until("the recorded outcome", || rhaiflow::executor::read_status(std::path::Path::new(&log)));
+    let _next = quiet(&["scheduler"]);
+    common::wait_until("the try taken over", || xcom(&home, "survivor", "t", "return_value"));
+    assert_eq!(xcom(&home, "survivor", "t", "return_value"), Some(serde_json::json!({"done": true})));
+    assert_eq!(xcom(&home, "survivor", "t", "side"), Some(serde_json::json!("pushed-after-the-kill")));
+}
