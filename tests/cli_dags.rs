@@ -124,12 +124,12 @@ fn check_passes_on_the_examples() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path().to_str().unwrap();
     let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags", "--home", home]);
-    assert_eq!(stdout(&o), "ok: 7 DAG(s) in 4 file(s)\n");
+    assert_eq!(stdout(&o), "ok: 8 DAG(s) in 5 file(s)\n");
     assert!(o.status.success());
     // With a store, every pool the examples name exists in it (they use `default_pool`).
     assert!(rhaiflow(repo(), &["db", "migrate", "--home", home]).status.success());
     let o = rhaiflow(repo(), &["dags", "check", "--dags-folder", "examples/dags", "--home", home]);
-    assert_eq!(stdout(&o), "ok: 7 DAG(s) in 4 file(s)\n");
+    assert_eq!(stdout(&o), "ok: 8 DAG(s) in 5 file(s)\n");
     assert!(o.status.success());
 }
 

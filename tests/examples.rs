@@ -12,7 +12,7 @@ fn examples_load_without_diagnostics() {
     let bag = common::load(Path::new("examples/dags"));
     let errors: Vec<String> = bag.diagnostics().map(|d| d.to_string()).collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
-    for id in ["MCWork", "daily_reporter_airflow_2", "tour_etl", "tour_ingest", "tour_reports"] {
+    for id in ["MCWork", "daily_reporter_airflow_2", "tour_etl", "tour_ingest", "tour_reports", "python_etl"] {
         assert!(bag.dags.contains_key(id), "{id} is missing");
     }
 }

@@ -153,6 +153,7 @@ impl App {
     pub fn worker_settings(&self) -> WorkerSettings {
         let hostname = hostname();
         WorkerSettings {
+            dags_folder: self.config.core.dags_folder.clone(),
             log_folder: self.config.logging.base_log_folder.clone(),
             max_log_bytes: self.config.logging.max_log_bytes,
             max_xcom_bytes: self.config.core.max_xcom_bytes,

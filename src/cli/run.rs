@@ -456,7 +456,7 @@ pub fn tasks_test(ctx: &Context, args: TaskTestArgs) -> anyhow::Result<Outcome> 
                     crate::operators::Outcome::fail(format!("execution_timeout of {limit} exceeded"))
                 }),
             },
-            Start::Process { process, outcome } => outcome(&task, process.wait().await, &settings),
+            Start::Process { process, outcome } => outcome(&task, process.wait().await, &settings).0,
         }
     });
     if let Ok(log) = std::fs::read_to_string(&log_path) {

@@ -118,6 +118,13 @@ pub fn templated_fields(op: &Operator) -> Vec<(String, &str)> {
             SensorKind::DateTime { target_time } => fields.push(("target_time".to_string(), target_time.as_str())),
             SensorKind::TimeDelta { .. } => {}
         },
+        Operator::PythonOperator(python) => {
+            python.op_args.iter().enumerate().for_each(|(i, v)| json_strings(&format!("op_args[{i}]"), v, &mut fields));
+            python.op_kwargs.iter().for_each(|(k, v)| json_strings(&format!("op_kwargs.{k}"), v, &mut fields));
+            for (k, v) in python.templates_dict.iter().flatten() {
+                json_strings(&format!("templates_dict.{k}"), v, &mut fields);
+            }
+        }
         Operator::EmptyOperator
         | Operator::LatestOnlyOperator
         | Operator::RhaiOperator { .. }

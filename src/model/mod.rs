@@ -14,9 +14,9 @@ mod work;
 pub use diagnostic::{Diagnostic, SourcePos};
 pub use duration::TimeSpan;
 pub use spec::{
-    CallbackRef, DagSpec, DingdingSpec, EdgeLabel, EmailSpec, FeishuSpec, HttpSpec, Operator, ScheduleSpec, SensorKind,
-    SensorMode, SensorSpec, SlackSpec, TaskGroupSpec, TaskSpec, TimeZoneSpec, TriggerRule, TriggerSpec, WeComSpec,
-    WeightRule, default_allowlist,
+    CallbackRef, DagSpec, DingdingSpec, EdgeLabel, EmailSpec, FeishuSpec, HttpSpec, Operator, PythonSpec, ScheduleSpec,
+    SensorKind, SensorMode, SensorSpec, SlackSpec, TaskGroupSpec, TaskSpec, TimeZoneSpec, TriggerRule, TriggerSpec,
+    WeComSpec, WeightRule, default_allowlist,
 };
 pub use state::{DagRunState, RunType, TaskState, TiEvent, transition};
 pub use work::{Event, QueuedTask, RunInfo, TiKey, retry_delay};

@@ -280,6 +280,46 @@ pub enum Operator {
     TriggerDagRunOperator(Box<TriggerSpec>),
     Sensor(Box<SensorSpec>),
     LatestOnlyOperator,
+    PythonOperator(Box<PythonSpec>),
+}
+
+/// `PythonOperator`: a Python function (`module:function`, the module beside the DAG file) run in
+/// its own `python` process. Templated: every string inside `op_args`, `op_kwargs` and
+/// `templates_dict`; a map `#{ xcom_pull: "task" [, key: "k"] }` inside `op_args`/`op_kwargs` is
+/// replaced by that XCom of the run when the task runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PythonSpec {
+    /// `module:function`, the module a dotted Python module name, the function a dotted attribute path.
+    pub python_callable: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub op_args: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub op_kwargs: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates_dict: Option<BTreeMap<String, serde_json::Value>>,
+    /// The interpreter: a command (`python3`), a path to one, or a virtualenv's folder.
+    pub python: String,
+    /// Accepted for ported DAGs and not installed (the task's log says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+    #[serde(default = "yes")]
+    pub show_return_value_in_logs: bool,
+}
+
+impl PythonSpec {
+    /// `(module, function)` of a well-formed `python_callable`.
+    pub fn split_callable(callable: &str) -> Option<(&str, &str)> {
+        let (module, function) = callable.split_once(':')?;
+        let dotted = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|part| {
+                    let mut chars = part.chars();
+                    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+                        && chars.all(|c| c.is_alphanumeric() || c == '_')
+                })
+        };
+        (dotted(module) && dotted(function)).then_some((module, function))
+    }
 }
 
 /// `TriggerDagRunOperator`'s arguments. Templated: `trigger_dag_id`, `trigger_run_id`,
@@ -405,6 +445,7 @@ impl Operator {
             Operator::ShortCircuitOperator { .. } => "ShortCircuitOperator",
             Operator::TriggerDagRunOperator(_) => "TriggerDagRunOperator",
             Operator::LatestOnlyOperator => "LatestOnlyOperator",
+            Operator::PythonOperator(_) => "PythonOperator",
             Operator::Sensor(s) => match s.kind {
                 SensorKind::File { .. } => "FileSensor",
                 SensorKind::Bash { .. } => "BashSensor",

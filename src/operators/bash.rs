@@ -27,7 +27,7 @@ pub async fn start(run: Arc<TaskRun>) -> Start {
     match prepared {
         Err(e) => Start::Done(Outcome::fail(e.to_string())),
         Ok(bash) => match spawn_bash(bash).await {
-            Ok(process) => Start::Process { process: Box::new(process), outcome: process_outcome },
+            Ok(process) => Start::Process { process: Box::new(process), outcome: process_end },
             Err(e) => Start::Done(Outcome::fail(e.to_string())),
         },
     }
@@ -95,6 +95,11 @@ pub fn process_outcome(task: &QueuedTask, outcome: BashOutcome, settings: &Worke
         _ => &[],
     };
     exit_outcome(task, outcome, settings.max_xcom_bytes, skip_on)
+}
+
+/// [`process_outcome`] as the runner table holds it: a bash command pushes no other XCom.
+pub fn process_end(task: &QueuedTask, outcome: BashOutcome, settings: &WorkerSettings) -> (Outcome, super::Pushed) {
+    (process_outcome(task, outcome, settings), Vec::new())
 }
 
 /// How a supervised command's exit reads as an outcome.

@@ -4,7 +4,7 @@
 //! builder, in `script::args::OPERATORS`, because the DAG language is the script host's), and its
 //! runner: one module here and one line in [`RUNNERS`]. A runner gets a [`TaskRun`] (the queued
 //! task, its template context, its log, the shared [`Env`]) and answers a [`Start`]: a gated
-//! process whose group the claim records before it runs (bash, bash sensors), work to do in this
+//! process whose group the claim records before it runs (bash, bash sensors, python), work to do in this
 //! process once claimed (everything else), or an outcome decided before the claim (a template
 //! error). The worker owns what is generic: claiming, heartbeats, `execution_timeout`, the log's
 //! header and end lines, and turning the one [`Outcome`] type into a state.
@@ -27,6 +27,7 @@ mod file_sensor;
 pub mod http;
 mod latest_only;
 pub mod notify;
+mod python;
 #[path = "rhai.rs"]
 mod rhai_op;
 pub mod sensor;
@@ -35,7 +36,7 @@ mod time_sensor;
 mod trigger_dagrun;
 mod wecom;
 
-pub use bash::{bash_run, command_line, context_env, exit_outcome, process_outcome};
+pub use bash::{bash_run, command_line, context_env, exit_outcome, process_end, process_outcome};
 pub use context::{mask_secrets, schedule_neighbours, secrets, template_context};
 pub use notify::{MailRequest, Notification, Notify, Origin};
 pub use trigger_dagrun::{TriggerError, TriggerRequest, TriggerRuns, Triggered};
@@ -61,6 +62,8 @@ pub type Pushed = Vec<(String, serde_json::Value)>;
 
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// Where DAG files are: a `PythonOperator`'s module is imported from its DAG file's folder.
+    pub dags_folder: PathBuf,
     pub log_folder: PathBuf,
     pub max_log_bytes: u64,
     /// `[core] max_xcom_bytes`: a bigger `return_value` fails the task.
@@ -228,8 +231,9 @@ pub enum Start {
     Done(Outcome),
 }
 
-/// How a supervised process's exit reads as an outcome.
-pub type ProcessOutcome = fn(&QueuedTask, crate::executor::BashOutcome, &WorkerSettings) -> Outcome;
+/// How a supervised process's exit reads as an outcome, with the XComs the process pushed
+/// (`ti.xcom_push` in a `PythonOperator`'s function; none for bash).
+pub type ProcessOutcome = fn(&QueuedTask, crate::executor::BashOutcome, &WorkerSettings) -> (Outcome, Pushed);
 
 /// One operator's runner: how a try starts, which of its spec's texts are templates (so the
 /// worker knows which store reads rendering needs, `template::needs`), and, for an operator that
@@ -254,7 +258,7 @@ pub const RUNNERS: &[Runner] = &[
         name: "BashOperator",
         start: |run| Box::pin(bash::start(run)),
         templated: bash::templated,
-        recover: Some(bash::process_outcome),
+        recover: Some(bash::process_end),
     },
     Runner {
         name: "FileSensor",
@@ -303,6 +307,12 @@ pub const RUNNERS: &[Runner] = &[
         start: |run| Box::pin(rhai_op::start(run)),
         templated: rhai_op::templated,
         recover: None,
+    },
+    Runner {
+        name: "PythonOperator",
+        start: |run| Box::pin(python::start(run)),
+        templated: python::templated,
+        recover: Some(python::process_end),
     },
     Runner {
         name: "BranchOperator",

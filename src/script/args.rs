@@ -265,6 +265,20 @@ pub const OPERATORS: &[OperatorDef] = &[
         sensor: false,
     },
     OperatorDef {
+        name: "PythonOperator",
+        keys: &[
+            ("python_callable", Kind::Str),
+            ("op_args", Kind::Json),
+            ("op_kwargs", Kind::Json),
+            ("templates_dict", Kind::Json),
+            ("python", Kind::Str),
+            ("requirements", Kind::StrList),
+            ("show_return_value_in_logs", Kind::Bool),
+        ],
+        required: &["python_callable"],
+        sensor: false,
+    },
+    OperatorDef {
         name: "EmailOperator",
         keys: &[
             ("to", Kind::StrList),
@@ -659,7 +673,16 @@ impl Args {
 }
 
 fn type_error(key: &str, owner: &str, kind: Kind, got: &Dynamic) -> ScriptError {
-    ScriptError::new(format!("`{key}` in `{owner}` must be {}, not {}", kind.expected(), describe(got))).at_key(key)
+    let error = ScriptError::new(format!("`{key}` in `{owner}` must be {}, not {}", kind.expected(), describe(got)))
+        .at_key(key);
+    if owner == "PythonOperator" && key == "python_callable" && got.is::<FnPtr>() {
+        // A DAG written for an earlier rhaiflow, or a closure meant for `RhaiOperator`.
+        return error.with_help(
+            "`PythonOperator` runs a Python function: `python_callable: \"module:function\"`; \
+             a Rhai closure runs with `RhaiOperator(#{ task_id: \"t\", callable: |ctx| { ... } })`",
+        );
+    }
+    error
 }
 
 /// A value's type in words for messages: `a string ("3")`, `an integer (3)`.
@@ -687,6 +710,9 @@ fn describe(value: &Dynamic) -> String {
         return format!(
             "a character (`'{c}'`: single quotes make one character in Rhai; write strings in double quotes)"
         );
+    }
+    if value.is::<FnPtr>() {
+        return "a closure".into();
     }
     format!("a value of type `{}`", value.type_name())
 }

@@ -50,10 +50,11 @@ pub fn airflow_name(name: &str) -> Option<Advice> {
     let advice = |message: String, help: &str| Some(Advice { message, help: help.to_string() });
     let missing = format!("rhaiflow has no `{name}`");
     match name {
-        "PythonOperator" | "PythonVirtualenvOperator" | "ExternalPythonOperator" => advice(
-            format!("{missing}: a DAG file runs no Python"),
-            "write the task's code as a Rhai closure with `RhaiOperator(#{ task_id: \"t\", callable: |ctx| { ... } })`, \
-             or run a script with `BashOperator(#{ task_id: \"t\", bash_command: \"python3 script.py\" })`",
+        "PythonVirtualenvOperator" | "ExternalPythonOperator" => advice(
+            format!("{missing}: it makes no virtualenv"),
+            "run the function with `PythonOperator(#{ task_id: \"t\", python_callable: \"module:function\", \
+             python: \"/path/to/venv\" })` (an existing virtualenv), or write it as a Rhai closure with \
+             `RhaiOperator(#{ task_id: \"t\", callable: |ctx| { ... } })`",
         ),
         "SqlOperator"
         | "SQLExecuteQueryOperator"

@@ -3,7 +3,7 @@
 use super::args::{Args, DAG_KEYS, OperatorDef, SENSOR_KEYS, ScheduleArg, TASK_KEYS, TaskHandle, Value};
 use super::error::{ScriptError, ScriptResult, nearest};
 use crate::model::{
-    CallbackRef, DagRunState, DagSpec, Diagnostic, DingdingSpec, EmailSpec, FeishuSpec, HttpSpec, Operator,
+    CallbackRef, DagRunState, DagSpec, Diagnostic, DingdingSpec, EmailSpec, FeishuSpec, HttpSpec, Operator, PythonSpec,
     ScheduleSpec, SensorKind, SensorMode, SensorSpec, SlackSpec, SourcePos, TaskSpec, TimeSpan, TimeZoneSpec,
     TriggerRule, TriggerSpec, WeComSpec, WeightRule,
 };
@@ -511,6 +511,7 @@ impl FileState {
                     },
                 }
             }
+            "PythonOperator" => Operator::PythonOperator(Box::new(python_operator(args)?)),
             "EmailOperator" => Operator::EmailOperator(Box::new(EmailSpec {
                 to: list("to"),
                 subject: s("subject"),
@@ -1119,6 +1120,47 @@ fn exit_code(code: i64) -> ScriptResult<i32> {
         _ => Err(ScriptError::new(format!("`skip_on_exit_code` holds {code}, which is not an exit code (0 to 255)"))
             .at_key("skip_on_exit_code")),
     }
+}
+
+/// `PythonOperator`'s arguments: `python_callable` as `module:function`, `op_args` an array,
+/// `op_kwargs` and `templates_dict` maps, `python` not empty.
+fn python_operator(args: &Args) -> ScriptResult<PythonSpec> {
+    // Without one (missing, or not a string) the key's own error is already reported.
+    let python_callable = args.str("python_callable").unwrap_or_default();
+    if args.str("python_callable").is_some() && PythonSpec::split_callable(&python_callable).is_none() {
+        return Err(ScriptError::new(format!(
+            "`python_callable` must be \"module:function\" (a Python module beside the DAG file, or a dotted \
+             module name, then `:` and the function's name), not `{python_callable}`"
+        ))
+        .with_help(
+            "e.g. `python_callable: \"etl_tasks:load\"` for `def load(...)` in `etl_tasks.py` next to the DAG file",
+        )
+        .at_key("python_callable"));
+    }
+    let op_args = match args.json("op_args") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(other) => {
+            return Err(ScriptError::new(format!("`op_args` must be an array, not `{other}`")).at_key("op_args"));
+        }
+    };
+    let templates_dict = match args.json("templates_dict") {
+        None | Some(serde_json::Value::Null) => None,
+        value => Some(json_object(value, "templates_dict").map_err(|e| e.at_key("templates_dict"))?),
+    };
+    let python = args.str("python").unwrap_or_else(|| "python3".into());
+    if python.trim().is_empty() {
+        return Err(ScriptError::new("`python` must name an interpreter, such as \"python3\"").at_key("python"));
+    }
+    Ok(PythonSpec {
+        python_callable,
+        op_args,
+        op_kwargs: json_object(args.json("op_kwargs"), "op_kwargs").map_err(|e| e.at_key("op_kwargs"))?,
+        templates_dict,
+        python,
+        requirements: args.str_list("requirements").unwrap_or_default(),
+        show_return_value_in_logs: args.bool("show_return_value_in_logs").unwrap_or(true),
+    })
 }
 
 fn json_object(value: Option<serde_json::Value>, key: &str) -> ScriptResult<BTreeMap<String, serde_json::Value>> {

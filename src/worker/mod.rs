@@ -367,7 +367,11 @@ impl Worker {
                 if let Ok(mut running) = self.running.lock() {
                     running.remove(&key);
                 }
-                outcome(&task, exit, &self.settings)
+                let (outcome, pushed) = outcome(&task, exit, &self.settings);
+                if let Some(run) = &run {
+                    pushed.into_iter().for_each(|(k, v)| run.push_xcom(k, v));
+                }
+                outcome
             }
             Pending::Later(bounded) => {
                 let (heartbeat, stopped) = self.spawn_heartbeat(key.clone());
@@ -907,24 +911,26 @@ impl Worker {
         let pid = ti.pid.and_then(|p| u32::try_from(p).ok());
         let here = ti.hostname.as_deref() == Some(self.settings.hostname.as_str());
         let alive = here && pid.is_some_and(|p| ti.pid_token.is_some() && is_same_process(p, ti.pid_token.as_deref()));
-        let ending = if alive {
+        let (ending, pushed) = if alive {
             let pgid = pid.unwrap_or_default();
             kill_group(pgid, self.settings.kill_grace).await;
-            Outcome::fail(format!(
+            let failed = Outcome::fail(format!(
                 "its owner, {who}, stopped; the try's process group {pgid} was killed and the try counts as failed"
-            ))
+            ));
+            (failed, Vec::new())
         } else {
             let recover = crate::operators::runner(&task.task().operator).and_then(|r| r.recover);
             match (recover, read_status(&log_path)) {
                 (Some(recover), Some(exit)) => recover(&task, exit, &self.settings),
-                _ => {
-                    Outcome::fail(format!("its owner, {who}, stopped, and the try ended without recording an outcome"))
-                }
+                _ => (
+                    Outcome::fail(format!("its owner, {who}, stopped, and the try ended without recording an outcome")),
+                    Vec::new(),
+                ),
             }
         };
         log_line(&log_path, &format!("[rhaiflow] taken over by {}", self.settings.owner)).await;
         let started = ti.start_date.unwrap_or_else(now);
-        self.finish(&task, ending, Vec::new(), started, &TryLog::file(log_path), None).await?;
+        self.finish(&task, ending, pushed, started, &TryLog::file(log_path), None).await?;
         let state = self.store.read_async(move |tx| tx.task_instance(&key)).await?;
         Ok(state.map(|t| (t.key, t.state)))
     }
