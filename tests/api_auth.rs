@@ -371,6 +371,9 @@ fn api_takes_basic_auth_and_checks_roles() {
     s.problem("GET", "/api/v1/dags", None, As::Session(&session, None), 401);
     s.problem("DELETE", "/api/v1/users/nina", None, admin, 404);
     s.problem("GET", "/api/v1/dags", None, As::Basic("nina", new_pw), 401);
+    // The last admin stays: nobody could manage users otherwise.
+    let p = s.problem("DELETE", "/api/v1/users/ada", None, admin, 400);
+    assert!(p["detail"].as_str().unwrap().contains("last admin"), "{p}");
     // A user deleted and made again (the way a password is reset, here with a higher role) is
     // another user: a session of the old one stays out.
     let session = login(&s, "otto", OPERATOR_PW);

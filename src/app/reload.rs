@@ -181,7 +181,7 @@ fn log_reload(r: &Reloaded, took: Duration) {
         let first = e.diagnostics.first();
         let line = first.and_then(|d| d.pos.as_ref().map(|p| p.line));
         let error = first.map(|d| d.message.as_str()).unwrap_or("unknown error");
-        tracing::warn!(file = %e.file, line, error, "import error: the file's last good version stays scheduled");
+        tracing::warn!(file = %e.file, line, error, "import error: the file did not load; the last good version of its DAGs, if it had one, stays scheduled");
     }
     for file in &r.changes.cleared {
         tracing::info!(%file, "import error cleared");

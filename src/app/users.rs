@@ -65,8 +65,21 @@ impl App {
     }
 
     /// Removes a web user; their sessions end at their next request.
+    /// Deletes a user; never the last admin (nobody could manage users through the API then).
     pub fn delete_user(&self, store: &Store, username: &str) -> Result<(), UserError> {
-        if !store.write(|tx| tx.delete_web_user(username))? {
+        let deleted = store.write(|tx| -> Result<Result<bool, UserError>, crate::store::StoreError> {
+            let Some(user) = tx.web_user(username)? else { return Ok(Ok(false)) };
+            if user.role == "admin" {
+                let (all, _) = tx.web_user_page(crate::store::Page::new(crate::store::Page::MAX_LIMIT, 0))?;
+                if all.iter().filter(|u| u.role == "admin").count() <= 1 {
+                    return Ok(Err(UserError::Invalid(format!(
+                        "`{username}` is the last admin; make another admin first (`rhaiflow users create --role admin`)"
+                    ))));
+                }
+            }
+            Ok(Ok(tx.delete_web_user(username)?))
+        })??;
+        if !deleted {
             return Err(UserError::Unknown(username.to_string()));
         }
         Ok(())
