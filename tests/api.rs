@@ -539,3 +539,31 @@ BashOperator(#{{ task_id: "broken", bash_command: "exit 3" }});"#
     assert_eq!(marked.status, 200, "{}", marked.text);
     wait_until("the run succeeds", || (s.get(run)["state"] == "success").then_some(()));
 }
+
+/// Listing filters do what they say (dates compare as instants), and a bad or unsupported one is
+/// a 400 naming it, never ignored.
+#[test]
+fn run_and_task_instance_filters() {
+    let s = Server::start();
+    let run_id = etl_run_id(&s);
+    let runs = "/api/v1/dags/etl/dagRuns";
+    let total = |path: &str| s.get(path)["total_entries"].as_u64().unwrap();
+    assert_eq!(total(runs), 1);
+    assert_eq!(total(&format!("{runs}?execution_date_gte=2030-01-01T00:00:00%2B00:00")), 0);
+    assert_eq!(total(&format!("{runs}?execution_date_lte=2030-01-01T00:00:00%2B00:00")), 1);
+    assert_eq!(total(&format!("{runs}?execution_date_gte=2024-03-01T08:00:00%2B08:00")), 1, "the same instant");
+    assert_eq!(total(&format!("{runs}?execution_date_gte=2024-03-01T07:59:59%2B07:00")), 0);
+    assert_eq!(total(&format!("{runs}?start_date_gte=2030-01-01T00:00:00Z")), 0);
+    assert_eq!(total(&format!("{runs}?end_date_lte=2030-01-01T00:00:00Z&state=failed")), 1);
+    let p = s.problem("GET", &format!("{runs}?execution_date_gte=notadate"), None, 400);
+    assert!(p["detail"].as_str().unwrap().contains("execution_date_gte"), "{p}");
+    let p = s.problem("GET", &format!("{runs}?updated_at_gte=2024-01-01T00:00:00Z"), None, 400);
+    assert!(p["detail"].as_str().unwrap().contains("`updated_at_gte` is not supported"), "{p}");
+    let tis = format!("/api/v1/dags/etl/dagRuns/{run_id}/taskInstances");
+    let failed = s.get(&format!("{tis}?state=failed"));
+    assert_eq!(failed["total_entries"], 1);
+    assert_eq!(failed["task_instances"][0]["task_id"], "load");
+    assert_eq!(total(&format!("{tis}?state=failed,success")), 2);
+    s.problem("GET", &format!("{tis}?state=bogus"), None, 400);
+    s.problem("GET", &format!("{tis}?duration_gte=1000"), None, 400);
+}

@@ -108,6 +108,14 @@ fn total(n: i64) -> u64 {
     u64::try_from(n).unwrap_or_default()
 }
 
+/// Date bounds of a DAG run listing (`*_gte`, `*_lte`), each optional.
+#[derive(Debug, Clone, Default)]
+pub struct RunDates {
+    pub logical: (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>),
+    pub start: (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>),
+    pub end: (Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>),
+}
+
 impl Tx<'_> {
     /// One page of DAGs by dag_id, and how many match.
     pub fn dag_page(&self, filter: &DagFilter, page: Page) -> StoreResult<(Vec<DagEntry>, u64)> {
@@ -143,12 +151,25 @@ impl Tx<'_> {
         &self,
         dag_id: Option<&str>,
         states: &[String],
+        dates: &RunDates,
         (order, descending): (RunOrder, bool),
         page: Page,
     ) -> StoreResult<(Vec<super::DagRunRow>, u64)> {
         let states = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
+        // Dates compare as instants (`julianday`), whatever offset and precision a row was written with.
         let filter_sql = "WHERE (?1 IS NULL OR dag_id = ?1)
-              AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))";
+              AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
+              AND (?3 IS NULL OR julianday(logical_date) >= julianday(?3))
+              AND (?4 IS NULL OR julianday(logical_date) <= julianday(?4))
+              AND (?5 IS NULL OR julianday(start_date) >= julianday(?5))
+              AND (?6 IS NULL OR julianday(start_date) <= julianday(?6))
+              AND (?7 IS NULL OR julianday(end_date) >= julianday(?7))
+              AND (?8 IS NULL OR julianday(end_date) <= julianday(?8))";
+        let bound =
+            |d: Option<chrono::DateTime<chrono::Utc>>| d.map(|d| d.format("%Y-%m-%d %H:%M:%S%.f+00:00").to_string());
+        let (l0, l1) = (bound(dates.logical.0), bound(dates.logical.1));
+        let (s0, s1) = (bound(dates.start.0), bound(dates.start.1));
+        let (e0, e1) = (bound(dates.end.0), bound(dates.end.1));
         let dir = if descending { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM dag_run {filter_sql} ORDER BY {} {dir}, dag_id, run_id LIMIT {} OFFSET {}",
@@ -157,24 +178,33 @@ impl Tx<'_> {
             page.offset
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![dag_id, states], run_row)?.collect::<Result<_, _>>()?;
+        let args = params![dag_id, states, l0, l1, s0, s1, e0, e1];
+        let rows = stmt.query_map(args, run_row)?.collect::<Result<_, _>>()?;
         let count = format!("SELECT COUNT(*) FROM dag_run {filter_sql}");
-        let n: i64 = self.tx.prepare_cached(&count)?.query_row(params![dag_id, states], |r| r.get(0))?;
+        let n: i64 = self.tx.prepare_cached(&count)?.query_row(args, |r| r.get(0))?;
         Ok((rows, total(n)))
     }
 
     /// One page of a run's task instances by task_id.
-    pub fn task_instance_page(&self, dag_id: &str, run_id: &str, page: Page) -> StoreResult<(Vec<TiRow>, u64)> {
+    pub fn task_instance_page(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        states: &[String],
+        page: Page,
+    ) -> StoreResult<(Vec<TiRow>, u64)> {
+        let states = serde_json::to_string(states).unwrap_or_else(|_| "[]".into());
+        let filter = "WHERE dag_id = ?1 AND run_id = ?2 AND (?3 = '[]' OR state IN (SELECT value FROM json_each(?3)))";
         let sql = format!(
-            "SELECT {TI_COLUMNS} FROM task_instance WHERE dag_id = ?1 AND run_id = ?2 ORDER BY task_id LIMIT {} OFFSET {}",
+            "SELECT {TI_COLUMNS} FROM task_instance {filter} ORDER BY task_id LIMIT {} OFFSET {}",
             page.limit, page.offset
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map([dag_id, run_id], ti_row)?.collect::<Result<_, _>>()?;
+        let rows = stmt.query_map(params![dag_id, run_id, states], ti_row)?.collect::<Result<_, _>>()?;
         let n: i64 = self
             .tx
-            .prepare_cached("SELECT COUNT(*) FROM task_instance WHERE dag_id = ?1 AND run_id = ?2")?
-            .query_row([dag_id, run_id], |r| r.get(0))?;
+            .prepare_cached(&format!("SELECT COUNT(*) FROM task_instance {filter}"))?
+            .query_row(params![dag_id, run_id, states], |r| r.get(0))?;
         Ok((rows, total(n)))
     }
 

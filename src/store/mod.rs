@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use alerts::{AlertFilter, AlertOutcome, DirectSend, OutboxRow};
-pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunOrder, XComRow};
+pub use api::{DagEntry, DagFilter, ImportErrorRow, PoolRow, RunDates, RunOrder, XComRow};
 pub use migrations::MIGRATIONS;
 pub use scheduling::{BusyCount, ChangeRow};
 pub use ui::OutboxFilter;

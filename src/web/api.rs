@@ -162,6 +162,22 @@ impl Params {
         Ok(Page::new(limit, offset))
     }
 
+    /// A parameter this route does not read is a 400 naming it, never silently ignored.
+    fn only(&self, known: &[&str]) -> Result<(), Problem> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some((k, _)) => Err(Problem::bad_request(format!(
+                "query parameter `{k}` is not supported here (supported: {})",
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// An optional date parameter.
+    fn date(&self, key: &str) -> Result<Option<DateTime<Utc>>, Problem> {
+        self.get(key).map(|v| date(key, v)).transpose()
+    }
+
     fn bool(&self, key: &str) -> Result<Option<bool>, Problem> {
         match self.get(key) {
             None => Ok(None),
@@ -403,7 +419,24 @@ fn run_order(text: Option<&str>) -> Result<(RunOrder, bool), Problem> {
 
 async fn list_runs(State(web): State<Web>, Path(dag_id): Path<String>, q: RawQuery) -> Answer {
     let p = Params::of(q)?;
+    p.only(&[
+        "limit",
+        "offset",
+        "order_by",
+        "state",
+        "execution_date_gte",
+        "execution_date_lte",
+        "start_date_gte",
+        "start_date_lte",
+        "end_date_gte",
+        "end_date_lte",
+    ])?;
     let page = p.page()?;
+    let dates = crate::store::RunDates {
+        logical: (p.date("execution_date_gte")?, p.date("execution_date_lte")?),
+        start: (p.date("start_date_gte")?, p.date("start_date_lte")?),
+        end: (p.date("end_date_gte")?, p.date("end_date_lte")?),
+    };
     let order = run_order(p.get("order_by"))?;
     let states = p.all("state");
     if let Some(bad) = states.iter().find(|s| s.parse::<DagRunState>().is_err()) {
@@ -416,7 +449,7 @@ async fn list_runs(State(web): State<Web>, Path(dag_id): Path<String>, q: RawQue
         if let Some(d) = &dag {
             entry(tx, d)?;
         }
-        Ok(tx.dag_run_page(dag.as_deref(), &states, order, page)?)
+        Ok(tx.dag_run_page(dag.as_deref(), &states, &dates, order, page)?)
     })
     .await?;
     ok(json!({"dag_runs": runs.iter().map(json::dag_run).collect::<Vec<_>>(), "total_entries": total}))
@@ -537,10 +570,16 @@ async fn clear_run(State(web): State<Web>, Path((dag_id, run_id)): Path<(String,
 // ---- task instances -----------------------------------------------------------------------------
 
 async fn list_tis(State(web): State<Web>, Path((dag_id, run_id)): Path<(String, String)>, q: RawQuery) -> Answer {
-    let page = Params::of(q)?.page()?;
+    let p = Params::of(q)?;
+    p.only(&["limit", "offset", "state"])?;
+    let page = p.page()?;
+    let states = p.all("state");
+    if let Some(bad) = states.iter().find(|s| s.parse::<TaskState>().is_err() && s.as_str() != "none") {
+        return Err(Problem::bad_request(format!("`state` `{bad}` is not a task instance state")));
+    }
     let (run, (tis, total)) = read(&web, move |tx| {
         let run = run_of(tx, &dag_id, &run_id)?;
-        Ok((run, tx.task_instance_page(&dag_id, &run_id, page)?))
+        Ok((run, tx.task_instance_page(&dag_id, &run_id, &states, page)?))
     })
     .await?;
     let out: Vec<Value> = tis.iter().map(|ti| json::task_instance(ti, &run.logical_date)).collect();
