@@ -155,6 +155,9 @@ fn every_page_answers_and_bad_input_gets_an_html_error_page() {
         }
         let list = get(&client, &format!("{b}/")).await;
         assert!(list.content_type.starts_with("text/html"), "{}", list.content_type);
+        let framed = client.get(format!("{b}/dags/ui_smoke")).send().await.unwrap();
+        assert_eq!(framed.headers()["x-frame-options"], "DENY", "no other site may frame a page");
+        assert_eq!(framed.headers()["content-security-policy"], "frame-ancestors 'none'");
         assert!(list.text.contains("broken.rhai:2"), "the import-error banner names file and line: {}", list.text);
         assert!(list.text.contains("every 10 minutes"), "MCWork's schedule in words");
         let code = get(&client, &format!("{b}/dags/MCWork/code")).await;

@@ -141,7 +141,8 @@ fn app(web: Web) -> (Router, ui::Ui) {
         .fallback(move |req: Request| not_found(for_404.clone(), req))
         .method_not_allowed_fallback(move |req: Request| method_not_allowed(for_405.clone(), req))
         .layer(axum::middleware::from_fn_with_state(ui.clone(), error_bodies))
-        .layer(axum::middleware::from_fn_with_state(auth, auth::identify));
+        .layer(axum::middleware::from_fn_with_state(auth, auth::identify))
+        .layer(axum::middleware::map_response(no_framing));
     (router, ui)
 }
 
@@ -157,6 +158,17 @@ async fn metrics_text(State(web): State<Web>) -> Response {
             (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be read: {e}\n")).into_response()
         }
     }
+}
+
+/// No page of ours may be framed by another site (clickjacking a Trigger or Mark button): with
+/// auth off, a page on any site could frame `localhost`.
+async fn no_framing(mut resp: Response) -> Response {
+    use axum::http::HeaderValue;
+    let h = resp.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(axum::http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    h.insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
 }
 
 fn is_api(uri: &axum::http::Uri) -> bool {
