@@ -11,6 +11,7 @@ pub mod graph;
 pub mod loader;
 pub mod model;
 pub mod operators;
+pub mod port;
 pub mod schedule;
 pub mod scheduler;
 pub mod script;
