@@ -482,7 +482,13 @@ fn python_callables_move_with_what_they_use() {
     let o = port(&[corpus.path().join("python_classic.py").to_str().unwrap()], corpus.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let rhai = std::fs::read_to_string(corpus.path().join("python_classic.rhai")).unwrap();
-    assert!(rhai.contains(r#"python_callable: "python_classic_tasks:extract", op_args: ["users"]"#), "{rhai}");
+    assert!(
+        rhai.contains(
+            r#"python_callable: "python_classic_tasks:extract",
+    op_args: ["users"],"#
+        ),
+        "{rhai}"
+    );
     assert!(
         rhai.contains(r#"op_kwargs: #{ rows: #{ xcom_pull: "extract" }, table: "users", target: "{{ ds }}" }"#),
         "{rhai}"

@@ -65,6 +65,25 @@ const PYTHON_KEYS: &[(&str, ArgKind)] = &[
     ("python", ArgKind::Str),
 ];
 
+/// Task context names a function may ask for by parameter name, each also a template variable.
+const CONTEXT_NAMES: &[&str] = &[
+    "ds",
+    "ds_nodash",
+    "ts",
+    "ts_nodash",
+    "ts_nodash_with_tz",
+    "logical_date",
+    "execution_date",
+    "data_interval_start",
+    "data_interval_end",
+    "prev_ds",
+    "next_ds",
+    "yesterday_ds",
+    "tomorrow_ds",
+    "run_id",
+    "task_instance_key_str",
+];
+
 /// Arguments Airflow 2 accepts and ignores: leaving them out changes nothing.
 const NO_OPS: &[&str] = &["provide_context", "dag", "task_group", "task_id", "is_setup", "is_teardown"];
 
@@ -218,6 +237,13 @@ pub fn operator_args(
             let Some((table, required)) = crate::script::operator_keys(op) else {
                 return unknown_operator(ev, class_name, kwargs, line, local, "rhaiflow has no such operator");
             };
+            let adjusted;
+            let kwargs = if op == "ExternalTaskSensor" {
+                adjusted = dag_level_states(ev, kwargs, &owner, line);
+                &adjusted[..]
+            } else {
+                kwargs
+            };
             let converted = keyed(ev, kwargs, &table, &owner, line);
             if let Some(missing) = required.iter().find(|r| !converted.iter().any(|(k, _)| k == *r)) {
                 let why = format!("its `{missing}` could not be ported");
@@ -271,6 +297,34 @@ pub fn operator_args(
             unknown_operator(ev, class_name, kwargs, line, local, "rhaiflow has no such operator")
         }
     }
+}
+
+/// An `ExternalTaskSensor` without `external_task_id(s)` waits for the DAG run in rhaiflow, whose
+/// states are run states: task-only states (`skipped`, ...) in its state lists are left out.
+fn dag_level_states(ev: &mut Evaluator, kwargs: &[(String, Val)], owner: &str, line: usize) -> Vec<(String, Val)> {
+    const RUN_STATES: &[&str] = &["queued", "running", "success", "failed"];
+    let per_task = kwargs.iter().any(|(k, _)| matches!(k.as_str(), "external_task_id" | "external_task_ids"));
+    let mut out = Vec::new();
+    for (k, v) in kwargs {
+        let v = match (k.as_str(), v) {
+            ("allowed_states" | "failed_states" | "skipped_states", Val::List(l)) if !per_task => {
+                let kept: Vec<Val> =
+                    l.iter().filter(|s| s.as_str().is_none_or(|s| RUN_STATES.contains(&s))).cloned().collect();
+                if kept.len() != l.len() {
+                    ev.loss(
+                        line,
+                        format!("`{k}` of {owner}"),
+                        "without an external task id rhaiflow waits for the DAG run, whose states are run states",
+                        "the run states of the list",
+                    );
+                }
+                Val::List(kept)
+            }
+            (_, v) => v.clone(),
+        };
+        out.push((k.clone(), v));
+    }
+    out
 }
 
 fn python_losses(ev: &mut Evaluator, kind: PyKind, owner: &str, line: usize) {
@@ -391,8 +445,17 @@ pub fn taskflow_args(
             // The function returns the command: run it here with templates standing in for XComArgs,
             // which render to the same values at run time.
             let bound: Vec<Val> = args.iter().map(template_for_xcom(ev)).collect();
-            let bound_kw: Vec<(String, Val)> =
+            let mut bound_kw: Vec<(String, Val)> =
                 kwargs.iter().map(|(k, v)| (k.clone(), template_for_xcom(ev)(v))).collect();
+            // Parameters named after the task context (`ds`, `task_instance_key_str`, ...) that the
+            // call leaves out get the context's template, which renders to the value Airflow passes.
+            let def = ev.funcs[func].def;
+            for (i, p) in def.args.args.iter().enumerate() {
+                let name = p.def.arg.as_str();
+                if i >= args.len() && !kwargs.iter().any(|(k, _)| k == name) && CONTEXT_NAMES.contains(&name) {
+                    bound_kw.push((name.to_string(), Val::Str(format!("{{{{ {name} }}}}"))));
+                }
+            }
             let command = ev.run_function_value(func, bound, bound_kw);
             let mut kw: Vec<(String, Val)> = vec![("bash_command".into(), command.clone())];
             kw.extend(deco);

@@ -105,7 +105,7 @@ fn map_text(args: &[(String, String)], indent: &str) -> String {
         "#{{ {} }}",
         args.iter().map(|(k, v)| format!("{}: {v}", super::value::rhai_key(k))).collect::<Vec<_>>().join(", ")
     );
-    if one_line.len() <= 100 && !one_line.contains('\n') {
+    if one_line.len() <= 80 && !one_line.contains('\n') {
         return one_line;
     }
     let mut out = String::from("#{\n");

@@ -306,9 +306,9 @@ impl<'a> Evaluator<'a> {
             Stmt::AsyncFunctionDef(def) => {
                 self.set(def.name.as_str(), Val::Unknown(format!("async def {}", def.name)));
             }
-            Stmt::ClassDef(def) => {
-                self.set(def.name.as_str(), Val::Unknown(format!("class {}", def.name)));
-            }
+            // A class of the file (a custom operator): calling it with a `task_id` is an operator
+            // rhaiflow does not have.
+            Stmt::ClassDef(def) => self.set(def.name.as_str(), Val::Symbol(format!("__main__.{}", def.name))),
             Stmt::Import(s) => {
                 for alias in &s.names {
                     let name = alias.name.as_str();
@@ -433,6 +433,8 @@ impl<'a> Evaluator<'a> {
             Expr::Name(n) => match self.lookup(n.id.as_str()) {
                 Some(v) => v,
                 None if n.id.as_str() == "__doc__" => self.docstring.clone().map(Val::Str).unwrap_or(Val::None),
+                // Airflow imports DAG files under a made-up module name, never as `__main__`.
+                None if n.id.as_str() == "__name__" => Val::Str("unusual_prefix_dag_file".into()),
                 None if BUILTINS.contains(&n.id.as_str()) => Val::Symbol(format!("builtins.{}", n.id)),
                 None => Val::Unknown(n.id.to_string()),
             },
