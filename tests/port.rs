@@ -245,8 +245,8 @@ const EXPECTED: &[Dag] = &[
     Dag { id: "multi_manual", tasks: &["a", "b"], edges: &[("a", "b")], labels: &[] },
     Dag {
         id: "python_classic",
-        tasks: &["extract", "load", "check"],
-        edges: &[("extract", "load"), ("load", "check")],
+        tasks: &["extract", "load", "check", "double_it"],
+        edges: &[("extract", "load"), ("load", "check"), ("check", "double_it")],
         labels: &[],
     },
     Dag {
@@ -495,6 +495,8 @@ fn python_callables_move_with_what_they_use() {
     );
     assert!(rhai.contains(r#"templates_dict: #{ day: "{{ ds }}" }"#), "{rhai}");
     assert!(rhai.contains(r#"python_callable: "python_classic_tasks:check_callable""#), "{rhai}");
+    // A function imported from a module beside the DAG file stays where it is.
+    assert!(rhai.contains(r#"python_callable: "helpers:double""#), "{rhai}");
     let py = std::fs::read_to_string(corpus.path().join("python_classic_tasks.py")).unwrap();
     for part in [
         "# ported by rhaiflow port from python_classic.py",

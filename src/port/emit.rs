@@ -283,6 +283,20 @@ pub fn python_module(ev: &mut Evaluator, body: &[Stmt], src: &str, source_name: 
     let mut imports = Vec::new();
     let mut constants = Vec::new();
     let mut airflow_imports = Vec::new();
+    // Constants first: the names they use (a `datetime` in a dict) need their imports too.
+    for stmt in body {
+        if let Stmt::Assign(s) = stmt
+            && let [ast::Expr::Name(n)] = s.targets.as_slice()
+            && used.contains(n.id.as_str())
+            && ev.global(n.id.as_str()).is_some_and(|v| plain(ev, v))
+        {
+            let text = ev.text_of(stmt).to_string();
+            constants.push(text);
+        }
+    }
+    for c in &constants {
+        used.extend(identifiers(c));
+    }
     for stmt in body {
         match stmt {
             Stmt::Import(s) => {
@@ -322,14 +336,6 @@ pub fn python_module(ev: &mut Evaluator, body: &[Stmt], src: &str, source_name: 
                     airflow_imports.push((ev.line_of(stmt), text.clone()));
                 }
                 imports.push(text);
-            }
-            Stmt::Assign(s) => {
-                if let [ast::Expr::Name(n)] = s.targets.as_slice()
-                    && used.contains(n.id.as_str())
-                    && ev.global(n.id.as_str()).is_some_and(|v| plain(ev, v))
-                {
-                    constants.push(ev.text_of(stmt).to_string());
-                }
             }
             _ => {}
         }

@@ -1667,6 +1667,12 @@ impl<'a> Evaluator<'a> {
                 let name = self.moved_name(*id);
                 Some(format!("{}:{name}", self.module))
             }
+            // A function imported from a module beside the DAG files (the dags folder is on
+            // `sys.path` in Airflow as in rhaiflow's runner): referenced where it is.
+            Val::Symbol(path) if !path.starts_with("airflow") && !path.starts_with("builtins.") => {
+                let (module, func) = path.rsplit_once('.')?;
+                Some(format!("{module}:{func}"))
+            }
             Val::Lambda(src) => {
                 let mut name: String =
                     task_local.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();

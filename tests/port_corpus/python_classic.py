@@ -1,10 +1,12 @@
-"""PythonOperator with callables that use module-level imports, constants and a helper; a lambda."""
+"""PythonOperator with callables that use module-level imports, constants and a helper; a lambda; a
+function imported from a module beside the DAG file."""
 import json
 import os.path
 from datetime import datetime
 
 from airflow import DAG
 from airflow.operators.python import PythonOperator
+from helpers import double
 
 BASE = "/data"
 LIMITS = {"users": 10}
@@ -35,4 +37,5 @@ with DAG("python_classic", start_date=datetime(2024, 1, 1), schedule="@daily") a
         templates_dict={"day": "{{ ds }}"},
     )
     check = PythonOperator(task_id="check", python_callable=lambda: print("ok"))
-    e >> l >> check
+    twice = PythonOperator(task_id="double_it", python_callable=double, op_args=[21])
+    e >> l >> check >> twice
