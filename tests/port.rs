@@ -570,3 +570,20 @@ fn assert_python_compiles(path: &Path) {
     };
     assert!(o.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn hostile_nesting_is_a_loss_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!(
+        "from airflow import DAG\nfrom airflow.operators.empty import EmptyOperator\nwith DAG(\"deep\", schedule=None):\n    x = {}{}\n    y = 1{}\n    EmptyOperator(task_id=\"t\")\n",
+        "[".repeat(50_000),
+        "]".repeat(50_000),
+        " + 1".repeat(50_000)
+    );
+    std::fs::write(dir.path().join("deep.py"), deep).unwrap();
+    let o = port(&["deep.py", "--check"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("deep.py:4: an expression nested too deep"), "{err}");
+    assert!(err.contains("DAG `deep`: 1 task(s)"), "{err}");
+}

@@ -15,6 +15,8 @@ const MAX_ITEMS: i64 = 100_000;
 const MAX_DEPTH: usize = 64;
 /// Tasks in one file.
 pub const MAX_TASKS: usize = 100_000;
+/// Nested expressions evaluated (each level is a few native frames).
+const MAX_EXPR_DEPTH: usize = 400;
 
 pub struct DagOut {
     pub dag_id: String,
@@ -94,6 +96,8 @@ pub struct Evaluator<'a> {
     /// Names each moved function has in the tasks module (function id -> name).
     pub moved_names: HashMap<usize, String>,
     stopped: bool,
+    expr_depth: usize,
+    too_deep: bool,
 }
 
 /// Keyword arguments as evaluated, in order.
@@ -127,6 +131,8 @@ impl<'a> Evaluator<'a> {
             module,
             moved_names: HashMap::new(),
             stopped: false,
+            expr_depth: 0,
+            too_deep: false,
         }
     }
 
@@ -424,6 +430,26 @@ impl<'a> Evaluator<'a> {
     // --- expressions ---------------------------------------------------------------------------
 
     pub fn eval(&mut self, e: &'a Expr) -> Val {
+        if self.expr_depth >= MAX_EXPR_DEPTH {
+            if !self.too_deep {
+                self.too_deep = true;
+                let line = self.line_of(e);
+                self.loss(
+                    line,
+                    "an expression nested too deep",
+                    format!("more than {MAX_EXPR_DEPTH} levels (Python itself refuses far fewer)"),
+                    "what it holds is left out",
+                );
+            }
+            return Val::Unknown("an expression nested too deep".into());
+        }
+        self.expr_depth += 1;
+        let v = self.eval_inner(e);
+        self.expr_depth -= 1;
+        v
+    }
+
+    fn eval_inner(&mut self, e: &'a Expr) -> Val {
         let line = self.line_of(e);
         if !self.tick(line) {
             return Val::Unknown("evaluation stopped".into());

@@ -181,7 +181,25 @@ pub fn run(options: &PortOptions) -> Result<Vec<FileReport>, UsageError> {
             return Err(UsageError::NotPython(path.display().to_string()));
         }
     }
-    Ok(inputs.into_iter().map(|(file, rel)| port_file(&file, &rel, options)).collect())
+    Ok(inputs.into_iter().map(|(file, rel)| port_file_on_big_stack(file, rel, options)).collect())
+}
+
+/// Stack for one file's parse and evaluation: the parser, the evaluator and dropping the AST
+/// recurse once per nesting level (the evaluator stops at `MAX_EXPR_DEPTH`).
+const STACK_BYTES: usize = 256 * 1024 * 1024;
+
+fn port_file_on_big_stack(file: PathBuf, rel: PathBuf, options: &PortOptions) -> FileReport {
+    let shown = file.clone();
+    let options = options.clone();
+    let worker = std::thread::Builder::new()
+        .name("port".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || port_file(&file, &rel, &options));
+    let failed = |why: &str| FileReport { input: shown.clone(), outcome: FileOutcome::Failed(why.to_string()) };
+    match worker {
+        Ok(handle) => handle.join().unwrap_or_else(|_| failed("internal error (a bug) while porting it")),
+        Err(e) => failed(&format!("cannot start a thread to port it: {e}")),
+    }
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, PathBuf)>) -> Result<(), UsageError> {
