@@ -809,6 +809,10 @@ impl<'a> Evaluator<'a> {
                 if airflow::ENUMS.contains(&parent) {
                     return Val::Str(name.to_lowercase());
                 }
+                if parent == "datetime" && name == "min" {
+                    let at = chrono::NaiveDate::from_ymd_opt(1, 1, 1).map(|d| d.and_time(chrono::NaiveTime::MIN));
+                    return at.map(|at| Val::DateTime(DateVal::Fixed { at, tz: None })).unwrap_or(Val::Unknown(s));
+                }
                 Val::Symbol(format!("{s}.{name}"))
             }
             Val::Task(t) => match name {
