@@ -12,6 +12,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod operators;
+pub mod port;
 pub mod schedule;
 pub mod scheduler;
 pub mod script;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("operators", 2),
     ("loader", 3),
+    ("port", 3),
     ("scheduler", 3),
     ("worker", 3),
     ("alert", 3),

@@ -3,6 +3,7 @@
 mod alerts;
 mod crash;
 mod dags;
+mod port;
 mod run;
 mod table;
 mod users;
@@ -87,6 +88,8 @@ pub enum Command {
     /// The metadata database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Airflow Python DAG files -> Rhai DAG files (and their Python callables -> `NAME_tasks.py`).
+    Port(port::PortArgs),
     /// Print the version.
     Version,
     /// Panic on purpose (hidden): how the tests drive the panic hook.
@@ -249,6 +252,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             crash::panic_on_purpose(place);
             return Ok(Outcome::Ok);
         }
+        // Needs no home, config or database: it reads and writes only the files it is given.
+        Command::Port(args) => return port::run(args),
         _ => {}
     }
     let flags = Flags { home: cli.home.clone(), dags_folder: cli.dags_folder.clone(), database_url: None };
@@ -320,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Db(DbCommand::Migrate) => run::db_migrate(&ctx),
         Command::Alerts(cmd) => alerts::run(&ctx, cmd),
         Command::Users(cmd) => users::run(&ctx, cmd),
-        Command::Version | Command::Panic { .. } => Ok(Outcome::Ok),
+        Command::Version | Command::Panic { .. } | Command::Port(_) => Ok(Outcome::Ok),
     }
 }
 

@@ -15,6 +15,7 @@ mod state;
 mod task;
 mod values;
 
+pub use args::{KeySpec, Kind as ArgKind};
 pub use modules::{ImportedModule, Imports};
 use state::Budget;
 pub use state::{DeclaredDag, EvalContext, SourceMap};
@@ -35,6 +36,34 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The keys an operator's constructor accepts (its own, the sensor keys for a sensor, then the
+/// keys every task takes) and the keys it requires; `None` for a name rhaiflow has no operator of.
+/// `port` writes only keys these tables accept.
+pub fn operator_keys(name: &str) -> Option<(Vec<KeySpec>, &'static [&'static str])> {
+    let op = args::OPERATORS.iter().find(|op| op.name == name)?;
+    let mut keys: Vec<(&'static str, ArgKind)> = op.keys.to_vec();
+    if op.sensor {
+        keys.extend_from_slice(args::SENSOR_KEYS);
+    }
+    keys.extend_from_slice(args::TASK_KEYS);
+    Some((keys, op.required))
+}
+
+/// The keys every task takes (`task_id`, `retries`, ...).
+pub fn task_keys() -> &'static [(&'static str, ArgKind)] {
+    args::TASK_KEYS
+}
+
+/// The keys `DAG(...)` takes.
+pub fn dag_keys() -> &'static [(&'static str, ArgKind)] {
+    args::DAG_KEYS
+}
+
+/// The keys `default_args` may hold.
+pub fn default_args_keys() -> Vec<(&'static str, ArgKind)> {
+    args::default_args_keys()
+}
 
 /// The Rhai sources shipped inside the binary: the prelude every file sees, and importable modules.
 pub const STDLIB: &[(&str, &str)] = &[
