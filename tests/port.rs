@@ -5,7 +5,7 @@
 //!
 //! `PythonOperator` lives on another branch until the merge: `corpus_ports_with_the_same_shape` loads
 //! the output with a stand-in for it (an `EmptyOperator` taking its keys), and
-//! `corpus_loads_with_the_real_python_operator` (ignored until then) loads it as it is.
+//! `corpus_loads_with_the_real_python_operator` loads it as it is.
 
 mod common;
 
@@ -585,4 +585,41 @@ fn hostile_nesting_is_a_loss_not_a_crash() {
     let err = stderr(&o);
     assert!(err.contains("deep.py:4: an expression nested too deep"), "{err}");
     assert!(err.contains("DAG `deep`: 1 task(s)"), "{err}");
+}
+
+/// Done-when of `port`: a ported TaskFlow DAG runs, its Python functions in `python3` with
+/// their results passed along as XComs (`multiple_outputs` keys included).
+#[test]
+fn a_ported_taskflow_dag_runs_with_its_xcoms() {
+    let home = common::Home::new(&[]);
+    let dags = home.path().join("dags");
+    std::fs::copy(Path::new(CORPUS).join("taskflow.py"), dags.join("taskflow.py")).unwrap();
+    let o = port(&[dags.join("taskflow.py").to_str().unwrap()], home.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::remove_file(dags.join("taskflow.py")).unwrap();
+    let rhai = std::fs::read_to_string(dags.join("taskflow.rhai")).unwrap();
+    assert!(rhai.contains("multiple_outputs: true"), "{rhai}");
+    let test = home.run(&["dags", "test", "taskflow_etl", "2024-01-02"]);
+    assert!(
+        test.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let db = home.db();
+    let xcom = |task: &str, key: &str| -> Option<String> {
+        db.query_row(
+            "SELECT value FROM xcom WHERE dag_id = 'taskflow_etl' AND task_id = ?1 AND key = ?2",
+            [task, key],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    assert_eq!(xcom("extract", "return_value").as_deref(), Some(r#"{"1001":301.27,"1002":433.21,"1003":502.22}"#));
+    let total = xcom("transform", "total_order_value").expect("multiple_outputs pushes the key");
+    assert!(total.starts_with("1236.7"), "{total}");
+    let run_id: String =
+        db.query_row("SELECT run_id FROM dag_run WHERE dag_id = 'taskflow_etl'", [], |r| r.get(0)).unwrap();
+    let log = home.log("taskflow_etl", &run_id, "load");
+    assert!(log.contains("Total order value is: 1236.70"), "{log}");
 }

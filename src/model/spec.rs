@@ -304,6 +304,9 @@ pub struct PythonSpec {
     pub requirements: Vec<String>,
     #[serde(default = "yes")]
     pub show_return_value_in_logs: bool,
+    /// A returned dict's keys are pushed as XComs of their own too (Airflow's `multiple_outputs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multiple_outputs: bool,
 }
 
 impl PythonSpec {

@@ -385,20 +385,45 @@ pub fn process_end(task: &QueuedTask, exit: BashOutcome, settings: &WorkerSettin
     let dir = work_dir(&settings.log_path(&task.key, task.try_number));
     let read = read_results(&dir.join("result.jsonl"), settings.max_xcom_bytes.saturating_add(64 << 10));
     let _ = std::fs::remove_dir_all(&dir);
-    let (python, callable) = match &task.task().operator {
-        Operator::PythonOperator(spec) => (spec.python.as_str(), spec.python_callable.as_str()),
-        _ => ("python3", "?"),
+    let (python, callable, multiple_outputs) = match &task.task().operator {
+        Operator::PythonOperator(spec) => (spec.python.as_str(), spec.python_callable.as_str(), spec.multiple_outputs),
+        _ => ("python3", "?", false),
     };
     let results = match read {
         Ok(r) => r,
         Err(reason) => return (Outcome::fail(reason), Vec::new()),
     };
     let outcome = end_outcome(task, exit.exit, &results, settings, (python, callable));
+    let mut pushed = results.pushed;
+    // `multiple_outputs`: a returned dict's keys become XComs of their own, as in Airflow.
+    let outcome = match outcome {
+        Outcome::Success { xcom: Some(serde_json::Value::Object(map)) } if multiple_outputs => {
+            pushed.extend(map.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Outcome::Success { xcom: Some(serde_json::Value::Object(map)) }
+        }
+        Outcome::Success { xcom: Some(other) } if multiple_outputs => Outcome::fail(format!(
+            "`{callable}` returned {}, but `multiple_outputs` needs a dict (each key becomes an XCom)",
+            json_kind(&other)
+        )),
+        other => other,
+    };
     let outcome = match outcome {
         Outcome::Fail { reason, final_try } => Outcome::Fail { reason: mask_secrets(&reason, settings), final_try },
         other => other,
     };
-    (outcome, results.pushed)
+    (outcome, pushed)
+}
+
+/// What a JSON value is, in Python's words.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "None",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a str",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a dict",
+    }
 }
 
 fn end_outcome(

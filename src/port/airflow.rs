@@ -63,6 +63,7 @@ const PYTHON_KEYS: &[(&str, ArgKind)] = &[
     ("op_kwargs", ArgKind::Json),
     ("templates_dict", ArgKind::Json),
     ("python", ArgKind::Str),
+    ("multiple_outputs", ArgKind::Bool),
 ];
 
 /// Task context names a function may ask for by parameter name, each also a template variable.
@@ -377,6 +378,21 @@ fn unknown_operator(
     PortedTask { operator: "EmptyOperator".into(), args, comment: true }
 }
 
+/// Whether a function's return annotation is a dict (`dict`, `Dict[...]`, `typing.Dict[...]`).
+fn returns_dict(def: &rustpython_parser::ast::StmtFunctionDef) -> bool {
+    use rustpython_parser::ast::Expr;
+    let named = |e: &Expr| match e {
+        Expr::Name(n) => matches!(n.id.as_str(), "dict" | "Dict"),
+        Expr::Attribute(a) => a.attr.as_str() == "Dict",
+        _ => false,
+    };
+    match def.returns.as_deref() {
+        Some(Expr::Subscript(s)) => named(&s.value),
+        Some(e) => named(e),
+        None => false,
+    }
+}
+
 /// A TaskFlow call (`@task`, `@task.branch`, `@task.bash`, ...).
 #[allow(clippy::too_many_arguments)]
 pub fn taskflow_args(
@@ -390,8 +406,7 @@ pub fn taskflow_args(
     local: &str,
 ) -> PortedTask {
     let owner = format!("@task.{flavor} `{local}`");
-    let deco: Vec<(String, Val)> =
-        deco.iter().filter(|(k, _)| !matches!(k.as_str(), "task_id" | "multiple_outputs")).cloned().collect();
+    let deco: Vec<(String, Val)> = deco.iter().filter(|(k, _)| k.as_str() != "task_id").cloned().collect();
     match flavor {
         "python"
         | "branch"
@@ -433,6 +448,10 @@ pub fn taskflow_args(
                 }
             }
             out.extend(keyed(ev, &rest, &table, &owner, line));
+            // As Airflow: a function annotated to return a dict has `multiple_outputs` on.
+            if !deco.iter().any(|(k, _)| k == "multiple_outputs") && returns_dict(ev.funcs[func].def) {
+                out.push(("multiple_outputs".into(), "true".into()));
+            }
             let kind = match flavor {
                 "branch" | "branch_virtualenv" | "branch_external_python" => PyKind::Branch,
                 "short_circuit" => PyKind::ShortCircuit,

@@ -274,6 +274,7 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("python", Kind::Str),
             ("requirements", Kind::StrList),
             ("show_return_value_in_logs", Kind::Bool),
+            ("multiple_outputs", Kind::Bool),
         ],
         required: &["python_callable"],
         sensor: false,

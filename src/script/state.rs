@@ -1160,6 +1160,7 @@ fn python_operator(args: &Args) -> ScriptResult<PythonSpec> {
         python,
         requirements: args.str_list("requirements").unwrap_or_default(),
         show_return_value_in_logs: args.bool("show_return_value_in_logs").unwrap_or(true),
+        multiple_outputs: args.bool("multiple_outputs").unwrap_or(false),
     })
 }
 
