@@ -383,3 +383,43 @@ def waits(ti):
     assert_eq!(xcom(&home, "survivor", "t", "return_value"), Some(serde_json::json!({"done": true})));
     assert_eq!(xcom(&home, "survivor", "t", "side"), Some(serde_json::json!("pushed-after-the-kill")));
 }
+
+/// `branch: true` follows the task id(s) the function returns and skips the other direct
+/// downstream tasks (Airflow's `BranchPythonOperator`); `short_circuit: true` skips everything
+/// downstream on a falsy result (Airflow's `ShortCircuitOperator`); a branch returning something
+/// else fails naming it.
+#[test]
+fn branch_and_short_circuit_functions_decide_what_runs() {
+    let dag = format!(
+        r#"let dag = DAG("forks", #{{ {MANUAL} }});
+let pick = PythonOperator(#{{ task_id: "pick", python_callable: "forks:pick", branch: true }});
+let left = EmptyOperator(#{{ task_id: "left" }});
+let right = EmptyOperator(#{{ task_id: "right" }});
+pick >> [left, right];
+let gate = PythonOperator(#{{ task_id: "gate", python_callable: "forks:closed", short_circuit: true }});
+let after = EmptyOperator(#{{ task_id: "after" }});
+let later = EmptyOperator(#{{ task_id: "later" }});
+gate >> after >> later;
+let bad = PythonOperator(#{{ task_id: "bad", python_callable: "forks:number", branch: true }});
+"#
+    );
+    let home = Home::new(&[("forks.rhai", &dag)]);
+    std::fs::write(
+        home.path().join("dags/forks.py"),
+        "def pick():\n    return 'right'\n\ndef closed():\n    return []\n\ndef number():\n    return 7\n",
+    )
+    .unwrap();
+    let o = home.run(&["dags", "test", "forks", "2024-01-02"]);
+    assert_eq!(o.status.code(), Some(1), "`bad` fails: {}", all_output(&o));
+    let states = home.states("forks", "manual__2024-01-02T00:00:00+00:00");
+    let state = |t: &str| states.iter().find(|(id, _, _)| id == t).map(|(_, s, _)| s.clone()).unwrap();
+    assert_eq!(state("pick"), "success");
+    assert_eq!(state("right"), "success");
+    assert_eq!(state("left"), "skipped");
+    assert_eq!(state("gate"), "success");
+    assert_eq!(state("after"), "skipped");
+    assert_eq!(state("later"), "skipped");
+    assert_eq!(state("bad"), "failed");
+    let log = home.log("forks", "manual__2024-01-02T00:00:00+00:00", "bad");
+    assert!(log.contains("`forks:number` is a branch and returned a number"), "{log}");
+}

@@ -280,7 +280,7 @@ fn corpus_copy() -> tempfile::TempDir {
 /// Until `PythonOperator` is merged: an `EmptyOperator` that takes its keys.
 const PYTHON_STAND_IN: &str = r#"
 fn PortTestPython(args) {
-    for k in ["python_callable", "op_args", "op_kwargs", "templates_dict", "python", "multiple_outputs"] { args.remove(k); }
+    for k in ["python_callable", "op_args", "op_kwargs", "templates_dict", "python", "multiple_outputs", "branch", "short_circuit"] { args.remove(k); }
     EmptyOperator(args)
 }
 "#;

@@ -307,6 +307,13 @@ pub struct PythonSpec {
     /// A returned dict's keys are pushed as XComs of their own too (Airflow's `multiple_outputs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub multiple_outputs: bool,
+    /// The function returns the task id(s) to follow; the other direct downstream tasks are
+    /// skipped (Airflow's `BranchPythonOperator`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub branch: bool,
+    /// A falsy result skips everything downstream (Airflow's `ShortCircuitOperator`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_circuit: bool,
 }
 
 impl PythonSpec {

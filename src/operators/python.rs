@@ -385,9 +385,15 @@ pub fn process_end(task: &QueuedTask, exit: BashOutcome, settings: &WorkerSettin
     let dir = work_dir(&settings.log_path(&task.key, task.try_number));
     let read = read_results(&dir.join("result.jsonl"), settings.max_xcom_bytes.saturating_add(64 << 10));
     let _ = std::fs::remove_dir_all(&dir);
-    let (python, callable, multiple_outputs) = match &task.task().operator {
-        Operator::PythonOperator(spec) => (spec.python.as_str(), spec.python_callable.as_str(), spec.multiple_outputs),
-        _ => ("python3", "?", false),
+    let (python, callable, multiple_outputs, branch, short_circuit) = match &task.task().operator {
+        Operator::PythonOperator(spec) => (
+            spec.python.as_str(),
+            spec.python_callable.as_str(),
+            spec.multiple_outputs,
+            spec.branch,
+            spec.short_circuit,
+        ),
+        _ => ("python3", "?", false, false, false),
     };
     let results = match read {
         Ok(r) => r,
@@ -407,11 +413,45 @@ pub fn process_end(task: &QueuedTask, exit: BashOutcome, settings: &WorkerSettin
         )),
         other => other,
     };
+    // `branch`: the result names the task(s) to follow; `short_circuit`: a falsy one skips the rest.
+    let outcome = match outcome {
+        Outcome::Success { xcom } if branch => match follow_of(xcom.as_ref()) {
+            Some(follow) => Outcome::Branch { follow, xcom },
+            None => Outcome::fail(format!(
+                "`{callable}` is a branch and returned {}; it must return a task id or a list of task ids",
+                xcom.as_ref().map_or("None", json_kind)
+            )),
+        },
+        Outcome::Success { xcom } if short_circuit && !truthy(xcom.as_ref()) => Outcome::SkipDownstream { xcom },
+        other => other,
+    };
     let outcome = match outcome {
         Outcome::Fail { reason, final_try } => Outcome::Fail { reason: mask_secrets(&reason, settings), final_try },
         other => other,
     };
     (outcome, pushed)
+}
+
+/// The task ids a branch's result names: a string or a list of strings (`None`: follow none).
+fn follow_of(v: Option<&serde_json::Value>) -> Option<Vec<String>> {
+    match v {
+        None | Some(serde_json::Value::Null) => Some(Vec::new()),
+        Some(serde_json::Value::String(s)) => Some(vec![s.clone()]),
+        Some(serde_json::Value::Array(items)) => items.iter().map(|i| i.as_str().map(str::to_owned)).collect(),
+        Some(_) => None,
+    }
+}
+
+/// Python's truthiness of a JSON result.
+fn truthy(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+    }
 }
 
 /// What a JSON value is, in Python's words.

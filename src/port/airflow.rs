@@ -291,7 +291,7 @@ pub fn operator_args(
                 }
             }
             args.extend(keyed(ev, &rest, &table, &owner, line));
-            python_losses(ev, kind, &owner, line);
+            args.extend(python_mode(kind));
             PortedTask { operator: "PythonOperator".into(), args, comment: false }
         }
         OperatorClass::Unknown => {
@@ -328,23 +328,12 @@ fn dag_level_states(ev: &mut Evaluator, kwargs: &[(String, Val)], owner: &str, l
     out
 }
 
-fn python_losses(ev: &mut Evaluator, kind: PyKind, owner: &str, line: usize) {
+/// The `PythonOperator` key that keeps a branch's or a short circuit's behaviour.
+fn python_mode(kind: PyKind) -> Option<(String, String)> {
     match kind {
-        PyKind::Branch => ev.loss(
-            line,
-            format!("branching by {owner}"),
-            "rhaiflow's BranchOperator takes a Rhai closure, and a Python function cannot become one",
-            "a PythonOperator that runs the function (its result is XCom) and every downstream task runs; \
-             to branch, rewrite it as `BranchOperator(#{ callable: |ctx| ... })`",
-        ),
-        PyKind::ShortCircuit => ev.loss(
-            line,
-            format!("short-circuiting by {owner}"),
-            "rhaiflow's ShortCircuitOperator takes a Rhai closure, and a Python function cannot become one",
-            "a PythonOperator that runs the function (its result is XCom) and downstream tasks always run; \
-             to skip, rewrite it as `ShortCircuitOperator(#{ callable: |ctx| ... })`",
-        ),
-        _ => {}
+        PyKind::Branch => Some(("branch".into(), "true".into())),
+        PyKind::ShortCircuit => Some(("short_circuit".into(), "true".into())),
+        _ => None,
     }
 }
 
@@ -457,7 +446,7 @@ pub fn taskflow_args(
                 "short_circuit" => PyKind::ShortCircuit,
                 _ => PyKind::Plain,
             };
-            python_losses(ev, kind, &owner, line);
+            out.extend(python_mode(kind));
             PortedTask { operator: "PythonOperator".into(), args: out, comment: false }
         }
         "bash" => {

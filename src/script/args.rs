@@ -275,6 +275,8 @@ pub const OPERATORS: &[OperatorDef] = &[
             ("requirements", Kind::StrList),
             ("show_return_value_in_logs", Kind::Bool),
             ("multiple_outputs", Kind::Bool),
+            ("branch", Kind::Bool),
+            ("short_circuit", Kind::Bool),
         ],
         required: &["python_callable"],
         sensor: false,

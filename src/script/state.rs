@@ -1161,6 +1161,8 @@ fn python_operator(args: &Args) -> ScriptResult<PythonSpec> {
         requirements: args.str_list("requirements").unwrap_or_default(),
         show_return_value_in_logs: args.bool("show_return_value_in_logs").unwrap_or(true),
         multiple_outputs: args.bool("multiple_outputs").unwrap_or(false),
+        branch: args.bool("branch").unwrap_or(false),
+        short_circuit: args.bool("short_circuit").unwrap_or(false),
     })
 }
 
