@@ -35,19 +35,10 @@ pub fn templated(operator: &Operator) -> Vec<&str> {
     if let Operator::PythonOperator(spec) = operator {
         let dict = spec.templates_dict.iter().flat_map(|d| d.values());
         for v in spec.op_args.iter().chain(spec.op_kwargs.values()).chain(dict) {
-            strings(v, &mut texts);
+            super::rhai_op::strings(v, &mut texts);
         }
     }
     texts
-}
-
-fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
-    match value {
-        serde_json::Value::String(s) => out.push(s),
-        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
-        serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
-        _ => {}
-    }
 }
 
 /// `attempt=N.python/` beside a try's log: the runner, its payload and its results.

@@ -26,7 +26,8 @@ pub fn templated(operator: &Operator) -> Vec<&str> {
     }
 }
 
-fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+/// Every string inside a JSON value (the templates of an operator's arguments).
+pub(super) fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
     match value {
         serde_json::Value::String(s) => out.push(s),
         serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
