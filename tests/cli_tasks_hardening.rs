@@ -132,7 +132,7 @@ fn a_task_outlives_a_kill_9_of_its_scheduler_and_records_its_outcome() {
 fn tasks_do_not_inherit_the_variables_rhaiflow_reads_secrets_from() {
     let dag = format!(
         r#"let dag = DAG("env", #{{ {MANUAL} }});
-        let plain = BashOperator(#{{ task_id: "plain", bash_command: "echo uri=${{DB_URI:-unset}} pw=${{RHAIFLOW__ALERTS__EMAIL__PASSWORD:-unset}} other=${{OTHER_VAR:-unset}}" }});
+        let plain = BashOperator(#{{ task_id: "plain", bash_command: "echo uri=${{DB_URI:-unset}} pw=${{RHAIFLOW__ALERTS__EMAIL__PASSWORD:-unset}} other=${{OTHER_VAR:-unset}}; echo supervisor=$(tr '\\0' '\\n' < /proc/$PPID/environ | grep -c -e ^DB_URI= -e ^RHAIFLOW__ALERTS__)" }});
         let asks = BashOperator(#{{ task_id: "asks", append_env: true, env: #{{ DB_URI: "{{{{ conn.db.get_uri() }}}}" }},
             bash_command: "echo uri=${{DB_URI:-unset}} other=${{OTHER_VAR:-unset}}" }});"#
     );
@@ -148,6 +148,8 @@ fn tasks_do_not_inherit_the_variables_rhaiflow_reads_secrets_from() {
     let log = |task: &str| std::fs::read_to_string(task_log_dir(&home, "env", task).join("attempt=1.log")).unwrap();
     let plain = log("plain");
     assert!(plain.contains("uri=unset pw=unset other=kept\n"), "{plain}");
+    // Nor from their supervisor's environment (`/proc/$PPID/environ`), forked or not.
+    assert!(plain.contains("supervisor=0\n"), "{plain}");
     let asks = log("asks");
     assert!(asks.contains("uri=sqlite://dummy-value other=kept\n"), "a task that names the variable gets it: {asks}");
 }

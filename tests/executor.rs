@@ -211,3 +211,63 @@ async fn an_outcome_too_big_for_the_logs_attribute_goes_to_a_private_status_file
     assert_eq!(read_status(&dir.path().join("attempt=1.log")), None, "an earlier run's outcome is not this run's");
     running.abort().await;
 }
+
+/// The parent of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ")
+}
+
+#[tokio::test]
+async fn a_try_outlives_its_fork_server_killed_mid_run_and_a_new_server_takes_the_next() {
+    // Its own withheld variable, so this test has a fork server of its own to kill.
+    let withheld = vec!["RHAIFLOW_TEST_FORK_SERVER_KILLED".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("go");
+    let mut r = run(dir.path(), &format!("while [ ! -e {} ]; do sleep 0.01; done; echo finished", marker.display()));
+    r.remove_env = withheld.clone();
+    let mut bash = spawn_bash(r).await.unwrap();
+    let pid = bash.pid();
+    let server = parent_of(pid);
+    assert_ne!(server, std::process::id(), "the supervisor is forked by a fork server, not started by this process");
+    assert!(cmdline(server).contains("__task-supervisor --fork-server"), "{}", cmdline(server));
+    bash.release().await;
+    wait_for("the command to start", || group_has(pid, "bash")).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let out = bash.wait().await;
+    assert_eq!(out.exit, Exit::Code(0), "the outcome the supervisor recorded, though its fork server died");
+    assert_eq!(out.last_line.as_deref(), Some("finished"));
+
+    let next = tempfile::tempdir().unwrap();
+    let mut r = run(next.path(), "echo again");
+    r.remove_env = withheld;
+    let bash = spawn_bash(r).await.unwrap();
+    let replacement = parent_of(bash.pid());
+    assert_ne!(replacement, server, "a new fork server");
+    assert_ne!(replacement, std::process::id());
+    let out = bash.wait().await;
+    assert_eq!((out.exit, out.last_line.as_deref()), (Exit::Code(0), Some("again")));
+}
+
+#[tokio::test]
+async fn concurrent_tries_through_one_fork_server_each_get_their_own_outcome() {
+    let dirs: Vec<_> = (0..40).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tries: Vec<_> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let r = run(dir.path(), &format!("sleep 0.0{}; echo try-{i}; exit {}", i % 7, i % 5));
+            tokio::spawn(async move { spawn_bash(r).await.unwrap().wait().await })
+        })
+        .collect();
+    for (i, t) in tries.into_iter().enumerate() {
+        let out = t.await.unwrap();
+        assert_eq!(out.exit, Exit::Code((i % 5) as i32), "try {i}");
+        assert_eq!(out.last_line, Some(format!("try-{i}")), "try {i}");
+    }
+}

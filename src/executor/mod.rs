@@ -6,6 +6,7 @@
 //! outlives its owner. No state decisions here: the worker turns an outcome into a task state.
 
 pub mod capture;
+pub mod fork_server;
 mod process;
 pub mod supervisor;
 pub mod template;
@@ -14,6 +15,7 @@ pub mod try_log;
 
 pub use process::{STATUS_XATTR, STATUS_XATTR_MAX, is_same_process, process_token, read_status, status_path};
 
+use fork_server::{Ended, ForkServer};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -22,6 +24,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 
 pub use supervisor::SUPERVISOR_ARG;
 
@@ -97,9 +100,16 @@ pub struct StatusFile {
 
 /// A started process.
 pub struct RunningBash {
-    child: Child,
+    handle: Handle,
     pid: u32,
     run: BashRun,
+}
+
+/// The supervisor: forked by the fork server, or started by this process (when the fork server
+/// cannot start).
+enum Handle {
+    Forked { server: std::sync::Arc<ForkServer>, ended: Option<oneshot::Receiver<Ended>>, gated: bool },
+    Child(Child),
 }
 
 /// The `$0` of every task's `bash -c`, as in earlier versions (groups they left are still known).
@@ -129,6 +139,24 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
             Err(e) => return Err(ExecError::Cwd { path: cwd.clone(), reason: e.to_string() }),
         }
     }
+    if let Some(server) = ForkServer::get(&run.supervisor, &run.remove_env) {
+        let spec = supervisor::Spec {
+            log: run.log_path.clone(),
+            max_log_bytes: run.max_log_bytes,
+            max_xcom_bytes: run.max_xcom_bytes,
+            command: run.command.clone(),
+            env: run.env.clone(),
+            replace_env: run.replace_env,
+            remove_env: run.remove_env.clone(),
+            cwd: run.cwd.clone(),
+        };
+        // A path that is not UTF-8 cannot travel as JSON: such a try starts its own supervisor.
+        let utf8 = spec.log.to_str().is_some() && spec.cwd.as_ref().is_none_or(|c| c.to_str().is_some());
+        if utf8 && let Ok(forked) = server.start_try(spec).await {
+            let handle = Handle::Forked { server: forked.server, ended: Some(forked.ended), gated: true };
+            return Ok(RunningBash { handle, pid: forked.pid, run });
+        }
+    }
     let mut cmd = Command::new(&run.supervisor);
     cmd.arg(SUPERVISOR_ARG)
         .arg(&run.log_path)
@@ -149,7 +177,7 @@ pub async fn spawn_bash(run: BashRun) -> Result<RunningBash, ExecError> {
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0).kill_on_drop(false);
     let child = cmd.spawn().map_err(|e| ExecError::Spawn { path: run.supervisor.clone(), reason: e.to_string() })?;
     let pid = child.id().unwrap_or_default();
-    Ok(RunningBash { child, pid, run })
+    Ok(RunningBash { handle: Handle::Child(child), pid, run })
 }
 
 /// Sends `signal` to a whole process group; a group already gone is fine.
@@ -204,16 +232,59 @@ impl RunningBash {
     /// and reap it so its group is really gone.
     pub async fn abort(mut self) {
         signal_group(self.pid, Signal::SIGKILL);
-        let _ = self.child.wait().await;
+        self.ended().await;
     }
 
     /// Lets the gated command start.
     pub async fn release(&mut self) {
-        if let Some(mut stdin) = self.child.stdin.take() {
-            // The go-ahead line carries the secrets to mask, as a JSON array of strings.
-            let mut line = serde_json::to_vec(&self.run.masks).unwrap_or_else(|_| b"[]".to_vec());
-            line.push(b'\n');
-            let _ = stdin.write_all(&line).await;
+        match &mut self.handle {
+            Handle::Child(child) => {
+                if let Some(mut stdin) = child.stdin.take() {
+                    // The go-ahead line carries the secrets to mask, as a JSON array of strings.
+                    let mut line = serde_json::to_vec(&self.run.masks).unwrap_or_else(|_| b"[]".to_vec());
+                    line.push(b'\n');
+                    let _ = stdin.write_all(&line).await;
+                }
+            }
+            Handle::Forked { server, gated, .. } => {
+                if std::mem::take(gated) {
+                    server.release(self.pid, &self.run.masks);
+                }
+            }
+        }
+    }
+
+    /// Waits for the supervisor to end and says how. A forked one whose fork server died (its
+    /// parent is init now) is watched until its process is gone; how it ended is then unknown.
+    async fn ended(&mut self) -> Exit {
+        match &mut self.handle {
+            Handle::Child(child) => match child.wait().await {
+                Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    _ => Exit::Code(-1),
+                },
+                Err(_) => Exit::Code(-1),
+            },
+            Handle::Forked { server, ended, gated } => {
+                if std::mem::take(gated) {
+                    server.close(self.pid);
+                }
+                let token = process_token(self.pid);
+                // Polled in place: a timeout may drop this future and wait again.
+                let Some(rx) = ended.as_mut() else { return Exit::Code(-1) };
+                let got = rx.await;
+                *ended = None;
+                match got {
+                    Ok(Ended::Code(code)) => return Exit::Code(code),
+                    Ok(Ended::Signal(sig)) => return Exit::Signal(sig),
+                    Err(_) => {}
+                }
+                while token.as_deref().is_some_and(|t| is_same_process(self.pid, Some(t))) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Exit::Code(-1)
+            }
         }
     }
 
@@ -221,38 +292,36 @@ impl RunningBash {
     /// the outcome it recorded; a supervisor that recorded none ended as its own exit says.
     pub async fn wait(mut self) -> BashOutcome {
         self.release().await;
-        let status = match self.run.timeout {
-            None => self.child.wait().await,
-            Some(t) => match tokio::time::timeout(t, self.child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    log_line(
-                        &self.run.log_path,
-                        &format!("[rhaiflow] execution_timeout reached: sending SIGTERM to process group {}", self.pid),
-                    )
-                    .await;
-                    kill_group(self.pid, self.run.kill_grace).await;
-                    let _ = self.child.wait().await;
-                    let recorded = read_status(&self.run.log_path);
-                    return BashOutcome {
-                        exit: Exit::TimedOut,
-                        last_line: recorded.as_ref().and_then(|o| o.last_line.clone()),
-                        last_line_bytes: recorded.map_or(0, |o| o.last_line_bytes),
-                    };
+        let exit = match self.run.timeout {
+            None => self.ended().await,
+            Some(t) => {
+                let timeout = tokio::time::timeout(t, self.ended()).await;
+                match timeout {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        log_line(
+                            &self.run.log_path,
+                            &format!(
+                                "[rhaiflow] execution_timeout reached: sending SIGTERM to process group {}",
+                                self.pid
+                            ),
+                        )
+                        .await;
+                        kill_group(self.pid, self.run.kill_grace).await;
+                        self.ended().await;
+                        let recorded = read_status(&self.run.log_path);
+                        return BashOutcome {
+                            exit: Exit::TimedOut,
+                            last_line: recorded.as_ref().and_then(|o| o.last_line.clone()),
+                            last_line_bytes: recorded.map_or(0, |o| o.last_line_bytes),
+                        };
+                    }
                 }
-            },
+            }
         };
         if let Some(outcome) = read_status(&self.run.log_path) {
             return outcome;
         }
-        let exit = match status {
-            Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                (Some(code), _) => Exit::Code(code),
-                (None, Some(sig)) => Exit::Signal(sig),
-                _ => Exit::Code(-1),
-            },
-            Err(_) => Exit::Code(-1),
-        };
         BashOutcome { exit, last_line: None, last_line_bytes: 0 }
     }
 }

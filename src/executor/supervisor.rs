@@ -25,8 +25,31 @@ const GATE_CLOSED: i32 = 97;
 
 extern "C" fn ignore_signal(_: nix::libc::c_int) {}
 
+/// What one supervisor runs: the try's log, its caps and the command. `bash` gets `env` as set
+/// here (the fork server applies a task's variables here, as it forks; a supervisor started on its
+/// own was given them as its own environment).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    pub log: PathBuf,
+    pub max_log_bytes: u64,
+    pub max_xcom_bytes: u64,
+    pub command: String,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub replace_env: bool,
+    #[serde(default)]
+    pub remove_env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
 /// Runs the supervisor with the arguments after `__task-supervisor`; returns its exit code.
+/// `--fork-server` runs the fork server instead (see `fork_server`).
 pub fn main(args: Vec<OsString>) -> i32 {
+    if args.len() == 1 && args[0] == super::fork_server::FORK_SERVER_ARG {
+        return super::fork_server::serve();
+    }
     let [log, max_log, max_xcom, command] = match <[OsString; 4]>::try_from(args) {
         Ok(a) => a,
         Err(_) => {
@@ -39,7 +62,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
         eprintln!("rhaiflow: `{SUPERVISOR_ARG}`: MAX_LOG_BYTES and MAX_XCOM_BYTES must be numbers");
         return 2;
     };
-    let log = PathBuf::from(log);
+    let Ok(command) = command.into_string() else {
+        eprintln!("rhaiflow: `{SUPERVISOR_ARG}`: COMMAND must be UTF-8");
+        return 2;
+    };
+    supervise(Spec { log: PathBuf::from(log), max_log_bytes, max_xcom_bytes, command, ..Spec::default() })
+}
+
+/// Supervises one try: waits for the gate on stdin, runs `bash -c`, captures its output into the
+/// log and records the outcome; returns the exit code.
+pub fn supervise(spec: Spec) -> i32 {
+    let Spec { log, max_log_bytes, max_xcom_bytes, command, .. } = &spec;
+    let (log, max_log_bytes, max_xcom_bytes) = (log.clone(), *max_log_bytes, *max_xcom_bytes);
     // SIGTERM to the group (a timeout, a shutdown) is for the command: the supervisor stays to
     // record how it ended. A handler, not SIG_IGN, so the child starts with the default action.
     let action = nix::sys::signal::SigAction::new(
@@ -60,7 +94,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     };
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(&command).arg(TASK_SHELL_NAME);
+    cmd.arg("-c").arg(command).arg(TASK_SHELL_NAME);
+    if spec.replace_env {
+        cmd.env_clear();
+    }
+    for name in &spec.remove_env {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
