@@ -271,3 +271,30 @@ async fn concurrent_tries_through_one_fork_server_each_get_their_own_outcome() {
         assert_eq!(out.last_line, Some(format!("try-{i}")), "try {i}");
     }
 }
+
+#[tokio::test]
+async fn a_stopped_fork_server_is_replaced_and_the_try_still_runs() {
+    let withheld = vec!["RHAIFLOW_TEST_FORK_SERVER_STOPPED".to_string()];
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = run(dir.path(), "echo first");
+    r.remove_env = withheld.clone();
+    let bash = spawn_bash(r).await.unwrap();
+    let server = parent_of(bash.pid());
+    assert_eq!(bash.wait().await.last_line.as_deref(), Some("first"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let next = tempfile::tempdir().unwrap();
+    let mut r = run(next.path(), "echo second");
+    r.remove_env = withheld.clone();
+    // The server does not answer: the try gets a supervisor of its own, after the server's timeout.
+    let bash = spawn_bash(r).await.unwrap();
+    assert_eq!(parent_of(bash.pid()), std::process::id(), "started by this process");
+    assert_eq!(bash.wait().await.last_line.as_deref(), Some("second"));
+    wait_for("the stuck server to be killed", || !std::path::Path::new(&format!("/proc/{server}")).exists()).await;
+    let third = tempfile::tempdir().unwrap();
+    let mut r = run(third.path(), "echo third");
+    r.remove_env = withheld;
+    let bash = spawn_bash(r).await.unwrap();
+    let replacement = parent_of(bash.pid());
+    assert!(replacement != server && replacement != std::process::id(), "a new fork server");
+    assert_eq!(bash.wait().await.last_line.as_deref(), Some("third"));
+}

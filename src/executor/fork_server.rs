@@ -35,6 +35,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
+/// How long a fork takes at most before the server is taken for stuck (a fork takes ≈ 0.1 ms).
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The argument after `__task-supervisor` that runs the fork server.
 pub const FORK_SERVER_ARG: &str = "--fork-server";
 
@@ -227,6 +230,7 @@ impl Server<'_> {
 
 /// A started fork server.
 pub struct ForkServer {
+    pid: u32,
     stdin: Mutex<Option<ChildStdin>>,
     waiting: Arc<Mutex<Waiting>>,
 }
@@ -284,6 +288,7 @@ impl ForkServer {
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).process_group(0);
         let mut child = cmd.spawn().ok()?;
+        let pid = child.id();
         let stdin = child.stdin.take()?;
         let stdout = child.stdout.take()?;
         let waiting = Arc::new(Mutex::new(Waiting::default()));
@@ -292,7 +297,7 @@ impl ForkServer {
             .name("rhaiflow-fork-server".into())
             .spawn(move || read_replies(child, stdout, reader))
             .ok()?;
-        Some(ForkServer { stdin: Mutex::new(Some(stdin)), waiting })
+        Some(ForkServer { pid, stdin: Mutex::new(Some(stdin)), waiting })
     }
 
     fn send(&self, request: &Request) -> bool {
@@ -328,10 +333,19 @@ impl ForkServer {
                 return Err("the fork server is gone".into());
             }
         }
-        match started_rx.await {
-            Ok(Ok(pid)) => Ok(Forked { pid, server: self.clone(), ended: ended_rx }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err("the fork server is gone".into()),
+        match tokio::time::timeout(START_TIMEOUT, started_rx).await {
+            Ok(Ok(Ok(pid))) => Ok(Forked { pid, server: self.clone(), ended: ended_rx }),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err("the fork server is gone".into()),
+            Err(_) => {
+                // Stopped or stuck: kill it (its reader then marks it gone; the next try starts a
+                // new one) rather than let every try wait on it.
+                // Not reaped until its reader saw it gone, so the pid is still its own.
+                if self.waiting.lock().is_ok_and(|w| !w.gone) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                }
+                Err("the fork server did not answer".into())
+            }
         }
     }
 
