@@ -466,3 +466,31 @@ fn deleting_the_file_that_owns_a_dag_id_lets_the_duplicate_load() {
     assert!(dag_row(&home, "two_own").is_some_and(|(active, _)| active), "two.rhai's other DAG loads");
     s.kill_9();
 }
+
+/// Memory per loaded DAG: the folder keeps each spec once, shared with the versions it hands out
+/// (and so with the scheduler), and not the JSON, which only recording a new version needs.
+#[test]
+fn the_folder_keeps_one_shared_spec_per_dag_and_no_json() {
+    use rhaiflow::loader::{Folder, Loader, LoaderSettings};
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        std::fs::write(dir.path().join(format!("d{i}.rhai")), dag(&format!("d{i}"), "echo hi")).unwrap();
+    }
+    let settings = LoaderSettings {
+        dags_folder: dir.path().to_path_buf(),
+        limits: rhaiflow::script::ScriptLimits::default(),
+        threads: 1,
+    };
+    let loader = Loader::new(settings).unwrap();
+    let mut folder = Folder::default();
+    let changes = folder.rescan(&loader, &common::eval_context()).unwrap();
+    assert_eq!(changes.versions.len(), 3);
+    for v in &changes.versions {
+        assert!(!v.json.is_empty(), "a new version carries its JSON to be recorded");
+        let kept = folder.dags().find(|d| d.spec.dag_id == v.spec.dag_id).unwrap();
+        assert!(kept.json.is_empty(), "the folder keeps no JSON");
+        assert!(std::sync::Arc::ptr_eq(&kept.spec, &v.spec), "one spec, shared");
+    }
+    let owners: Vec<_> = folder.dags().flat_map(|d| d.spec.tasks.iter().map(|t| t.owner.clone())).collect();
+    assert!(owners.windows(2).all(|w| std::sync::Arc::ptr_eq(&w[0], &w[1])), "task owners are one shared text");
+}

@@ -5,11 +5,13 @@
 //! (they stay scheduled and triggerable) and carries its import error until it is fixed.
 
 use super::{DagBag, FileResult, ImportError, LoadedDag, Loader, LoaderError, MAX_FILE_BYTES, ScanEntry};
+use crate::model::DagSpec;
 use crate::script::EvalContext;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What identifies a file's content without reading it. A stamp younger than [`RACY`] is not
@@ -30,7 +32,7 @@ struct FileState {
     stamp: Option<Stamp>,
     /// SHA-256 of the content; empty for an entry that cannot be read.
     content_hash: String,
-    /// The DAGs of the last good load (kept while the file is broken).
+    /// The DAGs of the last good load (kept while the file is broken), without their JSON.
     dags: Vec<LoadedDag>,
     error: Option<ImportError>,
     /// The dags-folder modules its last evaluation asked for, with the hash of each as read
@@ -83,6 +85,8 @@ impl Changes {
 #[derive(Default)]
 pub struct Folder {
     files: BTreeMap<String, FileState>,
+    /// Task owners, pools and queues, one copy of each text (`compact`).
+    interned: HashSet<Arc<str>>,
     /// Modules some file imports: stamp and content hash, so an unchanged one is not read.
     modules: HashMap<String, (Option<Stamp>, String)>,
 }
@@ -208,12 +212,19 @@ impl Folder {
                 if state.error.take().is_some() {
                     changes.cleared.push(rel.clone());
                 }
-                let dags: Vec<LoadedDag> = result.dags.into_iter().map(|(d, _)| d).collect();
-                for d in &dags {
+                let mut dags = Vec::with_capacity(result.dags.len());
+                for (mut d, _) in result.dags {
                     owner.insert(d.spec.dag_id.clone(), rel.clone());
+                    // One copy of each spec for the life of the process, shared by this folder,
+                    // the scheduler and the versions to record.
+                    d.spec = Arc::new(compact(&d.spec, &mut self.interned));
                     if previous.get(&d.spec.dag_id) != Some(&d.version_hash) {
                         changes.versions.push(d.clone());
                     }
+                    // The JSON is for recording a new version (`changes.versions` carries it):
+                    // not kept, it would be the largest thing held per DAG.
+                    d.json = Arc::from("");
+                    dags.push(d);
                 }
                 changes.loaded.push((rel, dags.iter().map(|d| d.spec.dag_id.clone()).collect()));
                 state.dags = dags;
@@ -330,4 +341,24 @@ pub(super) fn content_hash(path: &Path) -> String {
         _ => return String::new(),
     }
     std::fs::read(path).map(|bytes| hex::encode(Sha256::digest(&bytes))).unwrap_or_default()
+}
+
+/// A copy of `spec` with each task's owner, pool and queue text shared with every other task's
+/// (10,000 DAGs hold a few distinct ones). The copy sits together in memory, away from the
+/// parse's freed garbage.
+fn compact(spec: &DagSpec, shared: &mut HashSet<Arc<str>>) -> DagSpec {
+    let mut intern = |text: &Arc<str>| match shared.get(text) {
+        Some(one) => one.clone(),
+        None => {
+            shared.insert(text.clone());
+            text.clone()
+        }
+    };
+    let mut copy = DagSpec::clone(spec);
+    for task in &mut copy.tasks {
+        task.owner = intern(&task.owner);
+        task.pool = intern(&task.pool);
+        task.queue = intern(&task.queue);
+    }
+    copy
 }

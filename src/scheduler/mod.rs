@@ -310,6 +310,14 @@ pub fn record_version(tx: &Tx, d: &DagVersion, now: DateTime<Utc>, paused_if_new
         tx.insert_dag_source(&source.hash, &source.file, &source.text, &modules)?;
     }
     let source_hash = d.source.as_ref().map(|s| s.hash.as_str());
+    if d.json.is_empty() {
+        // A kept copy (the folder drops the JSON once recorded) must never be recorded as new.
+        return Err(StoreError::Corrupt(format!(
+            "DAG `{}` version {} has no JSON to record (a bug)",
+            d.spec.dag_id, d.hash
+        ))
+        .into());
+    }
     tx.insert_dag_version(&d.hash, &d.spec.dag_id, &d.json, source_hash, now)?;
     tx.upsert_dag(&d.spec.dag_id, &d.spec.fileloc, &d.hash, now, paused_if_new)?;
     Ok(())
@@ -339,24 +347,6 @@ struct Change {
     fields: TiChange,
 }
 
-/// A copy of a spec whose repeated text (`owner`, `pool`, `queue`) points at one shared copy.
-fn compact(spec: &DagSpec, shared: &mut HashSet<Arc<str>>) -> DagSpec {
-    let mut intern = |text: &Arc<str>| match shared.get(text) {
-        Some(one) => one.clone(),
-        None => {
-            shared.insert(text.clone());
-            text.clone()
-        }
-    };
-    let mut copy = DagSpec::clone(spec);
-    for task in &mut copy.tasks {
-        task.owner = intern(&task.owner);
-        task.pool = intern(&task.pool);
-        task.queue = intern(&task.queue);
-    }
-    copy
-}
-
 impl Scheduler {
     pub fn new(store: Store, settings: SchedulerSettings, scope: Scope) -> Self {
         Scheduler {
@@ -384,16 +374,15 @@ impl Scheduler {
     }
 
     /// The DAGs the loader found; timetables create runs from these versions. The next pass reads
-    /// the store afresh. Each spec is copied: the copies sit together in memory instead of among
-    /// the loader's freed parse garbage, so the caller can drop the loader's and return that memory.
+    /// the store afresh. Each spec is shared with the loader's folder, not copied (the folder
+    /// compacts it once, `loader::folder::compact`).
     pub fn set_dags(&mut self, dags: &[DagVersion]) {
         self.latest.clear();
-        let mut shared = HashSet::new();
         for d in dags {
             let pinned = self
                 .pinned
                 .entry(d.hash.clone())
-                .or_insert_with(|| Arc::new(PinnedDag::new(Arc::new(compact(&d.spec, &mut shared)), d.hash.clone())))
+                .or_insert_with(|| Arc::new(PinnedDag::new(d.spec.clone(), d.hash.clone())))
                 .clone();
             self.latest.insert(d.spec.dag_id.clone(), pinned);
         }
