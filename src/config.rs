@@ -239,6 +239,9 @@ pub struct SchedulerConfig {
     /// Seconds without a heartbeat after which a process that runs tasks counts as gone and its
     /// tries are taken over (on this host a dead process is noticed at once).
     pub task_heartbeat_timeout: f64,
+    /// Where a scheduler serves `/health` and `/metrics` (Airflow's scheduler health check server,
+    /// port 8974 there); empty: not served.
+    pub health_check_bind: String,
 }
 
 impl Default for SchedulerConfig {
@@ -248,6 +251,7 @@ impl Default for SchedulerConfig {
             shutdown_grace: 30.0,
             kill_grace: 5.0,
             task_heartbeat_timeout: 300.0,
+            health_check_bind: String::new(),
         }
     }
 }
@@ -795,6 +799,16 @@ impl Config {
             secret(&format!("alerts.webhook.{name}.secret_env"), &w.secret_env, &mut w.secret)?;
         }
         self.check_alerts(origins)?;
+        let bind = &self.scheduler.health_check_bind;
+        if !bind.is_empty() && bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Key {
+                key: "scheduler.health_check_bind".into(),
+                origin: origin_of(origins, "scheduler.health_check_bind")
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "defaults".into()),
+                reason: format!("`{bind}` is not an address like 127.0.0.1:8974 (an IP address and a port), or empty"),
+            });
+        }
         for (name, c) in &mut self.connections {
             secret(&format!("connections.{name}.uri_env"), &c.uri_env, &mut c.uri)?;
         }

@@ -298,3 +298,15 @@ async fn a_stopped_fork_server_is_replaced_and_the_try_still_runs() {
     assert!(replacement != server && replacement != std::process::id(), "a new fork server");
     assert_eq!(bash.wait().await.last_line.as_deref(), Some("third"));
 }
+
+#[tokio::test]
+async fn a_gated_command_dropped_unreleased_never_runs_and_its_supervisor_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let bash = spawn_bash(run(dir.path(), &format!("touch {}", marker.display()))).await.unwrap();
+    let pid = bash.pid();
+    let token = process_token(pid).expect("the supervisor is alive, waiting for its gate");
+    drop(bash);
+    wait_for("the supervisor to end", || !is_same_process(pid, Some(&token))).await;
+    assert!(!marker.exists(), "the gated command must not run");
+}

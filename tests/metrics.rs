@@ -73,3 +73,67 @@ fn metrics_count_what_ran_what_the_store_holds_and_the_alerts_sent() {
     }
     assert!(sample(&text, "rhaiflow_worker_slots").is_some_and(|n| n >= 1.0), "{text}");
 }
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// A plain `scheduler` (no web server) serves `/health` and `/metrics` on
+/// `[scheduler] health_check_bind`, as Airflow's scheduler health check server.
+#[test]
+fn a_plain_scheduler_serves_health_and_metrics_on_its_health_check_address() {
+    let home = Home::new(&[("metered.rhai", DAG)]);
+    let port = peers::free_port();
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        format!("[scheduler]\nhealth_check_bind = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let _scheduler = Running(Some(
+        home.command(&["scheduler"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let health = wait_until("the scheduler answers /health", || get(port, "/health"));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"status\":\"healthy\""), "{health}");
+    assert!(health.contains("\"latest_scheduler_heartbeat\":\"20"), "{health}");
+    let out = home.run(&["dags", "trigger", "metered"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = wait_until("the failed run counted", || {
+        get(port, "/metrics").filter(|t| sample(t, "rhaiflow_dag_runs{state=\"failed\"}") == Some(1.0))
+    });
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(sample(&text, "rhaiflow_task_instances{state=\"success\"}"), Some(1.0), "{text}");
+    assert!(sample(&text, "rhaiflow_scheduler_pass_duration_seconds_count").is_some_and(|n| n >= 1.0), "{text}");
+    let other = get(port, "/api/v1/dags").unwrap();
+    assert!(other.starts_with("HTTP/1.1 404"), "no API here: {other}");
+}
+
+#[test]
+fn a_bad_or_taken_health_check_address_is_an_error_naming_the_key() {
+    let home = Home::new(&[("metered.rhai", DAG)]);
+    std::fs::write(home.path().join("rhaiflow.toml"), "[scheduler]\nhealth_check_bind = \"localhost\"\n").unwrap();
+    let out = home.run(&["dags", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("scheduler.health_check_bind") && err.contains("`localhost` is not an address"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        format!("[scheduler]\nhealth_check_bind = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let out = home.run(&["scheduler"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port} (`[scheduler] health_check_bind`)")), "{err}");
+}

@@ -306,6 +306,34 @@ impl App {
             });
         }
         let _stop_web = StopOnDrop(web_stop);
+        let health_stop = Arc::new(tokio::sync::Notify::new());
+        let _stop_health = StopOnDrop(health_stop.clone());
+        if !self.config.scheduler.health_check_bind.is_empty() {
+            let bind = &self.config.scheduler.health_check_bind;
+            let listener = std::net::TcpListener::bind(bind)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot listen on {bind} (`[scheduler] health_check_bind`)"))?;
+            let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| bind.clone());
+            let listener = {
+                let _in_runtime = runtime.enter();
+                tokio::net::TcpListener::from_std(listener)
+                    .with_context(|| format!("cannot listen on {bind} (`[scheduler] health_check_bind`)"))?
+            };
+            tracing::info!(address = %local, "health check server listening: /health and /metrics");
+            let stop = health_stop.clone();
+            let serve =
+                crate::web::health::serve(
+                    listener,
+                    store.clone(),
+                    runner.id.clone(),
+                    async move { stop.notified().await },
+                );
+            runtime.spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "the health check server stopped; the scheduler goes on");
+                }
+            });
+        }
         for (key, state) in runtime.block_on(worker.take_over(TakeOver::All))? {
             tracing::warn!(task = %key, state = %state, "took over a task instance whose owner is gone");
         }

@@ -218,6 +218,17 @@ pub async fn kill_group(pgid: u32, grace: Duration) {
     signal_group(pgid, Signal::SIGKILL);
 }
 
+/// A gated supervisor dropped without `release`, `abort` or `wait` (a path that gave up on it)
+/// must not wait for its go-ahead for ever: its gate closes, as a dropped child's stdin does.
+impl Drop for RunningBash {
+    fn drop(&mut self) {
+        if let Handle::Forked { server, gated: gated @ true, .. } = &mut self.handle {
+            *gated = false;
+            server.close(self.pid);
+        }
+    }
+}
+
 impl RunningBash {
     pub fn pid(&self) -> u32 {
         self.pid

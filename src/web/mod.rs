@@ -6,6 +6,7 @@
 
 mod api;
 pub mod auth;
+pub mod health;
 mod json;
 mod openapi;
 mod problem;
@@ -148,7 +149,12 @@ fn app(web: Web) -> (Router, ui::Ui) {
 
 /// `/metrics`: this process's metrics and the store's counts, in the OpenMetrics text format.
 async fn metrics_text(State(web): State<Web>) -> Response {
-    match web.store.read_async(|tx| tx.metrics_counts()).await {
+    metrics_response(&web.store).await
+}
+
+/// This process's metrics with the store's counts, or 503 when the store cannot be read.
+async fn metrics_response(store: &Store) -> Response {
+    match store.read_async(|tx| tx.metrics_counts()).await {
         Ok(counts) => (
             [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
             crate::metrics::global().encode(&counts),
