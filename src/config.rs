@@ -83,6 +83,8 @@ const BOUNDS: &[Bound] = &[
     Bound { key: "scheduler.shutdown_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
     Bound { key: "scheduler.kill_grace", min: 0.0, max: 86_400.0, above_min: false, unit: " seconds" },
     Bound { key: "scheduler.task_heartbeat_timeout", min: 0.0, max: 604_800.0, above_min: true, unit: " seconds" },
+    Bound { key: "webserver.header_timeout", min: 0.0, max: 3_600.0, above_min: true, unit: " seconds" },
+    Bound { key: "webserver.max_connections", min: 1.0, max: 65_536.0, above_min: false, unit: "" },
     Bound { key: "logging.max_log_bytes", min: 0.0, max: (1u64 << 40) as f64, above_min: false, unit: " bytes" },
     Bound { key: "alerts.delivery_attempts", min: 1.0, max: 1_000.0, above_min: false, unit: "" },
     Bound { key: "alerts.delivery_backoff_max", min: 0.0, max: 86_400.0, above_min: true, unit: " seconds" },
@@ -309,6 +311,11 @@ pub struct WebserverConfig {
     pub auth: WebAuth,
     /// Serve on an address other than loopback with `auth = "none"` (refused otherwise).
     pub allow_public_without_auth: bool,
+    /// Seconds a client gets to send a request's head (and a keep-alive connection may idle),
+    /// for every HTTP server of the process.
+    pub header_timeout: f64,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: u32,
 }
 
 /// `[webserver] auth`.
@@ -329,6 +336,8 @@ impl Default for WebserverConfig {
             base_url: None,
             auth: WebAuth::None,
             allow_public_without_auth: false,
+            header_timeout: 30.0,
+            max_connections: 512,
         }
     }
 }
@@ -699,6 +708,8 @@ impl Config {
             ("scheduler.shutdown_grace", float(self.scheduler.shutdown_grace)),
             ("scheduler.kill_grace", float(self.scheduler.kill_grace)),
             ("scheduler.task_heartbeat_timeout", float(self.scheduler.task_heartbeat_timeout)),
+            ("webserver.header_timeout", float(self.webserver.header_timeout)),
+            ("webserver.max_connections", int(self.webserver.max_connections.into())),
             ("logging.max_log_bytes", int(self.logging.max_log_bytes)),
             ("alerts.delivery_attempts", int(self.alerts.delivery_attempts.into())),
             ("alerts.delivery_backoff_max", float(self.alerts.delivery_backoff_max)),

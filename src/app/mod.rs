@@ -321,13 +321,13 @@ impl App {
             };
             tracing::info!(address = %local, "health check server listening: /health and /metrics");
             let stop = health_stop.clone();
-            let serve =
-                crate::web::health::serve(
-                    listener,
-                    store.clone(),
-                    runner.id.clone(),
-                    async move { stop.notified().await },
-                );
+            let serve = crate::web::health::serve(
+                listener,
+                store.clone(),
+                runner.id.clone(),
+                web::serve_limits(&self.config.webserver),
+                async move { stop.notified().await },
+            );
             runtime.spawn(async move {
                 if let Err(e) = serve.await {
                     tracing::error!(error = %e, "the health check server stopped; the scheduler goes on");

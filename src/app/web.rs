@@ -190,13 +190,23 @@ impl App {
             loopback_hosts_only: self.config.webserver.auth != WebAuth::Password && addr.ip().is_loopback(),
         };
         let web = Web { store: store.clone(), actions: Arc::new(actions), settings: Arc::new(settings) };
+        let config = self.config.webserver.clone();
         Ok(async move {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             let local = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %local, "web server listening: REST API at http://{local}/api/v1");
-            crate::web::serve(listener, web, shutdown).await.context("the web server failed")?;
+            let limits = serve_limits(&config);
+            crate::web::serve(listener, web, limits, shutdown).await.context("the web server failed")?;
             Ok(())
         })
+    }
+}
+
+/// `[webserver] header_timeout` and `max_connections`, for every HTTP server of this process.
+pub fn serve_limits(config: &crate::config::WebserverConfig) -> crate::web::serve::Limits {
+    crate::web::serve::Limits {
+        header_timeout: std::time::Duration::from_secs_f64(config.header_timeout),
+        max_connections: config.max_connections as usize,
     }
 }

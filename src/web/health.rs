@@ -66,9 +66,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     runner_id: String,
+    limits: super::serve::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store, runner_id)).with_graceful_shutdown(shutdown).await
+    super::serve::serve(listener, router(store, runner_id), limits, shutdown).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod health;
 mod json;
 mod openapi;
 mod problem;
+pub mod serve;
 mod ui;
 
 pub use openapi::document as openapi_document;
@@ -216,6 +217,7 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     web: Web,
+    limits: serve::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (router, ui) = app(web);
@@ -225,7 +227,6 @@ pub async fn serve(
         shutdown.await;
         ui.bus().close();
     };
-    // The peer's address limits failed logins per address.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+    // The peer's address (which limits failed logins per address) comes with each request.
+    serve::serve(listener, router, limits, shutdown).await
 }
