@@ -310,3 +310,48 @@ async fn a_gated_command_dropped_unreleased_never_runs_and_its_supervisor_ends()
     wait_for("the supervisor to end", || !is_same_process(pid, Some(&token))).await;
     assert!(!marker.exists(), "the gated command must not run");
 }
+
+/// A stopped fork server whose request pipe is full must not block the runtime: tries wait out
+/// the server's start timeout, then get supervisors of their own (checked under a watchdog, as a
+/// blocked runtime would hang the test).
+#[test]
+fn a_stopped_fork_server_with_a_full_pipe_does_not_block_the_runtime() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let outcomes = rt.block_on(async {
+            let withheld = vec!["RHAIFLOW_TEST_FORK_SERVER_FULL_PIPE".to_string()];
+            let dir = tempfile::tempdir().unwrap();
+            let mut r = run(dir.path(), "echo first");
+            r.remove_env = withheld.clone();
+            let bash = spawn_bash(r).await.unwrap();
+            let server = parent_of(bash.pid());
+            bash.wait().await;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(server as i32), nix::sys::signal::Signal::SIGSTOP)
+                .unwrap();
+            // 40 requests of 4 KiB each: far more than a pipe holds.
+            let pad = "#".repeat(4096);
+            let dirs: Vec<_> = (0..40).map(|_| tempfile::tempdir().unwrap()).collect();
+            let tries: Vec<_> = dirs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut r = run(d.path(), &format!("echo try-{i} # {pad}"));
+                    r.remove_env = withheld.clone();
+                    tokio::spawn(async move { spawn_bash(r).await.unwrap().wait().await })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for t in tries {
+                outcomes.push(t.await.unwrap());
+            }
+            outcomes
+        });
+        let _ = done_tx.send(outcomes);
+    });
+    let outcomes =
+        done_rx.recv_timeout(Duration::from_secs(120)).expect("the runtime was blocked by a stopped fork server");
+    for (i, out) in outcomes.into_iter().enumerate() {
+        assert_eq!((out.exit, out.last_line), (Exit::Code(0), Some(format!("try-{i}"))), "try {i}");
+    }
+}

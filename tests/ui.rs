@@ -336,6 +336,26 @@ async fn shot(c: &fantoccini::Client, name: &str) {
 }
 
 /// Polls a JavaScript condition (no fixed sleep is the assertion), for up to two minutes.
+/// Clicks an element of a live part of the page, which an event may re-render between finding the
+/// element and clicking it (the element found is then stale): found again and clicked again.
+async fn click_live(c: &fantoccini::Client, css: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let clicked = match c.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("clicking `{css}` again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot click `{css}`: {e}"),
+        }
+    }
+}
+
 async fn wait_js(c: &fantoccini::Client, what: &str, script: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
@@ -420,7 +440,7 @@ fn in_chromium_a_user_triggers_a_dag_and_watches_it_turn_green() {
         shot(&c, "03-grid-green").await;
 
         // A task's log.
-        c.find(Locator::Css("a.cell[data-task='hello']")).await.unwrap().click().await.unwrap();
+        click_live(&c, "a.cell[data-task='hello']").await;
         wait_js(&c, "the log", "const l = document.getElementById('log'); return !!l && l.textContent.includes('hello-from-the-ui-test')").await;
         shot(&c, "04-task-log").await;
 

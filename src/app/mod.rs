@@ -602,9 +602,23 @@ fn listen_for_wakes(path: &std::path::Path, tx: Sender<Event>) -> anyhow::Result
     let listener =
         tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     tokio::spawn(async move {
-        while let Ok((_stream, _)) = listener.accept().await {
-            if tx.send(Event::Wake).is_err() {
-                break;
+        loop {
+            match listener.accept().await {
+                Ok((_stream, _)) => {
+                    if tx.send(Event::Wake).is_err() {
+                        break;
+                    }
+                }
+                // Out of file descriptors (EMFILE) or a client gone before it was accepted: the
+                // socket must keep listening, or every later `dags trigger` goes unheard until a
+                // restart. Wake the loop anyway (a client did try), after a pause, not a spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a wake-up connection; listening on");
+                    if tx.send(Event::Wake).is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });

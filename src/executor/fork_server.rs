@@ -231,7 +231,9 @@ impl Server<'_> {
 /// A started fork server.
 pub struct ForkServer {
     pid: u32,
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Requests, written to the server's stdin by a thread of their own: a stopped server fills
+    /// the pipe, and that must block that thread, never the async runtime.
+    lines: std::sync::mpsc::Sender<Vec<u8>>,
     waiting: Arc<Mutex<Waiting>>,
 }
 
@@ -293,22 +295,23 @@ impl ForkServer {
         let stdout = child.stdout.take()?;
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let reader = waiting.clone();
+        let (lines, requests) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("rhaiflow-fork-server-in".into())
+            .spawn(move || write_requests(stdin, requests))
+            .ok()?;
         std::thread::Builder::new()
             .name("rhaiflow-fork-server".into())
             .spawn(move || read_replies(child, stdout, reader))
             .ok()?;
-        Some(ForkServer { pid, stdin: Mutex::new(Some(stdin)), waiting })
+        Some(ForkServer { pid, lines, waiting })
     }
 
+    /// Queues one request; false when the server is gone.
     fn send(&self, request: &Request) -> bool {
         let Ok(mut line) = serde_json::to_vec(request) else { return false };
         line.push(b'\n');
-        let Ok(mut stdin) = self.stdin.lock() else { return false };
-        let sent = stdin.as_mut().is_some_and(|pipe| pipe.write_all(&line).is_ok());
-        if !sent {
-            *stdin = None;
-        }
-        sent
+        self.lines.send(line).is_ok()
     }
 
     /// Forks a gated supervisor for `spec`. `Err` when the server failed (the caller may start
@@ -316,22 +319,18 @@ impl ForkServer {
     pub async fn start_try(self: &Arc<Self>, spec: Spec) -> Result<Forked, String> {
         let (started_tx, started_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel();
+        let mut line = serde_json::to_vec(&Request::Start(Box::new(spec))).map_err(|e| e.to_string())?;
+        line.push(b'\n');
         {
-            // Queued and sent under one lock, so answers come back in the order of `starts`.
-            let Ok(mut stdin) = self.stdin.lock() else { return Err("the fork server is gone".into()) };
-            {
-                let Ok(mut waiting) = self.waiting.lock() else { return Err("the fork server is gone".into()) };
-                if waiting.gone {
-                    return Err("the fork server is gone".into());
-                }
-                waiting.starts.push_back((started_tx, ended_tx));
-            }
-            let mut line = serde_json::to_vec(&Request::Start(Box::new(spec))).map_err(|e| e.to_string())?;
-            line.push(b'\n');
-            if stdin.as_mut().is_none_or(|pipe| pipe.write_all(&line).is_err()) {
-                *stdin = None;
+            // Queued under one lock, so answers come back in the order of `starts`.
+            let Ok(mut waiting) = self.waiting.lock() else { return Err("the fork server is gone".into()) };
+            if waiting.gone {
                 return Err("the fork server is gone".into());
             }
+            if self.lines.send(line).is_err() {
+                return Err("the fork server is gone".into());
+            }
+            waiting.starts.push_back((started_tx, ended_tx));
         }
         match tokio::time::timeout(START_TIMEOUT, started_rx).await {
             Ok(Ok(Ok(pid))) => Ok(Forked { pid, server: self.clone(), ended: ended_rx }),
@@ -357,6 +356,15 @@ impl ForkServer {
     /// Closes a child's gate without a go-ahead.
     pub fn close(&self, pid: u32) {
         self.send(&Request::Close { pid });
+    }
+}
+
+/// The writer thread: writes queued requests to the server until it or its owner is gone.
+fn write_requests(mut stdin: ChildStdin, requests: std::sync::mpsc::Receiver<Vec<u8>>) {
+    for line in requests {
+        if stdin.write_all(&line).is_err() {
+            return;
+        }
     }
 }
 
