@@ -341,7 +341,7 @@ async fn shot(c: &fantoccini::Client, name: &str) {
 async fn click_live(c: &fantoccini::Client, css: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let clicked = match c.find(Locator::Css(css)).await {
+        let clicked = match c.find(fantoccini::Locator::Css(css)).await {
             Ok(element) => element.click().await.map(|_| ()),
             Err(e) => Err(e),
         };
