@@ -137,3 +137,49 @@ fn a_bad_or_taken_health_check_address_is_an_error_naming_the_key() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port} (`[scheduler] health_check_bind`)")), "{err}");
 }
+
+/// A flood that runs the scheduler out of file descriptors (here through its health port, under
+/// a lowered limit) must not leave its wake socket dead: once the flood is gone, a trigger is
+/// heard and runs.
+#[test]
+fn a_scheduler_out_of_file_descriptors_for_a_while_still_hears_triggers_afterwards() {
+    const AFTER: &str = r#"let dag = DAG("after", #{ start_date: datetime(2024, 1, 1), schedule: () });
+let t = BashOperator(#{ task_id: "t", bash_command: "echo after" });
+"#;
+    let home = Home::new(&[("after.rhai", AFTER)]);
+    let port = peers::free_port();
+    std::fs::write(
+        home.path().join("rhaiflow.toml"),
+        format!(
+            "[scheduler]\nhealth_check_bind = \"127.0.0.1:{port}\"\n[webserver]\nmax_connections = 5000\nheader_timeout = 3600.0\n"
+        ),
+    )
+    .unwrap();
+    let scheduler = home
+        .command(&["scheduler"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = scheduler.id();
+    let _scheduler = Running(Some(scheduler));
+    wait_until("the scheduler answers /health", || get(port, "/health"));
+    // Lowered now (prlimit), so loading had room.
+    let limited = std::process::Command::new("prlimit").args(["--pid", &pid.to_string(), "--nofile=100:100"]).status();
+    assert!(limited.is_ok_and(|s| s.success()), "prlimit must lower the scheduler's descriptor limit");
+    let flood: Vec<std::net::TcpStream> =
+        (0..200).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    wait_until("the scheduler runs out of descriptors", || {
+        let open = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        (open >= 99).then_some(())
+    });
+    // Heard or not while the flood lasts (its try may fail to start); either way the socket must
+    // still listen afterwards.
+    let _ = home.run(&["dags", "trigger", "after"]);
+    drop(flood);
+    let out = home.run(&["dags", "trigger", "after"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("a run triggered after the flood succeeds", || {
+        home.runs("after").iter().any(|r| r["state"] == "success").then_some(())
+    });
+}

@@ -602,9 +602,11 @@ fn listen_for_wakes(path: &std::path::Path, tx: Sender<Event>) -> anyhow::Result
     let listener =
         tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     tokio::spawn(async move {
+        let mut failing = false;
         loop {
             match listener.accept().await {
                 Ok((_stream, _)) => {
+                    failing = false;
                     if tx.send(Event::Wake).is_err() {
                         break;
                     }
@@ -613,7 +615,10 @@ fn listen_for_wakes(path: &std::path::Path, tx: Sender<Event>) -> anyhow::Result
                 // socket must keep listening, or every later `dags trigger` goes unheard until a
                 // restart. Wake the loop anyway (a client did try), after a pause, not a spin.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot accept a wake-up connection; listening on");
+                    // Said once per streak, not at every retry.
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "cannot accept a wake-up connection; listening on");
+                    }
                     if tx.send(Event::Wake).is_err() {
                         break;
                     }

@@ -40,6 +40,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut failing = false;
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -50,11 +51,16 @@ pub async fn serve(
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    failing = false;
+                    accepted
+                }
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was accepted:
-                    // wait a moment rather than spin, then go on.
-                    tracing::warn!(error = %e, "cannot accept a connection");
+                    // wait a moment rather than spin, then go on (said once per streak).
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "cannot accept a connection; accepting on");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
