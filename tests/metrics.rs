@@ -14,11 +14,7 @@ ok >> bad;
 "#;
 
 fn scrape(port: u16) -> Option<String> {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).ok()?;
-    Some(answer)
+    get(port, "/metrics")
 }
 
 /// The value of the sample named exactly `series` (name and labels), if present.

@@ -29,7 +29,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -119,7 +119,7 @@ pub fn serve() -> i32 {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 let ok = match serde_json::from_slice::<Request>(&line) {
-                    Ok(request) => server.handle(request, &mut input, &sigfd),
+                    Ok(request) => server.handle(request),
                     Err(e) => server.answer(&Reply::Failed { failed: format!("bad request: {e}") }),
                 };
                 if !ok {
@@ -144,10 +144,10 @@ impl Server<'_> {
         self.out.write_all(&line).and_then(|()| self.out.flush()).is_ok()
     }
 
-    fn handle(&mut self, request: Request, input: &mut std::fs::File, sigfd: &nix::sys::signalfd::SignalFd) -> bool {
+    fn handle(&mut self, request: Request) -> bool {
         match request {
             Request::Start(spec) => {
-                let reply = match self.fork(*spec, input, sigfd) {
+                let reply = match self.fork(*spec) {
                     Ok(pid) => Reply::Started { started: pid },
                     Err(e) => Reply::Failed { failed: e },
                 };
@@ -170,7 +170,7 @@ impl Server<'_> {
         }
     }
 
-    fn fork(&mut self, spec: Spec, input: &std::fs::File, sigfd: &nix::sys::signalfd::SignalFd) -> Result<u32, String> {
+    fn fork(&mut self, spec: Spec) -> Result<u32, String> {
         let (gate_read, gate_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("cannot make a pipe: {e}"))?;
         let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| e.to_string())?;
@@ -184,10 +184,8 @@ impl Server<'_> {
                     && nix::unistd::dup2_stdout(&null).is_ok()
                     && nix::unistd::dup2_stderr(&null).is_ok();
                 drop((gate_read, gate_write, null));
-                for (_, gate) in self.gates.drain() {
-                    drop(gate);
-                }
-                let _ = (input.as_raw_fd(), sigfd.as_fd().as_raw_fd());
+                // Other children's gates, closed here even where `close_range` is missing.
+                self.gates.clear();
                 // SAFETY: closes descriptors this child does not use (the server's input, its
                 // signalfd, whatever it inherited); nothing here holds them.
                 unsafe { nix::libc::syscall(nix::libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
